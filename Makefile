@@ -1,0 +1,60 @@
+# Two commands for new users:  `make train export`  and  `make test`.
+# Every target installs what it needs into .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PRESET ?= demo
+
+.PHONY: install train export test lint bench serve index data proto clean help
+
+help:
+	@echo "make train export   train the demo teacher + CDD student, export both bundles"
+	@echo "make test           install and run the whole test suite"
+	@echo "make lint | bench | index | serve | data | proto | clean"
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# animal-mnist ships its images in the wheel; it declares tensorflow, which we do not need.
+	$(PIP) install -q --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data/synthetic-reid/.complete: | $(STAMP)
+	$(PY) -m training.data.synthetic --out data/synthetic-reid
+
+data: data/synthetic-reid/.complete
+
+train: data
+	$(PY) -m training.pipeline --preset $(PRESET)
+
+export: $(STAMP)
+	$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET)
+	$(PY) -m export --run runs/$(PRESET)/teacher --out bundles/$(PRESET)-teacher
+
+index: $(STAMP)
+	$(VENV)/bin/cdd-index build --bundle bundles/$(PRESET) --images data/synthetic-reid/bounding_box_test \
+		--out indexes/$(PRESET)
+
+serve: $(STAMP)
+	$(VENV)/bin/cdd-serve --bundle bundles/$(PRESET) --index indexes/$(PRESET) --host 127.0.0.1 --port 50051
+
+bench: $(STAMP)
+	$(PY) -m serving.bench all --out docs
+
+proto: $(STAMP)
+	$(PY) -m serving.proto_build
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check training export serving tests
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf runs bundles indexes data build

@@ -1,0 +1,78 @@
+"""``cdd-export`` / ``python -m export``: turn a training run dir into a checked model bundle.
+
+    cdd-export --run RUN --out DIR [--tensorrt auto|off|required] [--int8] [--set key=value ...]
+
+Exit codes: 0 bundle written; 1 bad input (run dir, config, output path, TensorRT required but missing);
+2 bad command line; 3 a parity gate failed. No bundle is written unless the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from export.config import TENSORRT_MODES, load_export_config
+from export.errors import ExportError
+from export.parity import ParityGateError
+from export.pipeline import ExportResult, export_bundle
+from training.cost import Cost, reduction_percent
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdd-export", description="Export a training run dir to a model bundle "
+                                     "(ONNX + torch program + TensorRT plan where available), gated by parity checks.")
+    parser.add_argument("--run", required=True, help="training run dir (arch.json, checkpoint.pt, config.json, "
+                        "metrics.json)")
+    parser.add_argument("--out", required=True, help="bundle directory to create (an existing bundle is replaced)")
+    parser.add_argument("--tensorrt", choices=TENSORRT_MODES, default=None,
+                        help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default), off, required")
+    parser.add_argument("--int8", action="store_true", help="INT8 TensorRT engine, calibrated on training images")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an export config value, e.g. --set gates.onnx.max_abs_err=1e-5 "
+                             "--set batch.max=32 (repeatable)")
+    return parser
+
+
+def _summary(result: ExportResult) -> list[str]:
+    manifest = result.manifest
+    lines = [f"cdd-export: {manifest.provenance['run_kind']} run {manifest.provenance['run_dir']}"]
+    for gate, numbers in manifest.parity.items():
+        sizes = ",".join(str(b) for b in numbers["batch_sizes"])
+        lines.append(f"  gate {gate:<14} max_abs_err {numbers['max_abs_err']:.2e}  "
+                     f"min_cosine {numbers['min_cosine']:.7f}  batches {sizes}  ok")
+    student, teacher = Cost(**manifest.cost["student"]), Cost(**manifest.cost["teacher"])
+    saved = reduction_percent(teacher, student)
+    lines.append(f"  params {student.params / 1e6:.3f}M vs teacher {teacher.params / 1e6:.3f}M "
+                 f"({saved['params']:.1f}% fewer)")
+    lines.append(f"  flops  {student.flops / 1e9:.4f} GMAC vs teacher {teacher.flops / 1e9:.4f} GMAC "
+                 f"({saved['flops']:.1f}% fewer) at {manifest.input.height}x{manifest.input.width}")
+    if result.tensorrt_note is not None:
+        lines.append(f"  tensorrt: {result.tensorrt_note}")
+    lines.append(f"  bundle: {result.bundle} ({', '.join(sorted(manifest.files))})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = list(args.set)
+    if args.tensorrt is not None:
+        overrides.append(f"tensorrt.mode={args.tensorrt}")
+    if args.int8:
+        overrides.append("tensorrt.int8=true")
+    try:
+        result = export_bundle(args.run, args.out, load_export_config(overrides))
+    except ParityGateError as exc:
+        print(f"cdd-export: {exc}", file=sys.stderr)
+        return 3
+    except ExportError as exc:
+        print(f"cdd-export: error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(_summary(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

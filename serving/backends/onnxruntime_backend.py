@@ -1,0 +1,110 @@
+"""ONNX Runtime backend: the bundle's ``model.onnx`` on the CUDA or CPU execution provider.
+
+A CUDA session that silently runs on CPU (onnxruntime-gpu without a usable GPU or CUDA libraries) is
+detected from the session's actual providers, and reported as BackendUnavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends.base import BackendUnavailable, Engine
+from serving.bundle import Manifest
+
+__all__ = ["OnnxRuntimeEngine"]
+
+_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def _import_onnxruntime(device: str) -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        package = "onnxruntime-gpu" if device == "cuda" else "onnxruntime"
+        raise BackendUnavailable(f"onnxruntime is not installed ({exc}); pip install {package}") from exc
+    return onnxruntime
+
+
+class OnnxRuntimeEngine(Engine):
+    """``model.onnx`` on ``device`` "cuda" (CUDAExecutionProvider) or "cpu"; ``threads`` sets intra-op
+    threads (None = onnxruntime's default). Raises BackendUnavailable when the provider cannot run here."""
+
+    def __init__(
+        self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None
+    ) -> None:
+        super().__init__(manifest)
+        if device not in _PROVIDERS:
+            raise ValueError(f"device must be 'cuda' or 'cpu', found {device!r}")
+        self.name = f"onnxruntime-{device}"
+        self.device = device
+        ort = _import_onnxruntime(device)
+        self._ort_version = ort.__version__
+        wanted = _PROVIDERS[device]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            hint = (
+                "pip install onnxruntime-gpu (and uninstall onnxruntime)" if device == "cuda" else "reinstall"
+            )
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(available)}); {hint}"
+            )
+        model = self._model_path(Path(bundle_dir))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, RuntimeException, ...)
+            raise BackendUnavailable(f"onnxruntime cannot load {model}: {exc}") from exc
+        actual = self._session.get_providers()
+        if not actual or actual[0] != wanted:
+            raise BackendUnavailable(
+                f"onnxruntime session fell back to {actual} instead of {wanted} (no usable GPU or CUDA/cuDNN "
+                "libraries not found); check `nvidia-smi` and the onnxruntime-gpu CUDA requirements"
+            )
+        self._providers = actual
+        self._input_name = self._check_io(model)
+        self._output_name = manifest.output.name
+
+    def _model_path(self, bundle: Path) -> Path:
+        name = self.manifest.backends.get("onnxruntime")
+        if not name:
+            raise BackendUnavailable(
+                f"bundle {bundle} lists no 'onnxruntime' model in manifest backends; re-export the bundle"
+            )
+        path = bundle / str(name)
+        if not path.is_file():
+            raise BackendUnavailable(f"{path} is missing; re-export the bundle")
+        return path
+
+    def _check_io(self, model: Path) -> str:
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        spec = self.manifest.input
+        if spec.name not in inputs or self.manifest.output.name not in outputs:
+            raise BackendUnavailable(
+                f"{model}: graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, manifest expects "
+                f"input {spec.name!r} and output {self.manifest.output.name!r}; re-export the bundle"
+            )
+        if inputs[spec.name].type != "tensor(uint8)":
+            raise BackendUnavailable(
+                f"{model}: input {spec.name!r} is {inputs[spec.name].type}, manifest expects tensor(uint8)"
+            )
+        return spec.name
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is safe to call from several threads at once.
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "providers": list(self._providers),
+            "onnxruntime": self._ort_version,
+            "model": self.manifest.backends.get("onnxruntime"),
+        }

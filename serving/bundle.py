@@ -1,0 +1,200 @@
+"""Model bundle schema: ``manifest.json`` plus model files, verified by sha256.
+
+Stdlib only: export writes bundles with it, serving reads them, and neither side restates what the
+manifest owns (input size, preprocessing, embedding dim, metric, batch range).
+
+A bundle directory holds::
+
+    manifest.json      this schema (``SCHEMA_VERSION``)
+    model.onnx         uint8 NHWC RGB images -> L2-normalised float32 embeddings
+    model.pt2          (optional) torch.export program of the same graph, for the torch backend
+    model.plan         (optional) TensorRT engine; stamped with GPU, compute capability, TRT version
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "BundleError",
+    "InputSpec",
+    "OutputSpec",
+    "Preprocess",
+    "BatchRange",
+    "Manifest",
+    "sha256_file",
+    "load_bundle",
+    "write_manifest",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed, from another schema, or its files fail their checksums."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The graph input: ``dtype`` images in ``layout`` at ``height`` x ``width`` (pixels), RGB order."""
+
+    name: str = "images"
+    dtype: str = "uint8"
+    layout: str = "NHWC"
+    height: int = 128
+    width: int = 64
+    channels: int = 3
+    color: str = "RGB"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The graph output: (N, dim) float32 embeddings; ``normalized`` means unit L2 norm per row."""
+
+    name: str = "embeddings"
+    dtype: str = "float32"
+    dim: int = 512
+    normalized: bool = True
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What happens before the graph: decode, convert to ``color``, resize (``policy`` "stretch" = resize
+    straight to the input size, PIL ``interpolation``). ``normalization`` "in_graph" means mean/std (0..1 scale)
+    are applied inside the model and consumers must not apply them again."""
+
+    policy: str = "stretch"
+    interpolation: str = "bilinear"
+    color: str = "RGB"
+    normalization: str = "in_graph"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Batch sizes the exported graphs accept (inclusive); ``opt`` is the TensorRT profile optimum."""
+
+    min: int = 1
+    opt: int = 16
+    max: int = 64
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything downstream needs to run a bundle. ``files`` maps file name -> {"sha256", "bytes", "role"};
+    ``cost`` holds {"student"|"teacher": {"params", "flops"}} (flops = multiply-accumulates at the input size,
+    params exclude the ID classifier); ``parity`` holds per-gate {"max_abs_err", "min_cosine", ...};
+    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on)."""
+
+    name: str
+    input: InputSpec
+    output: OutputSpec
+    preprocess: Preprocess
+    batch: BatchRange
+    metric: str = "cosine"
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backends: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
+        """Build from parsed JSON; raises BundleError naming ``source`` and the bad field."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{source}: schema_version is {version!r}, this build reads {SCHEMA_VERSION}; "
+                "re-export the bundle with this version of cdd-export"
+            )
+        try:
+            pre = dict(data["preprocess"])
+            pre["mean"] = tuple(pre["mean"])
+            pre["std"] = tuple(pre["std"])
+            return cls(
+                name=data["name"],
+                input=InputSpec(**data["input"]),
+                output=OutputSpec(**data["output"]),
+                preprocess=Preprocess(**pre),
+                batch=BatchRange(**data["batch"]),
+                metric=data.get("metric", "cosine"),
+                files=dict(data.get("files", {})),
+                backends=dict(data.get("backends", {})),
+                cost=dict(data.get("cost", {})),
+                parity=dict(data.get("parity", {})),
+                provenance=dict(data.get("provenance", {})),
+                schema_version=version,
+            )
+        except KeyError as exc:
+            raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc
+        except TypeError as exc:
+            raise BundleError(f"{source}: malformed field: {exc}") from exc
+
+    def sha256(self) -> str:
+        """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(directory: str | Path, verify: bool = True) -> Manifest:
+    """Read ``directory/manifest.json``; with ``verify`` check every listed file's size and sha256.
+
+    Raises BundleError (missing dir/manifest, bad JSON, wrong schema, missing file, checksum mismatch)."""
+    root = Path(directory)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path}: no bundle manifest here; create a bundle with `cdd-export --run RUN --out {root}`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); re-export the bundle") from exc
+    manifest = Manifest.from_dict(data, source=str(path))
+    if verify:
+        for name, info in manifest.files.items():
+            file_path = root / name
+            if not file_path.is_file():
+                raise BundleError(f"{path}: lists {name!r} but {file_path} is missing; re-export the bundle")
+            found = sha256_file(file_path)
+            if found != info.get("sha256"):
+                raise BundleError(
+                    f"{file_path}: sha256 is {found}, manifest expects {info.get('sha256')}; the file was "
+                    "modified or corrupted after export; re-export the bundle"
+                )
+    return manifest
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (temp file + rename) into ``directory``."""
+    root = Path(directory)
+    target = root / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(manifest.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

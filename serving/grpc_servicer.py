@@ -1,0 +1,183 @@
+"""`RetrievalServicer`: the thin gRPC adapter over `RetrievalService` (cdd.v1.Retrieval).
+
+It converts messages to and from plain Python, turns the call's deadline into an absolute
+``time.monotonic()`` deadline for the service, and maps every domain error to a status code in ONE table
+(`STATUS_FOR`). An error not in the table is a server bug: it is logged with its traceback and the client
+gets INTERNAL without internals. Metadata values leave the server as strings: a ``str`` as is, anything
+else JSON-encoded (compact, sorted keys), see `wire_metadata`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+
+from serving._proto import retrieval_pb2 as pb
+from serving._proto import retrieval_pb2_grpc as pb_grpc
+from serving.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
+from serving.index.errors import (
+    DimensionError,
+    DuplicateIdError,
+    GalleryIndexError,
+    InvalidVectorsError,
+    UnknownIdError,
+)
+from serving.preprocess import ImageDecodeError, ImageTooLargeError
+from serving.service import NewItem, Query, RetrievalService, metadata_text
+
+__all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wire_metadata"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
+
+_LOG = logging.getLogger("serving.grpc")
+_T = TypeVar("_T")
+
+StatusCode = grpc.StatusCode
+
+# Domain error -> status code, first match wins (subclasses before their bases).
+STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (ImageTooLargeError, StatusCode.RESOURCE_EXHAUSTED),
+    (ImageDecodeError, StatusCode.INVALID_ARGUMENT),
+    (TooLarge, StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidInput, StatusCode.INVALID_ARGUMENT),
+    (NotFound, StatusCode.NOT_FOUND),
+    (UnknownIdError, StatusCode.NOT_FOUND),
+    (AlreadyExists, StatusCode.ALREADY_EXISTS),
+    (DuplicateIdError, StatusCode.ALREADY_EXISTS),
+    (DimensionError, StatusCode.INVALID_ARGUMENT),
+    (InvalidVectorsError, StatusCode.INVALID_ARGUMENT),
+    (DeadlineExceeded, StatusCode.DEADLINE_EXCEEDED),
+    (Unavailable, StatusCode.UNAVAILABLE),
+    (GalleryIndexError, StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code for a domain error, or None for an unexpected exception (a bug: INTERNAL)."""
+    for kind, code in STATUS_FOR:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+def wire_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Metadata as proto ``map<string, string>``: each value's `metadata_text` (3 -> "3", True -> "true")."""
+    return {str(key): metadata_text(value) for key, value in metadata.items()}
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline as absolute monotonic seconds; raises DeadlineExceeded if it already passed."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    if remaining <= 0:
+        raise DeadlineExceeded("the call's deadline had passed when it reached the server; use a longer one")
+    return time.monotonic() + remaining
+
+
+def _items(hits: list[Any]) -> list[pb.Item]:
+    return [pb.Item(id=hit.id, score=float(hit.score), metadata=wire_metadata(hit.metadata)) for hit in hits]
+
+
+def _new_item(message: pb.NewItem) -> NewItem:
+    source = message.WhichOneof("source")
+    return NewItem(
+        id=message.id,
+        image=message.image if source == "image" else None,
+        vector=np.asarray(message.vector.values, dtype=np.float32) if source == "vector" else None,
+        metadata=dict(message.metadata),
+    )
+
+
+class RetrievalServicer(pb_grpc.RetrievalServicer):
+    """cdd.v1.Retrieval over a `RetrievalService`; every method goes through `_call`."""
+
+    def __init__(self, service: RetrievalService) -> None:
+        self._service = service
+
+    def _call(self, context: grpc.ServicerContext, work: Callable[[float | None], _T]) -> _T:
+        try:
+            return work(_deadline(context))
+        except Exception as exc:  # every failure becomes a status; the server keeps serving
+            self._abort(context, exc)
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+        code = status_for(exc)
+        if code is None:
+            _LOG.exception("unexpected error in a Retrieval call")
+            context.abort(
+                StatusCode.INTERNAL, f"internal server error ({type(exc).__name__}); see the server log"
+            )
+        _LOG.info("%s: %s", code.name, exc)
+        context.abort(code, str(exc))
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        def work(deadline: float | None) -> pb.SearchResponse:
+            hits = self._service.search(request.image, request.k, dict(request.filters), deadline=deadline)
+            return pb.SearchResponse(items=_items(hits))
+
+        return self._call(context, work)
+
+    def SearchBatch(
+        self, request: pb.SearchBatchRequest, context: grpc.ServicerContext
+    ) -> pb.SearchBatchResponse:
+        def work(deadline: float | None) -> pb.SearchBatchResponse:
+            queries = [Query(q.image, q.k, dict(q.filters)) for q in request.queries]
+            results = self._service.search_batch(queries, deadline=deadline)
+            return pb.SearchBatchResponse(results=[pb.SearchResponse(items=_items(h)) for h in results])
+
+        return self._call(context, work)
+
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        def work(deadline: float | None) -> pb.EmbedResponse:
+            vector = self._service.embed(request.image, deadline=deadline)
+            return pb.EmbedResponse(vector=vector.tolist(), dim=int(vector.shape[0]))
+
+        return self._call(context, work)
+
+    def AddItems(self, request: pb.AddItemsRequest, context: grpc.ServicerContext) -> pb.AddItemsResponse:
+        def work(deadline: float | None) -> pb.AddItemsResponse:
+            added = self._service.add_items([_new_item(item) for item in request.items], deadline=deadline)
+            return pb.AddItemsResponse(added=added, count=self._service.count())
+
+        return self._call(context, work)
+
+    def RemoveItems(
+        self, request: pb.RemoveItemsRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveItemsResponse:
+        def work(deadline: float | None) -> pb.RemoveItemsResponse:
+            removed = self._service.remove_items(list(request.ids))
+            return pb.RemoveItemsResponse(removed=removed, count=self._service.count())
+
+        return self._call(context, work)
+
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        def work(deadline: float | None) -> pb.StatsResponse:
+            stats = self._service.stats()
+            return pb.StatsResponse(
+                count=stats["count"],
+                dim=stats["dim"],
+                index_type=str(stats["index_type"]),
+                metric=str(stats["metric"]),
+                bundle_name=stats["bundle_name"],
+                bundle_sha256=stats["bundle_sha256"],
+                backend=stats["backend"],
+                max_k=stats["max_k"],
+                max_pixels=stats["max_pixels"],
+                batching=pb.BatchingStats(**stats["batching"]),
+            )
+
+        return self._call(context, work)

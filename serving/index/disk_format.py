@@ -1,0 +1,76 @@
+"""The files of one saved gallery-index version (inside a folder managed by `serving.index.atomic_dir`)::
+
+index.json      {format, format_version, bundle_sha256, dim, metric, index_type, count, next_label,
+                 created, saved, options (as given), search (parameters chosen when trained), trained}
+items.jsonl     one {"id", "label", "metadata"} per row, in the row order of vectors.npy
+vectors.npy     float32 (count, dim)
+structure.faiss the serialised FAISS index (ivf / ivfpq / hnsw; flat is rebuilt from vectors.npy)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.index.errors import IndexCorruptError
+from serving.index.item_table import ItemTable
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_FILE", "read_info", "read_rows", "write_files"]
+
+FORMAT = "cdd-gallery-index"
+FORMAT_VERSION = 1
+STRUCTURE_FILE = "structure.faiss"
+
+
+def write_files(folder: Path, info: dict[str, Any], table: ItemTable, structure: bytes | None) -> None:
+    """Write index.json, vectors.npy, items.jsonl (and structure.faiss) into ``folder``."""
+    (folder / "index.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    with open(folder / "vectors.npy", "wb") as handle:
+        np.save(handle, table.vectors)
+    with open(folder / "items.jsonl", "w") as handle:
+        for item_id, label, meta in zip(table.ids, table.labels.tolist(), table.metadata, strict=True):
+            handle.write(json.dumps({"id": item_id, "label": label, "metadata": meta}, sort_keys=True) + "\n")
+    if structure is not None:
+        (folder / STRUCTURE_FILE).write_bytes(structure)
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    path = folder / "index.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IndexCorruptError(f"{path}: cannot read the index manifest ({exc}); rebuild the index") from exc
+    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+        raise IndexCorruptError(
+            f"{path}: format {info.get('format')!r} version {info.get('format_version')!r}, this build reads "
+            f"{FORMAT!r} version {FORMAT_VERSION}; rebuild the index with this version of cdd-index"
+        )
+    missing = [key for key in ("dim", "metric", "index_type", "count", "next_label") if key not in info]
+    if missing:
+        raise IndexCorruptError(f"{path}: missing field(s) {missing}; rebuild the index")
+    return info
+
+
+def read_rows(folder: Path, info: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict], np.ndarray]:
+    count, dim = int(info["count"]), int(info["dim"])
+    vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+    if vectors.shape != (count, dim) or vectors.dtype != np.float32:
+        raise IndexCorruptError(
+            f"{folder / 'vectors.npy'}: {vectors.dtype} {vectors.shape}, index.json expects float32 "
+            f"({count}, {dim}); rebuild the index"
+        )
+    ids, labels, metadata = [], [], []
+    with open(folder / "items.jsonl") as handle:
+        for line in handle:
+            row = json.loads(line)
+            ids.append(row["id"])
+            labels.append(row["label"])
+            metadata.append(row["metadata"])
+    if len(ids) != count:
+        raise IndexCorruptError(
+            f"{folder / 'items.jsonl'}: {len(ids)} items, index.json expects {count}; rebuild the index"
+        )
+    return ids, np.asarray(labels, dtype=np.int64).reshape(-1), metadata, vectors

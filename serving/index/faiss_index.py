@@ -1,0 +1,189 @@
+"""`FaissSearcher`: the FAISS search structure behind a gallery index (flat / ivf / ivfpq / hnsw).
+
+Inner product on unit vectors (= cosine). Items are FAISS ids (the table's int64 labels).
+- flat: IndexIDMap2(IndexFlatIP), exact. Trained from the start.
+- ivf / ivfpq: IndexIVFFlat / IndexIVFPQ with an IndexFlatIP quantizer; ``nlist`` is chosen from the
+  training size (about 4 sqrt(N), at most N / 39 so k-means has enough points per centroid) unless given.
+- hnsw: IndexIDMap2(IndexHNSWFlat). FAISS HNSW cannot remove, so removed labels become tombstones that
+  searches skip; the graph is rebuilt from its stored vectors once tombstones pass a quarter of it, and
+  before it is serialised.
+With ``use_gpu`` (faiss built with GPU support) flat / ivf / ivfpq searches run on a GPU replica of the
+CPU index; the CPU index stays the master (serialisation, removal), and the replica is re-cloned lazily
+after a removal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import faiss
+import numpy as np
+
+__all__ = ["FaissSearcher", "faiss_gpu_count"]
+
+_TOMBSTONE_REBUILD_FRACTION = 0.25
+
+
+def faiss_gpu_count() -> int:
+    """GPUs visible to faiss (0 for a CPU-only faiss build)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def _choose_nlist(n: int) -> int:
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def _choose_pq(dim: int, n: int, options: dict[str, Any]) -> tuple[int, int]:
+    m = options.get("pq_m") or max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
+    if dim % m:
+        raise ValueError(f"ivfpq: pq_m={m} must divide the embedding dim {dim}")
+    nbits = options.get("pq_nbits") or max(1, min(8, int(math.log2(max(2, n // 39)))))
+    return int(m), int(nbits)
+
+
+class FaissSearcher:
+    """One FAISS index plus the bookkeeping FAISS lacks (tombstones, GPU replica). Not thread-safe."""
+
+    def __init__(self, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False) -> None:
+        self.index_type = index_type
+        self.dim = dim
+        self.options = dict(options)
+        self.use_gpu = use_gpu and index_type != "hnsw" and faiss_gpu_count() > 0
+        self._dead: set[int] = set()
+        self._gpu: Any = None
+        self._gpu_resources: Any = None
+        self._cpu: Any = None
+        if index_type == "flat":
+            self._cpu = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        elif index_type == "hnsw":
+            self._cpu = self._new_hnsw()
+
+    @property
+    def is_trained(self) -> bool:
+        return self._cpu is not None
+
+    @property
+    def ntotal(self) -> int:
+        """Live items (tombstones excluded)."""
+        return 0 if self._cpu is None else int(self._cpu.ntotal) - len(self._dead)
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Build and train an ivf / ivfpq index on ``vectors`` (N, dim); N >= 1."""
+        n = vectors.shape[0]
+        nlist = int(self.options.get("nlist") or _choose_nlist(n))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if self.index_type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m, nbits = _choose_pq(self.dim, n, self.options)
+            index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            self.options.update(pq_m=m, pq_nbits=nbits)
+        index.cp.seed = int(self.options.get("seed", 1234))
+        index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        index.nprobe = int(self.options.get("nprobe") or max(1, min(nlist, 16)))
+        self.options.update(nlist=nlist, nprobe=index.nprobe)
+        self._cpu = index
+        self._gpu = None
+
+    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self._cpu.add_with_ids(vectors, labels)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(vectors, labels)
+
+    def remove(self, labels: np.ndarray) -> None:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if self.index_type == "hnsw":
+            self._dead.update(int(label) for label in labels)
+            if len(self._dead) > _TOMBSTONE_REBUILD_FRACTION * self._cpu.ntotal:
+                self.compact()
+            return
+        self._cpu.remove_ids(labels)
+        self._gpu = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); missing slots have label -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        q = queries.shape[0]
+        if self._cpu is None or self.ntotal == 0 or k <= 0:
+            return np.full((q, max(k, 0)), -np.inf, np.float32), np.full((q, max(k, 0)), -1, np.int64)
+        fetch = min(k + len(self._dead), int(self._cpu.ntotal))
+        scores, labels = self._search_index().search(queries, fetch)
+        if self._dead:
+            scores, labels = self._drop_dead(scores, labels, k)
+        if labels.shape[1] < k:
+            pad = k - labels.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
+        return scores[:, :k], labels[:, :k]
+
+    def compact(self) -> None:
+        """Rebuild an hnsw graph without its tombstones (no-op for other types)."""
+        if self.index_type != "hnsw" or not self._dead:
+            return
+        inner = faiss.downcast_index(self._cpu.index)
+        vectors = inner.storage.reconstruct_n(0, int(inner.ntotal))
+        labels = faiss.vector_to_array(self._cpu.id_map).astype(np.int64)
+        keep = ~np.isin(labels, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))
+        self._cpu = self._new_hnsw()
+        self._dead.clear()
+        if keep.any():
+            self._cpu.add_with_ids(np.ascontiguousarray(vectors[keep]), np.ascontiguousarray(labels[keep]))
+
+    def serialize(self) -> bytes:
+        """The CPU index as bytes (tombstones compacted first)."""
+        self.compact()
+        return faiss.serialize_index(self._cpu).tobytes()
+
+    @classmethod
+    def deserialize(
+        cls, data: bytes, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False
+    ) -> FaissSearcher:
+        searcher = cls(index_type, dim, options, use_gpu)
+        searcher._cpu = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if int(searcher._cpu.d) != dim:
+            raise ValueError(f"serialised faiss index has dim {searcher._cpu.d}, expected {dim}")
+        if index_type in ("ivf", "ivfpq"):
+            if "nprobe" in options:
+                searcher._cpu.nprobe = int(options["nprobe"])
+            searcher.options.update(nlist=int(searcher._cpu.nlist), nprobe=int(searcher._cpu.nprobe))
+        return searcher
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "faiss-gpu" if self.use_gpu else "faiss-cpu",
+            "faiss": faiss.__version__,
+            "tombstones": len(self._dead),
+            **{key: value for key, value in self.options.items() if key != "seed"},
+        }
+
+    def _new_hnsw(self) -> Any:
+        inner = faiss.IndexHNSWFlat(self.dim, int(self.options.get("hnsw_m", 32)), faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = int(self.options.get("ef_construction", 80))
+        inner.hnsw.efSearch = int(self.options.get("ef_search", 64))
+        return faiss.IndexIDMap2(inner)
+
+    def _search_index(self) -> Any:
+        if not self.use_gpu:
+            return self._cpu
+        if self._gpu is None:
+            if self._gpu_resources is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu = faiss.index_cpu_to_gpu(
+                self._gpu_resources, int(self.options.get("gpu", 0)), self._cpu
+            )
+        return self._gpu
+
+    def _drop_dead(self, scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+        live = (labels >= 0) & ~np.isin(labels, dead)
+        out_scores = np.full((labels.shape[0], k), -np.inf, np.float32)
+        out_labels = np.full((labels.shape[0], k), -1, np.int64)
+        for row in range(labels.shape[0]):
+            keep = np.flatnonzero(live[row])[:k]
+            out_scores[row, : keep.size] = scores[row, keep]
+            out_labels[row, : keep.size] = labels[row, keep]
+        return out_scores, out_labels

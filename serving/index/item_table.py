@@ -1,0 +1,150 @@
+"""`ItemTable`: the gallery's source of truth, one row per item (string id, int64 label, vector, metadata).
+
+Rows live in growable numpy buffers (amortised O(1) append) and are removed by moving the last row into
+the hole (O(1) per item), so row order is not insertion order. The int64 ``label`` of an item is what the
+search structures (FAISS, torch) store; labels are never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ItemTable"]
+
+
+class ItemTable:
+    """Rows of (id, label, float32 vector (dim,), metadata dict). Not thread-safe; the index locks."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._labels = np.zeros(0, dtype=np.int64)
+        self._ids: list[str] = []
+        self._meta: list[dict[str, Any]] = []
+        self._row_of_id: dict[str, int] = {}
+        self._row_of_label: dict[int, int] = {}
+        self.next_label = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row_of_id
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, dim) float32 view of the live rows (do not modify)."""
+        return self._vectors[: len(self)]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 view of the live rows' labels (do not modify)."""
+        return self._labels[: len(self)]
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids in row order (the list itself; do not modify)."""
+        return self._ids
+
+    @property
+    def metadata(self) -> list[dict[str, Any]]:
+        """Metadata dicts in row order (the list itself; do not modify)."""
+        return self._meta
+
+    def row_of_id(self, item_id: str) -> int:
+        """Row of ``item_id``; KeyError when absent."""
+        return self._row_of_id[item_id]
+
+    def rows_of_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Rows of int64 ``labels`` (same shape); -1 for labels that are absent or -1."""
+        lookup = self._row_of_label.get
+        flat = [lookup(int(label), -1) for label in labels.ravel()]
+        return np.asarray(flat, dtype=np.int64).reshape(labels.shape)
+
+    def append(
+        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]]
+    ) -> np.ndarray:
+        """Append rows (already validated by the caller); returns their new int64 labels."""
+        n, start = len(ids), len(self)
+        self._reserve(start + n)
+        labels = np.arange(self.next_label, self.next_label + n, dtype=np.int64)
+        self._vectors[start : start + n] = vectors
+        self._labels[start : start + n] = labels
+        if len(metadata) != n:
+            raise ValueError(f"{n} ids but {len(metadata)} metadata dicts")
+        for offset, item_id in enumerate(ids):
+            self._row_of_id[item_id] = start + offset
+            self._row_of_label[int(labels[offset])] = start + offset
+        self._ids.extend(ids)
+        self._meta.extend(metadata)
+        self.next_label += n
+        return labels
+
+    def remove(self, ids: Sequence[str]) -> np.ndarray:
+        """Remove rows by id (all must exist; the caller checks); returns the removed labels."""
+        removed = np.zeros(len(ids), dtype=np.int64)
+        for i, item_id in enumerate(ids):
+            row = self._row_of_id.pop(item_id)
+            label = int(self._labels[row])
+            removed[i] = label
+            del self._row_of_label[label]
+            last = len(self) - 1
+            if row != last:
+                moved_id = self._ids[last]
+                self._vectors[row] = self._vectors[last]
+                self._labels[row] = self._labels[last]
+                self._ids[row] = moved_id
+                self._meta[row] = self._meta[last]
+                self._row_of_id[moved_id] = row
+                self._row_of_label[int(self._labels[row])] = row
+            self._ids.pop()
+            self._meta.pop()
+        return removed
+
+    def match(self, filter: dict[str, Any]) -> np.ndarray:
+        """Boolean (N,) mask of rows whose metadata has every field of ``filter`` with
+        ``metadata[field] == value`` (so a value object may define its own ``__eq__``); a missing field never
+        matches."""
+        pairs = list(filter.items())
+        return np.fromiter(
+            (all(key in meta and meta[key] == value for key, value in pairs) for meta in self._meta),
+            dtype=bool,
+            count=len(self),
+        )
+
+    @classmethod
+    def from_rows(
+        cls,
+        dim: int,
+        ids: Sequence[str],
+        labels: np.ndarray,
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]],
+        next_label: int,
+    ) -> ItemTable:
+        """Rebuild a table from saved rows (labels preserved)."""
+        table = cls(dim)
+        n = len(ids)
+        table._reserve(n)
+        table._vectors[:n] = vectors
+        table._labels[:n] = labels
+        table._ids = list(ids)
+        table._meta = list(metadata)
+        table._row_of_id = {item_id: row for row, item_id in enumerate(table._ids)}
+        table._row_of_label = {int(label): row for row, label in enumerate(labels)}
+        table.next_label = next_label
+        return table
+
+    def _reserve(self, size: int) -> None:
+        capacity = self._vectors.shape[0]
+        if size <= capacity:
+            return
+        new_capacity = max(size, 2 * capacity, 64)
+        vectors = np.zeros((new_capacity, self.dim), dtype=np.float32)
+        labels = np.zeros(new_capacity, dtype=np.int64)
+        vectors[: len(self)] = self.vectors
+        labels[: len(self)] = self.labels
+        self._vectors, self._labels = vectors, labels

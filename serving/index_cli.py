@@ -1,0 +1,313 @@
+"""``cdd-index``: build, grow, shrink, inspect, verify and evaluate a gallery index.
+
+    cdd-index build  --bundle DIR (--images DIR | --list FILE | --layout NAME --root DIR [--split gallery])
+                     --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
+                     [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
+    cdd-index add    --index DIR --bundle DIR (--images DIR | --list FILE | --layout ...) [...]
+    cdd-index remove --index DIR --ids ID [ID ...]
+    cdd-index info   --index DIR [--recall [--queries N] [--k K]]
+    cdd-index verify --index DIR --bundle DIR [--images DIR [--sample N]]
+    cdd-index eval   --index DIR --bundle DIR --layout market1501 --root DIR
+
+Results go to stdout as JSON, progress and logs to stderr. Errors print one message and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends import BACKENDS, BackendUnavailable, Engine, create_engine
+from serving.bundle import BundleError, Manifest, load_bundle
+from serving.index.build import (
+    IngestStats,
+    ItemSpec,
+    build_index,
+    embed_paths,
+    ingest,
+    items_from_folder,
+    items_from_layout,
+    items_from_list,
+)
+from serving.index.errors import GalleryIndexError
+from serving.index.recall import recall_at_k_vs_exact
+from serving.index.store import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
+
+__all__ = ["main"]
+
+_LOG = logging.getLogger("cdd-index")
+_VERIFY_MIN_COSINE = 0.999
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="folder of images (recursive)")
+    source.add_argument("--list", type=Path, help="file with one 'path[<TAB>label[<TAB>camera]]' per line")
+    source.add_argument("--layout", help="dataset layout read by training.data.layouts (e.g. market1501)")
+    parser.add_argument("--root", type=Path, help="dataset folder for --layout")
+    parser.add_argument("--split", default="gallery", choices=("train", "query", "gallery"))
+    parser.add_argument("--id-prefix", default="", help="prepended to every item id")
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (cdd-export output)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    parser.add_argument("--batch-size", type=int, default=None, help="images per engine call (default: max)")
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdd-index", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="embed images and write a new index")
+    _add_engine(build)
+    _add_source(build)
+    build.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
+    build.add_argument("--index-type", default="flat", choices=INDEX_TYPES)
+    build.add_argument("--device", default="cpu", choices=DEVICES, help="where the index searches")
+    build.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"index tuning option, one of {', '.join(sorted(OPTION_KEYS))}",
+    )
+    add = commands.add_parser("add", help="embed images and add them to an index")
+    add.add_argument("--index", type=Path, required=True)
+    _add_engine(add)
+    _add_source(add)
+    remove = commands.add_parser("remove", help="remove items by id")
+    remove.add_argument("--index", type=Path, required=True)
+    remove.add_argument("--ids", nargs="+", required=True)
+    info = commands.add_parser("info", help="print the index manifest and statistics")
+    info.add_argument("--index", type=Path, required=True)
+    info.add_argument("--recall", action="store_true", help="measure recall@k against exact search")
+    info.add_argument("--queries", type=int, default=200, help="stored vectors used as --recall queries")
+    info.add_argument("--k", type=int, default=10)
+    verify = commands.add_parser(
+        "verify", help="check checksums, bundle match, counts, and re-embed a sample"
+    )
+    verify.add_argument("--index", type=Path, required=True)
+    verify.add_argument("--bundle", type=Path, required=True)
+    verify.add_argument("--images", type=Path, help="folder the items' 'path' metadata is relative to")
+    verify.add_argument("--sample", type=int, default=8, help="items to re-embed (with --images)")
+    verify.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    evaluate = commands.add_parser("eval", help="mAP / CMC of a dataset's queries against the index")
+    evaluate.add_argument("--index", type=Path, required=True)
+    _add_engine(evaluate)
+    evaluate.add_argument("--layout", required=True)
+    evaluate.add_argument("--root", type=Path, required=True)
+    return parser
+
+
+def _options(pairs: Sequence[str]) -> dict[str, int]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in OPTION_KEYS or not value.isdigit():
+            raise ValueError(f"--option {pair!r}: expected KEY=INTEGER with KEY in {sorted(OPTION_KEYS)}")
+        options[key] = int(value)
+    return options
+
+
+def _items(args: argparse.Namespace) -> list[ItemSpec]:
+    if args.images is not None:
+        return items_from_folder(args.images, args.id_prefix)
+    if args.list is not None:
+        return items_from_list(args.list, args.id_prefix)
+    if args.root is None:
+        raise ValueError("--layout needs --root (the extracted dataset folder)")
+    return items_from_layout(args.layout, args.root, args.split, args.id_prefix)
+
+
+def _engine(args: argparse.Namespace) -> tuple[Manifest, Engine]:
+    manifest = load_bundle(args.bundle)
+    return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG)
+
+
+def _report(stats: IngestStats, index: GalleryIndex, version: Path) -> dict[str, Any]:
+    if stats.skipped:
+        _LOG.warning(
+            "skipped %d unreadable image(s):\n  %s",
+            len(stats.skipped),
+            "\n  ".join(f"{p}: {r}" for p, r in stats.skipped),
+        )
+    return {"index": str(version.parent), "count": len(index), "ingest": stats.to_dict()}
+
+
+def _build(args: argparse.Namespace) -> dict[str, Any]:
+    items = _items(args)
+    manifest, engine = _engine(args)
+    index, stats = build_index(
+        engine,
+        manifest,
+        items,
+        index_type=args.index_type,
+        device=args.device,
+        options=_options(args.option),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
+        progress=not args.quiet,
+    )
+    return _report(stats, index, index.save(args.out)) | {"backend": engine.describe()}
+
+
+def _add(args: argparse.Namespace) -> dict[str, Any]:
+    items = _items(args)
+    manifest, engine = _engine(args)
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    stats = ingest(
+        index,
+        engine,
+        manifest,
+        items,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
+        progress=not args.quiet,
+    )
+    return _report(stats, index, index.save(args.index))
+
+
+def _remove(args: argparse.Namespace) -> dict[str, Any]:
+    index = GalleryIndex.load(args.index)
+    removed = index.remove(args.ids)
+    index.save(args.index)
+    return {"index": str(args.index), "removed": removed, "count": len(index)}
+
+
+def _info(args: argparse.Namespace) -> dict[str, Any]:
+    index = GalleryIndex.load(args.index)
+    out = {"saved": GalleryIndex.read_info(args.index).get("saved"), **index.stats()}
+    if args.recall:
+        ids, vectors, _ = index.snapshot()
+        picks = np.random.default_rng(0).permutation(len(ids))[: args.queries]
+        out["recall"] = {
+            "k": args.k,
+            "queries": int(picks.size),
+            "recall_at_k_vs_exact": recall_at_k_vs_exact(index, vectors[picks], args.k),
+        }
+    return out
+
+
+def _verify(args: argparse.Namespace) -> dict[str, Any]:
+    manifest = load_bundle(args.bundle)
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    info = GalleryIndex.read_info(args.index)
+    if info["count"] != len(index) or info["dim"] != manifest.output.dim:
+        raise GalleryIndexError(
+            f"index.json says count {info['count']} dim {info['dim']}, loaded {len(index)} items, bundle dim "
+            f"{manifest.output.dim}; rebuild the index"
+        )
+    report: dict[str, Any] = {"checksums": "ok", "bundle": "match", "count": len(index), "re_embedded": 0}
+    if args.images is None or args.sample <= 0:
+        return report
+    ids, vectors, metadata = index.snapshot()
+    picks = np.random.default_rng(0).permutation(len(ids))[: args.sample]
+    paths = [args.images / metadata[i]["path"] for i in picks]
+    engine = create_engine(args.bundle, manifest, backend=args.backend, log=_LOG)
+    fresh, ok, _ = embed_paths(engine, manifest, paths, strict=True, progress=False)
+    cosines = np.sum(fresh * vectors[picks], axis=1)
+    report |= {
+        "re_embedded": int(ok.sum()),
+        "min_cosine": float(cosines.min()),
+        "max_abs_err": float(np.abs(fresh - vectors[picks]).max()),
+    }
+    if cosines.min() < _VERIFY_MIN_COSINE:
+        worst = ids[int(picks[int(np.argmin(cosines))])]
+        raise GalleryIndexError(
+            f"re-embedded item {worst!r} has cosine {cosines.min():.5f} with its stored vector (< "
+            f"{_VERIFY_MIN_COSINE}); the images or the engine changed since the build; rebuild the index"
+        )
+    return report
+
+
+def _labels_and_cameras(metadata: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        labels = np.asarray([int(m["label"]) for m in metadata])
+        cameras = np.asarray([int(m.get("camera", -1)) for m in metadata])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"index items need integer 'label' (and 'camera') metadata for eval ({exc!r}); build the index "
+            "with --layout or from Market-style file names"
+        ) from exc
+    return labels, cameras
+
+
+def _eval(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from training.data.layouts import load_dataset
+        from training.metrics import evaluate_retrieval
+    except ImportError as exc:
+        raise ValueError(
+            f"eval needs the training package's readers and metrics ({exc}); pip install -e ."
+        ) from exc
+    manifest, engine = _engine(args)
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    splits = load_dataset(args.layout, args.root)
+    _, gallery, metadata = index.snapshot()
+    gallery_ids, gallery_cams = _labels_and_cameras(metadata)
+    if splits.protocol == "class":
+        metrics = evaluate_retrieval(gallery, gallery, gallery_ids, gallery_ids, query_is_gallery=True)
+    else:
+        paths = [Path(r.path) for r in splits.query]
+        queries, _, _ = embed_paths(
+            engine,
+            manifest,
+            paths,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            strict=True,
+            progress=not args.quiet,
+        )
+        metrics = evaluate_retrieval(
+            queries,
+            gallery,
+            [r.pid for r in splits.query],
+            gallery_ids,
+            [r.camid for r in splits.query],
+            gallery_cams,
+        )
+    return {
+        "layout": args.layout,
+        "protocol": splits.protocol,
+        "gallery_items": len(index),
+        "layout_gallery_records": len(splits.gallery),
+        "similarity": "exact over stored vectors",
+        "mAP": metrics.mAP,
+        "rank1": metrics.rank1,
+        "rank5": metrics.rank5,
+        "rank10": metrics.rank10,
+        "num_queries": metrics.num_queries,
+        "num_valid_queries": metrics.num_valid_queries,
+    }
+
+
+_COMMANDS = {"build": _build, "add": _add, "remove": _remove, "info": _info, "verify": _verify, "eval": _eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one cdd-index command; returns 0, or 2 after printing the error to stderr."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = _COMMANDS[args.command](args)
+    except (GalleryIndexError, BundleError, BackendUnavailable, ValueError, OSError) as exc:
+        print(f"cdd-index {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The gRPC server: `create_server` (wiring, port 0 for tests), `serve` (lifecycle) and `cdd-serve` (`main`).
+
+Lifecycle of `serve`: load the bundle (checksums verified) and the gallery index (refused if built with
+another bundle), open the engine, bind and start with health NOT_SERVING, warm up, set health SERVING and
+log the address. On SIGTERM / SIGINT (or ``stop`` set): health NOT_SERVING, ``server.stop(grace)`` lets
+in-flight calls finish while refusing new ones, then the batcher finishes its queue; exit status 0.
+
+Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval". Reflection lists the
+Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) live in memory only;
+rebuild or re-save the index with `cdd-index` to make them permanent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving._proto import retrieval_pb2_grpc
+from serving.auth import BearerTokenInterceptor, load_token
+from serving.backends import BACKENDS, BackendUnavailable, create_engine
+from serving.batcher import DynamicBatcher
+from serving.bundle import BundleError, load_bundle
+from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
+from serving.index.errors import GalleryIndexError
+from serving.index.store import GalleryIndex
+from serving.preprocess import DEFAULT_MAX_PIXELS
+from serving.service import RetrievalService, ServiceLimits
+
+__all__ = ["ServeConfig", "build_service", "create_server", "serve", "main"]
+
+_LOG = logging.getLogger("serving.server")
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `serve` needs; `main` fills it from the command line. ``grace_s``: seconds in-flight
+    calls get to finish at shutdown."""
+
+    bundle: Path
+    index: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    backend: str = "auto"
+    max_batch: int = 16
+    max_wait_ms: float = 2.0
+    max_k: int = 100
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_message_bytes: int = 16 * _MIB
+    max_workers: int = 16
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+    grace_s: float = 10.0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def create_server(
+    service: RetrievalService,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    max_workers: int = 16,
+    max_message_bytes: int = 16 * _MIB,
+    tls_cert: Path | bytes | None = None,
+    tls_key: Path | bytes | None = None,
+    auth_token: str | None = None,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
+
+    ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given;
+    bearer-token auth (health exempt) when ``auth_token`` is. Without ``health_servicer`` a new one reports
+    SERVING at once; pass your own to control the status. Raises OSError if the address cannot be bound."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key), got one of them")
+    interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc"),
+        interceptors=interceptors,
+        options=options,
+    )
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service), server)
+    if health_servicer is None:
+        health_servicer = health.HealthServicer()
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    names = (SERVICE_NAME, health_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    address = _address(host, port)
+    try:
+        if tls_cert is not None and tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(_pem(tls_key), _pem(tls_cert))])
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind {address} ({exc}); is the port in use or the host not local?") from exc
+    if bound == 0:
+        raise OSError(f"cannot bind {address}; is the port in use or the host not local?")
+    return server, bound
+
+
+def _pem(value: Path | bytes) -> bytes:
+    return value if isinstance(value, bytes) else Path(value).read_bytes()
+
+
+def _set_health(servicer: health.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        servicer.set(name, status)
+
+
+def build_service(config: ServeConfig) -> RetrievalService:
+    """Load bundle (verified), index (must match the bundle) and engine; raises BundleError,
+    GalleryIndexError (IndexBundleMismatch, ...), BackendUnavailable."""
+    manifest = load_bundle(config.bundle, verify=True)
+    index = GalleryIndex.load(config.index, expected_bundle_sha256=manifest.sha256())
+    engine = create_engine(config.bundle, manifest, backend=config.backend)
+    max_batch = min(config.max_batch, manifest.batch.max)
+    if max_batch < config.max_batch:
+        _LOG.warning("--max-batch %d exceeds the bundle's batch.max; using %d", config.max_batch, max_batch)
+    batcher = DynamicBatcher(
+        engine.embed, max_batch=max_batch, max_wait_ms=config.max_wait_ms, enabled=max_batch > 1
+    )
+    limits = ServiceLimits(max_k=config.max_k, max_pixels=config.max_pixels)
+    return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
+
+
+def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None) -> int:
+    """Run until ``stop`` is set, then shut down gracefully; returns 0. ``ready`` is set once SERVING.
+    Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
+    service = build_service(config)
+    health_servicer = health.HealthServicer()
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server, port = create_server(
+        service,
+        port=config.port,
+        host=config.host,
+        max_workers=config.max_workers,
+        max_message_bytes=config.max_message_bytes,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        auth_token=config.token,
+        health_servicer=health_servicer,
+    )
+    server.start()
+    try:
+        seconds = service.warmup()
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        _LOG.info(
+            "serving %s on %s (%s, bundle %s, %d items, backend %s, warmup %.2f s)",
+            SERVICE_NAME,
+            _address(config.host, port),
+            "tls" if config.tls_cert else "plaintext",
+            service.manifest.name,
+            service.count(),
+            service.engine.name,
+            seconds,
+        )
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.25):
+            pass
+        _LOG.info("shutting down: draining in-flight calls for up to %.1f s", config.grace_s)
+    finally:
+        health_servicer.enter_graceful_shutdown()
+        server.stop(config.grace_s).wait()
+        service.close()
+    _LOG.info("stopped")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdd-serve", description="Serve image retrieval (cdd.v1.Retrieval) over gRPC."
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory (cdd-export)")
+    parser.add_argument("--index", type=Path, required=True, help="gallery index directory (cdd-index build)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50051, help="port (0 = any free port)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    parser.add_argument("--max-batch", type=int, default=16, help="images per engine call (1 = no batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="batch window after 1st image")
+    parser.add_argument("--max-k", type=int, default=100, help="largest k a search may ask for")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image (w*h)")
+    parser.add_argument("--max-message-mb", type=float, default=16.0, help="largest request/response (MiB)")
+    parser.add_argument("--max-workers", type=int, default=16, help="RPC handler threads")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
+    parser.add_argument("--token-file", type=Path, help="require this bearer token (else $CDD_SERVE_TOKEN)")
+    parser.add_argument("--grace-s", type=float, default=10.0, help="shutdown drain time for in-flight calls")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ServeConfig:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together; give both or neither")
+    for name in ("max_batch", "max_k", "max_pixels", "max_workers"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_message_mb <= 0 or args.max_wait_ms < 0 or args.grace_s < 0:
+        raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")
+    return ServeConfig(
+        bundle=args.bundle,
+        index=args.index,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_k=args.max_k,
+        max_pixels=args.max_pixels,
+        max_message_bytes=int(args.max_message_mb * _MIB),
+        max_workers=args.max_workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=load_token(args.token_file),
+        grace_s=args.grace_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        _LOG.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        config = _config(args)
+        if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+            _LOG.warning("%s without a token: anyone who can reach it can change the gallery", config.host)
+        return serve(config, stop)
+    except (BundleError, GalleryIndexError, BackendUnavailable, ValueError, OSError) as exc:
+        _LOG.error("%s", exc)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

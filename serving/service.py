@@ -1,0 +1,298 @@
+"""`RetrievalService`: search, embed and gallery management in plain Python (no gRPC types).
+
+Built from an engine, a gallery index and the bundle manifest. Image decoding and preprocessing run in
+the calling thread; only the engine call goes through the `DynamicBatcher`. Deadlines are absolute
+``time.monotonic()`` seconds: checked before the queue wait, by the batcher while queued, and after.
+
+Raises the domain errors of `serving.errors`, `serving.preprocess` (ImageDecodeError, ImageTooLargeError)
+and `serving.index.errors`; the gRPC servicer maps each to a status code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.backends import Engine
+from serving.batcher import DynamicBatcher
+from serving.bundle import Manifest
+from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
+from serving.index.store import GalleryIndex, Hit
+from serving.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    to_model_input,
+)
+
+__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService", "metadata_text"]
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
+    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems."""
+
+    max_k: int = 100
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_queries: int = 64
+    max_items: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_pixels", "max_queries", "max_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search: encoded ``image`` bytes, ``k`` results, optional metadata ``filters``."""
+
+    image: bytes
+    k: int
+    filters: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """A gallery item to add: exactly one of ``image`` (encoded bytes) or ``vector`` (dim floats)."""
+
+    id: str
+    image: bytes | None = None
+    vector: np.ndarray | Sequence[float] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def metadata_text(value: Any) -> str:
+    """The string form of a metadata value: a ``str`` unchanged, anything else compact sorted JSON
+    (3 -> "3", True -> "true", [1, 2] -> "[1,2]"). What clients see, and what filters compare against."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class _TextEquals:
+    """Equal to any metadata value whose `metadata_text` is ``text`` (so the filter "3" matches camera 3)."""
+
+    __slots__ = ("text",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _TextEquals):
+            return other.text == self.text
+        return metadata_text(other) == self.text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+class RetrievalService:
+    """Search / embed / add / remove / stats over one engine + gallery index. Thread-safe (the index and
+    the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (max_batch
+    min(16, manifest.batch.max), 2 ms window); the service closes it in `close`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        index: GalleryIndex,
+        manifest: Manifest,
+        limits: ServiceLimits | None = None,
+        batcher: DynamicBatcher | None = None,
+    ) -> None:
+        dim = manifest.output.dim
+        if index.dim != dim:
+            raise ValueError(
+                f"the gallery index holds {index.dim}-d vectors but bundle {manifest.name!r} embeds {dim}-d; "
+                "rebuild the index with this bundle (cdd-index build)"
+            )
+        self.engine = engine
+        self.index = index
+        self.manifest = manifest
+        self.limits = limits or ServiceLimits()
+        self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(16, manifest.batch.max))
+        self._bundle_sha256 = manifest.sha256()
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    def search(
+        self, image: bytes, k: int, filters: Mapping[str, str] | None = None, deadline: float | None = None
+    ) -> list[Hit]:
+        """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match."""
+        return self._search([Query(image, k, filters)], deadline, where="")[0]
+
+    def search_batch(self, queries: Sequence[Query], deadline: float | None = None) -> list[list[Hit]]:
+        """One result list per query, in order; all images go through the batcher as one request."""
+        if len(queries) > self.limits.max_queries:
+            raise TooLarge(
+                f"SearchBatch has {len(queries)} queries, this server takes at most "
+                f"{self.limits.max_queries} per call; split the batch"
+            )
+        return self._search(queries, deadline, where="queries") if queries else []
+
+    def embed(self, image: bytes, deadline: float | None = None) -> np.ndarray:
+        """float32 (D,) embedding of ``image`` (unit L2 norm when the manifest says ``normalized``)."""
+        return self._embed(self._pixels(image, "")[None], deadline)[0]
+
+    # -- gallery management ---------------------------------------------------------------------------
+
+    def add_items(self, items: Sequence[NewItem], deadline: float | None = None) -> int:
+        """Add items (all or nothing); returns how many were added. Image items are embedded here;
+        vectors are L2-normalised. Raises InvalidInput, TooLarge, DuplicateIdError (id present/repeated)."""
+        self._check_count(len(items), "AddItems", "items")
+        if not items:
+            return 0
+        vectors = np.zeros((len(items), self.index.dim), dtype=np.float32)
+        image_rows: list[int] = []
+        images: list[np.ndarray] = []
+        for i, item in enumerate(items):
+            where = f"items[{i}] (id {item.id!r})"
+            _check_id(item.id, where)
+            if (item.image is None) == (item.vector is None):
+                raise InvalidInput(f"{where}: give exactly one of image or vector, found {_sources(item)}")
+            if item.vector is not None:
+                vectors[i] = self._unit_vector(item.vector, where)
+            else:
+                image_rows.append(i)
+                images.append(self._pixels(item.image, where))
+        if images:
+            vectors[image_rows] = self._embed(np.stack(images), deadline)
+        metadata = [dict(item.metadata) for item in items]
+        self.index.add([item.id for item in items], vectors, metadata)
+        return len(items)
+
+    def remove_items(self, ids: Sequence[str]) -> int:
+        """Remove items by id (all or nothing); returns how many. Raises UnknownIdError naming the ids."""
+        self._check_count(len(ids), "RemoveItems", "ids")
+        for i, item_id in enumerate(ids):
+            _check_id(item_id, f"ids[{i}]")
+        if not ids:
+            return 0
+        return int(self.index.remove(list(ids)))
+
+    def count(self) -> int:
+        return len(self.index)
+
+    def stats(self) -> dict[str, Any]:
+        """count, dim, index_type, metric, bundle_name, bundle_sha256, backend, device, max_k, max_pixels,
+        batching (BatcherStats as a dict) and index (GalleryIndex.stats())."""
+        index_stats = dict(self.index.stats())
+        return {
+            "count": len(self.index),
+            "dim": self.index.dim,
+            "index_type": index_stats.get("index_type", ""),
+            "metric": index_stats.get("metric", self.manifest.metric),
+            "bundle_name": self.manifest.name,
+            "bundle_sha256": self._bundle_sha256,
+            "backend": self.engine.name,
+            "device": self.engine.device,
+            "max_k": self.limits.max_k,
+            "max_pixels": self.limits.max_pixels,
+            "batching": asdict(self.batcher.stats()),
+            "index": index_stats,
+        }
+
+    def warmup(self) -> float:
+        """Run the engine at batch sizes 1 and the batcher's max, and one search; returns seconds taken."""
+        start = time.monotonic()
+        spec = self.manifest.input
+        for n in sorted({1, self.batcher.max_batch}):
+            self.engine.embed(np.zeros((n, spec.height, spec.width, spec.channels), dtype=np.uint8))
+        if len(self.index):
+            probe = np.zeros((1, self.index.dim), dtype=np.float32)
+            probe[0, 0] = 1.0
+            self.index.search(probe, 1)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        """Finish queued embedding work and stop the batcher. Idempotent."""
+        self.batcher.close()
+
+    def __enter__(self) -> RetrievalService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[list[Hit]]:
+        for i, query in enumerate(queries):
+            self._check_k(query.k, _label(where, i))
+        pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
+        vectors = self._embed(pixels, deadline)
+        return [
+            self.index.search(vectors[i : i + 1], int(q.k), filter=_filter(q.filters))[0]
+            for i, q in enumerate(queries)
+        ]
+
+    def _pixels(self, data: Any, where: str) -> np.ndarray:
+        try:
+            return to_model_input(decode_image(data, self.limits.max_pixels), self.manifest)
+        except (ImageDecodeError, ImageTooLargeError) as exc:
+            if where:
+                raise type(exc)(f"{where}: {exc}") from exc
+            raise
+
+    def _embed(self, pixels: np.ndarray, deadline: float | None) -> np.ndarray:
+        vectors = self.batcher.run(pixels, deadline=deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed while the image was embedded; use a longer deadline")
+        return vectors
+
+    def _check_k(self, k: Any, where: str) -> None:
+        name = f"{where}.k" if where else "k"
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            raise InvalidInput(f"{name} must be an integer, found {type(k).__name__}")
+        if not 1 <= k <= self.limits.max_k:
+            raise InvalidInput(
+                f"{name} must be between 1 and {self.limits.max_k} (this server's max k), found {k}; "
+                "set k within that range"
+            )
+
+    def _check_count(self, n: int, call: str, what: str) -> None:
+        if n > self.limits.max_items:
+            raise TooLarge(
+                f"{call} has {n} {what}, this server takes at most {self.limits.max_items} per call; "
+                "split it into several calls"
+            )
+
+    def _unit_vector(self, values: Any, where: str) -> np.ndarray:
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.ndim != 1 or vector.shape[0] != self.index.dim:
+            raise InvalidInput(
+                f"{where}: vector has shape {vector.shape}, the gallery holds ({self.index.dim},) vectors "
+                f"from bundle {self.manifest.name!r}; send a vector produced by this server's Embed"
+            )
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise InvalidInput(f"{where}: vector must be finite and non-zero, found norm {norm}")
+        return vector / norm
+
+
+def _label(where: str, i: int) -> str:
+    return f"{where}[{i}]" if where else ""
+
+
+def _check_id(item_id: Any, where: str) -> None:
+    if not isinstance(item_id, str) or not item_id:
+        raise InvalidInput(f"{where}: id must be a non-empty string, found {item_id!r}")
+
+
+def _sources(item: NewItem) -> str:
+    given = [name for name in ("image", "vector") if getattr(item, name) is not None]
+    return " and ".join(given) if given else "neither"
+
+
+def _filter(filters: Mapping[str, str] | None) -> dict[str, Any] | None:
+    if not filters:
+        return None
+    return {key: _TextEquals(str(value)) for key, value in filters.items()}

@@ -1,0 +1,69 @@
+"""Animal-MNIST materialisation: unseen-class folders, RGB PNGs equal to the packaged arrays."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data.animal_mnist import (
+    CLASS_NAMES,
+    COMPLETE_MARKER,
+    load_animal_mnist_arrays,
+    main,
+    materialize_animal_mnist,
+)
+from training.data.layouts import load_dataset
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("animal_mnist") is None,
+    reason="animal-mnist is not installed (pip install --no-deps animal-mnist==0.4)",
+)
+
+
+def test_arrays_are_ten_balanced_classes() -> None:
+    images, labels = load_animal_mnist_arrays()
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [1000] * 10
+    assert "tensorflow" not in sys.modules, "reading the data must not import the package (tensorflow)"
+
+
+def test_small_subset_is_an_unseen_class_retrieval_set(tmp_path: Path) -> None:
+    out = materialize_animal_mnist(tmp_path / "animal-mnist", limit_per_class=5)
+    assert sorted(p.name for p in (out / "train").iterdir()) == list(CLASS_NAMES[:5])
+    assert sorted(p.name for p in (out / "test").iterdir()) == list(CLASS_NAMES[5:])
+    splits = load_dataset("folder", out)
+    assert splits.protocol == "class" and splits.query == splits.gallery
+    assert len(splits.train) == 25 and len(splits.query) == 25
+    assert sorted({r.pid for r in splits.train}) == [0, 1, 2, 3, 4], "folder pids equal the package labels"
+    assert sorted({r.pid for r in splits.query}) == [5, 6, 7, 8, 9]
+    images, labels = load_animal_mnist_arrays()
+    for record in (splits.train[0], splits.query[-1]):
+        index = int(Path(record.path).stem)
+        assert labels[index] == record.pid
+        with Image.open(record.path) as png:
+            assert png.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(png), np.repeat(images[index][..., None], 3, axis=2))
+    marker = json.loads((out / COMPLETE_MARKER).read_text())
+    assert marker["counts"] == {"train": 25, "test": 25}
+    assert materialize_animal_mnist(out, limit_per_class=5) == out
+    with pytest.raises(FileExistsError):
+        materialize_animal_mnist(out, limit_per_class=6)
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--out", str(tmp_path / "am"), "--limit-per-class", "2"]) == 0
+    assert len(list((tmp_path / "am").rglob("*.png"))) == 20
+    assert main(["--out", str(tmp_path / "am"), "--limit-per-class", "0"]) == 2
+    assert "limit_per_class must be >= 1" in capsys.readouterr().err
+
+
+def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "animal_mnist", None)  # Python's documented way to block an import
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps animal-mnist==0\.4"):
+        load_animal_mnist_arrays()

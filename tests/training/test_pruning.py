@@ -1,0 +1,61 @@
+"""Pruning threshold, slicing to a slim network, and slim == full-width-with-zeroed-rows."""
+
+import pytest
+import torch
+
+from training.arch_spec import ArchSpec
+from training.models import build_network
+from training.pruning import kept_from_norms, slice_state_dict, zero_pruned_rows
+
+
+def test_threshold_keeps_strongest_when_all_fall_below():
+    assert kept_from_norms(torch.tensor([0.5, 1e-6, 2.0, 0.0])) == [0, 2]
+    assert kept_from_norms(torch.tensor([1e-7, 3e-6, 1e-8])) == [1]
+
+
+def test_round_to_multiple_adds_strongest_pruned_rows():
+    norms = torch.tensor([1.0, 0.0, 0.5, 1e-9, 0.3, 0.2, 0, 0, 0, 0, 0.01, 0])
+    assert len(kept_from_norms(norms, multiple_of=8)) == 8
+    assert kept_from_norms(norms, multiple_of=8)[:3] == [0, 2, 3] or 10 in kept_from_norms(norms, multiple_of=8)
+    assert len(kept_from_norms(torch.ones(5), multiple_of=8)) == 5  # capped at full width
+
+
+def _perturbed(spec):
+    torch.manual_seed(0)
+    net = build_network(spec).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        for ind in net.indicators():
+            ind.weight.add_(0.2 * torch.randn_like(ind.weight))
+    return net
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_slim_equals_full_width_with_zeroed_rows(depth):
+    spec = ArchSpec(depth=depth, width=0.25, input_size=(64, 32), indicators=True, num_classes=5)
+    full = _perturbed(spec)
+    g = torch.Generator().manual_seed(1)
+    kept = [sorted(torch.randperm(p, generator=g)[: max(1, p // 3)].tolist()) for _, p in spec.blocks()]
+    kept[0] = [3]  # a block reduced to one channel
+    slim_spec = spec.with_kept(kept)
+    zeroed = build_network(spec).eval()
+    zeroed.load_state_dict(zero_pruned_rows(full.state_dict(), slim_spec))
+    slim = build_network(slim_spec).eval()
+    slim.load_state_dict(slice_state_dict(full.state_dict(), slim_spec), strict=True)
+    x = torch.randn(3, 3, 64, 32)
+    assert torch.allclose(slim(x), zeroed(x), atol=1e-5)
+    assert not torch.allclose(slim(x), full(x), atol=1e-3)  # pruning really changed something
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_slice_rejects_a_state_dict_of_another_architecture():
+    spec = ArchSpec(depth=18, width=0.25, input_size=(64, 32), indicators=True)
+    other = build_network(ArchSpec(depth=18, width=0.5, input_size=(64, 32), indicators=True)).state_dict()
+    slim = spec.with_kept([[0]] * len(spec.blocks()))
+    with pytest.raises(ValueError, match="expected full-width indicator"):
+        slice_state_dict(other, slim)

@@ -1,0 +1,1 @@
+"""Capacity Dynamic Distillation training: data, models, losses, gradient resetting, pruning."""

@@ -1,0 +1,62 @@
+"""`cdd-train` / `python -m training`: train a teacher or a CDD student from a preset or TOML file.
+
+    cdd-train --preset demo-teacher
+    cdd-train --config my.toml --set optim.lr=0.02 --set run.epochs=60 --resume
+    torchrun --nproc_per_node=2 -m training --preset demo-teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdd-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="preset in training/presets (demo-teacher, demo-student, paper-student)")
+    source.add_argument("--config", help="TOML config file (may `extends = \"<preset>\"`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value; repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt if present")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from training.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.preset or args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"cdd-train: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import json
+
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    from training.distributed import init_distributed
+    from training.trainer import Trainer
+
+    try:
+        ctx = init_distributed(cfg.run.device)
+        final = Trainer(cfg, ctx, resume=args.resume).fit()
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"cdd-train: {exc}", file=sys.stderr)
+        return 2
+    if ctx.is_main and final:
+        print(f"{cfg.run.kind}: mAP {final['mAP']:.2f}%  rank-1 {final['rank1']:.2f}%  "
+              f"params {final['params']:,}  FLOPs {final['flops']:,}  -> {cfg.run.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

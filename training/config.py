@@ -1,0 +1,242 @@
+"""Typed training configuration: frozen dataclasses per section, loaded from a TOML preset/file plus
+``section.key=value`` overrides; unknown keys are rejected with the list of valid ones.
+
+Presets live in ``training/presets/<name>.toml``; a file may ``extends = "<preset>"`` another preset.
+The resolved config is saved with every run (``config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "LossConfig",
+    "CDDConfig",
+    "TrainConfig",
+    "PRESET_DIR",
+    "load_config",
+    "parse_override",
+]
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """Bad configuration: names the file/key, what was expected and the valid choices."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """out_dir: run directory; kind: "teacher" trains a plain net, "student" runs CDD against a teacher."""
+
+    kind: str = "teacher"
+    out_dir: str = "runs/demo/teacher"
+    seed: int = 0
+    epochs: int = 10
+    eval_every: int = 5
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+    progress: bool = True
+    max_steps_per_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset layout name + root; height/width in pixels; p identities x k images per batch."""
+
+    dataset: str = "market1501"
+    root: str = "data/synthetic-reid"
+    height: int = 128
+    width: int = 64
+    p: int = 16
+    k: int = 4
+    num_workers: int = 0
+    on_error: str = "raise"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    flip_p: float = 0.5
+    pad: int = 10
+    erasing_p: float = 0.5
+    eval_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """init: "scratch", "imagenet" (local torchvision file at imagenet_weights) or "teacher" (students only)."""
+
+    depth: int = 50
+    width: float = 1.0
+    last_stride: int = 1
+    embedding_dim: int = 512
+    init: str = "scratch"
+    imagenet_weights: str = ""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD; lr schedule: linear warm-up from warmup_factor*lr over warmup_epochs, flat until flat_until
+    (epoch), cosine to min_lr at the end. head_lr_mult scales the head's lr; indicator_lr_mult the indicators'."""
+
+    lr: float = 0.01
+    head_lr_mult: float = 1.5
+    indicator_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 10
+    warmup_factor: float = 0.1
+    flat_until: float = 40
+    min_lr: float = 1e-7
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (0 disables a term)."""
+
+    id_weight: float = 1.0
+    label_smoothing: float = 0.1
+    triplet_weight: float = 1.0
+    triplet_margin: float = 0.35
+    kd_weight: float = 1.0
+    kd_temperature: float = 2.0
+    feature_weight: float = 0.5
+    lasso_lambda: float = 0.004
+
+
+@dataclass(frozen=True)
+class CDDConfig:
+    """Capacity Dynamic Distillation. grg_start_epoch: gradient resetting starts (ref 20/120); memory_size
+    teacher descriptors per block; topk neighbours; ratio of candidate channels; prune_threshold on row
+    norms; flops_budget (fraction of the teacher's FLOPs, 0 = off) stops growing the reset set once the
+    pruned network would meet it; round_to rounds kept counts up to a multiple (1 = off); gradient_reset
+    false gives the "lasso + threshold only" ablation. static_arch: path to an arch.json to train a static
+    student of that architecture with the same distillation losses (ablation baseline)."""
+
+    teacher_run: str = "runs/demo/teacher"
+    grg_start_epoch: float = 20
+    memory_size: int = 24000
+    topk: int = 2
+    ratio: float = 0.5
+    prune_threshold: float = 1e-5
+    flops_budget: float = 0.0
+    round_to: int = 1
+    gradient_reset: bool = True
+    static_arch: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    cdd: CDDConfig = field(default_factory=CDDConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections are {sorted(sections)}")
+        built = {}
+        for f in dataclasses.fields(cls):
+            section_cls = f.default_factory  # type: ignore[misc]
+            built[f.name] = _build_section(section_cls, data.get(f.name, {}), f"{source} [{f.name}]")
+        return cls(**built)
+
+
+def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a table of key = value, found {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
+    hints = typing.get_type_hints(section_cls)
+    out = {}
+    for name, value in values.items():
+        expected = typing.get_origin(hints[name]) or hints[name]
+        out[name] = _coerce(value, expected, f"{where} {name}")
+    return section_cls(**out)
+
+
+def _coerce(value: Any, expected: type, where: str) -> Any:
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if expected is tuple and isinstance(value, list | tuple):
+        return tuple(float(v) for v in value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {expected.__name__}, found {value!r} ({type(value).__name__})")
+    return value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        presets = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+        raise ConfigError(f"{path}: config file not found; give a TOML file or one of the presets {presets}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = _resolve(parent)
+    if parent_path in seen:
+        raise ConfigError(f"{path}: `extends` forms a cycle through {parent_path}")
+    return _merge(_read_toml(parent_path, seen + (path,)), data)
+
+
+def _resolve(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return PRESET_DIR / f"{name_or_path}.toml"
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value); value parsed as TOML (so 0.1, true, "x", [1,2])
+    with a bare string as fallback."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. optim.lr=0.02")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Load a preset name (e.g. "demo-teacher") or TOML path, apply overrides, validate types and keys."""
+    data = _read_toml(_resolve(source)) if source else {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        data = _merge(data, {section: {key: value}})
+    return TrainConfig.from_dict(data, source=str(source or "defaults"))

@@ -1,0 +1,47 @@
+"""PNG plot of a run's training curves (loss terms, evaluation, kept channels)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_history"]
+
+
+def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
+    """Write loss terms, mAP/rank-1 and (students) kept fraction per epoch to ``path`` atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name in sorted({k for h in history for k in h.get("loss", {})}):
+        axes[0].plot(epochs, [h["loss"].get(name, float("nan")) for h in history], label=name)
+    axes[0].set(title="loss terms", xlabel="epoch", yscale="log")
+    axes[0].legend(fontsize=8)
+    evaluated = [h for h in history if h.get("eval")]
+    for key in ("mAP", "rank1"):
+        axes[1].plot([h["epoch"] for h in evaluated], [h["eval"][key] for h in evaluated], "o-", label=key)
+    axes[1].set(title="evaluation (%)", xlabel="epoch")
+    axes[1].legend(fontsize=8)
+    pruned = [h for h in history if h.get("pruning")]
+    if pruned:
+        axes[2].plot([h["epoch"] for h in pruned], [100 * h["pruning"]["kept_fraction"] for h in pruned],
+                     label="kept channels %")
+        axes[2].plot([h["epoch"] for h in pruned], [100 - h["pruning"]["flops_reduction"] for h in pruned],
+                     label="FLOPs % of teacher")
+        axes[2].legend(fontsize=8)
+    axes[2].set(title="capacity", xlabel="epoch")
+    fig.tight_layout()
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".plot.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, target)

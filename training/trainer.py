@@ -1,0 +1,364 @@
+"""Training loop for teachers and CDD students.
+
+One step reads like the method: teacher forward -> student forward -> named losses -> backward ->
+(AMP unscale) -> gradient resetting -> optimizer step. Everything else (data, schedule, checkpoints,
+metrics) is wiring around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.arch_spec import ArchSpec
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.cost import deployed_cost, reduction_percent
+from training.data.dataset import ImageDataset
+from training.data.layouts import load_dataset
+from training.data.records import DatasetSplits, train_labels
+from training.data.samplers import IdentityBalancedBatchSampler
+from training.data.transforms import build_eval_transform, build_train_transform
+from training.distillation import compute_losses
+from training.distributed import DistContext
+from training.evaluate import evaluate_model
+from training.grg import GradientResetter
+from training.models.network import ReIDNet, TrainOutput
+from training.models.resnet import load_imagenet_weights
+from training.models.teacher import init_student_from_teacher, load_teacher
+from training.plots import plot_history
+from training.pruning import kept_channels, slice_state_dict
+from training.schedule import lr_factor
+
+__all__ = ["Trainer", "write_json_atomic"]
+
+log = logging.getLogger("training")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file next to ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+class _TrainForward(nn.Module):
+    """Lets DistributedDataParallel hook ``forward_train``."""
+
+    def __init__(self, net: ReIDNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> TrainOutput:
+        return self.net.forward_train(x)
+
+
+class Trainer:
+    """Trains the run described by ``cfg`` on ``ctx.device``; ``fit()`` resumes from the run dir when
+    ``resume`` and a checkpoint exist, and returns the final metrics dict."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, resume: bool = False) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.out = Path(cfg.run.out_dir)
+        self.resume = resume
+        if cfg.run.kind not in ("teacher", "student"):
+            raise ValueError(f"run.kind must be 'teacher' or 'student', found {cfg.run.kind!r}")
+        self.is_student = cfg.run.kind == "student"
+        self.splits: DatasetSplits = load_dataset(cfg.data.dataset, cfg.data.root)
+        labels, self.label_map = train_labels(self.splits.train)
+        self.num_classes = len(self.label_map)
+        self._build_data(labels)
+        self.teacher = (load_teacher(cfg.cdd.teacher_run, self.num_classes, ctx.device)
+                        if self.is_student else None)
+        self.spec, self.teacher_channels = self._build_spec()
+        self.net = self._initialise()
+        self.module: nn.Module = _TrainForward(self.net)
+        if ctx.distributed:
+            self.module = DistributedDataParallel(
+                self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        self.optimizer = self._build_optimizer()
+        self.amp = cfg.run.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.teacher_cost = deployed_cost(self._teacher_spec())
+        self.resetter = self._build_resetter()
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _build_data(self, labels: list[int]) -> None:
+        d = self.cfg.data
+        size = (d.height, d.width)
+        train_tf = build_train_transform(size, d.mean, d.std, d.flip_p, d.pad, d.erasing_p)
+        self.train_set = ImageDataset(self.splits.train, labels, train_tf, d.on_error, seed=self.cfg.run.seed)
+        self.sampler = IdentityBalancedBatchSampler(labels, d.p, d.k, self.cfg.run.seed, self.ctx.rank,
+                                                    self.ctx.world_size)
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=d.num_workers,
+                                 pin_memory=self.ctx.device.type == "cuda",
+                                 persistent_workers=d.num_workers > 0)
+        eval_tf = build_eval_transform(size, d.mean, d.std)
+        self.query_set = ImageDataset(self.splits.query, [r.pid for r in self.splits.query], eval_tf, d.on_error)
+        self.gallery_set = (None if self.splits.protocol == "class" else
+                            ImageDataset(self.splits.gallery, [r.pid for r in self.splits.gallery], eval_tf,
+                                         d.on_error))
+
+    def _base_spec(self) -> ArchSpec:
+        m, d = self.cfg.model, self.cfg.data
+        return ArchSpec(depth=m.depth, width=m.width, last_stride=m.last_stride, embedding_dim=m.embedding_dim,
+                        num_classes=self.num_classes, input_size=(d.height, d.width))
+
+    def _teacher_spec(self) -> ArchSpec:
+        if self.teacher is not None:
+            return self.teacher.spec
+        return self._base_spec()
+
+    def _build_spec(self) -> tuple[ArchSpec, list[torch.Tensor] | None]:
+        base = self._base_spec()
+        if not self.is_student:
+            return base, None
+        if self.cfg.cdd.static_arch:
+            slim = ArchSpec.load(self.cfg.cdd.static_arch)
+            spec = replace(slim, indicators=False, num_classes=self.num_classes)
+            spec.validate(self.cfg.cdd.static_arch)
+            return spec, [torch.tensor(k) for k in (slim.kept_channels or [])] or None
+        return replace(base, indicators=True), None
+
+    def _initialise(self) -> ReIDNet:
+        torch.manual_seed(self.cfg.run.seed)
+        net = ReIDNet(self.spec).to(self.ctx.device)
+        init = self.cfg.model.init
+        if init == "imagenet":
+            load_imagenet_weights(net.backbone, self.cfg.model.imagenet_weights)
+        elif init == "teacher":
+            if self.teacher is None or self.spec.kept_channels is not None:
+                raise ValueError("model.init=teacher needs run.kind=student with a full-width student")
+            init_student_from_teacher(net, self.teacher)
+        elif init != "scratch":
+            raise ValueError(f"model.init must be scratch, imagenet or teacher, found {init!r}")
+        return net
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        head = list(self.net.head.parameters())
+        indicators = [p for m in self.net.indicators() for p in m.parameters()]
+        special = {id(p) for p in head + indicators}
+        backbone = [p for p in self.net.parameters() if id(p) not in special]
+        groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": o.head_lr_mult}]
+        if indicators:
+            groups.append({"params": indicators, "lr_mult": o.indicator_lr_mult})
+        for g in groups:
+            g["lr"] = o.lr * g["lr_mult"]
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+    def _build_resetter(self) -> GradientResetter | None:
+        c = self.cfg.cdd
+        if not self.is_student or not self.net.indicators() or not c.gradient_reset:
+            return None
+        widths = [p for _, p in self.spec.blocks()]
+        can_grow = None
+        if c.flops_budget > 0:
+            limit = c.flops_budget * self.teacher_cost.flops
+            can_grow = lambda masks: self._flops_if_reset(masks) > limit  # noqa: E731
+        return GradientResetter(widths, c.memory_size, c.topk, c.ratio, self.ctx.device, can_grow)
+
+    def _flops_if_reset(self, masks: list[torch.Tensor]) -> int:
+        kept = [(~m).nonzero().flatten().tolist() or [int(m.float().argmin())] for m in masks]
+        return deployed_cost(self.spec.with_kept(kept)).flops
+
+    # ------------------------------------------------------------------------------------------ step
+    def _grg_active(self, epoch: float) -> bool:
+        return self.resetter is not None and epoch >= self.cfg.cdd.grg_start_epoch
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
+        """One optimisation step; returns the named loss values (and ``reset_added`` when resetting)."""
+        lasso = self.cfg.loss.lasso_lambda
+        indicator_weights = [m.weight for m in self.net.indicators()]
+        with torch.autocast(self.ctx.device.type, enabled=self.amp):
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher.forward_train(images)
+            student_out: TrainOutput = self.module(images)
+            losses = compute_losses(student_out, labels, self.cfg.loss, teacher_out, indicator_weights,
+                                    lasso_in_loss=not grg_active, teacher_channels=self.teacher_channels)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        stats = {name: float(v.detach()) for name, v in losses.items()}
+        if grg_active and self.resetter is not None and teacher_out is not None:
+            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors,
+                                                        student_out.post_descriptors)
+            self.resetter.apply(indicator_weights, lasso)
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stats["total"] = float(total.detach())
+        return stats
+
+    def _set_lr(self, epoch: float) -> float:
+        o = self.cfg.optim
+        factor = lr_factor(epoch, self.cfg.run.epochs, o.warmup_epochs, o.warmup_factor, o.flat_until,
+                           o.min_lr / o.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = o.lr * factor * group["lr_mult"]
+        return o.lr * factor
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self, stop_after_epochs: int | None = None) -> dict[str, Any]:
+        """Train to ``run.epochs`` (resuming if asked), evaluate, write the run dir; returns final metrics.
+
+        ``stop_after_epochs`` ends the process-local run early after that many epochs of this call, as a
+        kill after a checkpoint would (returns {}); used to check that resuming is exact."""
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+        if self.resume and (self.out / "checkpoint.pt").is_file():
+            self._load_state(load_checkpoint(self.out / "checkpoint.pt", kind=self.cfg.run.kind))
+        for epoch in range(self.start_epoch, self.cfg.run.epochs):
+            if stop_after_epochs is not None and epoch - self.start_epoch >= stop_after_epochs:
+                return {}
+            entry = self._train_epoch(epoch)
+            last = epoch + 1 == self.cfg.run.epochs
+            if self.cfg.run.eval_every and ((epoch + 1) % self.cfg.run.eval_every == 0) and not last:
+                entry["eval"] = self._evaluate(self._deploy_net()[0]) if self.ctx.is_main else None
+            self.history.append(entry)
+            self._save(epoch + 1)
+        final = self._final() if self.ctx.is_main else {}
+        self._barrier()
+        return final
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        self.net.train()
+        steps = len(self.loader)
+        if self.cfg.run.max_steps_per_epoch:
+            steps = min(steps, self.cfg.run.max_steps_per_epoch)
+        sums: dict[str, float] = {}
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(total=steps, desc=f"{self.cfg.run.kind} epoch {epoch + 1}/{self.cfg.run.epochs}",
+                   disable=not (self.cfg.run.progress and self.ctx.is_main), leave=False, dynamic_ncols=True)
+        lr = 0.0
+        for step, (images, labels, _, _) in enumerate(self.loader):
+            if step >= steps:
+                break
+            progress = epoch + step / steps
+            lr = self._set_lr(progress)
+            images = images.to(self.ctx.device, non_blocking=True)
+            labels = labels.to(self.ctx.device, non_blocking=True)
+            stats = self.train_step(images, labels, self._grg_active(progress))
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            seen += images.shape[0] * self.ctx.world_size
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{stats['total']:.3f}", img_s=f"{rate:.0f}")
+            bar.update()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": elapsed, "images_per_s": seen / elapsed}
+        entry["loss"] = {k: v / max(steps, 1) for k, v in sums.items() if k != "reset_added"}
+        if self.is_student and self.net.indicators():
+            entry["pruning"] = self._pruning_state(sums.get("reset_added", 0.0))
+        if self.ctx.is_main:
+            log.info("epoch %d/%d loss %.4f %.0f img/s%s", epoch + 1, self.cfg.run.epochs,
+                     entry["loss"].get("total", 0.0), entry["images_per_s"],
+                     f" kept {entry['pruning']['kept_fraction']:.1%}" if "pruning" in entry else "")
+        return entry
+
+    def _pruning_state(self, added: float) -> dict[str, Any]:
+        spec = self._slim_spec()
+        cost = deployed_cost(spec)
+        total = sum(p for _, p in self.spec.blocks())
+        reset = sum(int(m.sum()) for m in self.resetter.masks) if self.resetter else 0
+        return {"kept_channels": sum(spec.kept_counts()), "kept_fraction": sum(spec.kept_counts()) / total,
+                "reset_channels": reset, "reset_added": int(added), "flops": cost.flops, "params": cost.params,
+                "flops_reduction": reduction_percent(self.teacher_cost, cost)["flops"]}
+
+    # -------------------------------------------------------------------------------- deploy + eval
+    def _slim_spec(self) -> ArchSpec:
+        if not self.net.indicators():
+            return self.spec
+        weights = [m.weight.detach() for m in self.net.indicators()]
+        kept = kept_channels(weights, self.cfg.cdd.prune_threshold, self.cfg.cdd.round_to)
+        return self.spec.with_kept(kept)
+
+    def _deploy_net(self) -> tuple[nn.Module, ArchSpec]:
+        """The network as it will be deployed: slim rebuilt from the spec and sliced weights."""
+        spec = self._slim_spec()
+        if spec.kept_channels is None or not spec.indicators:
+            return self.net, spec
+        slim = ReIDNet(spec).to(self.ctx.device)
+        slim.load_state_dict(slice_state_dict(self.net.state_dict(), spec), strict=True)
+        return slim, spec
+
+    def _evaluate(self, net: nn.Module) -> dict[str, float]:
+        metrics = evaluate_model(net, self.query_set, self.gallery_set, self.ctx.device, self.splits.protocol,
+                                 batch_size=self.cfg.data.eval_batch_size)
+        return {k: round(v, 3) for k, v in metrics.as_percent().items()}
+
+    def _final(self) -> dict[str, Any]:
+        net, spec = self._deploy_net()
+        final: dict[str, Any] = dict(self._evaluate(net))
+        cost = deployed_cost(spec)
+        final.update({"params": cost.params, "flops": cost.flops, "teacher_params": self.teacher_cost.params,
+                      "teacher_flops": self.teacher_cost.flops})
+        reduction = reduction_percent(self.teacher_cost, cost)
+        final.update({"params_reduction": round(reduction["params"], 2),
+                      "flops_reduction": round(reduction["flops"], 2)})
+        spec.save(self.out / "arch.json")
+        self._write_metrics(final)
+        log.info("final %s", json.dumps(final))
+        return final
+
+    # --------------------------------------------------------------------------------- persistence
+    def _save(self, next_epoch: int) -> None:
+        if not self.ctx.is_main:
+            self._barrier()
+            return
+        state = {"kind": self.cfg.run.kind, "model": self.net.state_dict(), "arch": self.spec.to_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "epoch": next_epoch, "history": self.history, "config": self.cfg.to_dict(),
+                 "grg": self.resetter.state_dict() if self.resetter else None}
+        save_checkpoint(self.out / "checkpoint.pt", state)
+        self._slim_spec().save(self.out / "arch.json")
+        self._write_metrics(None)
+        self._barrier()
+
+    def _write_metrics(self, final: dict[str, Any] | None) -> None:
+        data: dict[str, Any] = {"kind": self.cfg.run.kind, "epochs": self.history}
+        if final is not None:
+            data["final"] = final
+        write_json_atomic(self.out / "metrics.json", data)
+        plot_history(self.history, self.out / "curves.png")
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        if saved.get("model") != self.cfg.to_dict()["model"]:
+            raise ValueError(f"{self.out / 'checkpoint.pt'}: was trained with model config {saved.get('model')}, "
+                             "the current config differs; resume with the same config or use a new run.out_dir")
+        self.net.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.resetter is not None and state.get("grg") is not None:
+            self.resetter.load_state_dict(state["grg"])
+        self.history = list(state.get("history", []))
+        self.start_epoch = int(state["epoch"])
+        log.info("resumed %s at epoch %d", self.out, self.start_epoch)
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            torch.distributed.barrier()
