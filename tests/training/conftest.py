@@ -23,3 +23,16 @@ def tiny_reid_root(tmp_path_factory):
 @pytest.fixture
 def overrides_for():
     return tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tiny_reid_root, tmp_path_factory):
+    """A 2-epoch tiny teacher run dir (trained once per session)."""
+    from training.config import load_config
+    from training.distributed import init_distributed
+    from training.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    cfg = load_config("demo-teacher", tiny_overrides(tiny_reid_root, out, epochs=2))
+    Trainer(cfg, init_distributed("cpu")).fit()
+    return out

@@ -19,15 +19,6 @@ def _fit(overrides, **kwargs):
     return trainer, trainer.fit(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tiny_reid_root, tmp_path_factory):
-    from training_fixtures import tiny_overrides
-
-    out = tmp_path_factory.mktemp("runs") / "teacher"
-    _fit(tiny_overrides(tiny_reid_root, out, epochs=2))
-    return out
-
-
 def test_teacher_run_dir_is_complete(teacher_run):
     metrics = json.loads((teacher_run / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
