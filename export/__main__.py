@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default), off, required")
     parser.add_argument("--int8", action="store_true", help="INT8 TensorRT engine, calibrated on training images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an export config value, e.g. --set gates.onnx.max_abs_err=1e-5 "
+                        help="override an export config value, e.g. --set gates.onnxruntime.max_abs_err=1e-5 "
                              "--set batch.max=32 (repeatable)")
     return parser
 

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from export.errors import ExportError
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from serving.bundle import (
     MANIFEST_NAME,
     BatchRange,
@@ -121,9 +122,9 @@ def make_manifest(*, name: str, input_size: tuple[int, int], dim: int, mean: tup
     height, width = input_size
     return Manifest(
         name=name,
-        input=InputSpec(name="images", dtype="uint8", layout="NHWC", height=height, width=width, channels=3,
+        input=InputSpec(name=INPUT_NAME, dtype="uint8", layout="NHWC", height=height, width=width, channels=3,
                         color="RGB"),
-        output=OutputSpec(name="embeddings", dtype="float32", dim=dim, normalized=True),
+        output=OutputSpec(name=OUTPUT_NAME, dtype="float32", dim=dim, normalized=True),
         preprocess=Preprocess(policy="stretch", interpolation="bilinear", color="RGB", normalization="in_graph",
                               mean=tuple(mean), std=tuple(std)),
         batch=BatchRange(min=batch[0], opt=batch[1], max=batch[2]),

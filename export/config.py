@@ -1,7 +1,7 @@
 """Export configuration: frozen dataclasses with defaults, changed by ``--set key=value`` overrides.
 
 Keys are dotted paths into the dataclasses, e.g. ``opset=18``, ``batch.max=32``,
-``gates.onnx.max_abs_err=1e-5``, ``tensorrt.int8=true``. Unknown keys are rejected with the list of valid
+``gates.onnxruntime.max_abs_err=1e-5``, ``tensorrt.int8=true``. Unknown keys are rejected with the list of valid
 ones. The resolved config is stored in the bundle's provenance (``ExportConfig.to_dict``).
 """
 
@@ -53,7 +53,7 @@ class GateConfig:
 
     rebuild: Tolerance = field(default_factory=lambda: Tolerance(1e-4, 0.9999))
     fold: Tolerance = field(default_factory=lambda: Tolerance(1e-4, 0.9999))
-    onnx: Tolerance = field(default_factory=lambda: Tolerance(1e-4, 0.9999))
+    onnxruntime: Tolerance = field(default_factory=lambda: Tolerance(1e-4, 0.9999))
     torch_program: Tolerance = field(default_factory=lambda: Tolerance(1e-4, 0.9999))
     tensorrt_fp16: Tolerance = field(default_factory=lambda: Tolerance(2e-2, 0.995))
     tensorrt_int8: Tolerance = field(default_factory=lambda: Tolerance(1e-1, 0.95))
@@ -186,7 +186,7 @@ def load_export_config(overrides: Iterable[str] = ()) -> ExportConfig:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ExportConfigError(f"--set {item!r}: expected key=value, e.g. gates.onnx.max_abs_err=1e-5")
+            raise ExportConfigError(f"--set {item!r}: expected key=value, e.g. gates.onnxruntime.max_abs_err=1e-5")
         if key not in defaults:
             raise ExportConfigError(f"--set {key}: unknown key; valid keys are {', '.join(sorted(defaults))}")
         _set_path(tree, key, _parse(key, text, defaults[key]))

@@ -13,7 +13,7 @@ import numpy as np
 
 from export.errors import RunDirError
 from training.data.layouts import load_dataset
-from training.data.records import Record
+from training.data.records import DatasetSplits, Record
 from training.data.transforms import ImageLoadError, load_rgb, resize_uint8
 
 __all__ = ["calibration_images", "gate_images", "load_images"]
@@ -35,7 +35,7 @@ def _sample(records: Sequence[Record], count: int, seed: int) -> list[Record]:
     return sorted(random.Random(seed).sample(ordered, count), key=lambda r: r.path)
 
 
-def _splits(dataset: str, root: str):
+def _splits(dataset: str, root: str) -> DatasetSplits:
     try:
         return load_dataset(dataset, root)
     except (FileNotFoundError, ValueError) as exc:

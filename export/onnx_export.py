@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,11 @@ class OnnxExportError(ExportError):
     """The exported ONNX model failed the checker or does not have the expected interface."""
 
 
+def _legacy_exporter() -> dict[str, bool]:
+    """``dynamo=False`` where torch has the switch (>= 2.5; the dynamo exporter is the default from 2.9)."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def export_onnx(wrapper: nn.Module, path: str | Path, input_size: tuple[int, int], opset: int) -> Path:
     """Write ``wrapper`` (uint8 (N, H, W, 3) -> (N, D)) to ``path`` with input ``images``, output
     ``embeddings``, a symbolic batch axis and ``opset``; validate with ``onnx.checker``.
@@ -37,15 +43,19 @@ def export_onnx(wrapper: nn.Module, path: str | Path, input_size: tuple[int, int
         # The legacy exporter is chosen on purpose (fast, deterministic graphs); silence its deprecation notice.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        torch.onnx.export(
-            wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-            do_constant_folding=True, dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+                do_constant_folding=True, **_legacy_exporter(),
+            )
+        except Exception as exc:  # the exporter raises many types (OnnxExporterError, RuntimeError, ...)
+            raise OnnxExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: "
+                                  f"{str(exc)[:300]}") from exc
     model = onnx.load(str(path))
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise OnnxExportError(f"{path}: the exported model fails onnx.checker: {exc}") from exc
     _check_interface(model, path, height, width)
     return path

@@ -68,11 +68,12 @@ def take_batch(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def run_gate(name: str, reference: Embedder, candidate: Embedder, images: np.ndarray,
-             batch_sizes: Sequence[int], tolerance: Tolerance) -> dict[str, Any]:
+             batch_sizes: Sequence[int], tolerance: Tolerance, setting: str | None = None) -> dict[str, Any]:
     """Run both embedders on ``take_batch(images, b)`` for every b and compare.
 
     Returns {"max_abs_err", "min_cosine" (worst over batches), "batch_sizes", "images", "tolerance"}.
-    Raises ParityGateError naming the gate, the measured numbers per batch size and the tolerance."""
+    Raises ParityGateError naming the gate, the measured numbers per batch size and the tolerance (with its
+    config key ``setting``, default ``gates.<name>``)."""
     measured: dict[int, Parity] = {}
     for size in batch_sizes:
         batch = take_batch(images, size)
@@ -85,8 +86,9 @@ def run_gate(name: str, reference: Embedder, candidate: Embedder, images: np.nda
     if any(not p.within(tolerance) for p in measured.values()):
         detail = ", ".join(f"batch {b}: max_abs_err {p.max_abs_err:.3g}, min_cosine {p.min_cosine:.7f}"
                            for b, p in measured.items())
-        raise ParityGateError(name, f"parity gate {name!r} failed: {detail}; tolerance max_abs_err "
-                                    f"{tolerance.max_abs_err:.3g}, min_cosine {tolerance.min_cosine:.7f}. "
+        key = setting or f"gates.{name}"
+        raise ParityGateError(name, f"parity gate {name!r} failed: {detail}; tolerance {key}.max_abs_err "
+                                    f"{tolerance.max_abs_err:.3g}, {key}.min_cosine {tolerance.min_cosine:.7f}. "
                                     "No bundle was written.")
     return {
         "max_abs_err": worst.max_abs_err,

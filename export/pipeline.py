@@ -134,7 +134,7 @@ def _model_files(stage: BundleStage, wrapper: DeployWrapper, run: RunDir, config
     onnx_path = export_onnx(wrapper, stage.path / ONNX_FILE, run.spec.input_size, config.opset)
     check_flops(onnx_path, flops)
     parity = {"onnxruntime": run_gate("onnxruntime", reference, onnxruntime_embedder(onnx_path), images, sizes,
-                                      gates.onnx)}
+                                      gates.onnxruntime)}
     program = export_program(wrapper, stage.path / PROGRAM_FILE, run.spec.input_size, (batch.min, batch.max))
     parity["torch_program"] = run_gate("torch_program", reference, program_embedder(program), images, sizes,
                                        gates.torch_program)
@@ -153,9 +153,9 @@ def _tensorrt_files(stage: BundleStage, wrapper: DeployWrapper, run: RunDir, con
                                    config.gates.seed)
     stamp = build_engine(stage.path / ONNX_FILE, stage.path / PLAN_FILE, run.spec.input_size,
                          (batch.min, batch.opt, batch.max), trt_cfg.workspace_mib, calib, trt_cfg.calibration_batch)
-    tolerance = config.gates.tensorrt_int8 if trt_cfg.int8 else config.gates.tensorrt_fp16
+    key = "tensorrt_int8" if trt_cfg.int8 else "tensorrt_fp16"
     parity = run_gate("tensorrt", _wrapper_embedder(wrapper), tensorrt_embedder(stage.path / PLAN_FILE), images,
-                      config.parity_batch_sizes, tolerance)
+                      config.parity_batch_sizes, getattr(config.gates, key), setting=f"gates.{key}")
     stage.record(PLAN_FILE, "tensorrt")
     return stamp, parity
 
@@ -179,9 +179,9 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
             backends["tensorrt"], parity["tensorrt"] = _tensorrt_files(stage, wrapper, run, config, images)
         batch = config.batch
         manifest = make_manifest(
-            name=Path(out_dir).name, input_size=run.spec.input_size, dim=run.spec.embedding_dim, mean=run.mean,
-            std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files, backends=backends, cost=cost,
-            parity=parity, provenance=_provenance(run, config),
+            name=Path(out_dir).resolve().name, input_size=run.spec.input_size, dim=run.spec.embedding_dim,
+            mean=run.mean, std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files,
+            backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config),
         )
         bundle = stage.commit(manifest)
     return ExportResult(bundle=bundle, manifest=manifest, tensorrt_note=tensorrt_note)

@@ -89,6 +89,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [k for k in ("kind", "model", "arch", "epoch") if k not in ckpt]
     if missing:
         raise RunDirError(f"{path}: missing keys {missing}; {_RETRAIN}")
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["arch"], dict):
+        raise RunDirError(f"{path}: 'model' must be a state_dict and 'arch' an ArchSpec dict; {_RETRAIN}")
     if ckpt["kind"] not in RUN_KINDS:
         raise RunDirError(f"{path}: kind {ckpt['kind']!r}, expected one of {RUN_KINDS}")
     return ckpt

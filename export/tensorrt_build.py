@@ -97,6 +97,25 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
     return network, parser
 
 
+def _enable_int8(trt: Any, builder: Any, config: Any, images: np.ndarray, sizes: tuple[int, int, int]) -> Any:
+    """INT8 flag + entropy calibrator + a fixed-shape calibration profile (calibration runs at its opt
+    shape); the batch is ``sizes`` = (min, wanted, max) clamped. Returns the calibrator, which the caller
+    must keep alive until the build ends (TensorRT holds no Python reference to it)."""
+    low, wanted, high = sizes
+    size = max(low, min(wanted, high, len(images)))
+    if len(images) < size:
+        raise TensorRTBuildError(f"INT8 calibration needs at least {size} images, found {len(images)}")
+    height, width = images.shape[1:3]
+    profile = builder.create_optimization_profile()
+    shape = (size, height, width, 3)
+    profile.set_shape(INPUT_NAME, shape, shape, shape)
+    calibrator = _calibrator(trt, images, size)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    config.set_calibration_profile(profile)
+    return calibrator
+
+
 def build_engine(onnx_path: str | Path, plan_path: str | Path, input_size: tuple[int, int],
                  batch: tuple[int, int, int], workspace_mib: int, int8_images: np.ndarray | None = None,
                  calibration_batch: int = 16) -> dict[str, Any]:
@@ -120,19 +139,12 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, input_size: tuple
     profile.set_shape(INPUT_NAME, (low, height, width, 3), (opt, height, width, 3), (high, height, width, 3))
     config.add_optimization_profile(profile)
     config.set_flag(trt.BuilderFlag.FP16)
-    precision = "fp16"
+    precision, calibrator = "fp16", None
     if int8_images is not None:
-        size = max(low, min(calibration_batch, high, len(int8_images)))
-        if len(int8_images) < size:
-            raise TensorRTBuildError(f"INT8 calibration needs at least {size} images, found {len(int8_images)}")
-        calib_profile = builder.create_optimization_profile()  # calibration runs at the profile's opt shape
-        shape = (size, height, width, 3)
-        calib_profile.set_shape(INPUT_NAME, shape, shape, shape)
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, int8_images, size)
-        config.set_calibration_profile(calib_profile)
         precision = "int8"
+        calibrator = _enable_int8(trt, builder, config, int8_images, (low, calibration_batch, high))
     serialized = builder.build_serialized_network(network, config)
+    del calibrator
     if serialized is None:
         raise TensorRTBuildError(f"{onnx_path}: TensorRT failed to build a {precision} engine; see the TensorRT "
                                  "log above")

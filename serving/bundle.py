@@ -193,6 +193,7 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
         with os.fdopen(fd, "w") as handle:
             json.dump(manifest.to_dict(), handle, indent=2, sort_keys=True)
             handle.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -148,6 +148,7 @@ class ArchSpec:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".arch.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(self.to_dict(), handle, indent=1)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         return target
 

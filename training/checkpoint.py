@@ -26,6 +26,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save({"schema_version": CHECKPOINT_SCHEMA_VERSION, **state}, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -44,4 +44,5 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
     os.close(fd)
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, target)

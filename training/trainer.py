@@ -52,6 +52,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import torch
 from tiny_runs import TinyRuns, build_tiny_runs
 
 from export.config import load_export_config
 from export.pipeline import ExportResult, export_bundle
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny networks run faster on one thread than on two contending ones (CI boxes are small and shared);
+    the previous setting is restored after the export tests."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from tiny_runs import ONE_CHANNEL_BLOCK, TinyRuns
+from torch import nn
 
 from export.fold import ChannelAffine, FoldedBlock, FoldedNet, fold_conv_bn, fold_indicator, fold_network
 from export.rebuild import build_slim

@@ -108,21 +108,18 @@ def test_teacher_bundle_costs_are_the_teacher(teacher_bundle: ExportResult, tiny
     assert teacher_bundle.tensorrt_note == "off (--tensorrt off)" and "tensorrt" not in manifest.backends
 
 
-@pytest.mark.parametrize("gate", ["fold", "onnx"])
+@pytest.mark.parametrize("gate", ["fold", "onnxruntime"])
 def test_failed_gate_writes_nothing_and_keeps_the_old_bundle(student_bundle: ExportResult, tiny_run_dir: TinyRuns,
                                                              tmp_path: Path, gate: str) -> None:
     out = Path(shutil.copytree(student_bundle.bundle, tmp_path / "bundle"))
     before = _snapshot(out)
     config = load_export_config([f"gates.{gate}.max_abs_err=0", "tensorrt.mode=off", "batch.max=8",
                                  "batch.opt=8"])
-    with pytest.raises(ParityGateError, match=rf"parity gate '{gate}\w*' failed: batch 1: max_abs_err"):
+    expected = rf"parity gate '{gate}' failed: batch 1: max_abs_err .*gates\.{gate}\.max_abs_err 0"
+    with pytest.raises(ParityGateError, match=expected):
         export_bundle(tiny_run_dir.student18, out, config)
     assert _snapshot(out) == before
     assert _hidden(tmp_path) == []
-    fresh = tmp_path / "fresh"
-    with pytest.raises(ParityGateError):
-        export_bundle(tiny_run_dir.student18, fresh, config)
-    assert not fresh.exists() and _hidden(tmp_path) == []
 
 
 def test_cli_reports_a_failed_gate(tiny_run_dir: TinyRuns, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -134,10 +131,10 @@ def test_cli_reports_a_failed_gate(tiny_run_dir: TinyRuns, tmp_path: Path, capsy
 
 
 def test_cli_rejects_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["--run", str(tmp_path), "--out", str(tmp_path / "b"), "--set", "gates.onxx.max_abs_err=1"])
+    code = main(["--run", str(tmp_path), "--out", str(tmp_path / "b"), "--set", "gates.onnxruntim.max_abs_err=1"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "gates.onxx.max_abs_err: unknown key" in err and "gates.onnx.max_abs_err" in err
+    assert "gates.onnxruntim.max_abs_err: unknown key" in err and "gates.onnxruntime.max_abs_err" in err
 
 
 def test_bad_run_dirs_write_nothing(tiny_run_dir: TinyRuns, tmp_path: Path) -> None:
@@ -165,9 +162,9 @@ def test_missing_teacher_run_is_named(tiny_run_dir: TinyRuns, tmp_path: Path) ->
 
 
 def test_config_overrides_are_typed_and_checked() -> None:
-    config = load_export_config(["opset=18", "gates.onnx.max_abs_err=1e-6", "tensorrt.int8=yes", "batch.max=8",
+    config = load_export_config(["opset=18", "gates.onnxruntime.max_abs_err=1e-6", "tensorrt.int8=yes", "batch.max=8",
                                  "batch.opt=4", "gates.odd_batch=3"])
-    assert (config.opset, config.gates.onnx.max_abs_err, config.tensorrt.int8) == (18, 1e-6, True)
+    assert (config.opset, config.gates.onnxruntime.max_abs_err, config.tensorrt.int8) == (18, 1e-6, True)
     assert config.parity_batch_sizes == (1, 3, 8)
     with pytest.raises(ExportConfigError, match="opset must be one of"):
         load_export_config(["opset=13"])
