@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from training_fixtures import tiny_overrides
+from tiny_training import tiny_overrides
 
 from training.config import load_config
 from training.distributed import init_distributed

@@ -13,7 +13,7 @@ def test_two_ranks_agree_on_weights_masks_and_memory(tiny_reid_root, teacher_run
     out = tmp_path / "student"
     digests = tmp_path / "digests"
     digests.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(harness.parent), str(Path.cwd())]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(harness.parent.parent), str(Path.cwd())]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(harness),
            str(tiny_reid_root), str(teacher_run), str(out), str(digests)]

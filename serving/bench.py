@@ -1,0 +1,525 @@
+"""``cdd-bench``: engine, serving and index benchmarks, written as JSON + markdown + PNG.
+
+    cdd-bench engine --bundle DIR [--bundle DIR ...] [--labels student,teacher]
+                     [--backends auto|cpu|gpu|LIST] [--batches 1,2,4,8,16,32,64] [--warmup N]
+                     [--iters N | --seconds S] [--threads N] --out DIR
+    cdd-bench serve  --bundle DIR (--index DIR | --images DIR | --target HOST:PORT) [--clients 16]
+                     [--seconds 10] [--max-batch 16] [--max-wait-ms 5] [--backend auto] --out DIR
+    cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000,1000000] [--types flat,ivf,hnsw,ivfpq]
+                     [--search-seconds S] [--max-build-s S] --out DIR
+    cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
+                     [--index-images data/synthetic-reid/bounding_box_test] [--out docs]
+
+``engine`` / ``serve`` / ``index`` write ``OUT/<name>.json``, ``.md`` and ``.png``; ``all`` runs the CPU
+versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and ``benchmarks-*.png``).
+Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
+Also runnable as ``python -m serving.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serving.backends import BackendUnavailable
+from serving.benchmarks import plots, report
+from serving.benchmarks.engine import (
+    EngineBenchConfig,
+    bench_engine,
+    label_bundles,
+    open_first,
+    parse_backends,
+)
+from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
+from serving.benchmarks.machine import describe_machine, usable_cores
+from serving.benchmarks.serve import ServeBenchConfig, bench_serve
+from serving.benchmarks.targets import evaluate_targets
+from serving.bundle import BundleError, load_bundle
+from serving.index.build import items_from_folder
+from serving.index.errors import GalleryIndexError
+from serving.index.store import GalleryIndex
+
+__all__ = ["main", "run_all", "run_engine", "run_index", "run_serve"]
+
+_LOG = logging.getLogger("serving.bench")
+_SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
+_QUERY_SOURCES = 64
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} {text!r}: expected positive integers")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _header(title: str, machine: dict[str, Any], commands: Sequence[str]) -> list[str]:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"# {title}",
+        "",
+        f"Measured {stamp} on:",
+        "",
+        report.machine_markdown(machine),
+        "",
+        "Commands:",
+        "",
+        report.commands_markdown(commands),
+        "",
+    ]
+
+
+def _write(out: Path, stem: str, result: dict[str, Any], markdown: str, images: dict[str, bytes]) -> None:
+    for name, data in images.items():
+        report.write_bytes_atomic(out / name, data)
+    report.write_json_atomic(out / f"{stem}.json", result)
+    report.write_text_atomic(out / f"{stem}.md", markdown)
+    _LOG.info("wrote %s", ", ".join([*images, f"{stem}.json", f"{stem}.md"]))
+
+
+def run_engine(
+    bundles: Sequence[Path],
+    cfg: EngineBenchConfig,
+    out: Path,
+    labels: Sequence[str] | None = None,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Engine benchmark of ``bundles`` -> ``out/engine.{json,md,png}``; returns the JSON dict."""
+    machine = describe_machine()
+    result = bench_engine(label_bundles(bundles, labels), cfg)
+    targets = evaluate_targets(engine=result)
+    full = {"machine": machine, "commands": list(commands), "engine": result, "targets": targets}
+    markdown = "\n".join(
+        [
+            *_header("Engine benchmark", machine, commands),
+            report.engine_markdown(result, "engine.png"),
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "engine", full, markdown, {"engine.png": plots.engine_plot(result)})
+    return full
+
+
+def _query_sources(images: Path | None) -> list[Path]:
+    if images is None:
+        return []
+    return [item.path for item in items_from_folder(images)[:_QUERY_SOURCES]]
+
+
+def run_serve(
+    bundle: Path,
+    cfg: ServeBenchConfig,
+    out: Path,
+    *,
+    index: GalleryIndex | Path | None = None,
+    images: Path | None = None,
+    target: str | None = None,
+    backend: str = "auto",
+    threads: int = 1,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Serving benchmark -> ``out/serve.{json,md,png}``. The gallery: ``index`` (object or saved folder),
+    else a flat index built from ``images``; none for ``target``. Query JPEGs come from ``images`` when
+    given. ``backend`` "auto" = the first of tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu that opens."""
+    manifest = load_bundle(bundle)
+    names = _SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
+    engine, name, skipped = open_first(bundle, manifest, names, threads)
+    if isinstance(index, Path):
+        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256())
+    elif index is None and target is None:
+        if images is None:
+            raise ValueError(
+                "serve: give --index DIR, --images DIR (to build a gallery) or --target HOST:PORT"
+            )
+        index = _flat_index(engine, manifest, images)
+    machine = describe_machine()
+    result = bench_serve(engine, manifest, cfg, index=index, target=target, sources=_query_sources(images))
+    result.update(backend=name, skipped_backends=skipped, threads=threads)
+    targets = evaluate_targets(serve=result)
+    full = {"machine": machine, "commands": list(commands), "serve": result, "targets": targets}
+    markdown = "\n".join(
+        [
+            *_header("Serving benchmark", machine, commands),
+            report.serve_markdown(result, "serve.png"),
+            "",
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "serve", full, markdown, {"serve.png": plots.serve_plot(result)})
+    return full
+
+
+def _flat_index(engine: Any, manifest: Any, images: Path) -> GalleryIndex:
+    from serving.index.build import build_index
+
+    index, _ = build_index(engine, manifest, items_from_folder(images), progress=False)
+    return index
+
+
+def run_index(
+    bundle: Path,
+    images: Path,
+    cfg: IndexBenchConfig,
+    out: Path,
+    *,
+    backend: str = "auto",
+    threads: int = 1,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
+    manifest = load_bundle(bundle)
+    names = _SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
+    engine, _, _ = open_first(bundle, manifest, names, threads)
+    machine = describe_machine()
+    ingest, _ = bench_ingest(engine, manifest, images, cfg)
+    search = bench_search(manifest.output.dim, cfg)
+    targets = evaluate_targets(ingest=ingest)
+    full = {
+        "machine": machine,
+        "commands": list(commands),
+        "index": {"ingest": ingest, "search": search},
+        "targets": targets,
+    }
+    markdown = "\n".join(
+        [
+            *_header("Index benchmark", machine, commands),
+            report.index_markdown(ingest, search, "index.png"),
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "index", full, markdown, {"index.png": plots.index_plot(search)})
+    return full
+
+
+def run_all(
+    student: Path,
+    teacher: Path,
+    index_images: Path,
+    out: Path,
+    *,
+    engine_cfg: EngineBenchConfig,
+    serve_cfg: ServeBenchConfig,
+    index_cfg: IndexBenchConfig,
+    backend: str = "onnxruntime-cpu",
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """CPU engine (student + teacher), index and serving benchmarks -> ``out/benchmarks.{md,json}`` and
+    ``out/benchmarks-{engine,index,serve}.png``; serving searches the gallery built by the ingestion run."""
+    started = time.perf_counter()
+    machine = describe_machine()
+    engine = bench_engine(label_bundles([student, teacher], roles=["student", "teacher"]), engine_cfg)
+    manifest = load_bundle(student)
+    runner, _, _ = open_first(student, manifest, parse_backends(backend), engine_cfg.threads)
+    ingest, gallery = bench_ingest(runner, manifest, index_images, index_cfg)
+    search = bench_search(manifest.output.dim, index_cfg)
+    serve = bench_serve(runner, manifest, serve_cfg, index=gallery, sources=_query_sources(index_images))
+    serve.update(backend=backend, threads=engine_cfg.threads)
+    targets = evaluate_targets(engine=engine, serve=serve, ingest=ingest)
+    result = {
+        "machine": machine,
+        "commands": list(commands),
+        "engine": engine,
+        "serve": serve,
+        "index": {"ingest": ingest, "search": search},
+        "targets": targets,
+        "seconds": time.perf_counter() - started,
+    }
+    images = {
+        "benchmarks-engine.png": plots.engine_plot(engine),
+        "benchmarks-serve.png": plots.serve_plot(serve),
+        "benchmarks-index.png": plots.index_plot(search),
+    }
+    markdown = "\n".join(
+        [
+            *_header("Benchmarks", machine, commands),
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+            "## Engine: student vs teacher",
+            "",
+            report.engine_markdown(engine, "benchmarks-engine.png"),
+            "## Serving",
+            "",
+            report.serve_markdown(serve, "benchmarks-serve.png"),
+            "",
+            "## Gallery index",
+            "",
+            report.index_markdown(ingest, search, "benchmarks-index.png"),
+            f"Total benchmark time: {result['seconds']:.0f} s.",
+            "",
+        ]
+    )
+    _write(out, "benchmarks", result, markdown, images)
+    return result
+
+
+def _add_common(parser: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=out_default is None,
+        default=out_default,
+        help="folder for the JSON, markdown and PNG results",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=usable_cores(),
+        help="ONNX Runtime intra-op / torch threads (default: usable cores)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random images and vectors")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _add_engine_args(parser: argparse.ArgumentParser, backends: str, seconds: float, alias: bool) -> None:
+    parser.add_argument("--backends", default=backends, help="auto | cpu | gpu | comma list of backends")
+    parser.add_argument(
+        "--batches", default="1,2,4,8,16,32,64", help="batch sizes (capped at the bundle max)"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per point")
+    flags = ("--engine-seconds", "--seconds") if alias else ("--engine-seconds",)
+    parser.add_argument(
+        *flags,
+        dest="engine_seconds",
+        type=float,
+        default=seconds,
+        help="seconds of timed calls per point (ignored with --iters)",
+    )
+    parser.add_argument("--iters", type=int, help="timed calls per point (instead of seconds)")
+
+
+def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool) -> None:
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
+    parser.add_argument(
+        *flags, dest="serve_seconds", type=float, default=seconds, help="seconds of load per mode"
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="server batch size (capped at bundle max)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch window")
+    parser.add_argument("--k", type=int, default=10, help="results per search")
+    parser.add_argument("--offline-seconds", type=float, default=2.0, help="seconds timing the engine alone")
+
+
+def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None:
+    parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000,1000000")
+    parser.add_argument("--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq")
+    parser.add_argument("--search-seconds", type=float, default=3.0, help="search time per (size, type)")
+    parser.add_argument("--max-queries", type=int, default=200, help="queries per (size, type) at most")
+    parser.add_argument("--recall-queries", type=int, default=50, help="queries used for recall")
+    parser.add_argument(
+        "--max-build-s",
+        type=float,
+        default=max_build_s,
+        help="skip a build whose extrapolated time exceeds this (0 = never skip)",
+    )
+    parser.add_argument("--vectors", default="clustered", choices=("clustered", "uniform"))
+    parser.add_argument("--nlist-max", type=int, default=256, help="IVF lists at most")
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, help="ingestion batch (default: the bundle's opt batch)")
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads for ingestion")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdd-bench", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    engine = commands.add_parser("engine", help="latency / throughput per bundle, backend and batch size")
+    engine.add_argument("--bundle", type=Path, action="append", required=True, help="bundle (repeatable)")
+    engine.add_argument(
+        "--labels", help="comma list, one per --bundle; a bundle labelled 'teacher' is the teacher"
+    )
+    _add_engine_args(engine, "auto", 2.0, alias=True)
+    _add_common(engine)
+    serve = commands.add_parser("serve", help="gRPC serving QPS / latency with and without batching")
+    serve.add_argument("--bundle", type=Path, required=True)
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", type=Path, help="gallery index folder (cdd-index build)")
+    source.add_argument("--target", help="host:port of a running cdd-serve (no in-process server)")
+    serve.add_argument("--images", type=Path, help="query images (and the gallery when no --index)")
+    serve.add_argument("--backend", default="auto", help="auto or one engine backend")
+    _add_serve_args(serve, 10.0, alias=True)
+    _add_common(serve)
+    index = commands.add_parser("index", help="ingestion throughput; search latency / recall per index type")
+    index.add_argument("--bundle", type=Path, required=True)
+    index.add_argument("--images", type=Path, required=True, help="image folder to ingest")
+    index.add_argument("--backend", default="auto", help="auto or one engine backend")
+    _add_index_args(index, 0.0)
+    _add_common(index)
+    every = commands.add_parser("all", help="CPU engine + serve + index benchmarks -> OUT/benchmarks.md")
+    every.add_argument("--student", type=Path, default=Path("bundles/demo"))
+    every.add_argument("--teacher", type=Path, default=Path("bundles/demo-teacher"))
+    every.add_argument("--index-images", type=Path, default=Path("data/synthetic-reid/bounding_box_test"))
+    every.add_argument("--backend", default="onnxruntime-cpu", help="engine for serving and ingestion")
+    _add_engine_args(every, "onnxruntime-cpu,torch-cpu", 2.0, alias=False)
+    _add_serve_args(every, 8.0, alias=False)
+    _add_index_args(every, 150.0)
+    _add_common(every, "docs")
+    return parser
+
+
+def _engine_cfg(args: argparse.Namespace) -> EngineBenchConfig:
+    if args.threads < 1 or args.warmup < 0:
+        raise ValueError(f"--threads must be >= 1 and --warmup >= 0, found {args.threads} and {args.warmup}")
+    return EngineBenchConfig(
+        backends=parse_backends(args.backends),
+        batches=_ints(args.batches, "--batches"),
+        warmup=args.warmup,
+        iters=args.iters,
+        seconds=None if args.iters else args.engine_seconds,
+        threads=args.threads,
+        seed=args.seed,
+    )
+
+
+def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
+    return ServeBenchConfig(
+        clients=args.clients,
+        seconds=args.serve_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        k=args.k,
+        offline_seconds=args.offline_seconds,
+        seed=args.seed,
+    )
+
+
+def _index_cfg(args: argparse.Namespace) -> IndexBenchConfig:
+    return IndexBenchConfig(
+        sizes=_ints(args.sizes, "--sizes"),
+        types=_names(args.types),
+        max_queries=args.max_queries,
+        search_seconds=args.search_seconds,
+        recall_queries=args.recall_queries,
+        max_build_s=args.max_build_s,
+        vectors=args.vectors,
+        nlist_max=args.nlist_max,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        seed=args.seed,
+    )
+
+
+def _shown(value: Any) -> str:
+    """A path relative to the working directory when it lies inside it (reports carry no machine paths)."""
+    if isinstance(value, Path):
+        try:
+            return value.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            return value.as_posix()
+    return str(value)
+
+
+def _resolved_command(args: argparse.Namespace) -> str:
+    """The command line with every option spelled out (defaults included)."""
+    parts = ["python", "-m", "serving.bench", args.command]
+    for dest, value in vars(args).items():
+        if dest in ("command", "log_level") or value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            parts += [f"--{dest.replace('_', '-')}", _shown(item)]
+    return shlex.join(parts)
+
+
+def _engine_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    labels = list(_names(args.labels)) if args.labels else None
+    return run_engine(args.bundle, _engine_cfg(args), args.out, labels, commands)
+
+
+def _serve_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    return run_serve(
+        args.bundle,
+        _serve_cfg(args),
+        args.out,
+        index=args.index,
+        images=args.images,
+        target=args.target,
+        backend=args.backend,
+        threads=args.threads,
+        commands=commands,
+    )
+
+
+def _index_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    return run_index(
+        args.bundle,
+        args.images,
+        _index_cfg(args),
+        args.out,
+        backend=args.backend,
+        threads=args.threads,
+        commands=commands,
+    )
+
+
+def _all_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    engine_cfg = _engine_cfg(args)
+    return run_all(
+        args.student,
+        args.teacher,
+        args.index_images,
+        args.out,
+        engine_cfg=engine_cfg,
+        serve_cfg=_serve_cfg(args),
+        index_cfg=_index_cfg(args),
+        backend=args.backend,
+        commands=commands,
+    )
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], dict[str, Any]]] = {
+    "engine": _engine_main,
+    "serve": _serve_main,
+    "index": _index_main,
+    "all": _all_main,
+}
+
+
+def _summary(result: dict[str, Any]) -> str:
+    status = {True: "met", False: "NOT met", None: "not measured"}
+    lines = [
+        f"{status[t['met']]:>12}: {t['target']} (measured {t['measured']!s:.6})" for t in result["targets"]
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``cdd-bench``: 0 done, 1 a benchmark failed while running, 2 bad input (bundle, folder, option)."""
+    args = _parser().parse_args(None if argv is None else list(argv))
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = _COMMANDS[args.command](args, [_resolved_command(args)])
+    except (BundleError, BackendUnavailable, GalleryIndexError, ValueError, OSError) as exc:
+        print(f"cdd-bench {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"cdd-bench {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    print(_summary(result))
+    print(f"results in {_shown(args.out)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Index benchmark: gallery ingestion from real images, and search per index type and gallery size.
+
+Ingestion: a real `build_index` over an image folder (decode threads + batched engine), compared with the
+engine's offline images/s at the same batch size: busy fraction = ingestion images/s / offline images/s
+(target >= 0.8). The pipeline's own engine-time / wall-time fraction is reported too.
+
+Search: galleries of random unit vectors of the bundle's dimension (sizes beyond what an image folder
+holds). "clustered" vectors (default) mimic embeddings: items are noisy copies of random centres (about
+``cluster_size`` per centre) and each query is a noisy copy of the centre of a gallery item, so a query
+has real neighbours; "uniform" vectors are the hardest case for approximate indexes. Per (size, type):
+build seconds (add, plus k-means training for ivf / ivfpq), single-query latency percentiles and QPS
+over at most ``max_queries`` queries or ``search_seconds``, and recall@k vs exact search
+(`recall_at_k_vs_exact`). IVF lists are capped at ``nlist_max`` so k-means trains on a subsample (FAISS
+takes at most 256 points per centroid); a (size, type) whose build time, extrapolated linearly from the
+previous size, exceeds ``max_build_s`` is skipped with that estimate as the reason.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends import Engine
+from serving.benchmarks.engine import measure_point
+from serving.benchmarks.latency import percentiles_ms
+from serving.bundle import Manifest
+from serving.index.build import build_index, items_from_folder
+from serving.index.recall import recall_at_k_vs_exact
+from serving.index.store import INDEX_TYPES, GalleryIndex
+
+__all__ = ["IndexBenchConfig", "SyntheticGallery", "bench_ingest", "bench_search"]
+
+_LOG = logging.getLogger("serving.bench")
+_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class IndexBenchConfig:
+    """Gallery ``sizes`` x index ``types``; ``k`` for search and recall; search runs ``max_queries``
+    single queries or ``search_seconds`` (at least ``min_queries``); recall on ``recall_queries`` of them.
+    ``vectors`` "clustered" | "uniform"; IVF ``nlist_max`` and ``nprobe``; HNSW ``hnsw_m``,
+    ``ef_construction``, ``ef_search``; ``max_build_s`` (0 = no limit); ingestion ``batch_size`` (None = the
+    bundle's opt batch), decode ``workers``, ``offline_seconds`` to time the engine alone."""
+
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+    k: int = 10
+    max_queries: int = 200
+    min_queries: int = 5
+    search_seconds: float = 3.0
+    recall_queries: int = 50
+    vectors: str = "clustered"
+    cluster_size: int = 16
+    noise: float = 0.5
+    nlist_max: int = 256
+    nprobe: int = 16
+    hnsw_m: int = 16
+    ef_construction: int = 40
+    ef_search: int = 64
+    max_build_s: float = 0.0
+    batch_size: int | None = None
+    workers: int = 2
+    offline_seconds: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.types if t not in INDEX_TYPES]
+        if bad or not self.types:
+            raise ValueError(f"--types: unknown index type(s) {bad or '(none)'}; choose from {INDEX_TYPES}")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"--sizes must be positive integers, found {list(self.sizes)}")
+        if self.vectors not in ("clustered", "uniform"):
+            raise ValueError(f"--vectors must be 'clustered' or 'uniform', found {self.vectors!r}")
+        for name in ("k", "max_queries", "min_queries", "recall_queries", "cluster_size", "nlist_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"index benchmark: {name} must be >= 1, found {getattr(self, name)}")
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+class SyntheticGallery:
+    """``n`` float32 unit vectors of dimension ``dim`` (``vectors``), clustered or uniform, seeded, and
+    matching queries. Prefixes of ``vectors`` are the smaller galleries."""
+
+    def __init__(self, n: int, dim: int, kind: str, seed: int, cluster_size: int = 16, noise: float = 0.5):
+        self.kind, self.dim, self.noise = kind, dim, noise
+        rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed + 1)
+        n_centres = max(1, n // cluster_size)
+        self.centres = _unit(rng.standard_normal((n_centres, dim), dtype=np.float32))
+        self.assignment = rng.integers(0, n_centres, size=n)
+        self.vectors = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, _CHUNK):
+            rows = rng.standard_normal((min(_CHUNK, n - start), dim), dtype=np.float32)
+            if kind == "clustered":
+                rows *= noise / math.sqrt(dim)
+                rows += self.centres[self.assignment[start : start + rows.shape[0]]]
+            self.vectors[start : start + rows.shape[0]] = _unit(rows)
+
+    def queries(self, size: int, count: int) -> np.ndarray:
+        """float32 (count, dim) unit queries for the gallery prefix of ``size`` items."""
+        rows = self._rng.standard_normal((count, self.dim), dtype=np.float32)
+        if self.kind == "clustered":
+            picks = self._rng.integers(0, size, size=count)
+            rows = rows * (self.noise / math.sqrt(self.dim)) + self.centres[self.assignment[picks]]
+        return _unit(rows)
+
+
+def bench_ingest(
+    engine: Engine, manifest: Manifest, images: Path, cfg: IndexBenchConfig
+) -> tuple[dict[str, Any], GalleryIndex]:
+    """Offline engine images/s at the ingestion batch, then a real flat `build_index` of ``images``.
+    Returns (facts with "busy_fraction" = ingestion / offline images/s, the built index)."""
+    batch = min(cfg.batch_size or manifest.batch.opt, manifest.batch.max)
+    offline = measure_point(engine, batch, warmup=2, seconds=cfg.offline_seconds, seed=cfg.seed)
+    items = items_from_folder(images)
+    index, stats = build_index(
+        engine, manifest, items, index_type="flat", batch_size=batch, workers=cfg.workers, progress=False
+    )
+    facts = stats.to_dict()
+    facts.pop("skipped_files")
+    result = {
+        "images_dir": images.as_posix(),
+        "batch": batch,
+        "workers": cfg.workers,
+        "engine": engine.describe(),
+        **facts,
+        "images_per_s": stats.images_per_s,
+        "pipeline_engine_busy_fraction": stats.engine_busy_fraction,
+        "offline": offline,
+        "busy_fraction": stats.images_per_s / offline["images_per_s"],
+    }
+    _LOG.info(
+        "ingest: %d images in %.2f s (%.1f images/s), offline %.1f images/s, busy %.0f%%",
+        stats.images,
+        stats.seconds,
+        stats.images_per_s,
+        offline["images_per_s"],
+        100 * result["busy_fraction"],
+    )
+    return result, index
+
+
+def _options(index_type: str, size: int, cfg: IndexBenchConfig) -> dict[str, Any]:
+    if index_type in ("ivf", "ivfpq"):
+        nlist = max(1, min(int(4 * math.sqrt(size)), size // 39, cfg.nlist_max))
+        return {"nlist": nlist, "nprobe": min(cfg.nprobe, nlist), "seed": cfg.seed}
+    if index_type == "hnsw":
+        return {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction, "ef_search": cfg.ef_search}
+    return {}
+
+
+def _build(index_type: str, vectors: np.ndarray, cfg: IndexBenchConfig) -> tuple[GalleryIndex, float]:
+    size = vectors.shape[0]
+    index = GalleryIndex(vectors.shape[1], index_type, options=_options(index_type, size, cfg))
+    ids = [f"v{i}" for i in range(size)]
+    tick = time.perf_counter()
+    for start in range(0, size, _CHUNK):
+        index.add(ids[start : start + _CHUNK], vectors[start : start + _CHUNK])
+    if index_type in ("ivf", "ivfpq"):
+        index.rebuild()  # k-means on the stored vectors, then add them
+    return index, time.perf_counter() - tick
+
+
+def _search_row(index: GalleryIndex, queries: np.ndarray, cfg: IndexBenchConfig) -> dict[str, Any]:
+    samples: list[float] = []
+    start = time.perf_counter()
+    for query in queries:
+        tick = time.perf_counter()
+        index.search(query[None], cfg.k)
+        samples.append(time.perf_counter() - tick)
+        if len(samples) >= cfg.min_queries and time.perf_counter() - start >= cfg.search_seconds:
+            break
+    recall = recall_at_k_vs_exact(index, queries[: min(len(samples), cfg.recall_queries)], cfg.k)
+    return {
+        "latency": percentiles_ms(samples),
+        "qps": len(samples) / sum(samples),
+        "recall": recall,
+        "recall_queries": min(len(samples), cfg.recall_queries),
+    }
+
+
+def _estimate(previous: dict[str, tuple[int, float]], index_type: str, size: int) -> float | None:
+    if index_type not in previous:
+        return None
+    prev_size, prev_seconds = previous[index_type]
+    return prev_seconds * size / prev_size
+
+
+def bench_search(dim: int, cfg: IndexBenchConfig) -> dict[str, Any]:
+    """Build and search every (size, type): {"config", "dim", "rows": [{size, type, build_s, options,
+    search (engine facts), latency, qps, recall, ...}], "skipped": [{size, type, reason}]}."""
+    sizes = sorted(set(cfg.sizes))
+    gallery = SyntheticGallery(sizes[-1], dim, cfg.vectors, cfg.seed, cfg.cluster_size, cfg.noise)
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    previous: dict[str, tuple[int, float]] = {}
+    for size in sizes:
+        queries = gallery.queries(size, cfg.max_queries)
+        for index_type in cfg.types:
+            estimate = _estimate(previous, index_type, size)
+            if cfg.max_build_s > 0 and estimate is not None and estimate > cfg.max_build_s:
+                reason = f"estimated build {estimate:.0f} s > --max-build-s {cfg.max_build_s:g} s"
+                skipped.append({"size": size, "type": index_type, "reason": reason})
+                _LOG.info("index %s at %d skipped: %s", index_type, size, reason)
+                continue
+            index, seconds = _build(index_type, gallery.vectors[:size], cfg)
+            previous[index_type] = (size, seconds)
+            row = {
+                "size": size,
+                "type": index_type,
+                "build_s": seconds,
+                "build_items_per_s": size / seconds,
+                "options": _options(index_type, size, cfg),
+                "search": index.stats()["search"],
+                **_search_row(index, queries, cfg),
+            }
+            rows.append(row)
+            _LOG.info(
+                "index %s at %d: build %.1f s, p50 %.3f ms, %.0f QPS, recall@%d %.3f",
+                index_type,
+                size,
+                seconds,
+                row["latency"]["p50_ms"],
+                row["qps"],
+                cfg.k,
+                row["recall"],
+            )
+            del index
+            gc.collect()
+    return {"config": asdict(cfg), "dim": dim, "rows": rows, "skipped": skipped}

@@ -1,0 +1,353 @@
+"""Markdown for benchmark results (one section per benchmark, the machine, the targets, the commands) and
+atomic writes of the markdown, JSON and PNG files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "commands_markdown",
+    "engine_markdown",
+    "index_markdown",
+    "machine_markdown",
+    "serve_markdown",
+    "targets_markdown",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON with sorted keys; non-finite floats become null (strict JSON)."""
+    write_text_atomic(path, json.dumps(_finite(data), indent=2, sort_keys=True) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def machine_markdown(machine: dict[str, Any]) -> str:
+    versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v) or "–"
+    lines = [
+        f"- CPU: {machine['cpu']}, {machine['usable_cores']} usable cores "
+        f"({machine['logical_cores']} logical)",
+        f"- RAM: {_num(machine['ram_gib'])} GiB",
+        f"- GPU: {', '.join(machine['gpus']) or 'none'}",
+        f"- OS: {machine['os']}",
+        f"- Python {machine['python']}; {versions}",
+    ]
+    return "\n".join(lines)
+
+
+def commands_markdown(commands: Sequence[str]) -> str:
+    return "\n".join(["```sh", *commands, "```"])
+
+
+def _cost_cells(cost: dict[str, Any]) -> list[str]:
+    return [_num(cost.get("params"), 0), _num(cost.get("flops"), 0)]
+
+
+def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
+    """Bundles, per-point latency / throughput, student vs teacher ratios, unavailable backends."""
+    cfg = result["config"]
+    per_point = f"{cfg['iters']} timed calls" if cfg["iters"] else f"{cfg['seconds']:g} s of calls"
+    threads = result["threads"]
+    lines = [
+        f"Random uint8 images at each bundle's input size; {cfg['warmup']} warm-up calls, then {per_point} "
+        f"per point. ONNX Runtime intra-op threads: {threads['onnxruntime_intra_op']}; torch threads: "
+        f"{threads['torch']}. Latency is per `Engine.embed` call (one batch).",
+        "",
+        *_table(
+            ["bundle", "role", "input (HxW)", "dim", "params", "MACs", "max batch"],
+            [
+                [
+                    b["label"],
+                    b["role"],
+                    "x".join(map(str, b["input_hw"])),
+                    str(b["dim"]),
+                    *_cost_cells(b["cost"]),
+                    str(b["batch"]["max"]),
+                ]
+                for b in result["bundles"]
+            ],
+        ),
+        "",
+    ]
+    if image:
+        lines += [f"![engine latency and throughput]({image})", ""]
+    lines += _table(
+        ["bundle", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "first call ms"],
+        [
+            [
+                r["bundle"],
+                r["backend"],
+                str(p["batch"]),
+                _num(p["p50_ms"], 2),
+                _num(p["p90_ms"], 2),
+                _num(p["p99_ms"], 2),
+                _num(p["images_per_s"]),
+                _num(p["first_call_ms"]),
+            ]
+            for r in result["results"]
+            for p in r["points"]
+        ],
+    )
+    lines += ["", *_ratio_lines(result["ratios"]), *_engine_only_lines(result), *_unavailable_lines(result)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _ratio_lines(ratios: Sequence[dict[str, Any]]) -> list[str]:
+    if not ratios:
+        return ["No student / teacher comparison (needs exactly one teacher bundle).", ""]
+    rows = []
+    for r in ratios:
+        efficiency = (
+            r["throughput_ratio"] / r["flops_ratio"] if r["throughput_ratio"] and r["flops_ratio"] else None
+        )
+        rows.append(
+            [
+                r["backend"],
+                str(r["batch"]),
+                _num(r["student_images_per_s"]),
+                _num(r["teacher_images_per_s"]),
+                _num(r["throughput_ratio"], 2),
+                _num(r["latency_ratio"], 2),
+                _num(r["flops_ratio"], 2),
+                _num(r["params_ratio"], 2),
+                _num(efficiency, 2),
+            ]
+        )
+    intro = (
+        "Student vs teacher: speed-up = student images/s / teacher images/s; latency ratio = teacher p50 / "
+        "student p50; FLOPs and params ratios = teacher / student (manifest cost). A speed-up well below the "
+        "FLOPs ratio (last column < 1) means time fell less than FLOPs did."
+    )
+    header = [
+        "backend",
+        "batch",
+        "student img/s",
+        "teacher img/s",
+        "speed-up",
+        "latency ratio",
+        "FLOPs ratio",
+        "params ratio",
+        "speed-up / FLOPs ratio",
+    ]
+    return [intro, "", *_table(header, rows), ""]
+
+
+def _engine_only_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for run in result["results"]:
+        for entry in run.get("engine_only", []):
+            if "skipped" in entry:
+                lines.append(
+                    f"- {run['bundle']} / {run['backend']} engine-only, batch {entry['batch']}: "
+                    f"skipped: {entry['skipped']}"
+                )
+            else:
+                lines.append(
+                    f"- {run['bundle']} / {run['backend']} engine-only (GPU timers), batch "
+                    f"{entry['batch']}: p50 {_num(entry['p50_ms'], 3)} ms, p99 "
+                    f"{_num(entry['p99_ms'], 3)} ms, {_num(entry['images_per_s'])} images/s"
+                )
+    return ["TensorRT engine-only latency:", "", *lines, ""] if lines else []
+
+
+def _unavailable_lines(result: dict[str, Any]) -> list[str]:
+    if not result["unavailable"]:
+        return []
+    lines = ["Unavailable backends:", ""]
+    lines += [f"- {u['backend']} ({u['bundle']}): {u['reason']}" for u in result["unavailable"]]
+    return [*lines, ""]
+
+
+def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
+    """Per-mode QPS and latency next to the offline engine, and the ratios."""
+    cfg, offline = result["config"], result["offline"]
+    lines = [
+        f"Target: {result['target']}; engine {result['engine']['backend']} on {result['engine']['device']}; "
+        f"gallery {_num(result['gallery_size'], 0)} items; {cfg['clients']} concurrent clients (one gRPC "
+        f"channel each) sending Search (k={cfg['k']}) with {result['payload_source']} as JPEG "
+        f"(mean {_num(result['payload_bytes_mean'], 0)} bytes) for {cfg['seconds']:g} s per mode; server "
+        f"batching up to {cfg['max_batch']} images within {cfg['max_wait_ms']:g} ms.",
+        "",
+    ]
+    rows = []
+    for mode, run in result["modes"].items():
+        batching = run.get("batching", {})
+        errors = sum(run["errors"].values())
+        rows.append(
+            [
+                mode,
+                _num(run["requests"], 0),
+                _num(run["qps"]),
+                _num(run["latency"]["p50_ms"], 2),
+                _num(run["latency"]["p90_ms"], 2),
+                _num(run["latency"]["p99_ms"], 2),
+                _num(batching.get("mean_batch_size"), 2),
+                str(errors),
+            ]
+        )
+    rows.append(
+        [
+            f"offline engine, batch {offline['batch']}",
+            _num(offline["calls"] * offline["batch"], 0),
+            f"{_num(offline['images_per_s'])} images/s",
+            _num(offline["p50_ms"], 2),
+            _num(offline["p90_ms"], 2),
+            _num(offline["p99_ms"], 2),
+            str(offline["batch"]),
+            "0",
+        ]
+    )
+    lines += _table(["mode", "requests", "QPS", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors"], rows)
+    lines += [
+        "",
+        *[f"- {name.replace('_', ' ')}: {_num(value, 2)}" for name, value in result["ratios"].items()],
+    ]
+    if image:
+        lines += ["", f"![serving throughput and latency]({image})"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def index_markdown(
+    ingest: dict[str, Any] | None, search: dict[str, Any] | None, image: str | None = None
+) -> str:
+    """Ingestion throughput / busy fraction, and search latency / QPS / recall per size and type."""
+    lines: list[str] = []
+    if ingest is not None:
+        lines += [
+            f"Ingestion: real `build_index` (flat) of `{ingest['images_dir']}` with {ingest['workers']} "
+            f"decode workers at batch {ingest['batch']} on {ingest['engine']['backend']}.",
+            "",
+            *_table(
+                [
+                    "images",
+                    "skipped",
+                    "seconds",
+                    "ingest images/s",
+                    "offline images/s",
+                    "busy fraction",
+                    "pipeline engine-time fraction",
+                ],
+                [
+                    [
+                        _num(ingest["images"], 0),
+                        _num(ingest["skipped"], 0),
+                        _num(ingest["seconds"], 2),
+                        _num(ingest["images_per_s"]),
+                        _num(ingest["offline"]["images_per_s"]),
+                        _num(ingest["busy_fraction"], 2),
+                        _num(ingest["pipeline_engine_busy_fraction"], 2),
+                    ]
+                ],
+            ),
+            "",
+        ]
+    if search is not None:
+        lines += _search_lines(search, image)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _search_lines(search: dict[str, Any], image: str | None) -> list[str]:
+    cfg = search["config"]
+    lines = [
+        f"Search: {cfg['vectors']} random unit vectors of dim {search['dim']} (seed {cfg['seed']}), one "
+        f"query per call through `GalleryIndex.search`, up to {cfg['max_queries']} queries or "
+        f"{cfg['search_seconds']:g} s per point; recall@{cfg['k']} vs exact search on up to "
+        f"{cfg['recall_queries']} of them. IVF nlist <= {cfg['nlist_max']} (k-means on at most 256 points "
+        f"per list), nprobe {cfg['nprobe']}; HNSW M {cfg['hnsw_m']}, efConstruction "
+        f"{cfg['ef_construction']}, efSearch {cfg['ef_search']}.",
+        "",
+    ]
+    if image:
+        lines += [f"![index search latency, recall and build time]({image})", ""]
+    rows = [
+        [
+            _num(r["size"], 0),
+            r["type"],
+            _num(r["build_s"], 2),
+            _num(r["latency"]["p50_ms"], 3),
+            _num(r["latency"]["p99_ms"], 3),
+            _num(r["qps"]),
+            _num(r["recall"], 3),
+            _num(r["latency"]["calls"], 0),
+            ", ".join(f"{k}={v}" for k, v in r["options"].items() if k != "seed") or "–",
+        ]
+        for r in search["rows"]
+    ]
+    lines += _table(
+        [
+            "size",
+            "type",
+            "build s",
+            "p50 ms",
+            "p99 ms",
+            "QPS (1 thread)",
+            f"recall@{cfg['k']}",
+            "queries",
+            "options",
+        ],
+        rows,
+    )
+    if search["skipped"]:
+        lines += [
+            "",
+            *[f"- {s['type']} at {_num(s['size'], 0)}: skipped ({s['reason']})" for s in search["skipped"]],
+        ]
+    return [*lines, ""]
+
+
+def targets_markdown(targets: Sequence[dict[str, Any]]) -> str:
+    """One row per target: status met / NOT met / not measured."""
+    status = {True: "met", False: "**not met**", None: "not measured"}
+    rows = [
+        [t["target"], _num(t["measured"], 2), _num(t["threshold"], 2), status[t["met"]], t["detail"]]
+        for t in targets
+    ]
+    return "\n".join(_table(["target", "measured", "threshold", "status", "detail"], rows)) + "\n"

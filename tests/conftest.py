@@ -1,0 +1,45 @@
+"""Session fixtures shared by every test package.
+
+``tiny_reid_root``: a synthetic Market-layout re-ID set (8 train ids, 64x32 images), generated once.
+``teacher_run``: a 2-epoch tiny teacher run dir trained on it.
+``student_run``: a 2-epoch tiny CDD student run dir distilled from it (gradient resetting on).
+"""
+
+from __future__ import annotations
+
+import pytest
+from tiny_training import tiny_overrides
+
+from training.data.synthetic import SyntheticConfig, generate_synthetic_reid
+
+
+def _train(overrides):
+    from training.config import load_config
+    from training.distributed import init_distributed
+    from training.trainer import Trainer
+
+    return Trainer(load_config("demo-teacher", overrides), init_distributed("cpu")).fit()
+
+
+@pytest.fixture(scope="session")
+def tiny_reid_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-reid") / "synthetic-reid"
+    config = SyntheticConfig(seed=3, train_ids=8, test_ids=6, images_per_id=6, cameras=4, distractors=6,
+                             junk=2, height=64, width=32)
+    return generate_synthetic_reid(root, seed=3, config=config)
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tiny_reid_root, tmp_path_factory):
+    """A 2-epoch tiny teacher run dir (trained once per session)."""
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    _train(tiny_overrides(tiny_reid_root, out, epochs=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def student_run(tiny_reid_root, teacher_run, tmp_path_factory):
+    """A 2-epoch tiny CDD student run dir distilled from ``teacher_run``."""
+    out = tmp_path_factory.mktemp("runs") / "student"
+    _train(tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2))
+    return out
