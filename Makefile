@@ -7,12 +7,12 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench serve index data proto clean help
+.PHONY: install train export test lint bench ablation step-time serve index data proto clean help
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export both bundles"
 	@echo "make test           install and run the whole test suite"
-	@echo "make lint | bench | index | serve | data | proto | clean"
+	@echo "make lint | bench | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ install: $(STAMP)
 
 data/synthetic-reid/.complete: | $(STAMP)
 	$(PY) -m training.data.synthetic --out data/synthetic-reid
+
+data/animal-mnist/.complete: | $(STAMP)
+	$(PY) -m training.data.animal_mnist --out data/animal-mnist
 
 data: data/synthetic-reid/.complete
 
@@ -45,6 +48,14 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m serving.bench all --out docs
+
+# Teacher vs CDD vs static student vs CDD without resetting, 3 seeds, both datasets (resumable).
+ablation: data data/animal-mnist/.complete
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist --seeds 0 1 2 --out docs
+
+step-time: $(STAMP)
+	$(PY) -m training.bench_step --preset demo-student --steps 20 --out docs/step_time.json
 
 proto: $(STAMP)
 	$(PY) -m serving.proto_build

@@ -22,35 +22,20 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from serving.backends import BackendUnavailable
-from serving.benchmarks import plots, report
-from serving.benchmarks.engine import (
-    EngineBenchConfig,
-    bench_engine,
-    label_bundles,
-    open_first,
-    parse_backends,
-)
-from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
-from serving.benchmarks.machine import describe_machine, usable_cores
-from serving.benchmarks.serve import ServeBenchConfig, bench_serve
-from serving.benchmarks.targets import evaluate_targets
-from serving.bundle import BundleError, load_bundle
-from serving.index.build import items_from_folder
+from serving.benchmarks.engine import EngineBenchConfig, parse_backends
+from serving.benchmarks.index import IndexBenchConfig
+from serving.benchmarks.machine import usable_cores
+from serving.benchmarks.serve import ServeBenchConfig
+from serving.benchmarks.suite import run_all, run_engine, run_index, run_serve
+from serving.bundle import BundleError
 from serving.index.errors import GalleryIndexError
-from serving.index.store import GalleryIndex
 
-__all__ = ["main", "run_all", "run_engine", "run_index", "run_serve"]
-
-_LOG = logging.getLogger("serving.bench")
-_SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
-_QUERY_SOURCES = 64
+__all__ = ["main"]
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -65,212 +50,6 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _header(title: str, machine: dict[str, Any], commands: Sequence[str]) -> list[str]:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return [
-        f"# {title}",
-        "",
-        f"Measured {stamp} on:",
-        "",
-        report.machine_markdown(machine),
-        "",
-        "Commands:",
-        "",
-        report.commands_markdown(commands),
-        "",
-    ]
-
-
-def _write(out: Path, stem: str, result: dict[str, Any], markdown: str, images: dict[str, bytes]) -> None:
-    for name, data in images.items():
-        report.write_bytes_atomic(out / name, data)
-    report.write_json_atomic(out / f"{stem}.json", result)
-    report.write_text_atomic(out / f"{stem}.md", markdown)
-    _LOG.info("wrote %s", ", ".join([*images, f"{stem}.json", f"{stem}.md"]))
-
-
-def run_engine(
-    bundles: Sequence[Path],
-    cfg: EngineBenchConfig,
-    out: Path,
-    labels: Sequence[str] | None = None,
-    commands: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Engine benchmark of ``bundles`` -> ``out/engine.{json,md,png}``; returns the JSON dict."""
-    machine = describe_machine()
-    result = bench_engine(label_bundles(bundles, labels), cfg)
-    targets = evaluate_targets(engine=result)
-    full = {"machine": machine, "commands": list(commands), "engine": result, "targets": targets}
-    markdown = "\n".join(
-        [
-            *_header("Engine benchmark", machine, commands),
-            report.engine_markdown(result, "engine.png"),
-            "## Targets",
-            "",
-            report.targets_markdown(targets),
-        ]
-    )
-    _write(out, "engine", full, markdown, {"engine.png": plots.engine_plot(result)})
-    return full
-
-
-def _query_sources(images: Path | None) -> list[Path]:
-    if images is None:
-        return []
-    return [item.path for item in items_from_folder(images)[:_QUERY_SOURCES]]
-
-
-def run_serve(
-    bundle: Path,
-    cfg: ServeBenchConfig,
-    out: Path,
-    *,
-    index: GalleryIndex | Path | None = None,
-    images: Path | None = None,
-    target: str | None = None,
-    backend: str = "auto",
-    threads: int = 1,
-    commands: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Serving benchmark -> ``out/serve.{json,md,png}``. The gallery: ``index`` (object or saved folder),
-    else a flat index built from ``images``; none for ``target``. Query JPEGs come from ``images`` when
-    given. ``backend`` "auto" = the first of tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu that opens."""
-    manifest = load_bundle(bundle)
-    names = _SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
-    engine, name, skipped = open_first(bundle, manifest, names, threads)
-    if isinstance(index, Path):
-        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256())
-    elif index is None and target is None:
-        if images is None:
-            raise ValueError(
-                "serve: give --index DIR, --images DIR (to build a gallery) or --target HOST:PORT"
-            )
-        index = _flat_index(engine, manifest, images)
-    machine = describe_machine()
-    result = bench_serve(engine, manifest, cfg, index=index, target=target, sources=_query_sources(images))
-    result.update(backend=name, skipped_backends=skipped, threads=threads)
-    targets = evaluate_targets(serve=result)
-    full = {"machine": machine, "commands": list(commands), "serve": result, "targets": targets}
-    markdown = "\n".join(
-        [
-            *_header("Serving benchmark", machine, commands),
-            report.serve_markdown(result, "serve.png"),
-            "",
-            "## Targets",
-            "",
-            report.targets_markdown(targets),
-        ]
-    )
-    _write(out, "serve", full, markdown, {"serve.png": plots.serve_plot(result)})
-    return full
-
-
-def _flat_index(engine: Any, manifest: Any, images: Path) -> GalleryIndex:
-    from serving.index.build import build_index
-
-    index, _ = build_index(engine, manifest, items_from_folder(images), progress=False)
-    return index
-
-
-def run_index(
-    bundle: Path,
-    images: Path,
-    cfg: IndexBenchConfig,
-    out: Path,
-    *,
-    backend: str = "auto",
-    threads: int = 1,
-    commands: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
-    manifest = load_bundle(bundle)
-    names = _SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
-    engine, _, _ = open_first(bundle, manifest, names, threads)
-    machine = describe_machine()
-    ingest, _ = bench_ingest(engine, manifest, images, cfg)
-    search = bench_search(manifest.output.dim, cfg)
-    targets = evaluate_targets(ingest=ingest)
-    full = {
-        "machine": machine,
-        "commands": list(commands),
-        "index": {"ingest": ingest, "search": search},
-        "targets": targets,
-    }
-    markdown = "\n".join(
-        [
-            *_header("Index benchmark", machine, commands),
-            report.index_markdown(ingest, search, "index.png"),
-            "## Targets",
-            "",
-            report.targets_markdown(targets),
-        ]
-    )
-    _write(out, "index", full, markdown, {"index.png": plots.index_plot(search)})
-    return full
-
-
-def run_all(
-    student: Path,
-    teacher: Path,
-    index_images: Path,
-    out: Path,
-    *,
-    engine_cfg: EngineBenchConfig,
-    serve_cfg: ServeBenchConfig,
-    index_cfg: IndexBenchConfig,
-    backend: str = "onnxruntime-cpu",
-    commands: Sequence[str] = (),
-) -> dict[str, Any]:
-    """CPU engine (student + teacher), index and serving benchmarks -> ``out/benchmarks.{md,json}`` and
-    ``out/benchmarks-{engine,index,serve}.png``; serving searches the gallery built by the ingestion run."""
-    started = time.perf_counter()
-    machine = describe_machine()
-    engine = bench_engine(label_bundles([student, teacher], roles=["student", "teacher"]), engine_cfg)
-    manifest = load_bundle(student)
-    runner, _, _ = open_first(student, manifest, parse_backends(backend), engine_cfg.threads)
-    ingest, gallery = bench_ingest(runner, manifest, index_images, index_cfg)
-    search = bench_search(manifest.output.dim, index_cfg)
-    serve = bench_serve(runner, manifest, serve_cfg, index=gallery, sources=_query_sources(index_images))
-    serve.update(backend=backend, threads=engine_cfg.threads)
-    targets = evaluate_targets(engine=engine, serve=serve, ingest=ingest)
-    result = {
-        "machine": machine,
-        "commands": list(commands),
-        "engine": engine,
-        "serve": serve,
-        "index": {"ingest": ingest, "search": search},
-        "targets": targets,
-        "seconds": time.perf_counter() - started,
-    }
-    images = {
-        "benchmarks-engine.png": plots.engine_plot(engine),
-        "benchmarks-serve.png": plots.serve_plot(serve),
-        "benchmarks-index.png": plots.index_plot(search),
-    }
-    markdown = "\n".join(
-        [
-            *_header("Benchmarks", machine, commands),
-            "## Targets",
-            "",
-            report.targets_markdown(targets),
-            "## Engine: student vs teacher",
-            "",
-            report.engine_markdown(engine, "benchmarks-engine.png"),
-            "## Serving",
-            "",
-            report.serve_markdown(serve, "benchmarks-serve.png"),
-            "",
-            "## Gallery index",
-            "",
-            report.index_markdown(ingest, search, "benchmarks-index.png"),
-            f"Total benchmark time: {result['seconds']:.0f} s.",
-            "",
-        ]
-    )
-    _write(out, "benchmarks", result, markdown, images)
-    return result
 
 
 def _add_common(parser: argparse.ArgumentParser, out_default: str | None = None) -> None:
@@ -317,7 +96,6 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
     parser.add_argument("--max-batch", type=int, default=16, help="server batch size (capped at bundle max)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch window")
     parser.add_argument("--k", type=int, default=10, help="results per search")
-    parser.add_argument("--offline-seconds", type=float, default=2.0, help="seconds timing the engine alone")
 
 
 def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None:
@@ -334,14 +112,34 @@ def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None
     )
     parser.add_argument("--vectors", default="clustered", choices=("clustered", "uniform"))
     parser.add_argument("--nlist-max", type=int, default=256, help="IVF lists at most")
+    parser.add_argument("--train-max", type=int, default=20_000, help="IVF / PQ training items at most")
+    parser.add_argument("--pq-m", type=int, default=0, help="IVF-PQ sub-quantizers (0 = dim / 16)")
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--batch-size", type=int, help="ingestion batch (default: the bundle's opt batch)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding threads for ingestion")
 
 
+def _add_serve_index_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offline-seconds", type=float, default=2.0, help="seconds timing the engine alone (for ratios)"
+    )
+    parser.add_argument(
+        "--search-threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads while searching single queries (0 = FAISS default; builds use all cores)",
+    )
+
+
+def _search_threads(args: argparse.Namespace) -> int | None:
+    if args.search_threads < 0:
+        raise ValueError(f"--search-threads must be >= 0 (0 = FAISS default), found {args.search_threads}")
+    return args.search_threads or None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdd-bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="cdd-bench", description=__doc__.split("\n")[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     engine = commands.add_parser("engine", help="latency / throughput per bundle, backend and batch size")
     engine.add_argument("--bundle", type=Path, action="append", required=True, help="bundle (repeatable)")
@@ -352,18 +150,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(engine)
     serve = commands.add_parser("serve", help="gRPC serving QPS / latency with and without batching")
     serve.add_argument("--bundle", type=Path, required=True)
-    source = serve.add_mutually_exclusive_group(required=True)
+    source = serve.add_mutually_exclusive_group()
     source.add_argument("--index", type=Path, help="gallery index folder (cdd-index build)")
     source.add_argument("--target", help="host:port of a running cdd-serve (no in-process server)")
     serve.add_argument("--images", type=Path, help="query images (and the gallery when no --index)")
     serve.add_argument("--backend", default="auto", help="auto or one engine backend")
     _add_serve_args(serve, 10.0, alias=True)
+    _add_serve_index_args(serve)
     _add_common(serve)
     index = commands.add_parser("index", help="ingestion throughput; search latency / recall per index type")
     index.add_argument("--bundle", type=Path, required=True)
     index.add_argument("--images", type=Path, required=True, help="image folder to ingest")
     index.add_argument("--backend", default="auto", help="auto or one engine backend")
     _add_index_args(index, 0.0)
+    _add_serve_index_args(index)
     _add_common(index)
     every = commands.add_parser("all", help="CPU engine + serve + index benchmarks -> OUT/benchmarks.md")
     every.add_argument("--student", type=Path, default=Path("bundles/demo"))
@@ -373,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine_args(every, "onnxruntime-cpu,torch-cpu", 2.0, alias=False)
     _add_serve_args(every, 8.0, alias=False)
     _add_index_args(every, 150.0)
+    _add_serve_index_args(every)
     _add_common(every, "docs")
     return parser
 
@@ -399,6 +200,7 @@ def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
         max_wait_ms=args.max_wait_ms,
         k=args.k,
         offline_seconds=args.offline_seconds,
+        search_threads=_search_threads(args),
         seed=args.seed,
     )
 
@@ -411,8 +213,12 @@ def _index_cfg(args: argparse.Namespace) -> IndexBenchConfig:
         search_seconds=args.search_seconds,
         recall_queries=args.recall_queries,
         max_build_s=args.max_build_s,
+        offline_seconds=args.offline_seconds,
+        search_threads=_search_threads(args),
         vectors=args.vectors,
         nlist_max=args.nlist_max,
+        train_max=args.train_max,
+        pq_m=args.pq_m or None,
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
         batch_size=args.batch_size,
@@ -436,6 +242,8 @@ def _resolved_command(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "serving.bench", args.command]
     for dest, value in vars(args).items():
         if dest in ("command", "log_level") or value is None:
+            continue
+        if dest == "engine_seconds" and getattr(args, "iters", None):
             continue
         for item in value if isinstance(value, list) else [value]:
             parts += [f"--{dest.replace('_', '-')}", _shown(item)]

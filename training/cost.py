@@ -19,7 +19,7 @@ from torch import nn
 from training.arch_spec import ArchSpec
 from training.models.network import ReIDNet
 
-__all__ = ["Cost", "count_module_cost", "deployed_cost", "reduction_percent"]
+__all__ = ["Cost", "FlopsModel", "count_module_cost", "deployed_cost", "reduction_percent"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,34 @@ def reduction_percent(reference: Cost, reduced: Cost) -> dict[str, float]:
         "params": 100.0 * (1 - reduced.params / reference.params),
         "flops": 100.0 * (1 - reduced.flops / reference.flops),
     }
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """Deployed FLOPs as an exact linear function of the per-block kept counts (each block's kept count
+    only changes the conv before and the conv after its indicator slot): ``flops = base + sum(slope_b * k_b)``.
+    Built once with ``len(blocks) + 1`` counts; evaluating it costs nothing, so the budget check can run
+    every training step."""
+
+    base: int
+    slopes: tuple[int, ...]
+
+    @classmethod
+    def for_spec(cls, spec: ArchSpec) -> FlopsModel:
+        widths = [p for _, p in spec.blocks()]
+        full_spec = replace(spec, kept_channels=None)
+        full = deployed_cost(full_spec).flops
+        slopes = []
+        for b, p in enumerate(widths):
+            if p == 1:
+                slopes.append(0)
+                continue
+            kept = [list(range(w)) for w in widths]
+            kept[b] = [0]
+            reduced = deployed_cost(replace(full_spec, indicators=True).with_kept(kept)).flops
+            slopes.append((full - reduced) // (p - 1))
+        base = full - sum(s * p for s, p in zip(slopes, widths, strict=True))
+        return cls(base=base, slopes=tuple(slopes))
+
+    def flops(self, kept_counts: list[int]) -> int:
+        return self.base + sum(s * k for s, k in zip(self.slopes, kept_counts, strict=True))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from training.arch_spec import ArchSpec
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.cost import deployed_cost, reduction_percent
+from training.cost import FlopsModel, deployed_cost, reduction_percent
 from training.data.dataset import ImageDataset
 from training.data.layouts import load_dataset
 from training.data.records import DatasetSplits, train_labels
@@ -171,12 +171,9 @@ class Trainer:
         can_grow = None
         if c.flops_budget > 0:
             limit = c.flops_budget * self.teacher_cost.flops
-            can_grow = lambda masks: self._flops_if_reset(masks) > limit  # noqa: E731
+            model = FlopsModel.for_spec(self.spec)
+            can_grow = lambda masks: model.flops([max(1, int((~m).sum())) for m in masks]) > limit  # noqa: E731
         return GradientResetter(widths, c.memory_size, c.topk, c.ratio, self.ctx.device, can_grow)
-
-    def _flops_if_reset(self, masks: list[torch.Tensor]) -> int:
-        kept = [(~m).nonzero().flatten().tolist() or [int(m.float().argmin())] for m in masks]
-        return deployed_cost(self.spec.with_kept(kept)).flops
 
     # ------------------------------------------------------------------------------------------ step
     def _grg_active(self, epoch: float) -> bool:

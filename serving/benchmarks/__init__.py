@@ -7,6 +7,7 @@
 - `index`: gallery ingestion throughput, and search latency / recall per index type and gallery size.
 - `targets`: the project's performance targets, evaluated as met / not met.
 - `plots`, `report`: PNG plots, markdown, JSON (atomic writes).
+- `suite`: run one benchmark (or the CPU suite behind ``cdd-bench all``) and write its files.
 
 Importing this package imports neither torch, onnxruntime nor faiss.
 """

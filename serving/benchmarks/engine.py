@@ -14,7 +14,9 @@ the result says it was skipped and why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,18 @@ def label_bundles(
         BundleUnderTest(Path(p), m, label, role)
         for p, m, label, role in zip(paths, manifests, unique, roles, strict=True)
     ]
+
+
+@contextmanager
+def _torch_threads_restored() -> Iterator[None]:
+    """Put torch's thread count back afterwards when torch was already imported (callers share it)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
 
 
 def _torch_threads(threads: int) -> int:
@@ -289,8 +303,9 @@ def bench_engine(bundles: Sequence[BundleUnderTest], cfg: EngineBenchConfig) -> 
         raise ValueError("no bundle to benchmark; give at least one --bundle DIR")
     unavailable: list[dict[str, str]] = []
     results: list[dict[str, Any]] = []
-    for backend in cfg.backends:
-        results.extend(_bench_backend(bundles, backend, cfg, unavailable))
+    with _torch_threads_restored():
+        for backend in cfg.backends:
+            results.extend(_bench_backend(bundles, backend, cfg, unavailable))
     return {
         "config": {
             "backends": list(cfg.backends),

@@ -91,7 +91,8 @@ def _gpus() -> list[str]:
 
 
 def describe_machine() -> dict[str, Any]:
-    """JSON-serialisable facts: cpu, logical_cores, usable_cores, ram_gib, os, python, gpus, versions."""
+    """JSON-serialisable facts: cpu, logical_cores, usable_cores, ram_gib, os, python, gpus, versions, and
+    load_average (1, 5, 15 min) when this was called: other work on the machine skews the numbers."""
     return {
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
@@ -101,4 +102,5 @@ def describe_machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpus": _gpus(),
         "versions": {key: _version(names) for key, names in _PACKAGES.items()},
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }

@@ -37,11 +37,14 @@ def engine_plot(result: dict[str, Any]) -> bytes:
         label = f"{run['bundle']} / {run['backend']}"
         latency.plot(batches, [p["p50_ms"] for p in run["points"]], style, marker="o", label=label)
         throughput.plot(batches, [p["images_per_s"] for p in run["points"]], style, marker="o", label=label)
+    sizes = sorted({p["batch"] for run in result["results"] for p in run["points"]})
     for axes, title, unit in (
         (latency, "latency (p50)", "ms per batch"),
         (throughput, "throughput", "images/s"),
     ):
         axes.set_xscale("log", base=2)
+        if sizes:
+            axes.set_xticks(sizes, [str(size) for size in sizes])
         axes.set_yscale("log")
         axes.set_xlabel("batch size")
         axes.set_ylabel(unit)
@@ -58,7 +61,8 @@ def serve_plot(result: dict[str, Any]) -> bytes:
     modes = result["modes"]
     names = [*modes, "offline engine"]
     values = [m["qps"] for m in modes.values()] + [result["offline"]["images_per_s"]]
-    rate.bar(names, values, color=["tab:blue"] * len(modes) + ["tab:gray"])
+    bars = rate.bar(names, values, color=["tab:blue"] * len(modes) + ["tab:gray"])
+    rate.bar_label(bars, fmt="%.0f")
     rate.set_ylabel("requests/s (offline: images/s)")
     rate.set_title(f"{result['config']['clients']} clients, batch <= {result['config']['max_batch']}")
     positions = range(len(modes))
@@ -77,6 +81,8 @@ def serve_plot(result: dict[str, Any]) -> bytes:
 
 def index_plot(result: dict[str, Any]) -> bytes:
     """Search p50 latency, recall@k and build seconds vs gallery size, one line per index type."""
+    from matplotlib.ticker import NullFormatter
+
     figure, (latency, recall, build) = _figure(3)
     types = list(dict.fromkeys(row["type"] for row in result["rows"]))
     for index_type in types:
@@ -92,8 +98,10 @@ def index_plot(result: dict[str, Any]) -> bytes:
         (build, "build time", "s"),
     ):
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
         if axes is not recall:
             axes.set_yscale("log")
+            axes.yaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("gallery size")
         axes.set_ylabel(unit)
         axes.set_title(title)

@@ -70,7 +70,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+_BUSY_LOAD = 0.5
+_BUSY_WARNING = (
+    "**Warning: the machine was busy when the benchmark started** (1-minute load {load:.2f} on {cores} "
+    "cores). Multi-threaded runtimes (torch and FAISS OpenMP, ONNX Runtime) slow down by up to two orders "
+    "of magnitude when another process holds a core; rerun on a quiet machine before trusting the numbers."
+)
+
+
 def machine_markdown(machine: dict[str, Any]) -> str:
+    """Bullet list: CPU, cores, RAM, GPU, OS, versions, load average (with a warning when busy)."""
     versions = ", ".join(f"{name} {v}" for name, v in machine["versions"].items() if v) or "–"
     lines = [
         f"- CPU: {machine['cpu']}, {machine['usable_cores']} usable cores "
@@ -80,6 +89,14 @@ def machine_markdown(machine: dict[str, Any]) -> str:
         f"- OS: {machine['os']}",
         f"- Python {machine['python']}; {versions}",
     ]
+    if machine.get("load_average"):
+        load = ", ".join(f"{v:.2f}" for v in machine["load_average"])
+        lines.append(f"- Load average (1, 5, 15 min) at the start: {load}")
+        if machine["load_average"][0] > _BUSY_LOAD * machine["usable_cores"]:
+            lines += [
+                "",
+                _BUSY_WARNING.format(load=machine["load_average"][0], cores=machine["usable_cores"]),
+            ]
     return "\n".join(lines)
 
 
@@ -212,9 +229,10 @@ def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
     lines = [
         f"Target: {result['target']}; engine {result['engine']['backend']} on {result['engine']['device']}; "
         f"gallery {_num(result['gallery_size'], 0)} items; {cfg['clients']} concurrent clients (one gRPC "
-        f"channel each) sending Search (k={cfg['k']}) with {result['payload_source']} as JPEG "
+        f"channel each) sending Search (k={cfg['k']}) with JPEGs of {result['payload_source']} "
         f"(mean {_num(result['payload_bytes_mean'], 0)} bytes) for {cfg['seconds']:g} s per mode; server "
-        f"batching up to {cfg['max_batch']} images within {cfg['max_wait_ms']:g} ms.",
+        f"batching up to {cfg['max_batch']} images within {cfg['max_wait_ms']:g} ms; FAISS search threads: "
+        f"{cfg.get('search_threads') or 'default'}.",
         "",
     ]
     rows = []
@@ -300,9 +318,12 @@ def _search_lines(search: dict[str, Any], image: str | None) -> list[str]:
         f"Search: {cfg['vectors']} random unit vectors of dim {search['dim']} (seed {cfg['seed']}), one "
         f"query per call through `GalleryIndex.search`, up to {cfg['max_queries']} queries or "
         f"{cfg['search_seconds']:g} s per point; recall@{cfg['k']} vs exact search on up to "
-        f"{cfg['recall_queries']} of them. IVF nlist <= {cfg['nlist_max']} (k-means on at most 256 points "
-        f"per list), nprobe {cfg['nprobe']}; HNSW M {cfg['hnsw_m']}, efConstruction "
-        f"{cfg['ef_construction']}, efSearch {cfg['ef_search']}.",
+        f"{cfg['recall_queries']} of them. IVF / IVF-PQ: nlist <= {cfg['nlist_max']}, nprobe "
+        f"{cfg['nprobe']}, trained on at most {cfg['train_max']:,} items (the rest added afterwards), PQ "
+        f"re-ranked exactly (refine 4); HNSW M {cfg['hnsw_m']}, efConstruction "
+        f"{cfg['ef_construction']}, efSearch {cfg['ef_search']}. FAISS threads: all cores to build, "
+        f"{cfg.get('search_threads') or 'the default'} to search (one query per call gains nothing "
+        "from more).",
         "",
     ]
     if image:

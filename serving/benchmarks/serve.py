@@ -29,6 +29,7 @@ from PIL import Image
 from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.benchmarks.engine import measure_point
+from serving.benchmarks.index import faiss_search_threads
 from serving.benchmarks.latency import percentiles_ms
 from serving.bundle import Manifest
 from serving.client import RetrievalClient
@@ -46,7 +47,9 @@ _JPEG_QUALITY = 90
 class ServeBenchConfig:
     """``clients`` concurrent callers for ``seconds`` per mode, top-``k`` searches; server batching with
     ``max_batch`` images / ``max_wait_ms``; ``offline_seconds`` to time the engine alone; ``timeout`` per
-    call (s); ``payloads`` distinct JPEGs cycled by the clients (seeded by ``seed``)."""
+    call (s); ``payloads`` distinct JPEGs cycled by the clients (seeded by ``seed``); FAISS OpenMP threads
+    of the in-process server while loaded: ``search_threads`` (None = FAISS's default), see
+    `faiss_search_threads`."""
 
     clients: int = 16
     seconds: float = 10.0
@@ -54,6 +57,7 @@ class ServeBenchConfig:
     max_wait_ms: float = 5.0
     k: int = 10
     offline_seconds: float = 2.0
+    search_threads: int | None = 1
     timeout: float = 30.0
     payloads: int = 64
     seed: int = 0
@@ -103,8 +107,9 @@ def _client(
     out: list[tuple[float, float]],
     errors: Counter,
 ) -> None:
-    """One caller: a warm-up call, then Search in a loop until the shared window closes. A failure before
-    the start breaks the barrier so that nobody waits for this caller."""
+    """One caller: a warm-up call, then Search in a loop until the shared window closes; appends
+    (latency s, completion time) to ``out`` and counts failures by status in ``errors`` (its own). A failure
+    before the start breaks the barrier so that nobody waits for this caller."""
     try:
         client = RetrievalClient(target, timeout=cfg.timeout)
     except Exception:
@@ -142,11 +147,11 @@ def run_load(target: str, payloads: Sequence[bytes], cfg: ServeBenchConfig) -> d
         cfg.clients + 1, action=lambda: window.__setitem__("start", time.perf_counter())
     )
     per_client: list[list[tuple[float, float]]] = [[] for _ in range(cfg.clients)]
-    errors: Counter = Counter()
+    per_client_errors: list[Counter] = [Counter() for _ in range(cfg.clients)]
     threads = [
         threading.Thread(
             target=_client,
-            args=(target, payloads, i * 7, cfg, start, window, per_client[i], errors),
+            args=(target, payloads, i * 7, cfg, start, window, per_client[i], per_client_errors[i]),
             name=f"bench-client-{i}",
             daemon=True,
         )
@@ -160,12 +165,14 @@ def run_load(target: str, payloads: Sequence[bytes], cfg: ServeBenchConfig) -> d
         start.abort()
         for thread in threads:
             thread.join()
+        errors = sum(per_client_errors, Counter())
         raise RuntimeError(
             f"the load generator could not start {cfg.clients} clients against {target} (warm-up errors: "
             f"{dict(errors) or 'none recorded'}); check that the server is up"
         ) from None
     for thread in threads:
         thread.join()
+    errors = sum(per_client_errors, Counter())
     done = [item for samples in per_client for item in samples]
     if not done:
         raise RuntimeError(f"no Search call to {target} succeeded; errors: {dict(errors) or 'none recorded'}")
@@ -196,7 +203,8 @@ def _serve_mode(
     server.start()
     try:
         service.warmup()
-        result = run_load(f"127.0.0.1:{port}", payloads, cfg)
+        with faiss_search_threads(cfg.search_threads):
+            result = run_load(f"127.0.0.1:{port}", payloads, cfg)
     finally:
         server.stop(1.0).wait()
         service.close()
@@ -245,7 +253,7 @@ def bench_serve(
         "engine": engine.describe(),
         "gallery_size": len(index) if index is not None else None,
         "payload_bytes_mean": float(np.mean([len(p) for p in payloads])),
-        "payload_source": "image folder" if sources else "synthetic pictures",
+        "payload_source": "folder images resized to the input size" if sources else "synthetic pictures",
         "offline": offline,
         "modes": modes,
         "ratios": ratios,

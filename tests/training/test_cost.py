@@ -2,7 +2,7 @@
 
 
 from training.arch_spec import ArchSpec
-from training.cost import count_module_cost, deployed_cost
+from training.cost import FlopsModel, count_module_cost, deployed_cost
 from training.models import build_network
 
 
@@ -31,3 +31,14 @@ def test_slim_cost_is_linear_in_kept_channels():
     # block layer1.0 (basic): conv1 16->k and conv2 k->16 at 16x8 -> 2 * 9 * 16 * 128 MACs per channel
     assert full.flops - one.flops == (first - 1) * 2 * 9 * 16 * 16 * 8
     assert half.flops < full.flops and half.params < full.params
+
+
+def test_flops_model_is_exact_for_random_kept_counts():
+    import random
+
+    spec = ArchSpec(depth=50, width=0.125, input_size=(64, 32), indicators=True)
+    model = FlopsModel.for_spec(spec)
+    rng = random.Random(0)
+    for _ in range(3):
+        kept = [sorted(rng.sample(range(p), rng.randint(1, p))) for _, p in spec.blocks()]
+        assert model.flops([len(k) for k in kept]) == deployed_cost(spec.with_kept(kept)).flops

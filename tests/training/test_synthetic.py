@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from training.data.layouts import load_dataset
-from training.data.synthetic import COMPLETE_MARKER, SyntheticConfig, generate_synthetic_reid, main, raw_pixel_baseline
+from training.data.synthetic import (
+    COMPLETE_MARKER,
+    GENERATOR_VERSION,
+    SyntheticConfig,
+    generate_synthetic_reid,
+    main,
+    raw_pixel_baseline,
+)
 
 TINY = SyntheticConfig(train_ids=4, test_ids=4, images_per_id=5, cameras=4, distractors=3, junk=2, height=32,
                        width=16)
@@ -43,6 +50,7 @@ def test_layout_parses_as_market1501(tiny_root: Path) -> None:
         assert len({r.camid for r in splits.train if r.pid == pid}) >= 4, "each identity is seen by 4+ cameras"
     marker = json.loads((tiny_root / COMPLETE_MARKER).read_text())
     assert marker["config"]["train_ids"] == 4 and marker["counts"]["query"] == len(splits.query)
+    assert marker["generator"] == GENERATOR_VERSION
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tiny_root: Path, tmp_path: Path) -> None:
@@ -59,6 +67,12 @@ def test_existing_folders_are_reused_or_refused(tiny_root: Path, tmp_path: Path)
     assert (tiny_root / COMPLETE_MARKER).stat().st_mtime_ns == marker_mtime, "same config: kept as is"
     with pytest.raises(FileExistsError, match="overwrite=True"):
         generate_synthetic_reid(tiny_root, seed=5, config=TINY)
+    stale = tmp_path / "stale"
+    generate_synthetic_reid(stale, seed=0, config=TINY)
+    marker = json.loads((stale / COMPLETE_MARKER).read_text())
+    (stale / COMPLETE_MARKER).write_text(json.dumps({**marker, "generator": GENERATOR_VERSION - 1}))
+    with pytest.raises(FileExistsError, match="generator version"):
+        generate_synthetic_reid(stale, seed=0, config=TINY)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("user data")

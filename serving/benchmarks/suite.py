@@ -1,0 +1,246 @@
+"""Run a benchmark and write its results: ``OUT/<name>.json``, ``<name>.md`` and ``<name>.png`` for one
+benchmark (`run_engine`, `run_serve`, `run_index`), ``OUT/benchmarks.{md,json}`` + ``benchmarks-*.png`` for
+the CPU suite (`run_all`). The markdown starts with the machine description and the exact commands."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serving.benchmarks import plots, report
+from serving.benchmarks.engine import (
+    EngineBenchConfig,
+    bench_engine,
+    label_bundles,
+    open_first,
+    parse_backends,
+)
+from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
+from serving.benchmarks.machine import describe_machine
+from serving.benchmarks.serve import ServeBenchConfig, bench_serve
+from serving.benchmarks.targets import evaluate_targets
+from serving.bundle import load_bundle
+from serving.index.build import build_index, items_from_folder
+from serving.index.store import GalleryIndex
+
+__all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_serve"]
+
+_LOG = logging.getLogger("serving.bench")
+SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
+"""Backends ``--backend auto`` tries, in order, for serving and ingestion."""
+_QUERY_SOURCES = 64
+
+
+def _header(title: str, machine: dict[str, Any], commands: Sequence[str]) -> list[str]:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"# {title}",
+        "",
+        f"Measured {stamp} on:",
+        "",
+        report.machine_markdown(machine),
+        "",
+        "Commands:",
+        "",
+        report.commands_markdown(commands),
+        "",
+    ]
+
+
+def _write(out: Path, stem: str, result: dict[str, Any], markdown: str, images: dict[str, bytes]) -> None:
+    for name, data in images.items():
+        report.write_bytes_atomic(out / name, data)
+    report.write_json_atomic(out / f"{stem}.json", result)
+    report.write_text_atomic(out / f"{stem}.md", markdown)
+    _LOG.info("wrote %s", ", ".join([*images, f"{stem}.json", f"{stem}.md"]))
+
+
+def run_engine(
+    bundles: Sequence[Path],
+    cfg: EngineBenchConfig,
+    out: Path,
+    labels: Sequence[str] | None = None,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Engine benchmark of ``bundles`` -> ``out/engine.{json,md,png}``; returns the JSON dict."""
+    machine = describe_machine()
+    result = bench_engine(label_bundles(bundles, labels), cfg)
+    targets = evaluate_targets(engine=result)
+    full = {"machine": machine, "commands": list(commands), "engine": result, "targets": targets}
+    markdown = "\n".join(
+        [
+            *_header("Engine benchmark", machine, commands),
+            report.engine_markdown(result, "engine.png"),
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "engine", full, markdown, {"engine.png": plots.engine_plot(result)})
+    return full
+
+
+def _query_sources(images: Path | None) -> list[Path]:
+    if images is None:
+        return []
+    return [item.path for item in items_from_folder(images)[:_QUERY_SOURCES]]
+
+
+def run_serve(
+    bundle: Path,
+    cfg: ServeBenchConfig,
+    out: Path,
+    *,
+    index: GalleryIndex | Path | None = None,
+    images: Path | None = None,
+    target: str | None = None,
+    backend: str = "auto",
+    threads: int = 1,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Serving benchmark -> ``out/serve.{json,md,png}``. The gallery: ``index`` (object or saved folder),
+    else a flat index built from ``images``; none for ``target``. Query JPEGs come from ``images`` when
+    given. ``backend`` "auto" = the first of tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu that opens."""
+    manifest = load_bundle(bundle)
+    names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
+    engine, name, skipped = open_first(bundle, manifest, names, threads)
+    if isinstance(index, Path):
+        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256())
+    elif index is None and target is None:
+        if images is None:
+            raise ValueError(
+                "serve: give --index DIR, --images DIR (to build a gallery) or --target HOST:PORT"
+            )
+        index = _flat_index(engine, manifest, images)
+    machine = describe_machine()
+    result = bench_serve(engine, manifest, cfg, index=index, target=target, sources=_query_sources(images))
+    result.update(backend=name, skipped_backends=skipped, threads=threads)
+    targets = evaluate_targets(serve=result)
+    full = {"machine": machine, "commands": list(commands), "serve": result, "targets": targets}
+    markdown = "\n".join(
+        [
+            *_header("Serving benchmark", machine, commands),
+            report.serve_markdown(result, "serve.png"),
+            "",
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "serve", full, markdown, {"serve.png": plots.serve_plot(result)})
+    return full
+
+
+def _flat_index(engine: Any, manifest: Any, images: Path) -> GalleryIndex:
+    index, _ = build_index(engine, manifest, items_from_folder(images), progress=False)
+    return index
+
+
+def run_index(
+    bundle: Path,
+    images: Path,
+    cfg: IndexBenchConfig,
+    out: Path,
+    *,
+    backend: str = "auto",
+    threads: int = 1,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
+    manifest = load_bundle(bundle)
+    names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
+    engine, _, _ = open_first(bundle, manifest, names, threads)
+    machine = describe_machine()
+    ingest, _ = bench_ingest(engine, manifest, images, cfg)
+    search = bench_search(manifest.output.dim, cfg)
+    targets = evaluate_targets(ingest=ingest)
+    full = {
+        "machine": machine,
+        "commands": list(commands),
+        "index": {"ingest": ingest, "search": search},
+        "targets": targets,
+    }
+    markdown = "\n".join(
+        [
+            *_header("Index benchmark", machine, commands),
+            report.index_markdown(ingest, search, "index.png"),
+            "## Targets",
+            "",
+            report.targets_markdown(targets),
+        ]
+    )
+    _write(out, "index", full, markdown, {"index.png": plots.index_plot(search)})
+    return full
+
+
+def run_all(
+    student: Path,
+    teacher: Path,
+    index_images: Path,
+    out: Path,
+    *,
+    engine_cfg: EngineBenchConfig,
+    serve_cfg: ServeBenchConfig,
+    index_cfg: IndexBenchConfig,
+    backend: str = "onnxruntime-cpu",
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """CPU engine (student + teacher), index and serving benchmarks -> ``out/benchmarks.{md,json}`` and
+    ``out/benchmarks-{engine,index,serve}.png``; serving searches the gallery built by the ingestion run."""
+    started = time.perf_counter()
+    sources = _query_sources(index_images)  # a missing / empty folder fails here, before any benchmark
+    bundles = label_bundles([student, teacher], roles=["student", "teacher"])
+    manifest = bundles[0].manifest
+    machine = describe_machine()
+    engine = bench_engine(bundles, engine_cfg)
+    runner, _, _ = open_first(student, manifest, parse_backends(backend), engine_cfg.threads)
+    ingest, gallery = bench_ingest(runner, manifest, index_images, index_cfg)
+    search = bench_search(manifest.output.dim, index_cfg)
+    serve = bench_serve(runner, manifest, serve_cfg, index=gallery, sources=sources)
+    serve.update(backend=backend, threads=engine_cfg.threads)
+    targets = evaluate_targets(engine=engine, serve=serve, ingest=ingest)
+    result = {
+        "machine": machine,
+        "commands": list(commands),
+        "engine": engine,
+        "serve": serve,
+        "index": {"ingest": ingest, "search": search},
+        "targets": targets,
+        "seconds": time.perf_counter() - started,
+    }
+    images = {
+        "benchmarks-engine.png": plots.engine_plot(engine),
+        "benchmarks-serve.png": plots.serve_plot(serve),
+        "benchmarks-index.png": plots.index_plot(search),
+    }
+    markdown = _all_markdown(result)
+    _write(out, "benchmarks", result, markdown, images)
+    return result
+
+
+def _all_markdown(result: dict[str, Any]) -> str:
+    ingest, search = result["index"]["ingest"], result["index"]["search"]
+    return "\n".join(
+        [
+            *_header("Benchmarks", result["machine"], result["commands"]),
+            "## Targets",
+            "",
+            report.targets_markdown(result["targets"]),
+            "## Engine: student vs teacher",
+            "",
+            report.engine_markdown(result["engine"], "benchmarks-engine.png"),
+            "## Serving",
+            "",
+            report.serve_markdown(result["serve"], "benchmarks-serve.png"),
+            "",
+            "## Gallery index",
+            "",
+            report.index_markdown(ingest, search, "benchmarks-index.png"),
+            f"Total benchmark time: {result['seconds']:.0f} s.",
+            "",
+        ]
+    )
