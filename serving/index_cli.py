@@ -257,6 +257,10 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     splits = load_dataset(args.layout, args.root)
     _, gallery, metadata = index.snapshot()
     gallery_ids, gallery_cams = _labels_and_cameras(metadata)
+    if splits.protocol == "reid":
+        # Market-style junk images (label -1) are not part of the re-ID protocol's gallery.
+        keep = gallery_ids != -1
+        gallery, gallery_ids, gallery_cams = gallery[keep], gallery_ids[keep], gallery_cams[keep]
     if splits.protocol == "class":
         metrics = evaluate_retrieval(gallery, gallery, gallery_ids, gallery_ids, query_is_gallery=True)
     else:
@@ -282,6 +286,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "layout": args.layout,
         "protocol": splits.protocol,
         "gallery_items": len(index),
+        "gallery_items_evaluated": int(len(gallery_ids)),
         "layout_gallery_records": len(splits.gallery),
         "similarity": "exact over stored vectors",
         "mAP": metrics.mAP,
