@@ -8,9 +8,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_training import tiny_overrides
 
 from training.data.synthetic import SyntheticConfig, generate_synthetic_reid
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waiting
+# makes them many times slower; one thread keeps the suite fast and its timing stable.
+torch.set_num_threads(1)
 
 
 def _train(overrides):

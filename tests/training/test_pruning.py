@@ -48,7 +48,7 @@ def test_slim_equals_full_width_with_zeroed_rows(depth):
     slim = build_network(slim_spec).eval()
     slim.load_state_dict(slice_state_dict(full.state_dict(), slim_spec), strict=True)
     x = torch.randn(3, 3, 64, 32)
-    assert torch.allclose(slim(x), zeroed(x), atol=1e-5)
+    assert torch.allclose(slim(x), zeroed(x), rtol=1e-5, atol=1e-4)
     assert not torch.allclose(slim(x), full(x), atol=1e-3)  # pruning really changed something
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in full.parameters())
 
