@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_training import tiny_overrides
 
+from tiny_training import tiny_overrides
 from training.data.synthetic import SyntheticConfig, generate_synthetic_reid
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waiting

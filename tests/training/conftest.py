@@ -5,6 +5,7 @@ student runs are session fixtures in tests/conftest.py."""
 from __future__ import annotations
 
 import pytest
+
 from tiny_training import tiny_overrides
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tiny_training import tiny_overrides
 
+from tiny_training import tiny_overrides
 from training.config import load_config
 from training.distributed import init_distributed
 from training.trainer import Trainer
