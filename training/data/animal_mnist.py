@@ -23,15 +23,15 @@ import argparse
 import gzip
 import importlib.util
 import json
-import os
 import pickle
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from training.data.staged_folder import staged_folder
 
 __all__ = [
     "CLASS_NAMES",
@@ -114,22 +114,12 @@ def materialize_animal_mnist(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists and is not this animal-mnist set; remove it or pass overwrite=True")
     images, labels = load_animal_mnist_arrays()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(out) as partial:
         counts = {
             "train": _write_split(partial / "train", images, labels, TRAIN_CLASSES, limit_per_class),
             "test": _write_split(partial / "test", images, labels, TEST_CLASSES, limit_per_class),
         }
         (partial / COMPLETE_MARKER).write_text(json.dumps({"options": options, "counts": counts}, indent=1))
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, retired)
-            shutil.rmtree(retired)
-        os.replace(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 

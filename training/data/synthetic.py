@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from training.data.layouts import load_dataset
+from training.data.staged_folder import staged_folder
 from training.metrics import evaluate_retrieval
 
 __all__ = [
@@ -338,19 +337,9 @@ def generate_synthetic_reid(
             f"{out} exists but does not hold a complete synthetic set made by generator version "
             f"{GENERATOR_VERSION} with config {asdict(config)}; remove it or pass overwrite=True (--force)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(out) as partial:
         counts = _write_all(partial, config)
         (partial / COMPLETE_MARKER).write_text(json.dumps({**expected, "counts": counts}, indent=1))
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, retired)
-            shutil.rmtree(retired)
-        os.replace(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
