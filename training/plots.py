@@ -36,6 +36,9 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
                      label="kept channels %")
         axes[2].plot([h["epoch"] for h in pruned], [100 - h["pruning"]["flops_reduction"] for h in pruned],
                      label="FLOPs % of teacher")
+        axes[2].plot([h["epoch"] for h in pruned],
+                     [100 * h["pruning"]["reset_channels"] * h["pruning"]["kept_fraction"]
+                      / max(h["pruning"]["kept_channels"], 1) for h in pruned], "--", label="reset channels %")
         axes[2].legend(fontsize=8)
     axes[2].set(title="capacity", xlabel="epoch")
     fig.tight_layout()
