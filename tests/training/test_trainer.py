@@ -81,3 +81,18 @@ def test_teacher_with_wrong_identity_count_is_rejected(tiny_reid_root, teacher_r
         _fit(overrides_for(tiny_reid_root, tmp_path / "s", "student", bad))
     with pytest.raises(TeacherError, match="train the teacher first"):
         _fit(overrides_for(tiny_reid_root, tmp_path / "s", "student", tmp_path / "missing"))
+
+
+def test_static_student_trains_the_cdd_architecture_from_scratch(tiny_reid_root, teacher_run, student_run,
+                                                                   tmp_path, overrides_for):
+    out = tmp_path / "static"
+    overrides = overrides_for(tiny_reid_root, out, "student", teacher_run, epochs=1)
+    overrides += [f'cdd.static_arch="{student_run / "arch.json"}"', 'model.init="scratch"',
+                  "run.max_steps_per_epoch=2", "run.eval_every=0"]
+    trainer, final = _fit(overrides)
+    cdd_spec = ArchSpec.load(student_run / "arch.json")
+    static_spec = ArchSpec.load(out / "arch.json")
+    assert not static_spec.indicators and trainer.resetter is None
+    assert static_spec.kept_counts() == cdd_spec.kept_counts()
+    assert final["flops"] == json.loads((student_run / "metrics.json").read_text())["final"]["flops"]
+    assert "feature" in json.loads((out / "metrics.json").read_text())["epochs"][0]["loss"]
