@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serving.atomic_file import write_text_atomic
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -186,16 +186,5 @@ def load_bundle(directory: str | Path, verify: bool = True) -> Manifest:
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (temp file + rename) into ``directory``."""
-    root = Path(directory)
-    target = root / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(manifest.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
+    return write_text_atomic(Path(directory) / MANIFEST_NAME, text)

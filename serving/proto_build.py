@@ -9,11 +9,12 @@ the modules are laid flat in ``serving/_proto`` and that import is rewritten to 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
 from pathlib import Path
+
+from serving.atomic_file import write_text_atomic
 
 __all__ = ["PROTO_ROOT", "PROTO_FILES", "OUTPUT_DIR", "ProtoBuildError", "generate", "main"]
 
@@ -79,21 +80,9 @@ def generate(out_dir: str | Path = OUTPUT_DIR, proto_root: str | Path = PROTO_RO
             stem = Path(proto).stem
             for suffix in ("_pb2.py", "_pb2_grpc.py"):
                 text = (staging / Path(proto).parent / f"{stem}{suffix}").read_text()
-                written.append(_write_atomic(out / f"{stem}{suffix}", _relative_imports(text, package)))
-        written.append(_write_atomic(out / "__init__.py", _INIT_TEXT))
+                written.append(write_text_atomic(out / f"{stem}{suffix}", _relative_imports(text, package)))
+        written.append(write_text_atomic(out / "__init__.py", _INIT_TEXT))
     return written
-
-
-def _write_atomic(target: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:

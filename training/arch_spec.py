@@ -7,11 +7,11 @@ from both and loads the weights strictly. Never a pickled module.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from training.atomic_file import write_text_atomic
 
 __all__ = [
     "ARCH_SCHEMA_VERSION",
@@ -143,14 +143,7 @@ class ArchSpec:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".arch.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_dict(), handle, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-        return target
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> ArchSpec:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.atomic_file import atomic_path
 
 __all__ = ["CHECKPOINT_SCHEMA_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
@@ -20,18 +20,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """torch.save ``state`` (plus schema_version) to a temp file in the same dir, then rename over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ckpt.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"schema_version": CHECKPOINT_SCHEMA_VERSION, **state}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

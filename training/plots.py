@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from training.atomic_file import atomic_path
 
 __all__ = ["plot_history"]
 
@@ -42,10 +42,8 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
         axes[2].legend(fontsize=8)
     axes[2].set(title="capacity", xlabel="epoch")
     fig.tight_layout()
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".plot.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)

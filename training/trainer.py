@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.arch_spec import ArchSpec
+from training.atomic_file import write_text_atomic
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.cost import FlopsModel, deployed_cost, reduction_percent
@@ -48,12 +47,8 @@ log = logging.getLogger("training")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file next to ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 class _TrainForward(nn.Module):
