@@ -37,29 +37,24 @@ def bench_step(preset: str, overrides: Sequence[str], steps: int, warmup: int, b
     """Median step seconds for "distill" (no resetting) and "cdd" (resetting on) on random batches."""
     from training.arch_spec import ArchSpec
     from training.config import load_config
-    from training.distributed import DistContext, resolve_device
+    from training.distributed import resolve_device
     from training.grg import GradientResetter
     from training.models.network import ReIDNet
-    from training.trainer import Trainer
+    from training.step import DistillationStep, build_optimizer
 
     cfg = load_config(preset, list(overrides))
     device = resolve_device(cfg.run.device)
     m, d = cfg.model, cfg.data
     spec = ArchSpec(depth=m.depth, width=m.width, last_stride=m.last_stride, embedding_dim=m.embedding_dim,
                     num_classes=num_classes, input_size=(d.height, d.width))
-    trainer = Trainer.__new__(Trainer)  # the step only, without data loading or run dirs
-    trainer.cfg = cfg
-    trainer.ctx = DistContext(0, 1, 0, device)
-    trainer.teacher = ReIDNet(spec).to(device).eval()
-    trainer.spec = replace(spec, indicators=True)
-    trainer.teacher_channels = None
-    trainer.net = ReIDNet(trainer.spec).to(device).train()
-    trainer.module = trainer.net.forward_train
-    trainer.optimizer = trainer._build_optimizer()
-    trainer.amp = cfg.run.amp and device.type == "cuda"
-    trainer.scaler = torch.amp.GradScaler("cuda", enabled=trainer.amp)
-    trainer.resetter = GradientResetter([p for _, p in trainer.spec.blocks()], memory_size, cfg.cdd.topk,
-                                        cfg.cdd.ratio, device)
+    teacher = ReIDNet(spec).to(device).eval()
+    student = ReIDNet(replace(spec, indicators=True)).to(device).train()
+    optimizer = build_optimizer(student, cfg.optim)
+    amp = cfg.run.amp and device.type == "cuda"
+    resetter = GradientResetter([p for _, p in student.spec.blocks()], memory_size, cfg.cdd.topk, cfg.cdd.ratio,
+                                device)
+    step = DistillationStep(student, student.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
+                            cfg.loss, teacher, resetter, amp=amp)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, d.height, d.width, generator=generator).to(device)
     labels = torch.arange(batch, device=device) // max(1, d.k) % num_classes
@@ -69,7 +64,7 @@ def bench_step(preset: str, overrides: Sequence[str], steps: int, warmup: int, b
         for i in range(warmup + steps):
             _sync(device)
             start = time.perf_counter()
-            trainer.train_step(images, labels, grg_active=mode == "cdd")
+            step(images, labels, grg_active=mode == "cdd")
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)

@@ -1,8 +1,8 @@
 """Training loop for teachers and CDD students.
 
-One step reads like the method: teacher forward -> student forward -> named losses -> backward ->
-(AMP unscale) -> gradient resetting -> optimizer step. Everything else (data, schedule, checkpoints,
-metrics) is wiring around it.
+The step itself (teacher forward -> student forward -> named losses -> backward -> gradient resetting ->
+optimizer step) lives in training/step.py; this module is the wiring around it: data, schedule,
+checkpoints, evaluation, metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from training.data.layouts import load_dataset
 from training.data.records import DatasetSplits, train_labels
 from training.data.samplers import IdentityBalancedBatchSampler
 from training.data.transforms import build_eval_transform, build_train_transform
-from training.distillation import compute_losses
 from training.distributed import DistContext
 from training.evaluate import evaluate_model
 from training.grg import GradientResetter
@@ -40,6 +39,7 @@ from training.models.teacher import init_student_from_teacher, load_teacher
 from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict
 from training.schedule import lr_factor
+from training.step import DistillationStep, build_optimizer
 
 __all__ = ["Trainer", "write_json_atomic"]
 
@@ -85,11 +85,13 @@ class Trainer:
         if ctx.distributed:
             self.module = DistributedDataParallel(
                 self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        self.optimizer = self._build_optimizer()
+        self.optimizer = build_optimizer(self.net, cfg.optim)
         self.amp = cfg.run.amp and ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.teacher_cost = deployed_cost(self._teacher_spec())
         self.resetter = self._build_resetter()
+        self.step = DistillationStep(self.net, self.module, self.optimizer, self.scaler, cfg.loss, self.teacher,
+                                     self.resetter, self.teacher_channels, self.amp, cfg.optim.grad_clip)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -145,19 +147,6 @@ class Trainer:
             raise ValueError(f"model.init must be scratch, imagenet or teacher, found {init!r}")
         return net
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        head = list(self.net.head.parameters())
-        indicators = [p for m in self.net.indicators() for p in m.parameters()]
-        special = {id(p) for p in head + indicators}
-        backbone = [p for p in self.net.parameters() if id(p) not in special]
-        groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": o.head_lr_mult}]
-        if indicators:
-            groups.append({"params": indicators, "lr_mult": o.indicator_lr_mult})
-        for g in groups:
-            g["lr"] = o.lr * g["lr_mult"]
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
     def _build_resetter(self) -> GradientResetter | None:
         c = self.cfg.cdd
         if not self.is_student or not self.net.indicators() or not c.gradient_reset:
@@ -175,32 +164,8 @@ class Trainer:
         return self.resetter is not None and epoch >= self.cfg.cdd.grg_start_epoch
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
-        """One optimisation step; returns the named loss values (and ``reset_added`` when resetting)."""
-        lasso = self.cfg.loss.lasso_lambda
-        indicator_weights = [m.weight for m in self.net.indicators()]
-        with torch.autocast(self.ctx.device.type, enabled=self.amp):
-            teacher_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_out = self.teacher.forward_train(images)
-            student_out: TrainOutput = self.module(images)
-            losses = compute_losses(student_out, labels, self.cfg.loss, teacher_out, indicator_weights,
-                                    lasso_in_loss=not grg_active, teacher_channels=self.teacher_channels)
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        stats = {name: float(v.detach()) for name, v in losses.items()}
-        if grg_active and self.resetter is not None and teacher_out is not None:
-            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors,
-                                                        student_out.post_descriptors)
-            self.resetter.apply(indicator_weights, lasso)
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        stats["total"] = float(total.detach())
-        return stats
+        """One optimisation step (see training/step.py); returns the named loss values."""
+        return self.step(images, labels, grg_active)
 
     def _set_lr(self, epoch: float) -> float:
         o = self.cfg.optim

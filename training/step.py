@@ -1,0 +1,78 @@
+"""One optimisation step of teacher or CDD-student training, as the method reads:
+teacher forward -> student forward -> named losses -> backward -> (AMP unscale) -> gradient resetting ->
+optimizer step. The trainer and the step-time benchmark share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.config import LossConfig, OptimConfig
+from training.distillation import compute_losses
+from training.grg import GradientResetter
+from training.models.network import ReIDNet, TrainOutput
+
+__all__ = ["DistillationStep", "build_optimizer"]
+
+
+def build_optimizer(net: ReIDNet, optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with three groups carrying an ``lr_mult``: backbone (1), head (head_lr_mult), indicators
+    (indicator_lr_mult); weight decay on everything."""
+    head = list(net.head.parameters())
+    indicators = [p for m in net.indicators() for p in m.parameters()]
+    special = {id(p) for p in head + indicators}
+    backbone = [p for p in net.parameters() if id(p) not in special]
+    groups = [{"params": backbone, "lr_mult": 1.0}, {"params": head, "lr_mult": optim.head_lr_mult}]
+    if indicators:
+        groups.append({"params": indicators, "lr_mult": optim.indicator_lr_mult})
+    for g in groups:
+        g["lr"] = optim.lr * g["lr_mult"]
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+@dataclass
+class DistillationStep:
+    """Everything one step touches. ``forward`` is the student's train forward (possibly DDP-wrapped);
+    ``teacher`` is frozen or None (teacher training); ``resetter`` is None without gradient resetting;
+    ``teacher_channels`` selects teacher descriptor channels for static slim students."""
+
+    net: ReIDNet
+    forward: Callable[[torch.Tensor], TrainOutput]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    losses: LossConfig
+    teacher: ReIDNet | None = None
+    resetter: GradientResetter | None = None
+    teacher_channels: Sequence[torch.Tensor] | None = None
+    amp: bool = False
+    grad_clip: float = 0.0
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
+        """Run one step; returns the named loss values, "total", and "reset_added" while resetting."""
+        indicator_weights = [m.weight for m in self.net.indicators()]
+        with torch.autocast(images.device.type, enabled=self.amp):
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher.forward_train(images)
+            student_out = self.forward(images)
+            losses = compute_losses(student_out, labels, self.losses, teacher_out, indicator_weights,
+                                    lasso_in_loss=not grg_active, teacher_channels=self.teacher_channels)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        stats = {name: float(v.detach()) for name, v in losses.items()}
+        if grg_active and self.resetter is not None and teacher_out is not None:
+            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors)
+            self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        stats["total"] = float(total.detach())
+        return stats
