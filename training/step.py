@@ -51,8 +51,10 @@ class DistillationStep:
     amp: bool = False
     grad_clip: float = 0.0
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
-        """Run one step; returns the named loss values, "total", and "reset_added" while resetting."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
+                 steps_left: int | None = None) -> dict[str, float]:
+        """Run one step; returns the named loss values, "total", and "reset_added" while resetting.
+        ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time)."""
         indicator_weights = [m.weight for m in self.net.indicators()]
         with torch.autocast(images.device.type, enabled=self.amp):
             teacher_out = None
@@ -67,12 +69,16 @@ class DistillationStep:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         stats = {name: float(v.detach()) for name, v in losses.items()}
-        if grg_active and self.resetter is not None and teacher_out is not None:
-            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors)
+        resetting = grg_active and self.resetter is not None and teacher_out is not None
+        if resetting:
+            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors,
+                                                        steps_left)
             self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if resetting:
+            self.resetter.after_step(indicator_weights, self.optimizer)
         stats["total"] = float(total.detach())
         return stats
