@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.config import LossConfig, OptimConfig
+from training.config import LossConfig, OptimConfig, TrainConfig
 from training.distillation import compute_losses
-from training.grg import GradientResetter
+from training.grg import GradientResetter, build_resetter
 from training.models.network import ReIDNet, TrainOutput
 
-__all__ = ["DistillationStep", "build_optimizer"]
+__all__ = ["DistillationStep", "build_optimizer", "build_step"]
 
 
 def build_optimizer(net: ReIDNet, optim: OptimConfig) -> torch.optim.SGD:
@@ -82,3 +82,19 @@ class DistillationStep:
             self.resetter.after_step(indicator_weights, self.optimizer)
         stats["total"] = float(total.detach())
         return stats
+
+
+def build_step(cfg: TrainConfig, net: ReIDNet, device: torch.device, teacher: ReIDNet | None = None,
+               teacher_flops: int = 0,
+               forward: Callable[[torch.Tensor], TrainOutput] | None = None,
+               teacher_channels: Sequence[torch.Tensor] | None = None) -> DistillationStep:
+    """The step of the run ``cfg`` for ``net`` on ``device``, built one way for the trainer and the
+    step-time benchmark: optimizer groups, AMP scaler, and, for a CDD student (indicators, gradient_reset
+    on), the gradient resetter with its FLOPs budget (``cfg.cdd.flops_budget`` x ``teacher_flops``)."""
+    amp = cfg.run.amp and device.type == "cuda"
+    optimizer = build_optimizer(net, cfg.optim)
+    resetter = None
+    if teacher is not None and net.indicators() and cfg.cdd.gradient_reset:
+        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device)
+    return DistillationStep(net, forward or net.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
+                            cfg.loss, teacher, resetter, teacher_channels, amp, cfg.optim.grad_clip)

@@ -32,16 +32,15 @@ from training.data.samplers import IdentityBalancedBatchSampler
 from training.data.transforms import build_eval_transform, build_train_transform
 from training.distributed import DistContext
 from training.evaluate import evaluate_model
-from training.grg import GradientResetter, build_resetter
 from training.models.network import ReIDNet, TrainOutput
 from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
 from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
 from training.schedule import lr_factor
-from training.step import DistillationStep, build_optimizer
+from training.step import build_step
 
-__all__ = ["Trainer", "write_json_atomic"]
+__all__ = ["Trainer", "build_trainer", "write_json_atomic"]
 
 log = logging.getLogger("training")
 
@@ -85,13 +84,13 @@ class Trainer:
         if ctx.distributed:
             self.module = DistributedDataParallel(
                 self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        self.optimizer = build_optimizer(self.net, cfg.optim)
-        self.amp = cfg.run.amp and ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.teacher_cost = deployed_cost(self._teacher_spec())
-        self.resetter = self._build_resetter()
-        self.step = DistillationStep(self.net, self.module, self.optimizer, self.scaler, cfg.loss, self.teacher,
-                                     self.resetter, self.teacher_channels, self.amp, cfg.optim.grad_clip)
+        if self.is_student and self.net.indicators() and not cfg.cdd.gradient_reset:
+            log.warning("cdd.gradient_reset = false: no channel is ever reset (lasso + threshold only)%s",
+                        "; cdd.flops_budget is NOT enforced" if cfg.cdd.flops_budget else "")
+        self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
+                               self.teacher_channels)
+        self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -149,15 +148,6 @@ class Trainer:
         elif init != "scratch":
             raise ValueError(f"model.init must be scratch, imagenet or teacher, found {init!r}")
         return net
-
-    def _build_resetter(self) -> GradientResetter | None:
-        if not self.is_student or not self.net.indicators():
-            return None
-        if not self.cfg.cdd.gradient_reset:
-            log.warning("cdd.gradient_reset = false: no channel is ever reset (lasso + threshold only)%s",
-                        "; cdd.flops_budget is NOT enforced" if self.cfg.cdd.flops_budget else "")
-            return None
-        return build_resetter(self.cfg.cdd, self.spec, self.teacher_cost.flops, self.ctx.device)
 
     # ------------------------------------------------------------------------------------------ step
     def _grg_active(self, epoch: float) -> bool:
@@ -347,3 +337,11 @@ class Trainer:
     def _barrier(self) -> None:
         if self.ctx.distributed:
             torch.distributed.barrier()
+
+
+def build_trainer(cfg: TrainConfig, resume: bool = False) -> Trainer:
+    """The trainer of ``cfg`` on the device (and data-parallel group) it names: what ``cdd-train`` and
+    ``make train`` run."""
+    from training.distributed import init_distributed
+
+    return Trainer(cfg, init_distributed(cfg.run.device), resume=resume)
