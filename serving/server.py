@@ -32,7 +32,7 @@ from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
 from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
 from serving.index.errors import GalleryIndexError
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 from serving.preprocess import DEFAULT_MAX_PIXELS
 from serving.service import RetrievalService, ServiceLimits
 

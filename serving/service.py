@@ -22,7 +22,7 @@ from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.store import GalleryIndex, Hit
+from serving.index.gallery import GalleryIndex, Hit
 from serving.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,

@@ -12,8 +12,8 @@ from serving.index.errors import (
     InvalidVectorsError,
     UnknownIdError,
 )
+from serving.index.gallery import DEVICES, INDEX_TYPES, GalleryIndex, Hit
 from serving.index.recall import recall_at_k_vs_exact
-from serving.index.store import DEVICES, INDEX_TYPES, GalleryIndex, Hit
 
 __all__ = [
     "DEVICES",

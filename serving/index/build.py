@@ -25,7 +25,7 @@ import numpy as np
 from serving.backends.base import Engine
 from serving.bundle import Manifest
 from serving.index.errors import DuplicateIdError, IndexBundleMismatch
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 from serving.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, load_image_file
 
 __all__ = [

@@ -35,7 +35,7 @@ from serving.errors import AlreadyExists, DeadlineExceeded, InvalidInput, NotFou
 from serving.grpc_servicer import STATUS_FOR, status_for, wire_metadata
 from serving.index.build import build_index, items_from_folder
 from serving.index.errors import DuplicateIdError, IndexBundleMismatch, UnknownIdError
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_model_input
 from serving.server import create_server
 from serving.service import RetrievalService, ServiceLimits

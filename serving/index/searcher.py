@@ -32,7 +32,7 @@ def resolve_engine(device: str, index_type: str) -> str:
         raise GalleryIndexError(f"device must be one of {DEVICES}, found {device!r}")
     if device == "cpu":
         return "faiss-cpu"
-    from serving.index.faiss_index import faiss_gpu_count
+    from serving.index.faiss_searcher import faiss_gpu_count
 
     if faiss_gpu_count() > 0 and index_type != "hnsw":
         return "faiss-gpu"
@@ -49,9 +49,9 @@ def resolve_engine(device: str, index_type: str) -> str:
 def new_searcher(engine: str, index_type: str, dim: int, options: dict[str, Any]) -> Any:
     """An empty search structure (FaissSearcher or TorchExactSearcher) for ``engine``."""
     if engine == "torch-cuda":
-        from serving.index.torch_gpu_index import TorchExactSearcher
+        from serving.index.torch_gpu_searcher import TorchExactSearcher
 
         return TorchExactSearcher(dim, f"cuda:{int(options.get('gpu', 0))}")
-    from serving.index.faiss_index import FaissSearcher
+    from serving.index.faiss_searcher import FaissSearcher
 
     return FaissSearcher(index_type, dim, options, use_gpu=engine == "faiss-gpu")

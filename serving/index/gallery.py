@@ -45,7 +45,7 @@ from serving.index.errors import (
 )
 from serving.index.exact_search import exact_top_k
 from serving.index.item_table import ItemTable
-from serving.index.searchers import DEVICES, new_searcher, resolve_engine
+from serving.index.searcher import DEVICES, new_searcher, resolve_engine
 
 __all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
 
@@ -311,7 +311,7 @@ class GalleryIndex:
             if self._searcher.is_trained and n:
                 self._searcher.add(self._table.vectors, self._table.labels)
             return
-        from serving.index.faiss_index import FaissSearcher
+        from serving.index.faiss_searcher import FaissSearcher
 
         use_gpu = self.engine == "faiss-gpu"
         data = structure.read_bytes()

@@ -295,7 +295,7 @@ def test_torch_gpu_flat_matches_cpu():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: torch.cuda.is_available() is False")
-    from serving.index.torch_gpu_index import TorchExactSearcher
+    from serving.index.torch_gpu_searcher import TorchExactSearcher
 
     vectors, queries = _random(500, 0), _random(5, 1)
     searcher = TorchExactSearcher(DIM)
