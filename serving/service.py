@@ -21,10 +21,10 @@ import numpy as np
 from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
+from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
 from serving.index.gallery import GalleryIndex, Hit
 from serving.preprocess import (
-    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
@@ -39,10 +39,10 @@ class ServiceLimits:
     """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
     ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems."""
 
-    max_k: int = 100
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_queries: int = 64
-    max_items: int = 1024
+    max_k: int = ServeConfig.max_k
+    max_pixels: int = ServeConfig.max_pixels
+    max_queries: int = ServeConfig.max_queries
+    max_items: int = ServeConfig.max_items
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_pixels", "max_queries", "max_items"):
@@ -97,8 +97,8 @@ class _TextEquals:
 
 class RetrievalService:
     """Search / embed / add / remove / stats over one engine + gallery index. Thread-safe (the index and
-    the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (max_batch
-    min(16, manifest.batch.max), 2 ms window); the service closes it in `close`."""
+    the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (ServeConfig's
+    max_batch, capped at manifest.batch.max, and window); the service closes it in `close`."""
 
     def __init__(
         self,
@@ -118,7 +118,7 @@ class RetrievalService:
         self.index = index
         self.manifest = manifest
         self.limits = limits or ServiceLimits()
-        self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(16, manifest.batch.max))
+        self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
 
     # -- queries --------------------------------------------------------------------------------------
