@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from serving.bundle import Manifest
 from serving.config import ServeConfig
+from serving.errors import InvalidInput, TooLarge
 
 __all__ = [
     "ImageDecodeError",
@@ -36,11 +37,11 @@ _EIGHT_BIT_MODES = frozenset(
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InvalidInput):
     """The bytes are empty, not an image, truncated or corrupt, or in a pixel mode we cannot convert."""
 
 
-class ImageTooLargeError(ValueError):
+class ImageTooLargeError(TooLarge):
     """The image declares more pixels than allowed (width x height > max_pixels)."""
 
 

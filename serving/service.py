@@ -10,7 +10,6 @@ and `serving.index.errors`; the gRPC servicer maps each to a status code.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from serving.preprocess import (
     to_model_input,
 )
 
-__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService", "metadata_text"]
+__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 
 
 @dataclass(frozen=True)
@@ -67,32 +66,6 @@ class NewItem:
     image: bytes | None = None
     vector: np.ndarray | Sequence[float] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def metadata_text(value: Any) -> str:
-    """The string form of a metadata value: a ``str`` unchanged, anything else compact sorted JSON
-    (3 -> "3", True -> "true", [1, 2] -> "[1,2]"). What clients see, and what filters compare against."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-class _TextEquals:
-    """Equal to any metadata value whose `metadata_text` is ``text`` (so the filter "3" matches camera 3)."""
-
-    __slots__ = ("text",)
-    __hash__ = None  # type: ignore[assignment]
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _TextEquals):
-            return other.text == self.text
-        return metadata_text(other) == self.text
-
-    def __repr__(self) -> str:
-        return repr(self.text)
 
 
 class RetrievalService:
@@ -230,7 +203,7 @@ class RetrievalService:
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
         return [
-            self.index.search(vectors[i : i + 1], int(q.k), filter=_filter(q.filters))[0]
+            self.index.search(vectors[i : i + 1], int(q.k), filter=dict(q.filters) if q.filters else None)[0]
             for i, q in enumerate(queries)
         ]
 
@@ -291,8 +264,3 @@ def _sources(item: NewItem) -> str:
     given = [name for name in ("image", "vector") if getattr(item, name) is not None]
     return " and ".join(given) if given else "neither"
 
-
-def _filter(filters: Mapping[str, str] | None) -> dict[str, Any] | None:
-    if not filters:
-        return None
-    return {key: _TextEquals(str(value)) for key, value in filters.items()}
