@@ -47,7 +47,7 @@ serve: $(STAMP)
 	$(VENV)/bin/cdd-serve --bundle bundles/$(PRESET) --index indexes/$(PRESET) --host 127.0.0.1 --port 50051
 
 bench: $(STAMP)
-	$(PY) -m serving.bench all --out docs
+	$(PY) -m serving.benchmarks all --out docs
 
 # (a) teacher, (b) CDD, (c) static from scratch, (d) CDD without resetting, (e) prune-then-distill;
 # 3 seeds, both datasets (resumable; docs/ablation-*.{md,json} rewritten after every finished run).
