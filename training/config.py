@@ -27,10 +27,13 @@ __all__ = [
     "CDDConfig",
     "TrainConfig",
     "PRESET_DIR",
+    "COMPAT_FORMS",
     "load_config",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
+COMPAT_FORMS = ("cosine", "l2")
+"""Forms of the compatibility loss (`training.compatibility.compatibility_loss` documents each)."""
 
 
 class ConfigError(ValueError):
@@ -104,7 +107,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights (0 disables a term)."""
+    """Loss weights (0 disables a term). compat_weight / compat_form: the compatibility loss of asymmetric
+    retrieval (student embedding pulled towards the frozen teacher's, `training.compatibility`; off by
+    default and in the paper preset; ignored by teacher runs, which have no teacher)."""
 
     id_weight: float = 1.0
     label_smoothing: float = 0.1
@@ -114,6 +119,14 @@ class LossConfig:
     kd_temperature: float = 2.0
     feature_weight: float = 0.5
     lasso_lambda: float = 0.004
+    compat_weight: float = 0.0
+    compat_form: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.compat_form not in COMPAT_FORMS:
+            raise ConfigError(f"loss.compat_form must be one of {COMPAT_FORMS}, found {self.compat_form!r}")
+        if self.compat_weight < 0:
+            raise ConfigError(f"loss.compat_weight must be >= 0 (0 = off), found {self.compat_weight}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The CDD objective as a task object: named, weighted loss terms from one student/teacher forward.
 
 ID (label-smoothed CE) + batch-hard triplet on the pooled feature + logit KL (T^2-scaled) + per-block
-feature distillation on pooled pre-indicator descriptors + group lasso on the indicators. During gradient
+feature distillation on pooled pre-indicator descriptors + group lasso on the indicators; optionally the
+compatibility term of asymmetric retrieval (`training.compatibility`). During gradient
 resetting the lasso is applied by hand to the gradients (see training/grg.py), so it leaves the loss.
 """
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from training.compatibility import compatibility_loss
 from training.config import LossConfig
 from training.losses import (
     batch_hard_triplet,
@@ -28,7 +30,8 @@ def compute_losses(student: TrainOutput, labels: torch.Tensor, weights: LossConf
                    teacher: TrainOutput | None = None, indicator_weights: Sequence[torch.Tensor] = (),
                    lasso_in_loss: bool = True,
                    teacher_channels: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Weighted loss terms by name ("id", "triplet", "kd", "feature", "lasso"); their sum is the objective.
+    """Weighted loss terms by name ("id", "triplet", "kd", "feature", "compat", "lasso"); their sum is the
+    objective.
 
     ``teacher_channels`` (per block index tensors) selects teacher descriptor channels when the student's
     inner width is smaller than the teacher's (static slim students)."""
@@ -50,6 +53,9 @@ def compute_losses(student: TrainOutput, labels: torch.Tensor, weights: LossConf
                                                                                  strict=True)]
             losses["feature"] = weights.feature_weight * feature_distillation(
                 [s.float() for s in student.pre_descriptors], targets)
+        if weights.compat_weight:  # asymmetric retrieval: student embeddings in the teacher's space
+            losses["compat"] = weights.compat_weight * compatibility_loss(
+                student.embedding, teacher.embedding, weights.compat_form)
     if lasso_in_loss and weights.lasso_lambda and indicator_weights:
         losses["lasso"] = weights.lasso_lambda * group_lasso(indicator_weights)
     return losses

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.arch_spec import ArchSpec
+from training.asymmetric_eval import AsymmetricEvaluator
 from training.atomic_file import write_text_atomic
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
@@ -93,6 +94,10 @@ class Trainer:
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        # Students: every evaluation also scores teacher/teacher and student queries on the teacher's gallery.
+        self.asymmetric_eval = (AsymmetricEvaluator(self.teacher, self.query_set, self.gallery_set, ctx.device,
+                                                    self.splits.protocol, cfg.data.eval_batch_size)
+                                if self.teacher is not None else None)
 
     # ----------------------------------------------------------------------------------------- setup
     def _build_data(self, labels: list[int]) -> None:
@@ -277,7 +282,9 @@ class Trainer:
                             100 * c.flops_budget, f"{tolerance:,}", report["growth"])
         return report
 
-    def _evaluate(self, net: nn.Module) -> dict[str, float]:
+    def _evaluate(self, net: nn.Module) -> dict[str, Any]:
+        if self.asymmetric_eval is not None:
+            return self.asymmetric_eval(net)
         metrics = evaluate_model(net, self.query_set, self.gallery_set, self.ctx.device, self.splits.protocol,
                                  batch_size=self.cfg.data.eval_batch_size)
         return {k: round(v, 3) for k, v in metrics.as_percent().items()}

@@ -1,0 +1,42 @@
+"""Compatibility loss for asymmetric retrieval: the student's embedding of an image is pulled towards the
+frozen teacher's embedding of the same image, so student queries can be searched against a gallery the
+teacher embedded (docs/asymmetric.md).
+
+Retrieval compares L2-normalised embeddings by cosine similarity, so the default form acts on directions
+only. Off unless ``loss.compat_weight`` > 0 (the paper preset leaves it off).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from training.config import COMPAT_FORMS
+
+__all__ = ["COMPAT_FORMS", "compatibility_loss"]
+
+
+def compatibility_loss(student: Tensor, teacher: Tensor, form: str = "cosine") -> Tensor:
+    """Distance between the student's and the (detached) teacher's embeddings of the same images.
+
+    form "cosine": mean over the batch of 1 - cos(student, teacher), the retrieval metric itself
+    (scale-free); "l2": mean of the plain (unsquared) L2 distance between the raw embeddings, which also
+    pins their norm and per-dimension scale (stricter than the metric needs).
+
+    student, teacher: (B, D) embeddings of the same B images, un-normalised (the network's output).
+    Returns a 0-dim float32 tensor, 0 when the two agree. Raises ValueError for a shape mismatch or an
+    unknown ``form`` (one of COMPAT_FORMS)."""
+    if student.dim() != 2 or student.shape != teacher.shape:
+        raise ValueError(
+            "compatibility_loss needs student and teacher embeddings of the same images, both (batch, dim); got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}; the student's embedding_dim must equal the "
+            "teacher's"
+        )
+    s, t = student.float(), teacher.detach().float()
+    if form == "cosine":
+        return (1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-12)).mean()
+    if form == "l2":
+        squared = (s - t).pow(2).sum(dim=1)
+        # Clamp before the square root: sqrt's gradient at 0 is infinite (the same guard as the triplet loss).
+        return squared.clamp(min=1e-12).sqrt().mean()
+    raise ValueError(f"loss.compat_form must be one of {COMPAT_FORMS}, found {form!r}")
