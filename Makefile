@@ -35,9 +35,12 @@ data: data/synthetic-reid/.complete
 train: data
 	$(PY) -m training.pipeline --preset $(PRESET)
 
+# The teacher first: the student's bundle declares compatibility with it (asymmetric retrieval: student
+# queries on a teacher-embedded gallery) once the compatibility gate passes. COMPATIBLE= exports without it.
+COMPATIBLE ?= --compatible-with bundles/$(PRESET)-teacher
 export: $(STAMP)
-	$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET)
 	$(PY) -m export --run runs/$(PRESET)/teacher --out bundles/$(PRESET)-teacher
+	$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET) $(COMPATIBLE)
 
 index: $(STAMP)
 	$(VENV)/bin/cdd-index build --bundle bundles/$(PRESET) --images data/synthetic-reid/bounding_box_test \

@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="bundle directory to create (an existing bundle is replaced)")
     parser.add_argument("--tensorrt", choices=TENSORRT_MODES, default=None,
                         help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default), off, required")
+    parser.add_argument("--compatible-with", metavar="TEACHER_BUNDLE", default=None,
+                        help="declare the bundle compatible with TEACHER_BUNDLE (asymmetric retrieval: its queries "
+                             "search galleries that bundle embedded) after measuring it; fails the export when the "
+                             "asymmetric mAP is more than compatibility.max_map_drop points below the teacher's")
     parser.add_argument("--int8", action="store_true", help="INT8 TensorRT engine, calibrated on training images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an export config value, e.g. --set gates.onnxruntime.max_abs_err=1e-5 "
@@ -49,6 +53,10 @@ def _summary(result: ExportResult) -> list[str]:
                  f"({saved['params']:.1f}% fewer)")
     lines.append(f"  flops  {student.flops / 1e9:.4f} GMAC vs teacher {teacher.flops / 1e9:.4f} GMAC "
                  f"({saved['flops']:.1f}% fewer) at {manifest.input.height}x{manifest.input.width}")
+    for entry in manifest.compatible_with:
+        lines.append(f"  compatible with {entry['bundle_name']} (sha256 {entry['bundle_sha256'][:12]}...): mAP "
+                     f"student-query/teacher-gallery {entry['mAP']['asymmetric']:.2f}%, teacher/teacher "
+                     f"{entry['mAP']['gallery_bundle']:.2f}%, student/student {entry['mAP']['this_bundle']:.2f}%")
     if result.tensorrt_note is not None:
         lines.append(f"  tensorrt: {result.tensorrt_note}")
     lines.append(f"  bundle: {result.bundle} ({', '.join(sorted(manifest.files))})")
@@ -62,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"tensorrt.mode={args.tensorrt}")
     if args.int8:
         overrides.append("tensorrt.int8=true")
+    if args.compatible_with is not None:
+        overrides.append(f"compatibility.teacher_bundle={args.compatible_with}")
     try:
         result = export_bundle(args.run, args.out, load_export_config(overrides))
     except ParityGateError as exc:

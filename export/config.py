@@ -19,6 +19,7 @@ __all__ = [
     "OPSETS",
     "TENSORRT_MODES",
     "BatchConfig",
+    "CompatibilityConfig",
     "ExportConfig",
     "ExportConfigError",
     "GateConfig",
@@ -86,6 +87,16 @@ class TensorRTConfig:
 
 
 @dataclass(frozen=True)
+class CompatibilityConfig:
+    """Asymmetric retrieval (`export.compatibility_gate`): with ``teacher_bundle`` set (``--compatible-with``),
+    the bundle declares compatibility with that bundle only if student queries on a gallery it embedded
+    reach its own mAP within ``max_map_drop`` percent points; otherwise the export fails."""
+
+    teacher_bundle: str = ""
+    max_map_drop: float = 1.0
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """Everything ``cdd-export`` can be told besides the run dir and the output dir."""
 
@@ -93,6 +104,7 @@ class ExportConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     gates: GateConfig = field(default_factory=GateConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -128,6 +140,9 @@ def _validate(cfg: ExportConfig) -> None:
         problems.append(f"tensorrt.mode must be one of {TENSORRT_MODES}, found {t.mode!r}")
     if t.calibration_images < 1 or t.calibration_batch < 1 or t.workspace_mib < 1:
         problems.append("tensorrt.calibration_images, calibration_batch and workspace_mib must be >= 1")
+    if cfg.compatibility.max_map_drop < 0:
+        problems.append(f"compatibility.max_map_drop must be >= 0 (percent points), found "
+                        f"{cfg.compatibility.max_map_drop}")
     if problems:
         raise ExportConfigError("export config: " + "; ".join(problems))
 

@@ -2,7 +2,8 @@
 
 rebuild slim net -> gate (vs full width, pruned rows zeroed) -> fold BN + indicator -> gate -> wrap (uint8 in,
 unit embeddings out) -> ONNX (+ FLOPs check against the manifest cost) -> gate (ONNX Runtime vs torch) ->
-torch.export program -> gate -> TensorRT plan where possible -> gate (looser FP16/INT8 tolerance) -> manifest.
+torch.export program -> gate -> TensorRT plan where possible -> gate (looser FP16/INT8 tolerance) -> with
+--compatible-with, the compatibility gate (asymmetric retrieval against a teacher bundle) -> manifest.
 A failed gate raises ParityGateError before anything appears at the output path.
 """
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from export.bundle_writer import BundleStage, make_manifest
+from export.compatibility_gate import compatibility_declaration
 from export.config import ExportConfig
 from export.deploy_wrapper import DeployWrapper
 from export.errors import RunDirError
@@ -160,6 +162,15 @@ def _tensorrt_files(stage: BundleStage, wrapper: DeployWrapper, run: RunDir, con
     return stamp, parity
 
 
+def _compatibility(onnx_path: Path, run: RunDir, config: ExportConfig) -> list[dict[str, Any]]:
+    """The compatibility declaration (asymmetric retrieval) when ``compatibility.teacher_bundle`` is set."""
+    compat = config.compatibility
+    if not compat.teacher_bundle:
+        return []
+    return [compatibility_declaration(onnx_path, run.spec.input_size, run.spec.embedding_dim, run.dataset,
+                                      run.data_root, compat.teacher_bundle, compat.max_map_drop, config.batch.max)]
+
+
 def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -> ExportResult:
     """Export the run at ``run_dir`` to a bundle at ``out_dir`` (replacing a bundle already there).
 
@@ -178,10 +189,12 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         if tensorrt_note is None:
             backends["tensorrt"], parity["tensorrt"] = _tensorrt_files(stage, wrapper, run, config, images)
         batch = config.batch
+        compatible_with = _compatibility(stage.path / ONNX_FILE, run, config)
         manifest = make_manifest(
             name=Path(out_dir).resolve().name, input_size=run.spec.input_size, dim=run.spec.embedding_dim,
             mean=run.mean, std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files,
             backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config),
+            compatible_with=compatible_with,
         )
         bundle = stage.commit(manifest)
     return ExportResult(bundle=bundle, manifest=manifest, tensorrt_note=tensorrt_note)

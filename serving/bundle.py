@@ -95,7 +95,9 @@ class Manifest:
     """Everything downstream needs to run a bundle. ``files`` maps file name -> {"sha256", "bytes", "role"};
     ``cost`` holds {"student"|"teacher": {"params", "flops"}} (flops = multiply-accumulates at the input size,
     params exclude the ID classifier); ``parity`` holds per-gate {"max_abs_err", "min_cosine", ...};
-    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on)."""
+    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on);
+    ``compatible_with`` lists the bundles whose galleries this bundle's queries may search, with the numbers
+    measured at export (`serving.compatibility`)."""
 
     name: str
     input: InputSpec
@@ -109,6 +111,7 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    compatible_with: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +142,7 @@ class Manifest:
                 parity=dict(data.get("parity", {})),
                 provenance=dict(data.get("provenance", {})),
                 schema_version=version,
+                compatible_with=data.get("compatible_with", []),
             )
         except KeyError as exc:
             raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc
@@ -146,8 +150,12 @@ class Manifest:
             raise BundleError(f"{source}: malformed field: {exc}") from exc
 
     def sha256(self) -> str:
-        """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes).
+        An empty ``compatible_with`` is left out, so bundles exported before the field existed keep theirs."""
+        data = self.to_dict()
+        if not data["compatible_with"]:
+            del data["compatible_with"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -159,6 +159,9 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
                 max_k=stats["max_k"],
                 max_pixels=stats["max_pixels"],
                 batching=pb.BatchingStats(**stats["batching"]),
+                gallery_bundle_name=stats["gallery_bundle_name"],
+                gallery_bundle_sha256=stats["gallery_bundle_sha256"],
+                asymmetric=stats["asymmetric"],
             )
 
         return self._call(context, work)

@@ -30,6 +30,7 @@ from serving.auth import BearerTokenInterceptor, load_token
 from serving.backends import BACKENDS, BackendUnavailable, create_engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
+from serving.compatibility import gallery_bundle_for
 from serving.config import MIB, ServeConfig
 from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
 from serving.index.errors import GalleryIndexError
@@ -106,8 +107,9 @@ def _set_health(servicer: health.HealthServicer, status: int) -> None:
 
 
 def build_service(config: ServeConfig) -> RetrievalService:
-    """Load bundle (verified), index (must match the bundle) and engine; raises BundleError,
-    GalleryIndexError (IndexBundleMismatch, ...), BackendUnavailable."""
+    """Load bundle (verified), index (built with the bundle, or with one the bundle's manifest declares
+    compatibility with: asymmetric retrieval) and engine; raises BundleError, GalleryIndexError
+    (IndexBundleMismatch, ...), BackendUnavailable."""
     manifest = load_bundle(config.bundle, verify=True)
     if config.index_threads > 0:
         import faiss
@@ -115,7 +117,11 @@ def build_service(config: ServeConfig) -> RetrievalService:
         # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads
         # only add contention there (measured: 8-24 ms vs 0.15 ms per query on a busy 2-core machine).
         faiss.omp_set_num_threads(config.index_threads)
-    index = GalleryIndex.load(config.index, expected_bundle_sha256=manifest.sha256())
+    gallery = gallery_bundle_for(manifest, GalleryIndex.read_info(config.index).get("bundle_sha256"), config.index)
+    if gallery.asymmetric:
+        _LOG.info("asymmetric retrieval: queries embedded by %s, gallery %s embedded by %s", manifest.name,
+                  config.index, gallery.name)
+    index = GalleryIndex.load(config.index, expected_bundle_sha256=gallery.sha256)
     engine = create_engine(config.bundle, manifest, backend=config.backend)
     max_batch = min(config.max_batch, manifest.batch.max)
     if max_batch < config.max_batch:
@@ -126,7 +132,7 @@ def build_service(config: ServeConfig) -> RetrievalService:
     limits = ServiceLimits(
         max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items
     )
-    return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
+    return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher, gallery_bundle=gallery)
 
 
 def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None) -> int:

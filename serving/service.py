@@ -20,6 +20,7 @@ import numpy as np
 from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
+from serving.compatibility import GalleryBundle
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
 from serving.index.gallery import GalleryIndex, Hit
@@ -71,7 +72,9 @@ class NewItem:
 class RetrievalService:
     """Search / embed / add / remove / stats over one engine + gallery index. Thread-safe (the index and
     the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (ServeConfig's
-    max_batch, capped at manifest.batch.max, and window); the service closes it in `close`."""
+    max_batch, capped at manifest.batch.max, and window); the service closes it in `close`.
+    ``gallery_bundle``: the bundle the index was built with when it is not ``manifest``'s own (asymmetric
+    retrieval, `serving.compatibility.gallery_bundle_for`); None means the same bundle."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class RetrievalService:
         manifest: Manifest,
         limits: ServiceLimits | None = None,
         batcher: DynamicBatcher | None = None,
+        gallery_bundle: GalleryBundle | None = None,
     ) -> None:
         dim = manifest.output.dim
         if index.dim != dim:
@@ -93,6 +97,7 @@ class RetrievalService:
         self.limits = limits or ServiceLimits()
         self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
+        self.gallery_bundle = gallery_bundle or GalleryBundle(self._bundle_sha256, manifest.name, asymmetric=False)
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -155,8 +160,10 @@ class RetrievalService:
         return len(self.index)
 
     def stats(self) -> dict[str, Any]:
-        """count, dim, index_type, metric, bundle_name, bundle_sha256, backend, device, max_k, max_pixels,
-        batching (BatcherStats as a dict) and index (GalleryIndex.stats())."""
+        """count, dim, index_type, metric, bundle_name, bundle_sha256 (the bundle embedding queries),
+        gallery_bundle_name, gallery_bundle_sha256, asymmetric (the bundle that embedded the gallery, and
+        whether it is another one), backend, device, max_k, max_pixels, batching (BatcherStats as a dict)
+        and index (GalleryIndex.stats())."""
         index_stats = dict(self.index.stats())
         return {
             "count": len(self.index),
@@ -165,6 +172,9 @@ class RetrievalService:
             "metric": index_stats.get("metric", self.manifest.metric),
             "bundle_name": self.manifest.name,
             "bundle_sha256": self._bundle_sha256,
+            "gallery_bundle_name": self.gallery_bundle.name,
+            "gallery_bundle_sha256": self.gallery_bundle.sha256,
+            "asymmetric": self.gallery_bundle.asymmetric,
             "backend": self.engine.name,
             "device": self.engine.device,
             "max_k": self.limits.max_k,

@@ -1,0 +1,130 @@
+"""The compatibility gate (asymmetric retrieval): a student bundle declares compatibility with a teacher
+bundle only when measured student-query/teacher-gallery mAP is within the tolerance of teacher/teacher.
+
+Known answers come from "teacher" bundles derived from the student's own graph: an exact copy lives in
+the same space (asymmetric = student/student = teacher/teacher), a negated copy keeps every cosine within
+itself (teacher/teacher = student/student) but reverses every cross-model ranking."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+from tiny_runs import TinyRuns
+
+from export.__main__ import main as export_main
+from export.compatibility_gate import CompatibilityGateError, TeacherBundleError
+from export.config import load_export_config
+from export.pipeline import ExportResult, export_bundle
+from serving.bundle import load_bundle, sha256_file, write_manifest
+from serving.compatibility import declared_compatibility
+from serving.preprocess import load_image_file
+from training.data.layouts import load_dataset
+from training.metrics import evaluate_retrieval
+
+_FAST = ["tensorrt.mode=off"]
+
+
+def _derived_teacher(source: Path, out: Path, negate: bool) -> Path:
+    """A copy of bundle ``source`` (ONNX only) named ``out.name``; ``negate`` appends y = -x to the graph."""
+    out.mkdir(parents=True)
+    model = onnx.load(str(source / "model.onnx"))
+    if negate:
+        graph = model.graph
+        original = graph.output[0].name
+        for node in graph.node:
+            node.output[:] = [f"{name}_pre_neg" if name == original else name for name in node.output]
+        graph.node.append(helper.make_node("Neg", [f"{original}_pre_neg"], [original]))
+    onnx.save(model, str(out / "model.onnx"))
+    manifest = load_bundle(source)
+    files = {"model.onnx": {"sha256": sha256_file(out / "model.onnx"), "bytes": (out / "model.onnx").stat().st_size,
+                            "role": "onnxruntime"}}
+    data = manifest.to_dict() | {"name": out.name, "files": files, "backends": {"onnxruntime": "model.onnx"}}
+    write_manifest(out, type(manifest).from_dict(data))
+    return out
+
+
+def _export(run: Path, out: Path, teacher: Path, tolerance: float = 1.0) -> ExportResult:
+    overrides = [*_FAST, f"compatibility.teacher_bundle={teacher}", f"compatibility.max_map_drop={tolerance}"]
+    return export_bundle(run, out, load_export_config(overrides))
+
+
+@pytest.fixture(scope="module")
+def copy_teacher(student_bundle: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _derived_teacher(student_bundle.bundle, tmp_path_factory.mktemp("derived") / "copy-teacher", False)
+
+
+def test_a_teacher_in_the_same_space_is_declared_with_the_numbers(copy_teacher: Path, tiny_run_dir: TinyRuns,
+                                                                  tmp_path: Path) -> None:
+    result = _export(tiny_run_dir.student50, tmp_path / "student", copy_teacher, tolerance=0.0)
+    (declaration,) = declared_compatibility(load_bundle(result.bundle))
+    teacher = load_bundle(copy_teacher)
+    assert declaration.bundle_sha256 == teacher.sha256() and declaration.bundle_name == "copy-teacher"
+    # Same graph on both sides: the three retrievals are one and the same.
+    assert declaration.mAP["asymmetric"] == declaration.mAP["gallery_bundle"] == declaration.mAP["this_bundle"]
+    assert declaration.details["num_queries"] == 3 and declaration.details["protocol"] == "reid"
+    assert declaration.tolerance_map_points == 0.0
+
+
+def test_the_declared_numbers_match_an_independent_onnxruntime_evaluation(
+        student_bundle: ExportResult, tiny_run_dir: TinyRuns, tmp_path: Path) -> None:
+    """The real pair (student50 and its ResNet-50 teacher run, exported), scored here with plain ONNX
+    Runtime sessions, serving's preprocessing and the metrics module."""
+    teacher = export_bundle(tiny_run_dir.teacher, tmp_path / "teacher", load_export_config(_FAST)).bundle
+    student = _export(tiny_run_dir.student50, tmp_path / "student", teacher, tolerance=100.0).bundle
+    (declaration,) = declared_compatibility(load_bundle(student))
+    splits = load_dataset("market1501", str(tiny_run_dir.data_root))
+
+    def embed(bundle: Path, records) -> np.ndarray:
+        manifest = load_bundle(bundle)
+        session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+        pixels = np.stack([load_image_file(r.path, manifest) for r in records])
+        return session.run(None, {session.get_inputs()[0].name: pixels})[0]
+
+    metrics = evaluate_retrieval(embed(student, splits.query), embed(teacher, splits.gallery),
+                                 [r.pid for r in splits.query], [r.pid for r in splits.gallery],
+                                 [r.camid for r in splits.query], [r.camid for r in splits.gallery])
+    assert declaration.mAP["asymmetric"] == pytest.approx(100 * metrics.mAP, abs=1e-3)
+    assert declaration.rank1["asymmetric"] == pytest.approx(100 * metrics.rank1, abs=1e-3)
+
+
+def test_an_incompatible_teacher_fails_the_gate_and_writes_nothing(student_bundle: ExportResult,
+                                                                   tiny_run_dir: TinyRuns, tmp_path: Path) -> None:
+    negated = _derived_teacher(student_bundle.bundle, tmp_path / "negated-teacher", True)
+    with pytest.raises(CompatibilityGateError, match="compatibility gate failed") as failure:
+        _export(tiny_run_dir.student50, tmp_path / "student", negated)
+    assert "loss.compat_weight" in str(failure.value)
+    assert not (tmp_path / "student").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["negated-teacher"]  # no staging dir left behind
+
+
+def test_cli_flag_and_exit_codes(copy_teacher: Path, student_bundle: ExportResult, tiny_run_dir: TinyRuns,
+                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "student"
+    assert export_main(["--run", str(tiny_run_dir.student50), "--out", str(out), "--tensorrt", "off",
+                        "--compatible-with", str(copy_teacher)]) == 0
+    assert "compatible with copy-teacher" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["compatible_with"][0]["bundle_name"] == "copy-teacher"
+    negated = _derived_teacher(student_bundle.bundle, tmp_path / "negated", True)
+    assert export_main(["--run", str(tiny_run_dir.student50), "--out", str(tmp_path / "s2"), "--tensorrt", "off",
+                        "--compatible-with", str(negated)]) == 3
+    assert "compatibility gate failed" in capsys.readouterr().err
+
+
+def test_unusable_teacher_bundles_are_named(copy_teacher: Path, tiny_run_dir: TinyRuns, tmp_path: Path) -> None:
+    with pytest.raises(TeacherBundleError, match="--compatible-with .*missing.*bundle manifest not found"):
+        _export(tiny_run_dir.student50, tmp_path / "s", tmp_path / "missing")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(copy_teacher, tampered)
+    with open(tampered / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(TeacherBundleError, match="sha256"):
+        _export(tiny_run_dir.student50, tmp_path / "s", tampered)
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,151 @@
+"""Asymmetric retrieval in serving: a bundle searches an index built with another bundle only when its
+manifest declares compatibility with that bundle; Stats names both bundles.
+
+The "teacher" is the tiny fixture bundle; the "student" is a copy of it under another name (the same graph,
+so its vectors do live in the teacher's space), with or without a declaration in its manifest. The
+gallery index is built with the teacher, as `cdd-index build` does. Real ONNX Runtime, FAISS and gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from serving import server as server_module
+from serving._proto import retrieval_pb2 as pb
+from serving._proto import retrieval_pb2_grpc as pb_grpc
+from serving.backends import create_engine
+from serving.bundle import BundleError, Manifest, load_bundle, write_manifest
+from serving.compatibility import declared_compatibility, gallery_bundle_for
+from serving.config import ServeConfig
+from serving.index.build import build_index, items_from_folder
+from serving.index.errors import IndexBundleMismatch
+from serving.server import build_service, create_server
+
+QUERY = "0003_c1s1_000001_00.jpg"
+
+
+def _declaration(sha256: str, name: str) -> dict:
+    return {"bundle_sha256": sha256, "bundle_name": name, "tolerance_map_points": 1.0,
+            "mAP": {"gallery_bundle": 50.0, "this_bundle": 51.0, "asymmetric": 49.5},
+            "rank1": {"gallery_bundle": 70.0, "this_bundle": 71.0, "asymmetric": 69.0},
+            "dataset": "market1501", "protocol": "reid", "num_queries": 4, "gallery_size": 13}
+
+
+def _student(tiny_bundle: Path, out: Path, declarations: list[dict]) -> Path:
+    shutil.copytree(tiny_bundle, out)
+    data = load_bundle(tiny_bundle).to_dict() | {"name": out.name, "compatible_with": declarations}
+    write_manifest(out, Manifest.from_dict(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_index(tiny_bundle: Path, tiny_manifest: Manifest, gallery_images: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    engine = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
+    index = build_index(engine, tiny_manifest, items_from_folder(gallery_images), progress=False)[0]
+    out = tmp_path_factory.mktemp("teacher-index") / "index"
+    index.save(out)
+    return out
+
+
+@pytest.fixture
+def served_student(tiny_bundle: Path, tiny_manifest: Manifest, teacher_index: Path,
+                   tmp_path: Path) -> Iterator[tuple[grpc.Channel, Path]]:
+    student = _student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
+    service = build_service(ServeConfig(bundle=student, index=teacher_index, backend="onnxruntime-cpu"))
+    server, port = create_server(service, port=0)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel, student
+    finally:
+        server.stop(None)
+        service.close()
+
+
+def test_a_declared_student_serves_a_teacher_index_and_stats_name_both_bundles(
+        served_student: tuple[grpc.Channel, Path], tiny_manifest: Manifest, gallery_images: Path) -> None:
+    channel, student = served_student
+    stub = pb_grpc.RetrievalStub(channel)
+    hits = stub.Search(pb.SearchRequest(image=(gallery_images / QUERY).read_bytes(), k=3), timeout=10).items
+    assert hits[0].id == QUERY and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert {h.metadata["label"] for h in hits[:2]} == {"3"}
+    stats = stub.Stats(pb.StatsRequest(), timeout=10)
+    assert (stats.bundle_name, stats.bundle_sha256) == ("tiny-student", load_bundle(student).sha256())
+    assert (stats.gallery_bundle_name, stats.gallery_bundle_sha256) == ("tiny", tiny_manifest.sha256())
+    assert stats.asymmetric is True
+    assert stats.bundle_sha256 != stats.gallery_bundle_sha256
+
+
+def test_the_same_bundle_on_its_own_index_is_not_asymmetric(tiny_bundle: Path, tiny_manifest: Manifest,
+                                                            teacher_index: Path) -> None:
+    with build_service(ServeConfig(bundle=tiny_bundle, index=teacher_index, backend="onnxruntime-cpu")) as service:
+        stats = service.stats()
+    assert stats["asymmetric"] is False
+    assert stats["gallery_bundle_sha256"] == stats["bundle_sha256"] == tiny_manifest.sha256()
+
+
+def test_an_undeclared_student_is_refused_with_the_fix(tiny_bundle: Path, teacher_index: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    student = _student(tiny_bundle, tmp_path / "plain-student", [])
+    with pytest.raises(IndexBundleMismatch, match="neither that bundle nor declared compatible with it; it "
+                                                  "declares compatibility with no other bundle"):
+        build_service(ServeConfig(bundle=student, index=teacher_index, backend="onnxruntime-cpu"))
+    code = server_module.main(["--bundle", str(student), "--index", str(teacher_index), "--port", "0",
+                               "--backend", "onnxruntime-cpu"])
+    assert code == 2 and "cdd-export --compatible-with" in caplog.text
+
+
+def test_a_student_declared_for_another_teacher_is_refused(tiny_bundle: Path, teacher_index: Path,
+                                                           tmp_path: Path) -> None:
+    student = _student(tiny_bundle, tmp_path / "other-student", [_declaration("ab" * 32, "other-teacher")])
+    with pytest.raises(IndexBundleMismatch, match=r"declares compatibility only with other-teacher \(sha256 "
+                                                  r"abababababab\.\.\.\): asymmetric mAP 49\.50%"):
+        build_service(ServeConfig(bundle=student, index=teacher_index, backend="onnxruntime-cpu"))
+
+
+def test_malformed_declarations_are_named(tiny_manifest: Manifest) -> None:
+    broken = Manifest.from_dict(tiny_manifest.to_dict() | {"compatible_with": [{"bundle_sha256": "x" * 64}]})
+    with pytest.raises(BundleError, match=r"compatible_with\[0\]: missing field\(s\) \['bundle_name'"):
+        declared_compatibility(broken)
+    short = Manifest.from_dict(tiny_manifest.to_dict() | {"compatible_with": [_declaration("abc", "t")]})
+    with pytest.raises(BundleError, match="64-character hex digest, found 'abc'"):
+        gallery_bundle_for(short, "0" * 64, "idx")
+    not_a_list = Manifest.from_dict(tiny_manifest.to_dict() | {"compatible_with": {"a": 1}})
+    with pytest.raises(BundleError, match="compatible_with must be a list, found dict"):
+        declared_compatibility(not_a_list)
+
+
+def test_bundle_identity_ignores_an_empty_declaration_list(tiny_manifest: Manifest) -> None:
+    """Bundles exported before the field existed keep their sha256 (so their indexes still load)."""
+    legacy = tiny_manifest.to_dict()
+    del legacy["compatible_with"]
+    assert tiny_manifest.sha256() == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()
+    declared = Manifest.from_dict(tiny_manifest.to_dict() | {"compatible_with": [_declaration("ab" * 32, "t")]})
+    assert declared.sha256() != tiny_manifest.sha256()
+
+
+def test_index_eval_scores_student_queries_on_a_teacher_index(tiny_bundle: Path, tiny_manifest: Manifest,
+                                                              market_root: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from serving.index.__main__ import main as index_main
+
+    index = tmp_path / "market"
+    assert index_main(["build", "--bundle", str(tiny_bundle), "--layout", "market1501", "--root", str(market_root),
+                       "--split", "gallery", "--out", str(index), "--quiet"]) == 0
+    capsys.readouterr()
+    student = _student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
+    evaluate = ["eval", "--index", str(index), "--layout", "market1501", "--root", str(market_root), "--quiet"]
+    assert index_main([*evaluate, "--bundle", str(student)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["query_bundle"], out["gallery_bundle"]) == ("tiny-student", "tiny")
+    assert out["mAP"] == pytest.approx(1.0)  # the same graph on both sides: the symmetric known answer
+    plain = _student(tiny_bundle, tmp_path / "plain-student", [])
+    assert index_main([*evaluate, "--bundle", str(plain)]) == 2
+    assert "declares compatibility with no other bundle" in capsys.readouterr().err
