@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ctx.is_main and final:
         print(f"{cfg.run.kind}: mAP {final['mAP']:.2f}%  rank-1 {final['rank1']:.2f}%  "
               f"params {final['params']:,}  FLOPs {final['flops']:,}  -> {cfg.run.out_dir}")
+        if "asymmetric" in final:
+            print(f"{cfg.run.kind} queries on the teacher's gallery: mAP {final['asymmetric']['mAP']:.2f}%  rank-1 "
+                  f"{final['asymmetric']['rank1']:.2f}%  (teacher/teacher mAP {final['teacher']['mAP']:.2f}%)")
     return 0
 
 

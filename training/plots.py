@@ -28,6 +28,12 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
     evaluated = [h for h in history if h.get("eval")]
     for key in ("mAP", "rank1"):
         axes[1].plot([h["epoch"] for h in evaluated], [h["eval"][key] for h in evaluated], "o-", label=key)
+    cross = [h for h in evaluated if isinstance(h["eval"].get("asymmetric"), dict)]
+    if cross:  # students: student queries on the teacher's gallery, and the teacher's own mAP
+        axes[1].plot([h["epoch"] for h in cross], [h["eval"]["asymmetric"]["mAP"] for h in cross], "s--",
+                     label="mAP student query / teacher gallery")
+        axes[1].plot([h["epoch"] for h in cross], [h["eval"]["teacher"]["mAP"] for h in cross], ":",
+                     label="mAP teacher")
     axes[1].set(title="evaluation (%)", xlabel="epoch")
     axes[1].legend(fontsize=8)
     pruned = [h for h in history if h.get("pruning")]
