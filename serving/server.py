@@ -124,7 +124,8 @@ def build_service(config: ServeConfig) -> RetrievalService:
         engine.embed, max_batch=max_batch, max_wait_ms=config.max_wait_ms, enabled=max_batch > 1
     )
     limits = ServiceLimits(
-        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items
+        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items,
+        max_id_bytes=config.max_id_bytes, max_metadata_bytes=config.max_metadata_bytes,
     )
     return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
 
@@ -180,6 +181,8 @@ _FLAG_HELP = {
     "max_wait_ms": "batch window after 1st image",
     "max_k": "largest k a search may ask for",
     "max_pixels": "largest image (w*h)",
+    "max_id_bytes": "longest gallery id (UTF-8 bytes)",
+    "max_metadata_bytes": "largest metadata per item / filters per query (UTF-8 bytes)",
     "max_workers": "RPC handler threads",
     "grace_s": "shutdown drain time for in-flight calls",
     "index_threads": "FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic",
