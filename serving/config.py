@@ -22,10 +22,14 @@ class ServeConfig:
     image; ``max_k`` results, ``max_pixels`` (width x height) per decoded image (larger declared sizes are
     refused before any pixel is decoded; 16 MP fits re-ID and product crops with room to spare),
     ``max_id_bytes`` per gallery id and ``max_metadata_bytes`` per item's metadata or a query's filters
-    (keys plus values, UTF-8), ``max_queries`` per
-    SearchBatch, ``max_items`` per AddItems / RemoveItems; ``max_message_bytes`` per request / response;
-    ``max_workers`` RPC threads; ``grace_s`` seconds in-flight calls get at shutdown; ``index_threads``
-    FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an out-of-range value."""
+    (keys plus values, UTF-8), ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems;
+    ``max_message_bytes`` per request / response; ``max_workers`` RPC threads.
+    ``tls_cert``/``tls_key`` (PEM) turn TLS on, ``tls_client_ca`` requires client certificates signed by it
+    (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
+    AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
+    ``allow_plaintext_remote`` (see `serving.tls`). ``grace_s`` seconds in-flight calls get at shutdown;
+    ``index_threads`` FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an
+    out-of-range value."""
 
     bundle: Path
     index: Path
@@ -44,13 +48,18 @@ class ServeConfig:
     max_workers: int = 16
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     token: str | None = None
+    read_token: str | None = None
+    allow_plaintext_remote: bool = False
     grace_s: float = 10.0
     index_threads: int = 1
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         for name in ("max_batch", "max_k", "max_pixels", "max_id_bytes", "max_metadata_bytes", "max_queries",
                      "max_items", "max_workers"):
             if getattr(self, name) < 1:
