@@ -110,3 +110,24 @@ def test_auto_backend_imports_nothing_for_files_the_bundle_lacks(tiny_bundle, tm
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] in ("onnxruntime-cpu", "onnxruntime-cuda")
     assert done.stdout.strip().endswith("[]"), done.stdout  # neither torch nor tensorrt imported
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("decode", "rgb16-v9", r"preprocess.decode is 'rgb16-v9', this build decodes by rule 'rgb8-v1'"),
+        ("exif_orientation", "yes", "preprocess.exif_orientation must be true or false"),
+        ("background", [0, 0, 300], r"preprocess.background must be 3 integers 0..255"),
+    ],
+)
+def test_an_unknown_decoding_policy_is_refused_at_load(tiny_bundle, tmp_path, field, value, message):
+    bundle = _copy(tiny_bundle, tmp_path / "bundle")
+    _edit_manifest(bundle, lambda data: data["preprocess"].__setitem__(field, value))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle, verify=False)
+
+
+def test_the_decoding_policy_round_trips_through_the_manifest(tiny_manifest):
+    pre = tiny_manifest.preprocess
+    assert (pre.decode, pre.exif_orientation, pre.jpeg_draft, pre.background) == ("rgb8-v1", True, True,
+                                                                                  (255, 255, 255))
