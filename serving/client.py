@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = _filters(args.filter)
         token = load_token(args.token_file)
+        if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and args.tls_ca is None):
+            raise ValueError("--tls-cert and --tls-key go together, with --tls-ca (mutual TLS)")
         payloads = [_image_bytes(path) for path in args.images]
     except ValueError as exc:
         print(f"cdd-search: {exc}", file=sys.stderr)
