@@ -8,8 +8,10 @@ import importlib
 import json
 import logging
 import re
+import struct
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import grpc
@@ -54,6 +56,17 @@ def _proto_only_stubs(tmp_path: Path):
     return pb2, pb2_grpc
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height RGB pixels (its data is a few bytes)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
 def test_deployed_map_equals_pytorch_map(deployed, student_run, tiny_reid_root, capsys):
     bundle, index = deployed
     capsys.readouterr()
@@ -89,9 +102,22 @@ def test_proto_only_client_searches_a_real_server(deployed, tiny_reid_root, tmp_
         assert stats.count == len(load_dataset("market1501", tiny_reid_root).gallery)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(grpc.RpcError) as bad:
-            stub.Search(pb2.SearchRequest(image=b"not an image", k=5), timeout=10)
-        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        good = Path(queries[0].path).read_bytes()
+        bad_inputs = [
+            (stub.Search, pb2.SearchRequest(image=b"not an image", k=5), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Search, pb2.SearchRequest(image=good[:40], k=5), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Embed, pb2.EmbedRequest(image=good[: len(good) * 3 // 4]), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Search, pb2.SearchRequest(image=_png_declaring(5000, 5000), k=5), grpc.StatusCode.RESOURCE_EXHAUSTED),
+            (stub.AddItems, pb2.AddItemsRequest(items=[pb2.NewItem(id="i" * 300, image=good)]),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.AddItems, pb2.AddItemsRequest(items=[pb2.NewItem(id="m", image=good, metadata={"k": "v" * 5000})]),
+             grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for call, request, code in bad_inputs:
+            with pytest.raises(grpc.RpcError) as bad:
+                call(request, timeout=10)
+            assert bad.value.code() == code, bad.value.details()
+            assert len(stub.Search(pb2.SearchRequest(image=good, k=5), timeout=30).items) == 5  # still serving
         channel.close()
     finally:
         server.stop(None)
