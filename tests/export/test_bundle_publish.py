@@ -103,6 +103,7 @@ def test_a_plain_folder_moves_to_the_pointer_layout_where_folders_cannot_be_exch
     assert [p.name for p in (tmp_path / ".bundle.versions").iterdir()] == [out.resolve().name]
 
 
+@pytest.mark.slow
 def test_killing_a_real_export_at_random_points(
     tiny_run_dir: TinyRuns, student_bundle, tmp_path: Path
 ) -> None:
