@@ -4,16 +4,38 @@ teacher embedded (docs/asymmetric.md).
 
 Retrieval compares L2-normalised embeddings by cosine similarity, so the default form acts on directions
 only. Off unless ``loss.compat_weight`` > 0 (the paper preset leaves it off).
+
+Like with like: the frozen teacher runs in eval mode, so its embedding uses the BatchNorm running
+statistics; the student's embedding for this term is recomputed from its pooled feature with the head's
+BatchNorms on running statistics too (`embed_with_running_stats`). Comparing the student's train-mode
+embedding instead (normalised by the statistics of 64 images of 16 identities) leaves a per-batch offset
+the student cannot remove: on the demo the asymmetric mAP then stayed ~5 points below the teacher's
+whatever the weight (docs/asymmetric.md).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from training.config import COMPAT_FORMS
+from training.models.head import EmbeddingHead
 
-__all__ = ["COMPAT_FORMS", "compatibility_loss"]
+__all__ = ["COMPAT_FORMS", "compatibility_loss", "embed_with_running_stats"]
+
+
+def _running_batch_norm(layer: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    return F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, training=False,
+                        eps=layer.eps)
+
+
+def embed_with_running_stats(head: EmbeddingHead, pooled: Tensor) -> Tensor:
+    """The head's embedding (B, D) of ``pooled`` (B, C) as evaluation computes it: both BatchNorm1d layers use
+    their running statistics and leave them unchanged, whatever the head's mode. Gradients reach ``pooled``
+    and the head's weights (BN affine, linear)."""
+    x = torch.relu(_running_batch_norm(head.bn_pool, pooled))
+    return _running_batch_norm(head.bn_embed, head.embed(x))
 
 
 def compatibility_loss(student: Tensor, teacher: Tensor, form: str = "cosine") -> Tensor:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from training.compatibility import compatibility_loss
+from training.compatibility import compatibility_loss, embed_with_running_stats
 from training.config import LossConfig
 from training.losses import (
     batch_hard_triplet,
@@ -21,6 +21,7 @@ from training.losses import (
     group_lasso,
     logit_distillation,
 )
+from training.models.head import EmbeddingHead
 from training.models.network import TrainOutput
 
 __all__ = ["compute_losses"]
@@ -29,12 +30,15 @@ __all__ = ["compute_losses"]
 def compute_losses(student: TrainOutput, labels: torch.Tensor, weights: LossConfig,
                    teacher: TrainOutput | None = None, indicator_weights: Sequence[torch.Tensor] = (),
                    lasso_in_loss: bool = True,
-                   teacher_channels: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   teacher_channels: Sequence[torch.Tensor] | None = None,
+                   student_head: EmbeddingHead | None = None) -> dict[str, torch.Tensor]:
     """Weighted loss terms by name ("id", "triplet", "kd", "feature", "compat", "lasso"); their sum is the
     objective.
 
     ``teacher_channels`` (per block index tensors) selects teacher descriptor channels when the student's
-    inner width is smaller than the teacher's (static slim students)."""
+    inner width is smaller than the teacher's (static slim students). ``student_head``: the student's head,
+    to compare its embedding with the eval-mode teacher's on running BatchNorm statistics (compat term;
+    without it the train-mode embedding is used)."""
     losses: dict[str, torch.Tensor] = {}
     if weights.id_weight and student.logits is not None:
         losses["id"] = weights.id_weight * cross_entropy_label_smooth(
@@ -54,8 +58,10 @@ def compute_losses(student: TrainOutput, labels: torch.Tensor, weights: LossConf
             losses["feature"] = weights.feature_weight * feature_distillation(
                 [s.float() for s in student.pre_descriptors], targets)
         if weights.compat_weight:  # asymmetric retrieval: student embeddings in the teacher's space
+            embedding = (student.embedding if student_head is None
+                         else embed_with_running_stats(student_head, student.pooled))
             losses["compat"] = weights.compat_weight * compatibility_loss(
-                student.embedding, teacher.embedding, weights.compat_form)
+                embedding, teacher.embedding, weights.compat_form)
     if lasso_in_loss and weights.lasso_lambda and indicator_weights:
         losses["lasso"] = weights.lasso_lambda * group_lasso(indicator_weights)
     return losses

@@ -63,7 +63,8 @@ class DistillationStep:
                     teacher_out = self.teacher.forward_train(images)
             student_out = self.forward(images)
             losses = compute_losses(student_out, labels, self.losses, teacher_out, indicator_weights,
-                                    lasso_in_loss=not grg_active, teacher_channels=self.teacher_channels)
+                                    lasso_in_loss=not grg_active, teacher_channels=self.teacher_channels,
+                                    student_head=self.net.head)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from training.asymmetric_eval import AsymmetricEvaluator
-from training.compatibility import compatibility_loss
+from training.compatibility import compatibility_loss, embed_with_running_stats
 from training.config import ConfigError, LossConfig, load_config
 from training.distillation import compute_losses
+from training.models.head import EmbeddingHead
 from training.models.network import TrainOutput
 
 
@@ -51,6 +52,49 @@ def test_bad_shapes_and_forms_are_rejected() -> None:
         compatibility_loss(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="compat_form must be one of"):
         compatibility_loss(torch.ones(2, 3), torch.ones(2, 3), "dot")
+
+
+def _trained_head() -> EmbeddingHead:
+    """A head whose BatchNorms have non-trivial running statistics (a few train-mode batches)."""
+    torch.manual_seed(0)
+    head = EmbeddingHead(6, 4)
+    head.train()
+    with torch.no_grad():
+        for _ in range(5):
+            head(torch.randn(8, 6) * 3.0 + 2.0)
+    return head
+
+
+def test_running_stats_embedding_is_the_eval_embedding_in_train_mode_and_leaves_stats_alone() -> None:
+    head = _trained_head()
+    pooled = torch.randn(5, 6, requires_grad=True)
+    stats = [t.clone() for t in (head.bn_pool.running_mean, head.bn_embed.running_var)]
+    embedding = embed_with_running_stats(head, pooled)
+    assert head.training  # the head's mode is untouched
+    assert torch.equal(head.bn_pool.running_mean, stats[0]) and torch.equal(head.bn_embed.running_var, stats[1])
+    with torch.no_grad():
+        evaluated = head.eval()(pooled)
+        batch_stats = head.train()(pooled)
+    assert torch.allclose(embedding, evaluated, atol=1e-6)
+    assert not torch.allclose(embedding, batch_stats, atol=1e-2)  # train-mode BN would differ
+    embedding.sum().backward()
+    assert pooled.grad is not None and pooled.grad.abs().sum() > 0 and head.embed.weight.grad is not None
+
+
+def test_compute_losses_compares_the_head_on_running_stats_with_the_teacher() -> None:
+    head = _trained_head()
+    pooled = torch.randn(5, 6)
+    with torch.no_grad():
+        target = head.eval()(pooled)
+    head.train()
+    student = TrainOutput(pooled=pooled, embedding=torch.randn(5, 4), logits=None, pre_descriptors=[],
+                          post_descriptors=[])
+    teacher = TrainOutput(pooled=pooled, embedding=target, logits=None, pre_descriptors=[], post_descriptors=[])
+    weights = LossConfig(id_weight=0.0, triplet_weight=0.0, kd_weight=0.0, feature_weight=0.0, lasso_lambda=0.0,
+                         compat_weight=1.0)
+    with_head = compute_losses(student, torch.zeros(5), weights, teacher, student_head=head)["compat"]
+    assert with_head.item() == pytest.approx(0.0, abs=1e-6)  # the running-stats embedding equals the target
+    assert compute_losses(student, torch.zeros(5), weights, teacher)["compat"].item() > 0.1
 
 
 def _output(embedding: torch.Tensor) -> TrainOutput:
