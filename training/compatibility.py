@@ -6,11 +6,10 @@ Retrieval compares L2-normalised embeddings by cosine similarity, so the default
 only. Off unless ``loss.compat_weight`` > 0 (the paper preset leaves it off).
 
 Like with like: the frozen teacher runs in eval mode, so its embedding uses the BatchNorm running
-statistics; the student's embedding for this term is recomputed from its pooled feature with the head's
-BatchNorms on running statistics too (`embed_with_running_stats`). Comparing the student's train-mode
-embedding instead (normalised by the statistics of 64 images of 16 identities) leaves a per-batch offset
-the student cannot remove: on the demo the asymmetric mAP then stayed ~5 points below the teacher's
-whatever the weight (docs/asymmetric.md).
+statistics, as retrieval does; the student's embedding for this term is recomputed from its pooled feature
+with the head's BatchNorms on running statistics too (`embed_with_running_stats`). The student's train-mode
+embedding is normalised by the statistics of its batch (64 images of 16 identities), which carry a
+per-batch offset the teacher's embedding does not have (docs/asymmetric.md compares the two).
 """
 
 from __future__ import annotations
