@@ -23,7 +23,15 @@ class ServeConfig:
     refused before any pixel is decoded), ``max_queries`` per
     SearchBatch, ``max_items`` per AddItems / RemoveItems; ``max_message_bytes`` per request / response;
     ``max_workers`` RPC threads; ``grace_s`` seconds in-flight calls get at shutdown; ``index_threads``
-    FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an out-of-range value."""
+    FAISS OpenMP threads per search (0 = FAISS default).
+
+    Overload (serving/admission.py, serving/batcher.py): ``max_concurrent_rpcs`` Retrieval calls in flight
+    (Stats and health exempt; more get RESOURCE_EXHAUSTED at once; must be below ``max_workers`` so health
+    always finds a thread); ``max_queue_images`` images waiting for the engine; ``max_deadline_s`` seconds
+    for a call that carries no (or a longer) deadline; ``instances`` engine worker threads; health turns
+    NOT_SERVING after ``watchdog_s`` seconds without engine progress while work waits (0 = no watchdog).
+    ``metrics_port`` serves Prometheus ``/metrics`` (None = off); ``log_format`` "text" or "json".
+    Raises ValueError for an out-of-range value."""
 
     bundle: Path
     index: Path
@@ -37,12 +45,19 @@ class ServeConfig:
     max_queries: int = 64
     max_items: int = 1024
     max_message_bytes: int = 16 * MIB
-    max_workers: int = 16
+    max_workers: int = 40
     tls_cert: Path | None = None
     tls_key: Path | None = None
     token: str | None = None
     grace_s: float = 10.0
     index_threads: int = 1
+    max_concurrent_rpcs: int = 32
+    max_queue_images: int = 256
+    max_deadline_s: float = 30.0
+    instances: int = 1
+    watchdog_s: float = 10.0
+    metrics_port: int | None = None
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -52,3 +67,22 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")
+        for name in ("max_concurrent_rpcs", "max_queue_images", "instances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrent_rpcs >= self.max_workers:
+            raise ValueError(
+                f"--max-concurrent-rpcs ({self.max_concurrent_rpcs}) must be below --max-workers "
+                f"({self.max_workers}) so health checks and Stats always find a thread; raise --max-workers"
+            )
+        if self.max_queue_images < self.max_batch:
+            raise ValueError(
+                f"--max-queue-images ({self.max_queue_images}) must be >= --max-batch ({self.max_batch})"
+            )
+        if self.max_deadline_s <= 0 or self.watchdog_s < 0:
+            raise ValueError(f"--max-deadline-s must be > 0 and --watchdog-s >= 0, got {self.max_deadline_s}, "
+                             f"{self.watchdog_s}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"--log-format must be text or json, got {self.log_format!r}")
