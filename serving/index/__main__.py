@@ -3,13 +3,16 @@
     cdd-index build  --bundle DIR (--images DIR | --list FILE | --layout NAME --root DIR [--split gallery])
                      --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
                      [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
+                     [--commit-every N] [--restart]
     cdd-index add    --index DIR --bundle DIR (--images DIR | --list FILE | --layout ...) [...]
     cdd-index remove --index DIR --ids ID [ID ...]
     cdd-index info   --index DIR [--recall [--queries N] [--k K]]
     cdd-index verify --index DIR --bundle DIR [--images DIR [--sample N]]
     cdd-index eval   --index DIR --bundle DIR --layout market1501 --root DIR
 
-Results go to stdout as JSON, progress and logs to stderr. Errors print one message and exit with 2.
+Results go to stdout as JSON, progress (done/total, images/s, ETA) and logs to stderr. Errors print one
+message and exit with 2. ``build`` commits its work in chunks to ``OUT.partial/``
+(`serving.index.build_journal`): run the same command again after a kill and it resumes there.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from serving.index.build import (
     items_from_layout,
     items_from_list,
 )
+from serving.index.build_journal import BuildJournal, journal_dir, plan_for
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 from serving.index.recall import recall_at_k_vs_exact
@@ -73,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_source(build)
     build.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     build.add_argument("--index-type", default="flat", choices=INDEX_TYPES)
+    build.add_argument("--commit-every", type=int, default=1024,
+                       help="images per chunk committed to OUT.partial/; a killed build resumes from there")
+    build.add_argument("--restart", action="store_true", help="discard OUT.partial/ and start over")
     build.add_argument("--device", default="cpu", choices=DEVICES, help="where the index searches")
     build.add_argument(
         "--option",
@@ -147,19 +154,29 @@ def _report(stats: IngestStats, index: GalleryIndex, version: Path) -> dict[str,
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     manifest, engine = _engine(args)
+    options = _options(args.option)
+    plan = plan_for(manifest.sha256(), args.index_type, options, [(i.id, str(i.path)) for i in items])
+    journal = BuildJournal.open(journal_dir(args.out), plan, restart=args.restart)
+    if journal.committed:
+        _LOG.info("resuming: %d of %d items already committed in %s", journal.committed, len(items),
+                  journal.directory)
     index, stats = build_index(
         engine,
         manifest,
         items,
         index_type=args.index_type,
         device=args.device,
-        options=_options(args.option),
+        options=options,
         batch_size=args.batch_size,
         workers=args.workers,
         strict=args.strict,
         progress=not args.quiet,
+        journal=journal,
+        commit_every=args.commit_every,
     )
-    return _report(stats, index, index.save(args.out)) | {"backend": engine.describe()}
+    report = _report(stats, index, index.save(args.out)) | {"backend": engine.describe()}
+    journal.remove()
+    return report
 
 
 def _add(args: argparse.Namespace) -> dict[str, Any]:
