@@ -7,12 +7,12 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench ablation step-time serve index data proto clean help
+.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export both bundles"
 	@echo "make test           install and run the whole test suite"
-	@echo "make lint | bench | ablation | step-time | index | serve | data | proto | clean"
+	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m serving.benchmarks all --out docs
+
+# A realistic-cost bundle for the serving benchmark: ResNet-50 at 256x128 through the real chain
+# (train 2 steps -> export with parity gates). Accuracy is irrelevant; the cost per image is real.
+bench-bundle: data
+	$(PY) -m training --preset demo-teacher --set run.out_dir=runs/bench-r50 --set model.depth=50 \
+		--set model.width=1.0 --set data.height=256 --set data.width=128 --set run.epochs=1 \
+		--set run.max_steps_per_epoch=2 --set run.eval_every=0 --set data.p=4 --set data.k=2 --set run.progress=false
+	$(PY) -m export --run runs/bench-r50 --out bundles/bench-r50 --tensorrt off
 
 # Teacher vs CDD vs static student vs CDD without resetting, 3 seeds, both datasets (resumable).
 ablation: data data/animal-mnist/.complete

@@ -20,6 +20,7 @@ from serving.benchmarks.engine import (
     parse_backends,
 )
 from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
+from serving.benchmarks.ingest_split import bench_ingest_split, split_markdown
 from serving.benchmarks.machine import describe_machine
 from serving.benchmarks.serve import ServeBenchConfig, bench_serve, bench_target
 from serving.benchmarks.targets import evaluate_targets
@@ -32,6 +33,7 @@ _LOG = logging.getLogger("serving.benchmarks")
 SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
 """Backends ``--backend auto`` tries, in order, for serving and ingestion."""
 _QUERY_SOURCES = 64
+_REALISTIC_INGEST_IMAGES = 64
 
 
 def _header(title: str, machine: dict[str, Any], commands: Sequence[str]) -> list[str]:
@@ -202,8 +204,16 @@ def run_all(
     engine = bench_engine(bundles, engine_cfg)
     runner, _, _ = open_first(student, manifest, parse_backends(backend), engine_cfg.threads)
     ingest, _ = bench_ingest(runner, manifest, index_images, index_cfg)
+    del runner
+    serve_set = serve_bundles(student, realistic)
+    ingest["splits"] = {
+        label: bench_ingest_split(path, load_bundle(path), index_images, backend, engine_cfg.threads,
+                                  ingest["batch"], index_cfg.offline_seconds, index_cfg.seed,
+                                  max_images=0 if label == "demo" else _REALISTIC_INGEST_IMAGES)
+        for label, path in serve_set.items()
+    }
     search = bench_search(manifest.output.dim, index_cfg)
-    serve = bench_serve(serve_bundles(student, realistic), serve_cfg, backend=backend,
+    serve = bench_serve(serve_set, serve_cfg, backend=backend,
                         threads=engine_cfg.threads, sources=sources)
     targets = evaluate_targets(engine=engine, serve=serve, ingest=ingest)
     result = {
@@ -243,6 +253,7 @@ def _all_markdown(result: dict[str, Any]) -> str:
             "## Gallery index",
             "",
             report.index_markdown(ingest, search, "benchmarks-index.png"),
+            *[line for label, split in ingest.get("splits", {}).items() for line in split_markdown(label, split)],
             f"Total benchmark time: {result['seconds']:.0f} s.",
             "",
         ]

@@ -93,6 +93,11 @@ def _tail(serve: dict[str, Any]) -> Measured:
 
 
 def _ingest_busy(ingest: dict[str, Any]) -> Measured:
+    split = ingest.get("splits", {}).get("demo")
+    if split is not None:
+        best = split["best"]
+        return best["ratio"], (f"{best['images_per_s']:.1f} vs {split['offline']['images_per_s']:.1f} images/s "
+                               f"({best['engine_threads']} engine + {best['decode_threads']} decode threads)")
     detail = (f"{ingest['images_per_s']:.1f} vs {ingest['offline']['images_per_s']:.1f} images/s at batch "
               f"{ingest['batch']}")
     return ingest["busy_fraction"], detail
