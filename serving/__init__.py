@@ -6,6 +6,10 @@ The runtime (what a deployed ``cdd-serve`` loads): a Search request enters `serv
 embeds it through `batcher` (dynamic batching) and an engine from `backends/`, and searches the gallery
 index (`index/gallery.py`: the item table plus a FAISS or torch searcher). Every serving default lives in
 `config` (`ServeConfig`); `auth` checks bearer tokens; `_proto/` is generated from ``protos/``.
+Under load: `request_interceptor` gives every call a request id (`request_context`, shown by
+`log_format`), caps concurrent calls (`admission`) and counts them in `metrics` (Prometheus); the batcher
+bounds its queue and splits large requests; `watchdog` turns health NOT_SERVING while the engine is
+stuck; `log_rate` keeps client-error logs to a few lines per second.
 
 The four commands:
 - ``cdd-serve``  `serving.server`: run the gRPC server.

@@ -70,6 +70,7 @@ def machine_markdown(machine: dict[str, Any]) -> str:
     lines = [
         f"- CPU: {machine['cpu']}, {machine['usable_cores']} usable cores "
         f"({machine['logical_cores']} logical)",
+        f"- CPU flags (SIMD): {' '.join(machine.get('cpu_flags') or []) or '–'}",
         f"- RAM: {number(machine['ram_gib'])} GiB",
         f"- GPU: {', '.join(machine['gpus']) or 'none'}",
         f"- OS: {machine['os']}",

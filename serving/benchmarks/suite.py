@@ -156,9 +156,12 @@ def run_index(
     """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
     manifest = load_bundle(bundle)
     names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
-    engine, _, _ = open_first(bundle, manifest, names, threads)
+    engine, name, _ = open_first(bundle, manifest, names, threads)
     machine = describe_machine()
     ingest, _ = bench_ingest(engine, manifest, images, cfg)
+    del engine
+    ingest["splits"] = {bundle.name: bench_ingest_split(bundle, manifest, images, name, threads, ingest["batch"],
+                                                        cfg.offline_seconds, cfg.seed)}
     search = bench_search(manifest.output.dim, cfg)
     targets = evaluate_targets(ingest=ingest)
     full = {
@@ -171,6 +174,7 @@ def run_index(
         [
             *_header("Index benchmark", machine, commands),
             report.index_markdown(ingest, search, "index.png"),
+            *[line for label, split in ingest["splits"].items() for line in split_markdown(label, split)],
             "## Targets",
             "",
             report.targets_markdown(targets),

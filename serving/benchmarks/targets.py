@@ -93,7 +93,8 @@ def _tail(serve: dict[str, Any]) -> Measured:
 
 
 def _ingest_busy(ingest: dict[str, Any]) -> Measured:
-    split = ingest.get("splits", {}).get("demo")
+    splits = ingest.get("splits") or {}
+    split = splits.get("demo") or next(iter(splits.values()), None)
     if split is not None:
         best = split["best"]
         return best["ratio"], (f"{best['images_per_s']:.1f} vs {split['offline']['images_per_s']:.1f} images/s "
