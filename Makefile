@@ -50,12 +50,17 @@ bench: $(STAMP)
 	$(PY) -m serving.benchmarks all --out docs
 
 # A realistic-cost bundle for the serving benchmark: ResNet-50 at 256x128 through the real chain
-# (train 2 steps -> export with parity gates). Accuracy is irrelevant; the cost per image is real.
-bench-bundle: data
-	$(PY) -m training --preset demo-teacher --set run.out_dir=runs/bench-r50 --set model.depth=50 \
-		--set model.width=1.0 --set data.height=256 --set data.width=128 --set run.epochs=1 \
+# (a small 256x128 synthetic set -> train 2 steps -> export with parity gates). Accuracy is irrelevant;
+# the cost per image is real.
+data/bench-reid/.complete: | $(STAMP)
+	$(PY) -m training.data.synthetic --out data/bench-reid --train-ids 8 --test-ids 8 --images-per-id 4 \
+		--cameras 4 --distractors 0 --junk 0 --height 256 --width 128
+
+bench-bundle: data/bench-reid/.complete
+	$(PY) -m training --preset demo-teacher --set run.out_dir=runs/bench-r50 --set data.root=data/bench-reid \
+		--set model.depth=50 --set model.width=1.0 --set data.height=256 --set data.width=128 --set run.epochs=1 \
 		--set run.max_steps_per_epoch=2 --set run.eval_every=0 --set data.p=4 --set data.k=2 --set run.progress=false
-	$(PY) -m export --run runs/bench-r50 --out bundles/bench-r50 --tensorrt off
+	$(PY) -m export --run runs/bench-r50 --out bundles/bench-r50 --tensorrt off --set gates.images=8 --set batch.max=16
 
 # Teacher vs CDD vs static student vs CDD without resetting, 3 seeds, both datasets (resumable).
 ablation: data data/animal-mnist/.complete

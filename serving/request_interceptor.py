@@ -105,7 +105,8 @@ class RequestInterceptor(grpc.ServerInterceptor):
                 _LOG.debug("%s %s %.2f ms", call.method, code, seconds * 1000.0)
 
     def _admit(self, context: grpc.ServicerContext, call: RequestContext) -> None:
-        assert self._admission is not None
+        if self._admission is None:
+            return
         try:
             self._admission.enter(call.method)
         except Overloaded as exc:
@@ -115,7 +116,8 @@ class RequestInterceptor(grpc.ServerInterceptor):
             self._metrics.in_flight.inc()
 
     def _leave(self) -> None:
-        assert self._admission is not None
+        if self._admission is None:
+            return
         self._admission.leave()
         if self._metrics is not None:
             self._metrics.in_flight.dec()

@@ -49,6 +49,7 @@ from serving.watchdog import EngineWatchdog
 __all__ = ["build_service", "create_server", "serve", "main"]
 
 _LOG = logging.getLogger("serving.server")
+_BACKSTOP_PER_WORKER = 4
 
 
 def _address(host: str, port: int) -> str:
@@ -75,8 +76,10 @@ def create_server(
     ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given;
     bearer-token auth (health exempt) when ``auth_token`` is. Without ``health_servicer`` a new one reports
     SERVING at once; pass your own to control the status. At most ``max_concurrent_rpcs`` Retrieval calls
-    run at once (must be below ``max_workers``); gRPC itself refuses calls beyond ``max_workers``, so no
-    call ever waits for a thread. Raises OSError if the address cannot be bound, ValueError for bad limits."""
+    run at once (must be below ``max_workers``); the rest are refused by the request interceptor in
+    microseconds (and counted in the metrics). gRPC itself refuses, uncounted, beyond 4 x ``max_workers``
+    calls waiting or running, which bounds memory under any flood. Raises OSError if the address cannot
+    be bound, ValueError for bad limits."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key), got one of them")
     if not 1 <= max_concurrent_rpcs < max_workers:
@@ -94,7 +97,7 @@ def create_server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc"),
         interceptors=interceptors,
         options=options,
-        maximum_concurrent_rpcs=max_workers,
+        maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
     retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s), server)
     if health_servicer is None:

@@ -158,7 +158,7 @@ def _cdd_serve(bundle: Path, index: Path, cfg: ServeBenchConfig, batch: int, nam
                cap: int, metrics: bool = False) -> ServerProcess:
     args = ["--bundle", str(bundle), "--index", str(index), "--port", "0", "--backend", backend,
             "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
-            "--max-concurrent-rpcs", str(cap), "--max-workers", str(cap + 8),
+            "--max-concurrent-rpcs", str(cap), "--max-workers", str(max(cap + 8, 32)),
             "--max-deadline-s", f"{cfg.timeout:g}", "--log-level", "INFO"]
     return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name)
 

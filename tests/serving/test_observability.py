@@ -29,7 +29,7 @@ from serving.index.build import build_index, items_from_folder
 from serving.log_rate import RateLimitedLog
 from serving.server import create_server
 from serving.service import RetrievalService
-from tests.serving.test_overload import GatedEngine, wait_for
+from tests.serving.gated_engine import GatedEngine, wait_for
 
 QUERY = "0003_c1s1_000001_00.jpg"
 CODE = grpc.StatusCode

@@ -8,7 +8,6 @@ state (with a generous bound) and then checks status codes, counters and order.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,45 +25,10 @@ from serving.index.build import build_index, items_from_folder
 from serving.metrics import ServerMetrics
 from serving.server import create_server
 from serving.service import RetrievalService
+from tests.serving.gated_engine import GatedEngine, wait_for
 
 QUERY = "0003_c1s1_000001_00.jpg"
 CODE = grpc.StatusCode
-
-
-class GatedEngine:
-    """The real engine behind a gate: ``embed`` waits while ``gate`` is clear, sleeps ``delay`` s, and
-    records each call's batch size in ``calls``; ``entered`` counts calls that reached the gate."""
-
-    def __init__(self, engine: Engine, delay: float = 0.0) -> None:
-        self._engine = engine
-        self.gate = threading.Event()
-        self.gate.set()
-        self.delay = delay
-        self.calls: list[int] = []
-        self.entered = 0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self.entered += 1
-        if not self.gate.wait(30):
-            raise RuntimeError("test gate never opened")
-        time.sleep(self.delay)
-        with self._lock:
-            self.calls.append(images.shape[0])
-        return self._engine.embed(images)
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``seconds`` (a bound, not a measurement)."""
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
