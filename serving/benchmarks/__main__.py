@@ -93,6 +93,8 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
     parser.add_argument("--load-processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--overload-clients", type=int, default=64, help="callers of the overload probe")
     parser.add_argument("--overload-cap", type=int, default=4, help="--max-concurrent-rpcs of the probe server")
+    parser.add_argument("--instances", type=int, default=2,
+                        help="also serve the last bundle with this many engine workers (0 = skip)")
     parser.add_argument("--realistic", type=Path, default=Path("bundles/bench-r50"),
                         help="realistic-cost bundle (make bench-bundle); skipped when absent")
     flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
@@ -208,6 +210,7 @@ def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
         load_processes=args.load_processes,
         overload_clients=args.overload_clients,
         overload_cap=args.overload_cap,
+        instances=args.instances,
         seed=args.seed,
     )
 

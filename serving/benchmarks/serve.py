@@ -5,7 +5,8 @@ Servers, measured one after another in the same run with the same generator and 
 - ``bare (sync)``: `serving.benchmarks.bare_server`, the same proto and thread pool whose Search returns a
   constant: the floor of a Python gRPC server on this machine; ``bare (aio)``: the same on ``grpc.aio``;
 - ``LABEL batched`` / ``LABEL unbatched``: ``cdd-serve`` (``python -m serving.server``) on each bundle
-  (the demo bundle and, when given, a realistic-cost one) with server-side batching on / off.
+  (the demo bundle and, when given, a realistic-cost one) with server-side batching on / off, and the
+  last bundle batched with ``instances`` engine workers (``LABEL batched, N instances``).
 
 Each gets closed-loop load at every concurrency level (QPS, p50/p99, server CPU per request from
 ``/proc``, mean batch size from Stats, the generator's CPU share). On the last bundle's batched server,
@@ -52,7 +53,8 @@ class ServeBenchConfig:
     within ``max_wait_ms``; top-``k``; ``offline_seconds`` timing each engine alone; ``gallery_size``
     items; ``payloads`` distinct JPEGs (seeded by ``seed``); ``load_processes`` generator processes;
     open loop at ``saturation_fraction`` of the best QPS; overload probe: ``overload_clients`` callers
-    against a cap of ``overload_cap`` calls; ``timeout`` s per call."""
+    against a cap of ``overload_cap`` calls; the last bundle also batched with ``instances`` engine
+    workers (0 or 1 = not measured); ``timeout`` s per call."""
 
     concurrency: tuple[int, ...] = (1, 4, 16)
     seconds: float = 5.0
@@ -66,6 +68,7 @@ class ServeBenchConfig:
     saturation_fraction: float = 0.8
     overload_clients: int = 64
     overload_cap: int = 4
+    instances: int = 2
     timeout: float = 60.0
     seed: int = 0
 
@@ -155,9 +158,9 @@ def _measure(server: ServerProcess, payloads: Sequence[bytes], clients: int, cfg
 
 
 def _cdd_serve(bundle: Path, index: Path, cfg: ServeBenchConfig, batch: int, name: str, backend: str,
-               cap: int, metrics: bool = False) -> ServerProcess:
+               cap: int, metrics: bool = False, instances: int = 1) -> ServerProcess:
     args = ["--bundle", str(bundle), "--index", str(index), "--port", "0", "--backend", backend,
-            "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
+            "--instances", str(instances), "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
             "--max-concurrent-rpcs", str(cap), "--max-workers", str(max(cap + 8, 32)),
             "--max-deadline-s", f"{cfg.timeout:g}", "--log-level", "INFO"]
     return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name)
@@ -246,6 +249,10 @@ def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str
                 server = _cdd_serve(bundle, indexes[label], cfg, size, f"{label} {mode}", backend, cap)
                 rows = _rows(server, payloads[label], cfg, tail if (label, mode) == (last, "batched") else None)
                 servers[server.name] = {"kind": mode, "bundle": label, "rows": rows}
+            if label == last and cfg.instances > 1:
+                server = _cdd_serve(bundle, indexes[label], cfg, batch, f"{label} batched, {cfg.instances} instances",
+                                    backend, cap, instances=cfg.instances)
+                servers[server.name] = {"kind": "batched", "bundle": label, "rows": _rows(server, payloads[label], cfg)}
         probe = _overload_probe(bundles[first], indexes[first], payloads[first], cfg, backend)
     return {
         "config": asdict(cfg),

@@ -25,7 +25,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TINY_ALL_OPTIONS = (
     "--backends onnxruntime-cpu --batches 1,2 --warmup 1 --iters 2 --concurrency 2 --serve-seconds 0.5 "
     "--offline-seconds 0.2 --max-batch 4 --index-sizes 300 --index-types flat,ivf --search-seconds 0.05 "
-    "--max-queries 10 --threads 1 --gallery-size 50 --overload-clients 6 --overload-cap 1 --log-level WARNING"
+    "--max-queries 10 --threads 1 --gallery-size 50 --overload-clients 6 --overload-cap 1 --instances 0 "
+    "--log-level WARNING"
 )
 
 
@@ -119,7 +120,7 @@ def test_engine_student_and_teacher(tiny_bundle: Path, tmp_path: Path) -> None:
 
 def test_serve_servers_side_by_side(tiny_bundle: Path, gallery_images: Path, tmp_path: Path) -> None:
     cfg = ServeBenchConfig(concurrency=(3,), seconds=0.5, max_batch=4, max_wait_ms=2.0, k=3, offline_seconds=0.2,
-                           gallery_size=50, payloads=4, overload_clients=8, overload_cap=1)
+                           gallery_size=50, payloads=4, overload_clients=8, overload_cap=1, instances=0)
     full = run_serve(tiny_bundle, cfg, tmp_path, realistic=tmp_path / "absent", images=gallery_images,
                      backend="onnxruntime-cpu", threads=1)
     _check_files(tmp_path, "serve")
