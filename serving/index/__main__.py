@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,7 +65,10 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (cdd-export output)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--batch-size", type=int, default=None, help="images per engine call (default: max)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--workers", type=int, default=1, help="image decoding threads")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="ONNX Runtime CPU threads (default: cores - workers, at least 1; the split measured "
+                             "fastest by cdd-bench index, see docs/performance-notes.md)")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -138,7 +142,9 @@ def _items(args: argparse.Namespace) -> list[ItemSpec]:
 
 def _engine(args: argparse.Namespace) -> tuple[Manifest, Engine]:
     manifest = load_bundle(args.bundle)
-    return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG)
+    workers = getattr(args, "workers", 1)
+    threads = getattr(args, "engine_threads", 0) or max(1, (os.cpu_count() or 1) - workers)
+    return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG, threads=threads)
 
 
 def _report(stats: IngestStats, index: GalleryIndex, version: Path) -> dict[str, Any]:
