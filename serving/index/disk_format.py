@@ -1,7 +1,9 @@
 """The files of one saved gallery-index version (inside a folder managed by `serving.index.atomic_dir`)::
 
-index.json      {format, format_version, bundle_sha256, dim, metric, index_type, count, next_label,
-                 created, saved, options (as given), search (parameters chosen when trained), trained}
+index.json      {format, format_version, store ("faiss"; "milvus" indexes hold only this file, with
+                 milvus {path | uri, collection}), bundle_sha256, dim, metric, index_type, count, next_label,
+                 created, saved, options (as given, plus the operating point nprobe / ef_search), search
+                 (parameters chosen when trained), trained, tombstones (removed hnsw labels still in the graph)}
 items.jsonl     one {"id", "label", "metadata"} per row, in the row order of vectors.npy
 vectors.npy     float32 (count, dim)
 structure.faiss the serialised FAISS index (ivf / ivfpq / hnsw; flat is rebuilt from vectors.npy)
@@ -46,7 +48,9 @@ def read_info(folder: Path) -> dict[str, Any]:
             f"{path}: format {info.get('format')!r} version {info.get('format_version')!r}, this build reads "
             f"{FORMAT!r} version {FORMAT_VERSION}; rebuild the index with this version of cdd-index"
         )
-    missing = [key for key in ("dim", "metric", "index_type", "count", "next_label") if key not in info]
+    faiss_only = ("next_label",) if info.get("store", "faiss") == "faiss" else ()
+    needed = ("dim", "metric", "index_type", "count", *faiss_only)
+    missing = [key for key in needed if key not in info]
     if missing:
         raise IndexCorruptError(f"{path}: missing field(s) {missing}; rebuild the index")
     return info
