@@ -23,7 +23,9 @@ class ServeConfig:
     refused before any pixel is decoded), ``max_queries`` per
     SearchBatch, ``max_items`` per AddItems / RemoveItems; ``max_message_bytes`` per request / response;
     ``max_workers`` RPC threads; ``grace_s`` seconds in-flight calls get at shutdown; ``index_threads``
-    FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an out-of-range value."""
+    FAISS OpenMP threads per search (0 = FAISS default); ``index_device`` where a FAISS index searches
+    (cpu, cuda, auto); ``snapshot_interval_s`` how often the FAISS write log is folded into a snapshot (0 =
+    only at shutdown). Raises ValueError for an out-of-range value."""
 
     bundle: Path
     index: Path
@@ -43,6 +45,8 @@ class ServeConfig:
     token: str | None = None
     grace_s: float = 10.0
     index_threads: int = 1
+    index_device: str = "cpu"
+    snapshot_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -50,5 +54,9 @@ class ServeConfig:
         for name in ("max_batch", "max_k", "max_pixels", "max_queries", "max_items", "max_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.index_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--index-device must be cpu, cuda or auto, got {self.index_device!r}")
+        if self.snapshot_interval_s < 0:
+            raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")

@@ -22,7 +22,8 @@ from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.gallery import GalleryIndex, Hit
+from serving.index.gallery import Hit
+from serving.index.gallery_backend import GalleryBackend
 from serving.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -76,7 +77,7 @@ class RetrievalService:
     def __init__(
         self,
         engine: Engine,
-        index: GalleryIndex,
+        index: GalleryBackend,
         manifest: Manifest,
         limits: ServiceLimits | None = None,
         batcher: DynamicBatcher | None = None,
@@ -117,9 +118,10 @@ class RetrievalService:
 
     # -- gallery management ---------------------------------------------------------------------------
 
-    def add_items(self, items: Sequence[NewItem], deadline: float | None = None) -> int:
+    def add_items(self, items: Sequence[NewItem], deadline: float | None = None, upsert: bool = False) -> int:
         """Add items (all or nothing); returns how many were added. Image items are embedded here;
-        vectors are L2-normalised. Raises InvalidInput, TooLarge, DuplicateIdError (id present/repeated)."""
+        vectors are L2-normalised. With ``upsert`` present ids are replaced (a retry is safe). Raises
+        InvalidInput, TooLarge, DuplicateIdError (id present without upsert, or repeated)."""
         self._check_count(len(items), "AddItems", "items")
         if not items:
             return 0
@@ -139,7 +141,7 @@ class RetrievalService:
         if images:
             vectors[image_rows] = self._embed(np.stack(images), deadline)
         metadata = [dict(item.metadata) for item in items]
-        self.index.add([item.id for item in items], vectors, metadata)
+        self.index.add([item.id for item in items], vectors, metadata, upsert=upsert)
         return len(items)
 
     def remove_items(self, ids: Sequence[str]) -> int:
@@ -202,10 +204,17 @@ class RetrievalService:
             self._check_k(query.k, _label(where, i))
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
-        return [
-            self.index.search(vectors[i : i + 1], int(q.k), filter=dict(q.filters) if q.filters else None)[0]
-            for i, q in enumerate(queries)
-        ]
+        # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
+        groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(tuple(sorted((q.filters or {}).items())), []).append(i)
+        results: list[list[Hit]] = [[] for _ in queries]
+        for key, members in groups.items():
+            k = max(int(queries[i].k) for i in members)
+            found = self.index.search(vectors[members], k, filter=dict(key) if key else None)
+            for i, hits in zip(members, found, strict=True):
+                results[i] = hits[: int(queries[i].k)]
+        return results
 
     def _pixels(self, data: Any, where: str) -> np.ndarray:
         try:

@@ -257,6 +257,12 @@ class GalleryIndex:
             return not thread.is_alive()
         return True
 
+    def settle(self) -> None:
+        """Wait for a background rebuild, then run one that is due (training, growth, tombstones) here."""
+        self.wait_for_maintenance()
+        if self._needs_maintenance():
+            self._rebuild_and_swap()
+
     def set_operating_point(self, name: str, value: int) -> None:
         """Set ``nprobe`` (ivf / ivfpq) or ``ef_search`` (hnsw), kept in the options and saved with the index."""
         if name not in ("nprobe", "ef_search"):
@@ -295,9 +301,7 @@ class GalleryIndex:
         """Write the index into ``directory`` atomically (the previous content stays valid until the new one
         is complete); returns the version folder. Trains ivf / ivfpq first when it has enough items.
         ``extra`` entries are added to index.json."""
-        self.wait_for_maintenance()
-        if self._needs_maintenance():
-            self._rebuild_and_swap()
+        self.settle()
         with self._lock.read():
             structure = None
             if self.index_type != "flat" and self._searcher.is_trained:

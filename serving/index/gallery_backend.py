@@ -105,7 +105,9 @@ def open_gallery(
     )
 
 
-def save_milvus_manifest(directory: str | Path, gallery: Any, metric: str, created: str, saved: str) -> Path:
+def save_milvus_manifest(
+    directory: str | Path, gallery: Any, metric: str, created: str, saved: str, operating_point: dict | None = None
+) -> Path:
     """Publish the manifest of a Milvus-backed index in ``directory`` (no vectors: they live in Milvus)."""
     directory = Path(directory)
     info = {
@@ -121,6 +123,7 @@ def save_milvus_manifest(directory: str | Path, gallery: Any, metric: str, creat
         "options": dict(gallery.options),
         "created": created,
         "saved": saved,
+        "operating_point": operating_point,
     }
 
     def write(folder: Path) -> None:
