@@ -62,6 +62,11 @@ def filter_expression(filter: dict[str, Any]) -> str:
     )
 
 
+def _is_embedded(uri: str) -> bool:
+    """A local milvus-lite path rather than a server URI."""
+    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
 def _id_list(ids: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(item_id) for item_id in ids) + "]"
 
@@ -133,7 +138,7 @@ class MilvusGallery:
     def location(self, directory: Path) -> dict[str, Any]:
         """How the index manifest records this store: an embedded path relative to ``directory``, or the URI."""
         path = Path(self.uri)
-        if not self.uri.startswith(("http://", "https://", "tcp://", "unix:")) and path.parent == directory:
+        if _is_embedded(self.uri) and path.parent == directory:
             return {"path": path.name, "collection": self.collection}
         return {"uri": self.uri, "collection": self.collection}
 
@@ -223,7 +228,13 @@ class MilvusGallery:
         self.options[name] = int(value)
 
     def close(self) -> None:
+        """Close the client; for embedded milvus-lite also stop its in-process server, which releases the
+        database's lock so another process (cdd-serve after cdd-index build) can open it."""
         self._client.close()
+        if _is_embedded(self.uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
     def _existing(self, ids: list[str]) -> list[str]:
         found: list[str] = []
