@@ -100,6 +100,8 @@ class MilvusGallery:
             )
         from pymilvus import DataType
 
+        if _is_embedded(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
         client = _client(uri)
         if client.has_collection(collection):
             client.drop_collection(collection)
