@@ -51,6 +51,12 @@ def _client(uri: str) -> Any:
     try:
         return MilvusClient(uri, token=token) if token else MilvusClient(uri)
     except Exception as exc:  # pymilvus raises MilvusException / ConnectionError subclasses
+        if _is_embedded(uri):
+            raise GalleryIndexError(
+                f"cannot open the embedded Milvus database {uri}: {exc}; milvus-lite lets one process open it, "
+                "so if a cdd-serve has it open, change the gallery through that server (AddItems / RemoveItems), "
+                "or serve it with `milvus-lite server` and rebuild with --milvus-uri to share it"
+            ) from exc
         raise GalleryIndexError(f"cannot connect to Milvus at {uri}: {exc}; is it running and reachable?") from exc
 
 
