@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.index.errors import IndexCorruptError
+from serving.index.errors import IndexBundleMismatch, IndexCorruptError
 from serving.index.item_table import ItemTable
 from serving.json_document import read_json_object
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_FILE", "read_info", "read_rows", "write_files"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_FILE", "check_bundle", "read_info", "read_rows", "write_files"]
 
 FORMAT = "cdd-gallery-index"
 FORMAT_VERSION = 1
@@ -76,3 +76,14 @@ def read_rows(folder: Path, info: dict[str, Any]) -> tuple[list[str], np.ndarray
             f"{folder / 'items.jsonl'}: {len(ids)} items, index.json expects {count}; rebuild the index"
         )
     return ids, np.asarray(labels, dtype=np.int64).reshape(-1), metadata, vectors
+
+
+
+def check_bundle(info: dict[str, Any], expected_bundle_sha256: str | None, directory: str | Path) -> None:
+    """Refuse (IndexBundleMismatch) an index whose manifest names another bundle than the one served."""
+    if expected_bundle_sha256 is not None and info.get("bundle_sha256") != expected_bundle_sha256:
+        raise IndexBundleMismatch(
+            f"index {directory} was built with bundle sha256 {info.get('bundle_sha256')}, but the bundle "
+            f"being served has sha256 {expected_bundle_sha256}; embeddings of different models cannot be "
+            f"compared; rebuild it: cdd-index build --bundle BUNDLE --images IMAGES --out {directory}"
+        )

@@ -33,6 +33,7 @@ from serving.index.disk_format import (
     FORMAT,
     FORMAT_VERSION,
     STRUCTURE_FILE,
+    check_bundle,
     read_info,
     read_rows,
     write_files,
@@ -41,17 +42,16 @@ from serving.index.errors import (
     DimensionError,
     DuplicateIdError,
     GalleryIndexError,
-    IndexBundleMismatch,
     IndexCorruptError,
     UnknownIdError,
 )
-from serving.index.exact_search import exact_top_k
 from serving.index.item_table import ItemTable
 from serving.index.rw_lock import ReadWriteLock
 from serving.index.searcher import DEVICES, Searcher, new_searcher, resolve_engine
+from serving.index.table_search import exact_rows, structure_search
 from serving.index.vector_checks import check_items, check_k, check_queries, check_vectors
 
-__all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit", "check_bundle"]
+__all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 """Index types: exact inner product, then the approximate ones for large galleries."""
@@ -239,8 +239,9 @@ class GalleryIndex:
                 return [[] for _ in range(array.shape[0])]
             if exact or not self._searcher.is_trained or (allowed is not None and matching * 8 < n):
                 rows = None if allowed is None else self._table.rows_of_labels(allowed)
-                return self._to_hits(self._exact(array, k, rows))
-            return self._to_hits(self._structure_search(array, k, allowed))
+                return self._to_hits(exact_rows(self._table, array, k, rows))
+            refine = int(self._options.get("refine", 4)) if self.index_type == "ivfpq" else 1
+            return self._to_hits(structure_search(self._table, self._searcher, array, k, allowed, refine))
 
     # ------------------------------------------------------------------ maintenance
     def rebuild(self) -> None:
@@ -467,50 +468,7 @@ class GalleryIndex:
             self._searcher = searcher
             self._trained_on = int(labels.size) if searcher.is_trained else 0
 
-    def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray | None) -> list[list[tuple[int, float]]]:
-        """Brute-force top-k over all rows (or the given subset): per query [(row, score)], best first."""
-        vectors = self._table.vectors if rows is None else self._table.vectors[rows]
-        found = exact_top_k(queries, vectors, k)
-        if rows is None:
-            return found
-        return [[(int(rows[pos]), score) for pos, score in hits] for hits in found]
-
-    def _structure_search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
-    ) -> list[list[tuple[int, float]]]:
-        """One structure search for every query (restricted to ``allowed`` labels by an ID selector);
-        ivfpq candidates are re-scored with the exact vectors; a filtered query that comes back short of
-        min(k, matching) is answered by exact search over the matching rows."""
-        refine = int(self._options.get("refine", 4)) if self.index_type == "ivfpq" else 1
-        n = len(self._table)
-        want = k if allowed is None else min(k, int(allowed.size))
-        scores, labels = self._searcher.search(queries, min(n, k * refine), allowed)
-        rows = self._table.rows_of_labels(labels)
-        if refine > 1:
-            scores = np.einsum("qd,qkd->qk", queries, self._table.vectors[np.where(rows >= 0, rows, 0)])
-        results, short = [], []
-        for i in range(queries.shape[0]):
-            cand = np.flatnonzero(rows[i] >= 0)
-            cand = cand[np.argsort(-scores[i, cand], kind="stable")][:want]
-            results.append([(int(rows[i, c]), float(scores[i, c])) for c in cand])
-            if allowed is not None and len(cand) < want:
-                short.append(i)
-        if short:
-            exact = self._exact(queries[short], k, self._table.rows_of_labels(allowed))
-            for i, hits in zip(short, exact, strict=True):
-                results[i] = hits
-        return results
-
     def _to_hits(self, found: list[list[tuple[int, float]]]) -> list[list[Hit]]:
         ids, meta = self._table.ids, self._table.metadata
         return [[Hit(ids[row], score, dict(meta[row])) for row, score in hits] for hits in found]
 
-
-def check_bundle(info: dict[str, Any], expected_bundle_sha256: str | None, directory: str | Path) -> None:
-    """Refuse (IndexBundleMismatch) an index whose manifest names another bundle than the one served."""
-    if expected_bundle_sha256 is not None and info.get("bundle_sha256") != expected_bundle_sha256:
-        raise IndexBundleMismatch(
-            f"index {directory} was built with bundle sha256 {info.get('bundle_sha256')}, but the bundle "
-            f"being served has sha256 {expected_bundle_sha256}; embeddings of different models cannot be "
-            f"compared; rebuild it: cdd-index build --bundle BUNDLE --images IMAGES --out {directory}"
-        )

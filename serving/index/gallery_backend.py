@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.index.atomic_dir import publish, resolve, verify_checksums
-from serving.index.disk_format import FORMAT, FORMAT_VERSION, read_info
+from serving.index.disk_format import FORMAT, FORMAT_VERSION, check_bundle, read_info
 from serving.index.errors import GalleryIndexError
-from serving.index.gallery import Hit, check_bundle
+from serving.index.gallery import Hit
 
 __all__ = ["STORES", "GalleryBackend", "open_gallery", "save_milvus_manifest"]
 
