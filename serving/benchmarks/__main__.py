@@ -101,7 +101,7 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
 def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None:
     parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000")
     parser.add_argument(
-        "--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq,milvus-flat,milvus-hnsw",
+        "--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq,milvus-flat",
         help="FAISS types and milvus-flat / milvus-ivf / milvus-hnsw (embedded milvus-lite)",
     )
     parser.add_argument("--target-recall", type=float, default=0.95, help="recall@k of each operating point")

@@ -72,7 +72,7 @@ class IndexBenchConfig:
     engine alone."""
 
     sizes: tuple[int, ...] = (10_000, 100_000)
-    types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "milvus-flat", "milvus-hnsw")
+    types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "milvus-flat")
     k: int = 10
     max_queries: int = 200
     min_queries: int = 5
