@@ -108,7 +108,7 @@ def _set_health(servicer: health.HealthServicer, status: int) -> None:
 def build_service(config: ServeConfig) -> RetrievalService:
     """Load bundle (verified), the gallery in the store its index manifest names (must match the bundle)
     and engine; raises BundleError, GalleryIndexError (IndexBundleMismatch, IndexInUse, ...),
-    BackendUnavailable. The caller closes ``service.index`` (saving a FAISS gallery's changes)."""
+    BackendUnavailable. ``service.close()`` closes the gallery (saving a FAISS gallery's changes)."""
     manifest = load_bundle(config.bundle, verify=True)
     if config.index_threads > 0:
         import faiss
@@ -164,7 +164,6 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
         )
     except BaseException:
         service.close()
-        service.index.close()
         raise
     server.start()
     try:
@@ -189,7 +188,6 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
         health_servicer.enter_graceful_shutdown()
         server.stop(config.grace_s).wait()
         service.close()
-        service.index.close()
     _LOG.info("stopped")
     return 0
 

@@ -94,6 +94,7 @@ class RetrievalService:
         self.limits = limits or ServiceLimits()
         self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
+        self._closed = False
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -188,8 +189,12 @@ class RetrievalService:
         return time.monotonic() - start
 
     def close(self) -> None:
-        """Finish queued embedding work and stop the batcher. Idempotent."""
+        """Finish queued embedding work, stop the batcher, then close the gallery (the service owns it: a
+        FAISS gallery folds its write log into a snapshot and releases its folder). Idempotent."""
         self.batcher.close()
+        if not self._closed:
+            self._closed = True
+            self.index.close()
 
     def __enter__(self) -> RetrievalService:
         return self
