@@ -24,12 +24,8 @@ from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
 from serving.index.gallery import Hit
 from serving.index.gallery_backend import GalleryBackend
-from serving.preprocess import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_image,
-    to_model_input,
-)
+from serving.preprocess import ImageDecodeError, ImageTooLargeError, image_to_model_input
+from serving.request_limits import check_id, check_metadata
 
 __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 
@@ -37,15 +33,18 @@ __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 @dataclass(frozen=True)
 class ServiceLimits:
     """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
-    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems."""
+    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems, ``max_id_bytes`` per id,
+    ``max_metadata_bytes`` per item's metadata or query's filters (see `serving.request_limits`)."""
 
     max_k: int = ServeConfig.max_k
     max_pixels: int = ServeConfig.max_pixels
     max_queries: int = ServeConfig.max_queries
     max_items: int = ServeConfig.max_items
+    max_id_bytes: int = ServeConfig.max_id_bytes
+    max_metadata_bytes: int = ServeConfig.max_metadata_bytes
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_pixels", "max_queries", "max_items"):
+        for name in ("max_k", "max_pixels", "max_queries", "max_items", "max_id_bytes", "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -130,8 +129,9 @@ class RetrievalService:
         image_rows: list[int] = []
         images: list[np.ndarray] = []
         for i, item in enumerate(items):
+            check_id(item.id, f"items[{i}]", self.limits.max_id_bytes)
             where = f"items[{i}] (id {item.id!r})"
-            _check_id(item.id, where)
+            check_metadata(item.metadata, where, self.limits.max_metadata_bytes)
             if (item.image is None) == (item.vector is None):
                 raise InvalidInput(f"{where}: give exactly one of image or vector, found {_sources(item)}")
             if item.vector is not None:
@@ -149,7 +149,7 @@ class RetrievalService:
         """Remove items by id (all or nothing); returns how many. Raises UnknownIdError naming the ids."""
         self._check_count(len(ids), "RemoveItems", "ids")
         for i, item_id in enumerate(ids):
-            _check_id(item_id, f"ids[{i}]")
+            check_id(item_id, f"ids[{i}]", self.limits.max_id_bytes)
         if not ids:
             return 0
         return int(self.index.remove(list(ids)))
@@ -207,6 +207,7 @@ class RetrievalService:
     def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[list[Hit]]:
         for i, query in enumerate(queries):
             self._check_k(query.k, _label(where, i))
+            check_metadata(query.filters, _label(where, i) or "search", self.limits.max_metadata_bytes, "filters")
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
         # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
@@ -223,7 +224,7 @@ class RetrievalService:
 
     def _pixels(self, data: Any, where: str) -> np.ndarray:
         try:
-            return to_model_input(decode_image(data, self.limits.max_pixels), self.manifest)
+            return image_to_model_input(data, self.manifest, self.limits.max_pixels)
         except (ImageDecodeError, ImageTooLargeError) as exc:
             if where:
                 raise type(exc)(f"{where}: {exc}") from exc
@@ -267,11 +268,6 @@ class RetrievalService:
 
 def _label(where: str, i: int) -> str:
     return f"{where}[{i}]" if where else ""
-
-
-def _check_id(item_id: Any, where: str) -> None:
-    if not isinstance(item_id, str) or not item_id:
-        raise InvalidInput(f"{where}: id must be a non-empty string, found {item_id!r}")
 
 
 def _sources(item: NewItem) -> str:
