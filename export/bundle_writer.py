@@ -2,19 +2,20 @@
 renamed into place only after the manifest is written and verified.
 
 A failed gate or a crash before ``commit`` leaves no bundle and no half-written dir at ``--out`` (and an
-existing bundle there untouched); the temp dir is removed on any exception. Replacing an existing bundle
-renames it aside, renames the new one in, then deletes the old one.
+existing bundle there untouched); the temp dir is removed on any exception. ``commit`` publishes with
+`export.bundle_publish.publish_dir`: every file fsynced, then one atomic switch, so a kill at any moment
+leaves the old or the new bundle complete at ``--out``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from export.bundle_publish import publish_dir
 from export.errors import ExportError
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from serving.bundle import (
@@ -95,20 +96,8 @@ class BundleStage:
             raise BundleWriteError(f"staged bundle fails verification: {exc}") from exc
         _check_replaceable(self.out)
         _publish_modes(self.path)
-        backup = None
-        if self.out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, backup / "bundle")
-        try:
-            os.replace(self.path, self.out)
-        except OSError:
-            if backup is not None:
-                os.replace(backup / "bundle", self.out)
-                shutil.rmtree(backup, ignore_errors=True)
-            raise
+        publish_dir(self.path, self.out)  # fsynced, one atomic switch: a kill leaves old or new complete
         self.committed = True
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
         return self.out
 
 
