@@ -63,6 +63,8 @@ class _Request:
 
 
 _STOP = object()
+_DEADLINE_SLACK_S = 0.05
+"""A cancel this close to the call's deadline is the deadline passing (gRPC ends the call the same way)."""
 
 
 class DynamicBatcher:
@@ -180,20 +182,26 @@ class DynamicBatcher:
         try:
             return future.result(timeout=timeout)
         except CancelledError:
+            # gRPC ends a call at its deadline like a cancel: report which of the two it was
+            if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S:
+                raise self._deadline_passed(start) from None
             raise Cancelled("the client cancelled the call; its queued work was dropped") from None
         except DeadlineExceeded:  # set by the worker (expired in the queue); a TimeoutError subclass
             raise
         except TimeoutError:
             future.cancel()
-            waited_ms = (time.monotonic() - start) * 1000.0
-            raise DeadlineExceeded(
-                f"the deadline passed after {waited_ms:.0f} ms waiting for the batcher "
-                f"({self._queued_images} images queued, max_wait_ms={self._max_wait * 1000:g}); "
-                "give the call a longer deadline or lower the server's --max-wait-ms"
-            ) from None
+            raise self._deadline_passed(start) from None
         finally:
             if forget is not None:
                 forget()
+
+    def _deadline_passed(self, start: float) -> DeadlineExceeded:
+        waited_ms = (time.monotonic() - start) * 1000.0
+        return DeadlineExceeded(
+            f"the deadline passed after {waited_ms:.0f} ms waiting for the batcher "
+            f"({self._queued_images} images queued, max_wait_ms={self._max_wait * 1000:g}); "
+            "give the call a longer deadline or lower the server's --max-wait-ms"
+        )
 
     def stats(self) -> BatcherStats:
         with self._lock:
