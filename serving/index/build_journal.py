@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.atomic_file import atomic_path, fsync_dir
 from serving.index.errors import GalleryIndexError
 
 __all__ = ["BuildJournal", "Chunk", "ChunkBuffer", "JournalMismatch", "journal_dir", "plan_for"]
@@ -67,25 +66,9 @@ def plan_for(bundle_sha256: str, index_type: str, options: dict[str, Any] | None
             "items_sha256": digest.hexdigest(), "items": len(items)}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(target: Path, write: Any) -> None:
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, target)
-    finally:
-        Path(name).unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        write(handle)
 
 
 class BuildJournal:
@@ -113,7 +96,7 @@ class BuildJournal:
                 )
             return cls(directory, plan)
         directory.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         _write_durable(plan_file, lambda handle: handle.write(json.dumps(plan, indent=2).encode()))
         return cls(directory, plan)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.atomic_file import fsync_dir
 from serving.index.errors import IndexCorruptError
 
 __all__ = ["JOURNAL_PREFIX", "LogRecord", "WriteLog", "journal_path"]
@@ -105,7 +106,7 @@ class WriteLog:
             new = not self.path.exists()
             self._handle = open(self.path, "ab")  # noqa: SIM115 - kept open across appends, closed in close()
             if new:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         payload = record.encode()
         self._handle.write(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
         self._handle.flush()
@@ -117,10 +118,3 @@ class WriteLog:
             self._handle.close()
             self._handle = None
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
