@@ -9,6 +9,10 @@ index (`index/gallery.py`: the item table plus a FAISS or torch searcher). Every
 `config` (`ServeConfig`); `auth` checks the read and admin bearer tokens, `tls` builds (mutual) TLS
 credentials and refuses plaintext beyond loopback; `bundle_files` makes every loaded model file a checked
 file; `_proto/` is generated from ``protos/``.
+Under load: `request_interceptor` gives every call a request id (`request_context`, shown by
+`log_format`), caps concurrent calls (`admission`) and counts them in `metrics` (Prometheus); the batcher
+bounds its queue and splits large requests; `watchdog` turns health NOT_SERVING while the engine is
+stuck; `log_rate` keeps client-error logs to a few lines per second.
 
 The four commands:
 - ``cdd-serve``  `serving.server`: run the gRPC server.

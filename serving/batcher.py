@@ -1,10 +1,16 @@
-"""Dynamic batching: concurrent embedding requests share engine calls run on one worker thread.
+"""Dynamic batching: concurrent embedding requests share engine calls run on ``instances`` worker threads.
 
 Callers decode and preprocess in their own threads, then hand uint8 image arrays to ``DynamicBatcher``.
-The worker takes the first queued request, keeps collecting for up to ``max_wait_ms`` or until
+A worker takes the first queued request, keeps collecting for up to ``max_wait_ms`` or until
 ``max_batch`` images, runs the engine once on the concatenation and gives each caller its own rows.
 A request whose deadline passed while it was queued is dropped from the batch (``DeadlineExceeded``).
 With ``enabled=False`` (or ``max_batch=1``) every request runs alone: the baseline for benchmarks.
+
+Overload: the queue holds at most ``max_queue_images`` images; a request that does not fit is refused at
+once (``Overloaded``). A request of more than ``max_batch`` images (a large AddItems or SearchBatch) is
+queued one chunk at a time, the next chunk only after the previous one ran, so a Search that arrives
+meanwhile waits for at most one chunk, not the whole request. A call cancelled by its client (see
+`serving.request_context`) drops its queued chunk and frees its caller at once.
 """
 
 from __future__ import annotations
@@ -13,17 +19,21 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 
 import numpy as np
 
 from serving.config import ServeConfig
-from serving.errors import DeadlineExceeded, InvalidInput, Unavailable
+from serving.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
+from serving.request_context import current_request
 
-__all__ = ["BatcherStats", "DynamicBatcher"]
+__all__ = ["BatchObserver", "BatcherStats", "DynamicBatcher"]
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+BatchObserver = Callable[[int, float, list[float]], None]
+"""Called after every engine call with (images in the call, engine seconds, queue seconds of each request
+in it); must be quick and must not raise (it runs on the worker thread)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,8 @@ class _Request:
 
 
 _STOP = object()
+_DEADLINE_SLACK_S = 0.05
+"""A cancel this close to the call's deadline is the deadline passing (gRPC ends the call the same way)."""
 
 
 class DynamicBatcher:
@@ -68,22 +80,39 @@ class DynamicBatcher:
         max_wait_ms: float = ServeConfig.max_wait_ms,
         enabled: bool = True,
         name: str = "cdd-batcher",
+        *,
+        max_queue_images: int = ServeConfig.max_queue_images,
+        instances: int = ServeConfig.instances,
+        observer: BatchObserver | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}; use 1 (or enabled=False) to disable")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if instances < 1 or max_queue_images < max_batch:
+            raise ValueError(
+                f"instances must be >= 1 and max_queue_images >= max_batch, got {instances} and "
+                f"{max_queue_images} (max_batch {max_batch})"
+            )
         self._embed_fn = embed_fn
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
         self._enabled = enabled and max_batch > 1
+        self._max_queue = max_queue_images
+        self._observer = observer
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
         self._counts = {"requests": 0, "batches": 0, "images": 0, "largest": 0, "expired": 0}
         self._wait_total = 0.0
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._queued_images = 0
+        self._running = 0
+        self._progress_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def enabled(self) -> bool:
@@ -93,42 +122,86 @@ class DynamicBatcher:
     def max_batch(self) -> int:
         return self._max_batch
 
-    def submit(self, images: np.ndarray, deadline: float | None = None) -> Future:
-        """Queue uint8 (N, H, W, 3) images, N >= 1; the future resolves to float32 (N, D) rows.
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for an engine call now."""
+        return self._queued_images
 
-        Raises Unavailable after ``close()``, InvalidInput for an empty or non-4-D array."""
+    def stalled_s(self) -> float:
+        """Seconds the engine has made no progress while work was waiting or running (0 when idle)."""
+        with self._lock:
+            if self._queued_images == 0 and self._running == 0:
+                return 0.0
+            return time.monotonic() - self._progress_at
+
+    def submit(self, images: np.ndarray, deadline: float | None = None) -> Future:
+        """Queue uint8 (N, H, W, 3) images, 1 <= N <= max_queue_images; the future resolves to float32
+        (N, D) rows. Raises Unavailable after ``close()``, Overloaded when the queue has no room for N
+        images, InvalidInput for an empty or non-4-D array."""
         if images.ndim != 4 or images.shape[0] == 0:
             raise InvalidInput(f"batcher expects a non-empty (N, H, W, C) array, got shape {images.shape}")
+        count = images.shape[0]
         request = _Request(images, deadline, time.monotonic(), Future())
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down and takes no new work; retry elsewhere")
+            if self._queued_images + count > self._max_queue:
+                raise Overloaded(
+                    f"server overloaded: {self._queued_images} images wait for the engine and the queue "
+                    f"holds {self._max_queue} (--max-queue-images); {count} more were refused, retry with backoff"
+                )
+            if self._queued_images == 0 and self._running == 0:
+                self._progress_at = request.enqueued_at  # idle -> busy: the stall clock starts now
+            self._queued_images += count
             self._queue.put(request)
         return request.future
 
     def run(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Submit and wait: float32 (N, D). Raises DeadlineExceeded if ``deadline`` passes first
-        (the queued request is then dropped), Unavailable after ``close()``, or the engine's error."""
+        """Submit and wait: float32 (N, D), queued at most ``max_batch`` images at a time. Raises
+        DeadlineExceeded if ``deadline`` passes first (the queued chunk is then dropped), Cancelled when the
+        current call is cancelled, Overloaded, Unavailable after ``close()``, or the engine's error."""
+        if images.shape[0] <= self._max_batch:
+            return self._run_one(images, deadline)
+        parts = [
+            self._run_one(images[start : start + self._max_batch], deadline)
+            for start in range(0, images.shape[0], self._max_batch)
+        ]
+        return np.concatenate(parts)
+
+    def _run_one(self, images: np.ndarray, deadline: float | None) -> np.ndarray:
         start = time.monotonic()
         if deadline is not None and start >= deadline:
             raise DeadlineExceeded(
                 "the deadline had already passed when the request reached the batcher; "
                 "give the call a longer deadline"
             )
+        call = current_request()
         future = self.submit(images, deadline)
+        forget = call.on_cancel(future.cancel) if call is not None else None
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return future.result(timeout=timeout)
-        except DeadlineExceeded:
+        except CancelledError:
+            # gRPC ends a call at its deadline like a cancel: report which of the two it was
+            if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S:
+                raise self._deadline_passed(start) from None
+            raise Cancelled("the client cancelled the call; its queued work was dropped") from None
+        except DeadlineExceeded:  # set by the worker (expired in the queue); a TimeoutError subclass
             raise
         except TimeoutError:
             future.cancel()
-            waited_ms = (time.monotonic() - start) * 1000.0
-            raise DeadlineExceeded(
-                f"the deadline passed after {waited_ms:.0f} ms waiting for the batcher "
-                f"({self._queue.qsize()} requests queued, max_wait_ms={self._max_wait * 1000:g}); "
-                "give the call a longer deadline or lower the server's --max-wait-ms"
-            ) from None
+            raise self._deadline_passed(start) from None
+        finally:
+            if forget is not None:
+                forget()
+
+    def _deadline_passed(self, start: float) -> DeadlineExceeded:
+        waited_ms = (time.monotonic() - start) * 1000.0
+        return DeadlineExceeded(
+            f"the deadline passed after {waited_ms:.0f} ms waiting for the batcher "
+            f"({self._queued_images} images queued, max_wait_ms={self._max_wait * 1000:g}); "
+            "give the call a longer deadline or lower the server's --max-wait-ms"
+        )
 
     def stats(self) -> BatcherStats:
         with self._lock:
@@ -149,12 +222,14 @@ class DynamicBatcher:
         )
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish everything already queued, stop the worker. Idempotent."""
+        """Refuse new work, finish everything already queued, stop the workers. Idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(_STOP)
-        self._thread.join(timeout)
+                for _ in self._threads:
+                    self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def __enter__(self) -> DynamicBatcher:
         return self
@@ -197,6 +272,17 @@ class DynamicBatcher:
 
     def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
+        with self._lock:
+            self._queued_images -= sum(r.images.shape[0] for r in batch)
+            self._running += 1
+        try:
+            self._run_live(batch, started)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._progress_at = time.monotonic()
+
+    def _run_live(self, batch: list[_Request], started: float) -> None:
         live: list[_Request] = []
         expired = 0
         for request in batch:
@@ -216,12 +302,15 @@ class DynamicBatcher:
         if not live:
             return
         images = live[0].images if len(live) == 1 else np.concatenate([r.images for r in live])
+        tick = time.monotonic()
         try:
             rows = self._embed(images)
         except Exception as exc:  # any engine failure goes to every caller; the worker keeps running
             for request in live:
                 request.future.set_exception(exc)
             return
+        if self._observer is not None:
+            self._observer(images.shape[0], time.monotonic() - tick, [started - r.enqueued_at for r in live])
         offset = 0
         for request in live:
             count = request.images.shape[0]

@@ -28,8 +28,17 @@ class ServeConfig:
     (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
     AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
     ``allow_plaintext_remote`` (see `serving.tls`). ``grace_s`` seconds in-flight calls get at shutdown;
-    ``index_threads`` FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an
-    out-of-range value."""
+    ``index_threads`` FAISS OpenMP threads per search (0 = FAISS default); ``index_device`` where a FAISS
+    index searches (cpu, cuda, auto); ``snapshot_interval_s`` how often the FAISS write log is folded into
+    a snapshot (0 = only at shutdown).
+
+    Overload (serving/admission.py, serving/batcher.py): ``max_concurrent_rpcs`` Retrieval calls in flight
+    (Stats and health exempt; more get RESOURCE_EXHAUSTED at once; must be below ``max_workers`` so health
+    always finds a thread); ``max_queue_images`` images waiting for the engine; ``max_deadline_s`` seconds
+    for a call that carries no (or a longer) deadline; ``instances`` engine worker threads; health turns
+    NOT_SERVING after ``watchdog_s`` seconds without engine progress while work waits (0 = no watchdog).
+    ``metrics_port`` serves Prometheus ``/metrics`` (None = off); ``log_format`` "text" or "json".
+    Raises ValueError for an out-of-range value."""
 
     bundle: Path
     index: Path
@@ -45,7 +54,7 @@ class ServeConfig:
     max_queries: int = 64
     max_items: int = 1024
     max_message_bytes: int = 16 * MIB
-    max_workers: int = 16
+    max_workers: int = 40
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -54,6 +63,15 @@ class ServeConfig:
     allow_plaintext_remote: bool = False
     grace_s: float = 10.0
     index_threads: int = 1
+    index_device: str = "cpu"
+    snapshot_interval_s: float = 300.0
+    max_concurrent_rpcs: int = 32
+    max_queue_images: int = 256
+    max_deadline_s: float = 30.0
+    instances: int = 1
+    watchdog_s: float = 10.0
+    metrics_port: int | None = None
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -64,5 +82,28 @@ class ServeConfig:
                      "max_items", "max_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.index_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--index-device must be cpu, cuda or auto, got {self.index_device!r}")
+        if self.snapshot_interval_s < 0:
+            raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")
+        for name in ("max_concurrent_rpcs", "max_queue_images", "instances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_concurrent_rpcs >= self.max_workers:
+            raise ValueError(
+                f"--max-concurrent-rpcs ({self.max_concurrent_rpcs}) must be below --max-workers "
+                f"({self.max_workers}) so health checks and Stats always find a thread; raise --max-workers"
+            )
+        if self.max_queue_images < self.max_batch:
+            raise ValueError(
+                f"--max-queue-images ({self.max_queue_images}) must be >= --max-batch ({self.max_batch})"
+            )
+        if self.max_deadline_s <= 0 or self.watchdog_s < 0:
+            raise ValueError(f"--max-deadline-s must be > 0 and --watchdog-s >= 0, got {self.max_deadline_s}, "
+                             f"{self.watchdog_s}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"--log-format must be text or json, got {self.log_format!r}")

@@ -14,6 +14,8 @@ __all__ = [
     "TooLarge",
     "DeadlineExceeded",
     "Unavailable",
+    "Overloaded",
+    "Cancelled",
 ]
 
 
@@ -35,3 +37,11 @@ class DeadlineExceeded(ServiceError, TimeoutError):
 
 class Unavailable(ServiceError, RuntimeError):
     """The service is shutting down (batcher closed); retry on another replica."""
+
+
+class Overloaded(ServiceError, RuntimeError):
+    """The server is at its concurrent-call or queue limit and refused the work at once; retry later."""
+
+
+class Cancelled(ServiceError, RuntimeError):
+    """The client cancelled the call; its queued work was dropped."""

@@ -1,9 +1,11 @@
 """`RetrievalServicer`: the thin gRPC adapter over `RetrievalService` (cdd.v1.Retrieval).
 
-It converts messages to and from plain Python, turns the call's deadline into an absolute
-``time.monotonic()`` deadline for the service, and maps every domain error to a status code in ONE table
+It converts messages to and from plain Python, turns the call's deadline (capped at the server's
+``max_deadline_s``, which also applies to calls without one) into an absolute ``time.monotonic()``
+deadline for the service, and maps every domain error to a status code in ONE table
 (`STATUS_FOR`). An error not in the table is a server bug: it is logged with its traceback and the client
-gets INTERNAL without internals. Metadata values leave the server as strings: a ``str`` as is, anything
+gets INTERNAL without internals. Client errors are logged at a rate limit (`RateLimitedLog`).
+Metadata values leave the server as strings: a ``str`` as is, anything
 else JSON-encoded (compact, sorted keys), see `wire_metadata`.
 """
 
@@ -19,9 +21,11 @@ import numpy as np
 
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
-from serving.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
+from serving.config import ServeConfig
+from serving.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, TooLarge, Unavailable
 from serving.index.errors import DuplicateIdError, UnknownIdError
 from serving.index.item_table import metadata_text
+from serving.log_rate import RateLimitedLog
 from serving.service import NewItem, Query, RetrievalService
 
 __all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wire_metadata"]
@@ -29,6 +33,7 @@ __all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wir
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 
 _LOG = logging.getLogger("serving.grpc")
+_CLIENT_ERRORS = RateLimitedLog(_LOG, per_second=5.0, burst=20)
 _T = TypeVar("_T")
 
 StatusCode = grpc.StatusCode
@@ -42,6 +47,8 @@ STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInput, StatusCode.INVALID_ARGUMENT),
     (DeadlineExceeded, StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, StatusCode.UNAVAILABLE),
+    (Overloaded, StatusCode.RESOURCE_EXHAUSTED),
+    (Cancelled, StatusCode.CANCELLED),
 )
 
 
@@ -58,14 +65,15 @@ def wire_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
     return {str(key): metadata_text(value) for key, value in metadata.items()}
 
 
-def _deadline(context: grpc.ServicerContext) -> float | None:
-    """The call's deadline as absolute monotonic seconds; raises DeadlineExceeded if it already passed."""
+def _deadline(context: grpc.ServicerContext, max_s: float) -> float:
+    """The call's deadline, at most ``max_s`` from now, as absolute monotonic seconds; raises
+    DeadlineExceeded if it already passed."""
     remaining = context.time_remaining()
     if remaining is None:
-        return None
+        return time.monotonic() + max_s
     if remaining <= 0:
         raise DeadlineExceeded("the call's deadline had passed when it reached the server; use a longer one")
-    return time.monotonic() + remaining
+    return time.monotonic() + min(remaining, max_s)
 
 
 def _items(hits: list[Any]) -> list[pb.Item]:
@@ -85,12 +93,13 @@ def _new_item(message: pb.NewItem) -> NewItem:
 class RetrievalServicer(pb_grpc.RetrievalServicer):
     """cdd.v1.Retrieval over a `RetrievalService`; every method goes through `_call`."""
 
-    def __init__(self, service: RetrievalService) -> None:
+    def __init__(self, service: RetrievalService, max_deadline_s: float = ServeConfig.max_deadline_s) -> None:
         self._service = service
+        self._max_deadline_s = max_deadline_s
 
     def _call(self, context: grpc.ServicerContext, work: Callable[[float | None], _T]) -> _T:
         try:
-            return work(_deadline(context))
+            return work(_deadline(context, self._max_deadline_s))
         except Exception as exc:  # every failure becomes a status; the server keeps serving
             self._abort(context, exc)
 
@@ -102,7 +111,7 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
             context.abort(
                 StatusCode.INTERNAL, f"internal server error ({type(exc).__name__}); see the server log"
             )
-        _LOG.info("%s: %s", code.name, exc)
+        _CLIENT_ERRORS.log(logging.INFO, "%s: %s", code.name, exc)
         context.abort(code, str(exc))
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
@@ -131,7 +140,8 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
 
     def AddItems(self, request: pb.AddItemsRequest, context: grpc.ServicerContext) -> pb.AddItemsResponse:
         def work(deadline: float | None) -> pb.AddItemsResponse:
-            added = self._service.add_items([_new_item(item) for item in request.items], deadline=deadline)
+            items = [_new_item(item) for item in request.items]
+            added = self._service.add_items(items, deadline=deadline, upsert=request.upsert)
             return pb.AddItemsResponse(added=added, count=self._service.count())
 
         return self._call(context, work)

@@ -5,6 +5,10 @@ another bundle), open the engine, bind and start with health NOT_SERVING, warm u
 log the address. On SIGTERM / SIGINT (or ``stop`` set): health NOT_SERVING, ``server.stop(grace)`` lets
 in-flight calls finish while refusing new ones, then the batcher finishes its queue; exit status 0.
 
+Overload and observability (see `ServeConfig`): `RequestInterceptor` gives each call a request id, caps
+concurrent Retrieval calls (`Admission`, RESOURCE_EXHAUSTED beyond) and feeds `ServerMetrics`
+(``--metrics-port``); `EngineWatchdog` turns health NOT_SERVING while the engine is stuck.
+
 Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval". Reflection lists the
 Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) live in memory only;
 rebuild or re-save the index with `cdd-index` to make them permanent.
@@ -17,6 +21,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
@@ -26,6 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving._proto import retrieval_pb2_grpc
+from serving.admission import Admission
 from serving.auth import READ_TOKEN_ENV, BearerTokenInterceptor, load_token
 from serving.backends import BACKENDS, BackendUnavailable, create_engine
 from serving.batcher import DynamicBatcher
@@ -35,12 +41,18 @@ from serving.config import MIB, ServeConfig
 from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import GalleryIndex
+from serving.index.gallery_backend import open_gallery
+from serving.log_format import configure_logging
+from serving.metrics import ServerMetrics
+from serving.request_interceptor import RequestInterceptor
 from serving.service import RetrievalService, ServiceLimits
 from serving.tls import check_bind, is_loopback, server_credentials
+from serving.watchdog import EngineWatchdog
 
 __all__ = ["build_service", "create_server", "serve", "main"]
 
 _LOG = logging.getLogger("serving.server")
+_BACKSTOP_PER_WORKER = 4
 
 
 def _address(host: str, port: int) -> str:
@@ -61,21 +73,33 @@ def create_server(
     read_token: str | None = None,
     tls_client_ca: Path | bytes | None = None,
     allow_plaintext_remote: bool = ServeConfig.allow_plaintext_remote,
+    max_concurrent_rpcs: int = ServeConfig.max_concurrent_rpcs,
+    max_deadline_s: float = ServeConfig.max_deadline_s,
+    metrics: ServerMetrics | None = None,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
 
     ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given,
     mutual TLS with ``tls_client_ca`` (`serving.tls`); bearer tokens (health exempt) when ``auth_token``
     (admin) or ``read_token`` (read-only) is given (`serving.auth`). Without ``health_servicer`` a new one
-    reports SERVING at once; pass your own to control the status. Raises PlaintextBindRefused (a ValueError)
-    for a plaintext ``host`` beyond loopback, OSError if the address cannot be bound."""
+    reports SERVING at once; pass your own to control the status. At most ``max_concurrent_rpcs``
+    Retrieval calls run at once (must be below ``max_workers``); the rest are refused by the request
+    interceptor in microseconds (and counted in ``metrics``). gRPC itself refuses, uncounted, beyond
+    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Raises
+    PlaintextBindRefused (a ValueError) for a plaintext ``host`` beyond loopback, ValueError for bad
+    limits, OSError if the address cannot be bound."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key), got one of them")
     if tls_client_ca is not None and tls_cert is None:
         raise ValueError("mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
+    if not 1 <= max_concurrent_rpcs < max_workers:
+        raise ValueError(
+            f"max_concurrent_rpcs must be in 1..max_workers-1 (={max_workers - 1}), got {max_concurrent_rpcs}"
+        )
     check_bind(host, tls=tls_cert is not None, allow_plaintext_remote=allow_plaintext_remote)
     tokens = auth_token or read_token
-    interceptors = [BearerTokenInterceptor(auth_token, read_token=read_token)] if tokens else []
+    requests = RequestInterceptor(SERVICE_NAME, Admission(max_concurrent_rpcs), metrics)
+    interceptors = [requests, BearerTokenInterceptor(auth_token, read_token=read_token)] if tokens else [requests]
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -85,8 +109,9 @@ def create_server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc"),
         interceptors=interceptors,
         options=options,
+        maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service), server)
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s), server)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -112,10 +137,11 @@ def _set_health(servicer: health.HealthServicer, status: int) -> None:
         servicer.set(name, status)
 
 
-def build_service(config: ServeConfig) -> RetrievalService:
-    """Load bundle (verified), index (built with the bundle, or with one the bundle's manifest declares
-    compatibility with: asymmetric retrieval) and engine; raises BundleError, GalleryIndexError
-    (IndexBundleMismatch, ...), BackendUnavailable."""
+def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> RetrievalService:
+    """Load bundle (verified), the gallery in the store its index manifest names (built with the bundle, or
+    with one the bundle's manifest declares compatibility with: asymmetric retrieval) and engine; raises
+    BundleError, GalleryIndexError (IndexBundleMismatch, IndexInUse, ...), BackendUnavailable.
+    ``service.close()`` closes the gallery (saving a FAISS gallery's changes). ``metrics`` observes every batch."""
     manifest = load_bundle(config.bundle, verify=True)
     if config.index_threads > 0:
         import faiss
@@ -127,19 +153,39 @@ def build_service(config: ServeConfig) -> RetrievalService:
     if gallery.asymmetric:
         _LOG.info("asymmetric retrieval: queries embedded by %s, gallery %s embedded by %s", manifest.name,
                   config.index, gallery.name)
-    index = GalleryIndex.load(config.index, expected_bundle_sha256=gallery.sha256)
-    engine = create_engine(config.bundle, manifest, backend=config.backend)
+    index = open_gallery(
+        config.index,
+        gallery.sha256,
+        device=config.index_device,
+        snapshot_interval_s=config.snapshot_interval_s,
+    )
+    try:
+        engine = create_engine(config.bundle, manifest, backend=config.backend)
+    except BaseException:
+        index.close()
+        raise
     max_batch = min(config.max_batch, manifest.batch.max)
     if max_batch < config.max_batch:
         _LOG.warning("--max-batch %d exceeds the bundle's batch.max; using %d", config.max_batch, max_batch)
     batcher = DynamicBatcher(
-        engine.embed, max_batch=max_batch, max_wait_ms=config.max_wait_ms, enabled=max_batch > 1
+        engine.embed,
+        max_batch=max_batch,
+        max_wait_ms=config.max_wait_ms,
+        enabled=max_batch > 1,
+        max_queue_images=max(config.max_queue_images, max_batch),
+        instances=config.instances,
+        observer=metrics.observe_batch if metrics is not None else None,
     )
     limits = ServiceLimits(
         max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items,
         max_id_bytes=config.max_id_bytes, max_metadata_bytes=config.max_metadata_bytes,
     )
-    return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher, gallery_bundle=gallery)
+    try:
+        return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher, gallery_bundle=gallery)
+    except BaseException:
+        batcher.close()
+        index.close()
+        raise
 
 
 def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None) -> int:
@@ -147,27 +193,41 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
     if not config.allow_plaintext_remote:  # refuse before loading anything (create_server checks again)
         check_bind(config.host, tls=config.tls_cert is not None)
-    service = build_service(config)
+    metrics = ServerMetrics() if config.metrics_port is not None else None
+    service = build_service(config, metrics)
     health_servicer = health.HealthServicer()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server, port = create_server(
-        service,
-        port=config.port,
-        host=config.host,
-        max_workers=config.max_workers,
-        max_message_bytes=config.max_message_bytes,
-        tls_cert=config.tls_cert,
-        tls_key=config.tls_key,
-        auth_token=config.token,
-        health_servicer=health_servicer,
-        read_token=config.read_token,
-        tls_client_ca=config.tls_client_ca,
-        allow_plaintext_remote=config.allow_plaintext_remote,
-    )
+    try:
+        server, port = create_server(
+            service,
+            port=config.port,
+            host=config.host,
+            max_workers=config.max_workers,
+            max_message_bytes=config.max_message_bytes,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            auth_token=config.token,
+            health_servicer=health_servicer,
+            read_token=config.read_token,
+            tls_client_ca=config.tls_client_ca,
+            allow_plaintext_remote=config.allow_plaintext_remote,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+            max_deadline_s=config.max_deadline_s,
+            metrics=metrics,
+        )
+    except BaseException:
+        service.close()
+        raise
     server.start()
+    watchdog = None
     try:
         seconds = service.warmup()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        if metrics is not None and config.metrics_port is not None:
+            _start_metrics(metrics, service, config.host, config.metrics_port)
+        if config.watchdog_s > 0:
+            watchdog = EngineWatchdog(service.batcher.stalled_s, config.watchdog_s, _health_setter(health_servicer))
+            watchdog.start()
         _LOG.info(
             "serving %s on %s (%s, bundle %s, %d items, backend %s, warmup %.2f s)",
             SERVICE_NAME,
@@ -184,11 +244,27 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             pass
         _LOG.info("shutting down: draining in-flight calls for up to %.1f s", config.grace_s)
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         health_servicer.enter_graceful_shutdown()
         server.stop(config.grace_s).wait()
         service.close()
+        if metrics is not None:
+            metrics.close()
     _LOG.info("stopped")
     return 0
+
+
+def _health_setter(servicer: health.HealthServicer) -> Callable[[bool], None]:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    return lambda healthy: _set_health(servicer, serving if healthy else not_serving)
+
+
+def _start_metrics(metrics: ServerMetrics, service: RetrievalService, host: str, port: int) -> None:
+    metrics.track_gallery(service.count)
+    metrics.set_build_info(service.manifest.sha256(), service.manifest.name, service.engine.name)
+    bound = metrics.serve_http(port, host)
+    _LOG.info("metrics on http://%s/metrics", _address(host, bound))
 
 
 _FLAG_HELP = {
@@ -203,6 +279,13 @@ _FLAG_HELP = {
     "max_workers": "RPC handler threads",
     "grace_s": "shutdown drain time for in-flight calls",
     "index_threads": "FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic",
+    "index_device": "where a FAISS index searches: cpu, cuda or auto (GPU when faiss has GPU support)",
+    "snapshot_interval_s": "seconds between folds of the FAISS write log into a snapshot (0 = at shutdown only)",
+    "max_concurrent_rpcs": "Retrieval calls in flight; more get RESOURCE_EXHAUSTED at once",
+    "max_queue_images": "images waiting for the engine; more get RESOURCE_EXHAUSTED",
+    "max_deadline_s": "deadline of a call that carries none (or a longer one)",
+    "instances": "engine worker threads",
+    "watchdog_s": "health NOT_SERVING after this long without engine progress (0 = off)",
 }
 """ServeConfig fields that are flags of the same name (``max_batch`` -> ``--max-batch``), typed and
 defaulted by ServeConfig itself."""
@@ -233,7 +316,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="read-only bearer token: no AddItems/RemoveItems (else $CDD_SERVE_READ_TOKEN)")
     parser.add_argument("--allow-plaintext-remote", action="store_true",
                         help="allow a non-loopback --host without TLS (TLS ends at a proxy in front)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-format", default=ServeConfig.log_format, choices=("text", "json"))
     return parser
 
 
@@ -241,7 +326,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
     """ServeConfig from parsed flags; raises ValueError for an out-of-range value."""
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be > 0, got {args.max_message_mb}")
-    same_name = {name: getattr(args, name) for name in (*_FLAG_HELP, "bundle", "index", "backend")}
+    names = (*_FLAG_HELP, "bundle", "index", "backend", "metrics_port", "log_format")
+    same_name = {name: getattr(args, name) for name in names}
     return ServeConfig(
         **same_name,
         max_message_bytes=int(args.max_message_mb * MIB),
@@ -257,7 +343,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
 def main(argv: list[str] | None = None) -> int:
     """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -23,7 +23,8 @@ from serving.bundle import Manifest
 from serving.compatibility import GalleryBundle
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.gallery import GalleryIndex, Hit
+from serving.index.gallery import Hit
+from serving.index.gallery_backend import GalleryBackend
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, image_to_model_input
 from serving.request_limits import check_id, check_metadata
 
@@ -78,7 +79,7 @@ class RetrievalService:
     def __init__(
         self,
         engine: Engine,
-        index: GalleryIndex,
+        index: GalleryBackend,
         manifest: Manifest,
         limits: ServiceLimits | None = None,
         batcher: DynamicBatcher | None = None,
@@ -97,6 +98,7 @@ class RetrievalService:
         self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
         self.gallery_bundle = gallery_bundle or GalleryBundle(self._bundle_sha256, manifest.name, asymmetric=False)
+        self._closed = False
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -121,9 +123,10 @@ class RetrievalService:
 
     # -- gallery management ---------------------------------------------------------------------------
 
-    def add_items(self, items: Sequence[NewItem], deadline: float | None = None) -> int:
+    def add_items(self, items: Sequence[NewItem], deadline: float | None = None, upsert: bool = False) -> int:
         """Add items (all or nothing); returns how many were added. Image items are embedded here;
-        vectors are L2-normalised. Raises InvalidInput, TooLarge, DuplicateIdError (id present/repeated)."""
+        vectors are L2-normalised. With ``upsert`` present ids are replaced (a retry is safe). Raises
+        InvalidInput, TooLarge, DuplicateIdError (id present without upsert, or repeated)."""
         self._check_count(len(items), "AddItems", "items")
         if not items:
             return 0
@@ -144,7 +147,7 @@ class RetrievalService:
         if images:
             vectors[image_rows] = self._embed(np.stack(images), deadline)
         metadata = [dict(item.metadata) for item in items]
-        self.index.add([item.id for item in items], vectors, metadata)
+        self.index.add([item.id for item in items], vectors, metadata, upsert=upsert)
         return len(items)
 
     def remove_items(self, ids: Sequence[str]) -> int:
@@ -196,8 +199,12 @@ class RetrievalService:
         return time.monotonic() - start
 
     def close(self) -> None:
-        """Finish queued embedding work and stop the batcher. Idempotent."""
+        """Finish queued embedding work, stop the batcher, then close the gallery (the service owns it: a
+        FAISS gallery folds its write log into a snapshot and releases its folder). Idempotent."""
         self.batcher.close()
+        if not self._closed:
+            self._closed = True
+            self.index.close()
 
     def __enter__(self) -> RetrievalService:
         return self
@@ -213,10 +220,17 @@ class RetrievalService:
             check_metadata(query.filters, _label(where, i) or "search", self.limits.max_metadata_bytes, "filters")
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
-        return [
-            self.index.search(vectors[i : i + 1], int(q.k), filter=dict(q.filters) if q.filters else None)[0]
-            for i, q in enumerate(queries)
-        ]
+        # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
+        groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(tuple(sorted((q.filters or {}).items())), []).append(i)
+        results: list[list[Hit]] = [[] for _ in queries]
+        for key, members in groups.items():
+            k = max(int(queries[i].k) for i in members)
+            found = self.index.search(vectors[members], k, filter=dict(key) if key else None)
+            for i, hits in zip(members, found, strict=True):
+                results[i] = hits[: int(queries[i].k)]
+        return results
 
     def _pixels(self, data: Any, where: str) -> np.ndarray:
         try:

@@ -30,31 +30,31 @@ _MANIFEST_KEY = {
 """Backend name -> the ``manifest.backends`` key naming its model file."""
 
 
-def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool) -> Engine:
+def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
     from serving.backends.tensorrt_backend import TensorRTEngine
 
     return TensorRTEngine(bundle, manifest)
 
 
-def _onnxruntime_cuda(bundle: Path, manifest: Manifest, torch_compile: bool) -> Engine:
+def _onnxruntime_cuda(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(bundle, manifest, device="cuda")
 
 
-def _onnxruntime_cpu(bundle: Path, manifest: Manifest, torch_compile: bool) -> Engine:
+def _onnxruntime_cpu(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(bundle, manifest, device="cpu")
+    return OnnxRuntimeEngine(bundle, manifest, device="cpu", threads=threads)
 
 
-def _torch(bundle: Path, manifest: Manifest, torch_compile: bool) -> Engine:
+def _torch(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
     from serving.backends.torch_backend import TorchEngine
 
     return TorchEngine(bundle, manifest, compile=torch_compile)
 
 
-_FACTORIES: dict[str, Callable[[Path, Manifest, bool], Engine]] = {
+_FACTORIES: dict[str, Callable[[Path, Manifest, bool, int | None], Engine]] = {
     "tensorrt": _tensorrt,
     "onnxruntime-cuda": _onnxruntime_cuda,
     "onnxruntime-cpu": _onnxruntime_cpu,
@@ -69,13 +69,16 @@ def create_engine(
     log: logging.Logger | None = None,
     *,
     torch_compile: bool = False,
+    threads: int | None = None,
 ) -> Engine:
     """Open the bundle at ``bundle_dir`` with ``backend`` (one of BACKENDS) or, for "auto", the first of
     BACKENDS that works here, logging (INFO) why each earlier one was skipped.
 
     ``manifest``: an already loaded manifest (else it is read and its files verified). ``torch_compile``
-    applies ``torch.compile`` in the torch backend. Raises BackendUnavailable (explicit backend cannot run,
-    or no backend can, with every reason), ValueError for an unknown backend name, BundleError."""
+    applies ``torch.compile`` in the torch backend; ``threads`` sets ONNX Runtime CPU intra-op threads
+    (None = its default, one per core; the other backends ignore it). Raises BackendUnavailable (explicit
+    backend cannot run, or no backend can, with every reason), ValueError for an unknown backend name,
+    BundleError."""
     log = log or _LOG
     bundle = Path(bundle_dir)
     if manifest is None:
@@ -83,7 +86,7 @@ def create_engine(
     if backend != "auto":
         if backend not in _FACTORIES:
             raise ValueError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
-        engine = _FACTORIES[backend](bundle, manifest, torch_compile)
+        engine = _FACTORIES[backend](bundle, manifest, torch_compile, threads)
         log.info("backend %s on %s", engine.name, engine.device)
         return engine
     reasons: list[str] = []
@@ -93,7 +96,7 @@ def create_engine(
             log.info("backend %s skipped: the bundle has no %s model file", name, _MANIFEST_KEY[name])
             continue
         try:
-            engine = _FACTORIES[name](bundle, manifest, torch_compile)
+            engine = _FACTORIES[name](bundle, manifest, torch_compile, threads)
         except BackendUnavailable as exc:
             reasons.append(f"{name}: {exc}")
             log.info("backend %s skipped: %s", name, exc)

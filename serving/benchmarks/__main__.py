@@ -3,9 +3,9 @@
     cdd-bench engine --bundle DIR [--bundle DIR ...] [--labels student,teacher]
                      [--backends auto|cpu|gpu|LIST] [--batches 1,2,4,8,16,32,64] [--warmup N]
                      [--iters N | --seconds S] [--threads N] --out DIR
-    cdd-bench serve  --bundle DIR (--index DIR | --images DIR | --target HOST:PORT) [--clients 16]
-                     [--seconds 10] [--max-batch 16] [--max-wait-ms 5] [--backend auto] --out DIR
-    cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000,1000000] [--types flat,ivf,hnsw,ivfpq]
+    cdd-bench serve  --bundle DIR [--realistic DIR] [--target HOST:PORT] [--images DIR]
+                     [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 5] --out DIR
+    cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
                      [--search-seconds S] [--max-build-s S] --out DIR
     cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
                      [--index-images data/synthetic-reid/bounding_box_test] [--out docs]
@@ -88,7 +88,15 @@ def _add_engine_args(parser: argparse.ArgumentParser, backends: str, seconds: fl
 
 
 def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool) -> None:
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--concurrency", default="1,4,16", help="concurrent callers per load run (comma list)")
+    parser.add_argument("--gallery-size", type=int, default=1280, help="random gallery items per cdd-serve")
+    parser.add_argument("--load-processes", type=int, default=1, help="load generator processes")
+    parser.add_argument("--overload-clients", type=int, default=64, help="callers of the overload probe")
+    parser.add_argument("--overload-cap", type=int, default=4, help="--max-concurrent-rpcs of the probe server")
+    parser.add_argument("--instances", type=int, default=2,
+                        help="also serve the last bundle with this many engine workers (0 = skip)")
+    parser.add_argument("--realistic", type=Path, default=Path("bundles/bench-r50"),
+                        help="realistic-cost bundle (make bench-bundle); skipped when absent")
     flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
     parser.add_argument(
         *flags, dest="serve_seconds", type=float, default=seconds, help="seconds of load per mode"
@@ -99,8 +107,12 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
 
 
 def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None:
-    parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000,1000000")
-    parser.add_argument("--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq")
+    parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000")
+    parser.add_argument(
+        "--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq,milvus-flat",
+        help="FAISS types and milvus-flat / milvus-ivf / milvus-hnsw (embedded milvus-lite)",
+    )
+    parser.add_argument("--target-recall", type=float, default=0.95, help="recall@k of each operating point")
     parser.add_argument("--search-seconds", type=float, default=3.0, help="search time per (size, type)")
     parser.add_argument("--max-queries", type=int, default=200, help="queries per (size, type) at most")
     parser.add_argument("--recall-queries", type=int, default=50, help="queries used for recall")
@@ -149,13 +161,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine_args(engine, "auto", 2.0, alias=True)
     _add_common(engine)
     serve = commands.add_parser("serve", help="gRPC serving QPS / latency with and without batching")
-    serve.add_argument("--bundle", type=Path, required=True)
-    source = serve.add_mutually_exclusive_group()
-    source.add_argument("--index", type=Path, help="gallery index folder (cdd-index build)")
-    source.add_argument("--target", help="host:port of a running cdd-serve (no in-process server)")
-    serve.add_argument("--images", type=Path, help="query images (and the gallery when no --index)")
-    serve.add_argument("--backend", default="auto", help="auto or one engine backend")
-    _add_serve_args(serve, 10.0, alias=True)
+    serve.add_argument("--bundle", type=Path, required=True, help="the demo bundle")
+    serve.add_argument("--target", help="host:port of a running server: only drive it (no servers started)")
+    serve.add_argument("--images", type=Path, help="query images (default: synthetic pictures)")
+    serve.add_argument("--backend", default="onnxruntime-cpu", help="engine backend of the servers")
+    _add_serve_args(serve, 5.0, alias=True)
     _add_serve_index_args(serve)
     _add_common(serve)
     index = commands.add_parser("index", help="ingestion throughput; search latency / recall per index type")
@@ -171,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     every.add_argument("--index-images", type=Path, default=Path("data/synthetic-reid/bounding_box_test"))
     every.add_argument("--backend", default="onnxruntime-cpu", help="engine for serving and ingestion")
     _add_engine_args(every, "onnxruntime-cpu,torch-cpu", 2.0, alias=False)
-    _add_serve_args(every, 8.0, alias=False)
+    _add_serve_args(every, 5.0, alias=False)
     _add_index_args(every, 150.0)
     _add_serve_index_args(every)
     _add_common(every, "docs")
@@ -194,13 +204,17 @@ def _engine_cfg(args: argparse.Namespace) -> EngineBenchConfig:
 
 def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
     return ServeBenchConfig(
-        clients=args.clients,
+        concurrency=_ints(args.concurrency, "--concurrency"),
         seconds=args.serve_seconds,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         k=args.k,
         offline_seconds=args.offline_seconds,
-        search_threads=_search_threads(args),
+        gallery_size=args.gallery_size,
+        load_processes=args.load_processes,
+        overload_clients=args.overload_clients,
+        overload_cap=args.overload_cap,
+        instances=args.instances,
         seed=args.seed,
     )
 
@@ -212,6 +226,7 @@ def _index_cfg(args: argparse.Namespace) -> IndexBenchConfig:
         max_queries=args.max_queries,
         search_seconds=args.search_seconds,
         recall_queries=args.recall_queries,
+        target_recall=args.target_recall,
         max_build_s=args.max_build_s,
         offline_seconds=args.offline_seconds,
         search_threads=_search_threads(args),
@@ -260,7 +275,7 @@ def _serve_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
         args.bundle,
         _serve_cfg(args),
         args.out,
-        index=args.index,
+        realistic=args.realistic,
         images=args.images,
         target=args.target,
         backend=args.backend,
@@ -292,6 +307,7 @@ def _all_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
         serve_cfg=_serve_cfg(args),
         index_cfg=_index_cfg(args),
         backend=args.backend,
+        realistic=args.realistic,
         commands=commands,
     )
 

@@ -48,6 +48,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+_SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+               "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+"""CPU feature flags that decide which kernels ONNX Runtime, torch and FAISS can use."""
+
+
+def _cpu_flags() -> list[str]:
+    for line in _read("/proc/cpuinfo").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return [flag for flag in _SIMD_FLAGS if flag in present]
+    return []
+
+
 def _ram_gib() -> float | None:
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
@@ -91,10 +105,12 @@ def _gpus() -> list[str]:
 
 
 def describe_machine() -> dict[str, Any]:
-    """JSON-serialisable facts: cpu, logical_cores, usable_cores, ram_gib, os, python, gpus, versions, and
-    load_average (1, 5, 15 min) when this was called: other work on the machine skews the numbers."""
+    """JSON-serialisable facts: cpu, cpu_flags (the SIMD ones), logical_cores, usable_cores, ram_gib, os,
+    python, gpus, versions, and load_average (1, 5, 15 min) when this was called: other work on the
+    machine skews the numbers."""
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "ram_gib": _ram_gib(),

@@ -56,26 +56,23 @@ def engine_plot(result: dict[str, Any]) -> bytes:
 
 
 def serve_plot(result: dict[str, Any]) -> bytes:
-    """QPS per serving mode next to offline images/s; p50 / p99 latency per mode."""
-    figure, (rate, latency) = _figure(2)
-    modes = result["modes"]
-    names = [*modes, "offline engine"]
-    values = [m["qps"] for m in modes.values()] + [result["offline"]["images_per_s"]]
-    bars = rate.bar(names, values, color=["tab:blue"] * len(modes) + ["tab:gray"])
-    rate.bar_label(bars, fmt="%.0f")
-    rate.set_ylabel("requests/s (offline: images/s)")
-    rate.set_title(f"{result['config']['clients']} clients, batch <= {result['config']['max_batch']}")
-    positions = range(len(modes))
-    latency.bar(
-        [p - 0.2 for p in positions], [m["latency"]["p50_ms"] for m in modes.values()], 0.4, label="p50"
-    )
-    latency.bar(
-        [p + 0.2 for p in positions], [m["latency"]["p99_ms"] for m in modes.values()], 0.4, label="p99"
-    )
-    latency.set_xticks(list(positions), list(modes))
-    latency.set_ylabel("ms per request")
-    latency.set_title("request latency")
-    latency.legend()
+    """QPS and p99 latency vs concurrency, one line per server (bare servers dashed)."""
+    figure, (rate, tail) = _figure(2)
+    for name, server in result["servers"].items():
+        levels = [int(c) for c in server["rows"]]
+        rows = list(server["rows"].values())
+        style = "--" if server["kind"] == "bare" else "-"
+        rate.plot(levels, [r["qps"] for r in rows], style, marker="o", label=name)
+        tail.plot(levels, [(r["latency"] or {}).get("p99_ms", float("nan")) for r in rows], style, marker="o",
+                  label=name)
+    for axes, title, unit in ((rate, "throughput", "requests/s"), (tail, "p99 latency", "ms")):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xlabel("concurrent callers")
+        axes.set_ylabel(unit)
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+    rate.legend(fontsize=7)
     return _png(figure)
 
 

@@ -16,7 +16,8 @@ __all__ = [
     "engine_markdown",
     "index_markdown",
     "machine_markdown",
-    "serve_markdown",
+    "number",
+    "table",
     "targets_markdown",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -39,7 +40,8 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _num(value: Any, digits: int = 1) -> str:
+def number(value: Any, digits: int = 1) -> str:
+    """A table cell: thousands separators, ``digits`` decimals for floats, "–" for None / non-finite."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, int):
@@ -47,7 +49,8 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -67,7 +70,8 @@ def machine_markdown(machine: dict[str, Any]) -> str:
     lines = [
         f"- CPU: {machine['cpu']}, {machine['usable_cores']} usable cores "
         f"({machine['logical_cores']} logical)",
-        f"- RAM: {_num(machine['ram_gib'])} GiB",
+        f"- CPU flags (SIMD): {' '.join(machine.get('cpu_flags') or []) or '–'}",
+        f"- RAM: {number(machine['ram_gib'])} GiB",
         f"- GPU: {', '.join(machine['gpus']) or 'none'}",
         f"- OS: {machine['os']}",
         f"- Python {machine['python']}; {versions}",
@@ -88,7 +92,7 @@ def commands_markdown(commands: Sequence[str]) -> str:
 
 
 def _cost_cells(cost: dict[str, Any]) -> list[str]:
-    return [_num(cost.get("params"), 0), _num(cost.get("flops"), 0)]
+    return [number(cost.get("params"), 0), number(cost.get("flops"), 0)]
 
 
 def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
@@ -101,7 +105,7 @@ def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
         f"per point. ONNX Runtime intra-op threads: {threads['onnxruntime_intra_op']}; torch threads: "
         f"{threads['torch']}. Latency is per `Engine.embed` call (one batch).",
         "",
-        *_table(
+        *table(
             ["bundle", "role", "input (HxW)", "dim", "params", "MACs", "max batch"],
             [
                 [
@@ -119,18 +123,18 @@ def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
     ]
     if image:
         lines += [f"![engine latency and throughput]({image})", ""]
-    lines += _table(
+    lines += table(
         ["bundle", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "first call ms"],
         [
             [
                 r["bundle"],
                 r["backend"],
                 str(p["batch"]),
-                _num(p["p50_ms"], 2),
-                _num(p["p90_ms"], 2),
-                _num(p["p99_ms"], 2),
-                _num(p["images_per_s"]),
-                _num(p["first_call_ms"]),
+                number(p["p50_ms"], 2),
+                number(p["p90_ms"], 2),
+                number(p["p99_ms"], 2),
+                number(p["images_per_s"]),
+                number(p["first_call_ms"]),
             ]
             for r in result["results"]
             for p in r["points"]
@@ -152,13 +156,13 @@ def _ratio_lines(ratios: Sequence[dict[str, Any]]) -> list[str]:
             [
                 r["backend"],
                 str(r["batch"]),
-                _num(r["student_images_per_s"]),
-                _num(r["teacher_images_per_s"]),
-                _num(r["throughput_ratio"], 2),
-                _num(r["latency_ratio"], 2),
-                _num(r["flops_ratio"], 2),
-                _num(r["params_ratio"], 2),
-                _num(efficiency, 2),
+                number(r["student_images_per_s"]),
+                number(r["teacher_images_per_s"]),
+                number(r["throughput_ratio"], 2),
+                number(r["latency_ratio"], 2),
+                number(r["flops_ratio"], 2),
+                number(r["params_ratio"], 2),
+                number(efficiency, 2),
             ]
         )
     intro = (
@@ -177,7 +181,7 @@ def _ratio_lines(ratios: Sequence[dict[str, Any]]) -> list[str]:
         "params ratio",
         "speed-up / FLOPs ratio",
     ]
-    return [intro, "", *_table(header, rows), ""]
+    return [intro, "", *table(header, rows), ""]
 
 
 def _engine_only_lines(result: dict[str, Any]) -> list[str]:
@@ -192,8 +196,8 @@ def _engine_only_lines(result: dict[str, Any]) -> list[str]:
             else:
                 lines.append(
                     f"- {run['bundle']} / {run['backend']} engine-only (GPU timers), batch "
-                    f"{entry['batch']}: p50 {_num(entry['p50_ms'], 3)} ms, p99 "
-                    f"{_num(entry['p99_ms'], 3)} ms, {_num(entry['images_per_s'])} images/s"
+                    f"{entry['batch']}: p50 {number(entry['p50_ms'], 3)} ms, p99 "
+                    f"{number(entry['p99_ms'], 3)} ms, {number(entry['images_per_s'])} images/s"
                 )
     return ["TensorRT engine-only latency:", "", *lines, ""] if lines else []
 
@@ -206,56 +210,6 @@ def _unavailable_lines(result: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
-    """Per-mode QPS and latency next to the offline engine, and the ratios."""
-    cfg, offline = result["config"], result["offline"]
-    lines = [
-        f"Target: {result['target']}; engine {result['engine']['backend']} on {result['engine']['device']}; "
-        f"gallery {_num(result['gallery_size'], 0)} items; {cfg['clients']} concurrent clients (one gRPC "
-        f"channel each) sending Search (k={cfg['k']}) with JPEGs of {result['payload_source']} "
-        f"(mean {_num(result['payload_bytes_mean'], 0)} bytes) for {cfg['seconds']:g} s per mode; server "
-        f"batching up to {cfg['max_batch']} images within {cfg['max_wait_ms']:g} ms; FAISS search threads: "
-        f"{cfg.get('search_threads') or 'default'}.",
-        "",
-    ]
-    rows = []
-    for mode, run in result["modes"].items():
-        batching = run.get("batching", {})
-        errors = sum(run["errors"].values())
-        rows.append(
-            [
-                mode,
-                _num(run["requests"], 0),
-                _num(run["qps"]),
-                _num(run["latency"]["p50_ms"], 2),
-                _num(run["latency"]["p90_ms"], 2),
-                _num(run["latency"]["p99_ms"], 2),
-                _num(batching.get("mean_batch_size"), 2),
-                str(errors),
-            ]
-        )
-    rows.append(
-        [
-            f"offline engine, batch {offline['batch']}",
-            _num(offline["calls"] * offline["batch"], 0),
-            f"{_num(offline['images_per_s'])} images/s",
-            _num(offline["p50_ms"], 2),
-            _num(offline["p90_ms"], 2),
-            _num(offline["p99_ms"], 2),
-            str(offline["batch"]),
-            "0",
-        ]
-    )
-    lines += _table(["mode", "requests", "QPS", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors"], rows)
-    lines += [
-        "",
-        *[f"- {name.replace('_', ' ')}: {_num(value, 2)}" for name, value in result["ratios"].items()],
-    ]
-    if image:
-        lines += ["", f"![serving throughput and latency]({image})"]
-    return "\n".join(lines).rstrip() + "\n"
-
-
 def index_markdown(
     ingest: dict[str, Any] | None, search: dict[str, Any] | None, image: str | None = None
 ) -> str:
@@ -266,7 +220,7 @@ def index_markdown(
             f"Ingestion: real `build_index` (flat) of `{ingest['images_dir']}` with {ingest['workers']} "
             f"decode workers at batch {ingest['batch']} on {ingest['engine']['backend']}.",
             "",
-            *_table(
+            *table(
                 [
                     "images",
                     "skipped",
@@ -278,13 +232,13 @@ def index_markdown(
                 ],
                 [
                     [
-                        _num(ingest["images"], 0),
-                        _num(ingest["skipped"], 0),
-                        _num(ingest["seconds"], 2),
-                        _num(ingest["images_per_s"]),
-                        _num(ingest["offline"]["images_per_s"]),
-                        _num(ingest["busy_fraction"], 2),
-                        _num(ingest["pipeline_engine_busy_fraction"], 2),
+                        number(ingest["images"], 0),
+                        number(ingest["skipped"], 0),
+                        number(ingest["seconds"], 2),
+                        number(ingest["images_per_s"]),
+                        number(ingest["offline"]["images_per_s"]),
+                        number(ingest["busy_fraction"], 2),
+                        number(ingest["pipeline_engine_busy_fraction"], 2),
                     ]
                 ],
             ),
@@ -301,10 +255,17 @@ def _search_lines(search: dict[str, Any], image: str | None) -> list[str]:
         f"Search: {cfg['vectors']} random unit vectors of dim {search['dim']} (seed {cfg['seed']}), one "
         f"query per call through `GalleryIndex.search`, up to {cfg['max_queries']} queries or "
         f"{cfg['search_seconds']:g} s per point; recall@{cfg['k']} vs exact search on up to "
-        f"{cfg['recall_queries']} of them. IVF / IVF-PQ: nlist <= {cfg['nlist_max']}, nprobe "
-        f"{cfg['nprobe']}, trained on at most {cfg['train_max']:,} items (the rest added afterwards), PQ "
+        f"{cfg['recall_queries']} of them. Approximate types run at their operating point: the smallest "
+        f"nprobe / efSearch reaching recall@{cfg['k']} >= {cfg.get('target_recall', 0.95)} on a separate "
+        f"draw of {cfg.get('tune_queries', 100)} queries (column options; the tuning trace is in the JSON). "
+        f"IVF / IVF-PQ: nlist <= {cfg['nlist_max']}, "
+        f"trained on at most {cfg['train_max']:,} items (the rest added afterwards), PQ "
         f"re-ranked exactly (refine 4); HNSW M {cfg['hnsw_m']}, efConstruction "
-        f"{cfg['ef_construction']}, efSearch {cfg['ef_search']}. FAISS threads: all cores to build, "
+        f"{cfg['ef_construction']}. milvus-* rows are the Milvus store (embedded milvus-lite, one process, "
+        "through pymilvus' gRPC client): every query pays an RPC and milvus-lite's own search, so expect "
+        "milliseconds where in-process FAISS takes a fraction of one; its case is sharing one gallery "
+        "between replicas and growing beyond one machine (a Milvus cluster), not single-node latency. "
+        "FAISS threads: all cores to build, "
         f"{cfg.get('search_threads') or 'the default'} to search (one query per call gains nothing "
         "from more).",
         "",
@@ -313,19 +274,20 @@ def _search_lines(search: dict[str, Any], image: str | None) -> list[str]:
         lines += [f"![index search latency, recall and build time]({image})", ""]
     rows = [
         [
-            _num(r["size"], 0),
+            number(r["size"], 0),
             r["type"],
-            _num(r["build_s"], 2),
-            _num(r["latency"]["p50_ms"], 3),
-            _num(r["latency"]["p99_ms"], 3),
-            _num(r["qps"]),
-            _num(r["recall"], 3),
-            _num(r["latency"]["calls"], 0),
+            number(r["build_s"], 2),
+            number(r["latency"]["p50_ms"], 3),
+            number(r["latency"]["p99_ms"], 3),
+            number(r["qps"]),
+            number(r["recall"], 3)
+            + ("" if (r.get("operating_point") or {}).get("reached", True) else " (below target)"),
+            number(r["latency"]["calls"], 0),
             ", ".join(f"{k}={v}" for k, v in r["options"].items() if k != "seed") or "–",
         ]
         for r in search["rows"]
     ]
-    lines += _table(
+    lines += table(
         [
             "size",
             "type",
@@ -342,7 +304,7 @@ def _search_lines(search: dict[str, Any], image: str | None) -> list[str]:
     if search["skipped"]:
         lines += [
             "",
-            *[f"- {s['type']} at {_num(s['size'], 0)}: skipped ({s['reason']})" for s in search["skipped"]],
+            *[f"- {s['type']} at {number(s['size'], 0)}: skipped ({s['reason']})" for s in search["skipped"]],
         ]
     return [*lines, ""]
 
@@ -351,7 +313,7 @@ def targets_markdown(targets: Sequence[dict[str, Any]]) -> str:
     """One row per target: status met / NOT met / not measured."""
     status = {True: "met", False: "**not met**", None: "not measured"}
     rows = [
-        [t["target"], _num(t["measured"], 2), _num(t["threshold"], 2), status[t["met"]], t["detail"]]
+        [t["target"], number(t["measured"], 2), number(t["threshold"], 2), status[t["met"]], t["detail"]]
         for t in targets
     ]
-    return "\n".join(_table(["target", "measured", "threshold", "status", "detail"], rows)) + "\n"
+    return "\n".join(table(["target", "measured", "threshold", "status", "detail"], rows)) + "\n"

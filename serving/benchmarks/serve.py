@@ -1,23 +1,30 @@
-"""Serving benchmark: N concurrent gRPC clients send Search with real JPEG bytes for a fixed time.
+"""Serving benchmark: servers in their own processes, driven by a load generator in other processes.
 
-In-process mode starts a real server (`serving.server.create_server` on 127.0.0.1 port 0 over a real
-`RetrievalService`) twice: with server-side dynamic batching, and with batching disabled (every request
-runs alone). ``target`` mode loads a running server instead (its batching is whatever it was started
-with). Each client is a thread with its own channel (`RetrievalClient`). The engine's offline images/s at
-the server's batch size is measured on the same engine for comparison (serve QPS / offline images/s).
+Servers, measured one after another in the same run with the same generator and payload sizes:
 
-Client threads share the process (and the CPU) with the in-process server: on a small machine that is
-part of what is measured, as it would be for clients on the same host.
+- ``bare (sync)``: `serving.benchmarks.bare_server`, the same proto and thread pool whose Search returns a
+  constant: the floor of a Python gRPC server on this machine; ``bare (aio)``: the same on ``grpc.aio``;
+- ``LABEL batched`` / ``LABEL unbatched``: ``cdd-serve`` (``python -m serving.server``) on each bundle
+  (the demo bundle and, when given, a realistic-cost one) with server-side batching on / off, and the
+  last bundle batched with ``instances`` engine workers (``LABEL batched, N instances``).
+
+Each gets closed-loop load at every concurrency level (QPS, p50/p99, server CPU per request from
+``/proc``, mean batch size from Stats, the generator's CPU share). On the last bundle's batched server,
+an open-loop run at ``saturation_fraction`` of its best QPS gives the tail ratio p99 / p50. An overload
+probe drives a demo server whose call cap is tiny far past it and checks that the excess gets
+RESOURCE_EXHAUSTED, nothing else fails, and ``/metrics`` counted every call the generator sent.
+The gallery of each cdd-serve is ``gallery_size`` random unit vectors (search cost of a real flat
+gallery of that size; the answers are not checked here).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
-import time
-from collections import Counter
-from collections.abc import Sequence
+import re
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,18 +33,15 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from serving.backends import Engine
-from serving.batcher import DynamicBatcher
-from serving.benchmarks.engine import measure_point
-from serving.benchmarks.index import faiss_search_threads
-from serving.benchmarks.latency import percentiles_ms
-from serving.bundle import Manifest
-from serving.client import RetrievalClient
+from serving._proto import retrieval_pb2 as pb
+from serving._proto import retrieval_pb2_grpc as pb_grpc
+from serving.benchmarks.engine import measure_point, open_first
+from serving.benchmarks.load_generator import LoadSpec, run_load
+from serving.benchmarks.server_process import ServerProcess
+from serving.bundle import Manifest, load_bundle
 from serving.index.gallery import GalleryIndex
-from serving.server import create_server
-from serving.service import RetrievalService
 
-__all__ = ["ServeBenchConfig", "bench_serve", "query_jpegs", "run_load"]
+__all__ = ["ServeBenchConfig", "bench_serve", "bench_target", "query_jpegs"]
 
 _LOG = logging.getLogger("serving.benchmarks")
 _JPEG_QUALITY = 90
@@ -45,37 +49,45 @@ _JPEG_QUALITY = 90
 
 @dataclass(frozen=True)
 class ServeBenchConfig:
-    """``clients`` concurrent callers for ``seconds`` per mode, top-``k`` searches; server batching with
-    ``max_batch`` images / ``max_wait_ms``; ``offline_seconds`` to time the engine alone; ``timeout`` per
-    call (s); ``payloads`` distinct JPEGs cycled by the clients (seeded by ``seed``); FAISS OpenMP threads
-    of the in-process server while loaded: ``search_threads`` (None = FAISS's default), see
-    `faiss_search_threads`."""
+    """Closed-loop load at each of ``concurrency`` for ``seconds``; cdd-serve batching up to ``max_batch``
+    within ``max_wait_ms``; top-``k``; ``offline_seconds`` timing each engine alone; ``gallery_size``
+    items; ``payloads`` distinct JPEGs (seeded by ``seed``); ``load_processes`` generator processes;
+    open loop at ``saturation_fraction`` of the best QPS; overload probe: ``overload_clients`` callers
+    against a cap of ``overload_cap`` calls; the last bundle also batched with ``instances`` engine
+    workers (0 or 1 = not measured); ``timeout`` s per call."""
 
-    clients: int = 16
-    seconds: float = 10.0
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    seconds: float = 5.0
     max_batch: int = 16
     max_wait_ms: float = 5.0
     k: int = 10
-    offline_seconds: float = 2.0
-    search_threads: int | None = 1
-    timeout: float = 30.0
+    offline_seconds: float = 3.0
+    gallery_size: int = 1280
     payloads: int = 64
+    load_processes: int = 1
+    saturation_fraction: float = 0.8
+    overload_clients: int = 64
+    overload_cap: int = 4
+    instances: int = 2
+    timeout: float = 60.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("clients", "max_batch", "k", "payloads"):
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"serve benchmark: concurrency levels must be >= 1, found {self.concurrency}")
+        for name in ("max_batch", "k", "payloads", "gallery_size", "load_processes", "overload_cap"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve benchmark: {name} must be >= 1, found {getattr(self, name)}")
         if self.seconds <= 0 or self.offline_seconds <= 0 or self.max_wait_ms < 0:
             raise ValueError("serve benchmark: seconds and offline seconds must be > 0, max_wait_ms >= 0")
+        if not 0 < self.saturation_fraction <= 1 or self.overload_clients <= self.overload_cap:
+            raise ValueError("serve benchmark: saturation_fraction in (0, 1], overload_clients > overload_cap")
 
 
 def _synthetic_picture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A blocky picture with noise (compresses like a photo crop, unlike pure noise); uint8 (h, w, 3)."""
     blocks = rng.integers(0, 256, size=(8, 4, 3)).astype(np.float32)
-    picture = np.kron(blocks, np.ones((height // 8 + 1, width // 4 + 1, 1), dtype=np.float32))[
-        :height, :width
-    ]
+    picture = np.kron(blocks, np.ones((height // 8 + 1, width // 4 + 1, 1), dtype=np.float32))[:height, :width]
     return np.clip(picture + rng.normal(0.0, 8.0, picture.shape), 0, 255).astype(np.uint8)
 
 
@@ -97,164 +109,190 @@ def query_jpegs(manifest: Manifest, count: int, seed: int, sources: Sequence[Pat
     return payloads
 
 
-def _client(
-    target: str,
-    payloads: Sequence[bytes],
-    offset: int,
-    cfg: ServeBenchConfig,
-    start: threading.Barrier,
-    window: dict[str, float],
-    out: list[tuple[float, float]],
-    errors: Counter,
-) -> None:
-    """One caller: a warm-up call, then Search in a loop until the shared window closes; appends
-    (latency s, completion time) to ``out`` and counts failures by status in ``errors`` (its own). A failure
-    before the start breaks the barrier so that nobody waits for this caller."""
+def _random_gallery(manifest: Manifest, size: int, seed: int, out: Path) -> Path:
+    """A flat index of ``size`` random unit vectors stamped with the bundle, metadata like cdd-index's."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(size, manifest.output.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = GalleryIndex(manifest.output.dim, "flat", metric=manifest.metric, bundle_sha256=manifest.sha256())
+    names = [f"{i // 8:04d}_c{i % 6 + 1}s1_{i:06d}_00.jpg" for i in range(size)]
+    metadata = [{"path": n, "file": n, "label": i // 8, "camera": i % 6} for i, n in enumerate(names)]
+    index.add(names, vectors, metadata)
+    index.save(out)
+    return out
+
+
+def _batch_counters(target: str) -> tuple[int, int] | None:
+    """(engine calls, images) from the server's Stats; None for a server without Stats (bare)."""
     try:
-        client = RetrievalClient(target, timeout=cfg.timeout)
-    except Exception:
-        start.abort()
-        raise
-    with client:
-        try:
-            client.search(payloads[offset % len(payloads)], k=cfg.k)
-        except grpc.RpcError as exc:
-            errors[f"warmup {exc.code().name}"] += 1
-        try:
-            start.wait()
-        except threading.BrokenBarrierError:
-            return
-        stop = window["start"] + cfg.seconds
-        i = offset
-        while time.perf_counter() < stop:
-            tick = time.perf_counter()
-            try:
-                client.search(payloads[i % len(payloads)], k=cfg.k)
-            except grpc.RpcError as exc:
-                errors[exc.code().name] += 1
-            else:
-                done = time.perf_counter()
-                out.append((done - tick, done))
-            i += 1
+        with grpc.insecure_channel(target) as channel:
+            stats = pb_grpc.RetrievalStub(channel).Stats(pb.StatsRequest(), timeout=10)
+    except grpc.RpcError:
+        return None
+    return stats.batching.batches, stats.batching.images
 
 
-def run_load(target: str, payloads: Sequence[bytes], cfg: ServeBenchConfig) -> dict[str, Any]:
-    """Run ``cfg.clients`` callers against ``target`` for ``cfg.seconds``: {"clients", "seconds" (start to
-    last completion), "requests", "errors" {status: n}, "qps", "latency" (`percentiles_ms`)}.
-    Raises RuntimeError when no call succeeded (the first error named)."""
-    window: dict[str, float] = {}
-    start = threading.Barrier(
-        cfg.clients + 1, action=lambda: window.__setitem__("start", time.perf_counter())
-    )
-    per_client: list[list[tuple[float, float]]] = [[] for _ in range(cfg.clients)]
-    per_client_errors: list[Counter] = [Counter() for _ in range(cfg.clients)]
-    threads = [
-        threading.Thread(
-            target=_client,
-            args=(target, payloads, i * 7, cfg, start, window, per_client[i], per_client_errors[i]),
-            name=f"bench-client-{i}",
-            daemon=True,
-        )
-        for i in range(cfg.clients)
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        start.wait(timeout=cfg.timeout + 30.0)
-    except threading.BrokenBarrierError:
-        start.abort()
-        for thread in threads:
-            thread.join()
-        errors = sum(per_client_errors, Counter())
-        raise RuntimeError(
-            f"the load generator could not start {cfg.clients} clients against {target} (warm-up errors: "
-            f"{dict(errors) or 'none recorded'}); check that the server is up"
-        ) from None
-    for thread in threads:
-        thread.join()
-    errors = sum(per_client_errors, Counter())
-    done = [item for samples in per_client for item in samples]
-    if not done:
-        raise RuntimeError(f"no Search call to {target} succeeded; errors: {dict(errors) or 'none recorded'}")
-    elapsed = max(end for _, end in done) - window["start"]
-    return {
-        "clients": cfg.clients,
-        "seconds": elapsed,
-        "requests": len(done),
-        "errors": dict(errors),
-        "qps": len(done) / elapsed,
-        "latency": percentiles_ms([latency for latency, _ in done]),
-    }
+def _measure(server: ServerProcess, payloads: Sequence[bytes], clients: int, cfg: ServeBenchConfig,
+             rate: float | None = None) -> dict[str, Any]:
+    """One load run against ``server`` with its CPU time and batch counters read around the window."""
+    target = f"127.0.0.1:{server.port}"
+    marks: dict[str, Any] = {}
 
+    def mark(when: str) -> Callable[[], None]:
+        return lambda: marks.update({f"{when}_cpu": server.cpu_seconds(), f"{when}_batches": _batch_counters(target)})
 
-def _serve_mode(
-    engine: Engine,
-    index: GalleryIndex,
-    manifest: Manifest,
-    payloads: Sequence[bytes],
-    cfg: ServeBenchConfig,
-    batching: bool,
-) -> dict[str, Any]:
-    """Start an in-process server (batching on or off), load it, stop it; the load result + batcher stats."""
-    max_batch = min(cfg.max_batch, manifest.batch.max)
-    batcher = DynamicBatcher(engine.embed, max_batch=max_batch, max_wait_ms=cfg.max_wait_ms, enabled=batching)
-    service = RetrievalService(engine, index, manifest, batcher=batcher)
-    server, port = create_server(service, port=0, host="127.0.0.1", max_workers=cfg.clients + 4)
-    server.start()
-    try:
-        service.warmup()
-        with faiss_search_threads(cfg.search_threads):
-            result = run_load(f"127.0.0.1:{port}", payloads, cfg)
-    finally:
-        server.stop(1.0).wait()
-        service.close()
-    result["batching"] = asdict(batcher.stats())
-    _LOG.info(
-        "serve %s: %.1f QPS, p50 %.1f ms, p99 %.1f ms, mean batch %.2f",
-        "batched" if batching else "unbatched",
-        result["qps"],
-        result["latency"]["p50_ms"],
-        result["latency"]["p99_ms"],
-        result["batching"]["mean_batch_size"],
-    )
+    spec = LoadSpec(target, clients, cfg.seconds, cfg.k, cfg.timeout, rate, cfg.load_processes)
+    result = run_load(spec, payloads, on_start=mark("start"), on_end=mark("end"))
+    if marks["start_cpu"] is not None and marks["end_cpu"] is not None:
+        cpu = marks["end_cpu"] - marks["start_cpu"]
+        result["server_cpu_s"] = cpu
+        result["server_cpu_ms_per_request"] = cpu * 1000.0 / result["requests"] if result["requests"] else None
+    before, after = marks["start_batches"], marks["end_batches"]
+    calls = after[0] - before[0] if before and after else 0
+    result["mean_batch"] = (after[1] - before[1]) / calls if calls else None
+    latency = result["latency"] or {}
+    _LOG.info("serve %s, %d clients%s: %.1f QPS, p50 %.1f ms, p99 %.1f ms, codes %s", server.name, clients,
+              f", open loop {rate:.1f}/s" if rate else "", result["qps"], latency.get("p50_ms", float("nan")),
+              latency.get("p99_ms", float("nan")), result["codes"])
     return result
 
 
-def bench_serve(
-    engine: Engine,
-    manifest: Manifest,
-    cfg: ServeBenchConfig,
-    *,
-    index: GalleryIndex | None = None,
-    target: str | None = None,
-    sources: Sequence[Path] = (),
-) -> dict[str, Any]:
-    """Serve QPS and latency with and without server-side batching (in-process, needs ``index``) or against
-    ``target`` (one mode, "target"), plus the engine's offline images/s at the server batch size and the
-    ratios serve QPS / offline images/s. Raises ValueError when neither or both of index/target are given."""
-    if (index is None) == (target is None):
-        raise ValueError("serve benchmark: give exactly one of an index (in-process server) or --target")
+def _cdd_serve(bundle: Path, index: Path, cfg: ServeBenchConfig, batch: int, name: str, backend: str,
+               cap: int, metrics: bool = False, instances: int = 1) -> ServerProcess:
+    args = ["--bundle", str(bundle), "--index", str(index), "--port", "0", "--backend", backend,
+            "--instances", str(instances), "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
+            "--max-concurrent-rpcs", str(cap), "--max-workers", str(max(cap + 8, 32)),
+            "--max-deadline-s", f"{cfg.timeout:g}", "--log-level", "INFO"]
+    return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name)
+
+
+def _bare(cfg: ServeBenchConfig, aio: bool) -> ServerProcess:
+    args = ["--k", str(cfg.k), "--max-workers", str(max(cfg.concurrency) + 8), *(["--aio"] if aio else [])]
+    return ServerProcess("serving.benchmarks.bare_server", args, "bare (aio)" if aio else "bare (sync)")
+
+
+def _rows(server: ServerProcess, payloads: Sequence[bytes], cfg: ServeBenchConfig,
+          tail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Closed-loop rows at every concurrency level; with ``tail`` (a dict to fill), then the open-loop run
+    at ``saturation_fraction`` of the best of those rows, on the same server process."""
+    with server:
+        rows = {str(c): _measure(server, payloads, c, cfg) for c in cfg.concurrency}
+        if tail is not None:
+            rate = max(row["qps"] for row in rows.values()) * cfg.saturation_fraction
+            run = _measure(server, payloads, max(cfg.concurrency) * 4, cfg, rate=rate)
+            latency = run["latency"]
+            tail.update(run, rate=rate, p99_over_p50=latency["p99_ms"] / latency["p50_ms"] if latency else None)
+    return rows
+
+
+def _metric_total(text: str, method: str) -> dict[str, float]:
+    pattern = re.compile(rf'^cdd_requests_total{{code="(\w+)",method="{method}"}} (\S+)$', re.M)
+    return {code: float(value) for code, value in pattern.findall(text)}
+
+
+def _overload_probe(bundle: Path, index: Path, payloads: Sequence[bytes], cfg: ServeBenchConfig,
+                    backend: str) -> dict[str, Any]:
+    """Drive a server capped at ``overload_cap`` calls with ``overload_clients`` callers: codes seen by
+    the generator vs ``/metrics``' counts."""
+    server = _cdd_serve(bundle, index, cfg, cfg.max_batch, "overload probe", backend, cfg.overload_cap, True)
+    with server:
+        spec = LoadSpec(f"127.0.0.1:{server.port}", cfg.overload_clients, min(cfg.seconds, 3.0), cfg.k,
+                        cfg.timeout, None, cfg.load_processes)
+        run = run_load(spec, payloads)
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    metrics = _metric_total(text, "Search")
+    sent: dict[str, int] = {}
+    for codes in (run["codes"], run["warmup_codes"]):
+        for code, n in codes.items():
+            sent[code] = sent.get(code, 0) + n
+    result = {"clients": cfg.overload_clients, "cap": cfg.overload_cap, "generator_codes": sent,
+              "metrics_codes": metrics, "qps": run["qps"]}
+    result["metrics_match"] = {c: float(n) for c, n in sent.items()} == metrics
+    _LOG.info("overload probe: generator saw %s, /metrics counted %s", sent, metrics)
+    return result
+
+
+def _offline(bundle: Path, manifest: Manifest, backend: str, threads: int, cfg: ServeBenchConfig) -> dict:
+    engine, _, _ = open_first(bundle, manifest, [backend], threads)
     batch = min(cfg.max_batch, manifest.batch.max)
-    payloads = query_jpegs(manifest, cfg.payloads, cfg.seed, sources)
-    offline = measure_point(engine, batch, warmup=2, seconds=cfg.offline_seconds, seed=cfg.seed)
-    if target is not None:
-        modes = {"target": run_load(target, payloads, cfg)}
-    else:
-        modes = {
-            "batched": _serve_mode(engine, index, manifest, payloads, cfg, batching=True),
-            "unbatched": _serve_mode(engine, index, manifest, payloads, cfg, batching=False),
-        }
-    ratios = {f"{mode}_qps_over_offline": r["qps"] / offline["images_per_s"] for mode, r in modes.items()}
-    if "batched" in modes:
-        ratios["batched_qps_over_unbatched"] = modes["batched"]["qps"] / modes["unbatched"]["qps"]
+    return measure_point(engine, batch, warmup=2, seconds=cfg.offline_seconds, seed=cfg.seed)
+
+
+def _peak(rows: dict[str, Any]) -> float:
+    return max(row["qps"] for row in rows.values())
+
+
+def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str = "onnxruntime-cpu",
+                threads: int = 1, sources: Sequence[Path] = ()) -> dict[str, Any]:
+    """The benchmark above for ``bundles`` {label: bundle dir}; the first is the demo bundle (bare servers
+    and the overload probe use its payloads), the last gets the tail run. Returns a JSON-able dict."""
+    if not bundles:
+        raise ValueError("serve benchmark: give at least one bundle")
+    manifests = {label: load_bundle(path) for label, path in bundles.items()}
+    payloads = {label: query_jpegs(m, cfg.payloads, cfg.seed, sources) for label, m in manifests.items()}
+    first, last = next(iter(bundles)), list(bundles)[-1]
+    servers: dict[str, Any] = {}
+    for aio in (False, True):
+        bare = _bare(cfg, aio)
+        servers[bare.name] = {"kind": "bare", "bundle": None, "rows": _rows(bare, payloads[first], cfg)}
+    offline: dict[str, Any] = {}
+    tail: dict[str, Any] = {"bundle": last}
+    with tempfile.TemporaryDirectory(prefix="cdd-bench-serve-") as tmp:
+        indexes = {label: _random_gallery(m, cfg.gallery_size, cfg.seed, Path(tmp) / label)
+                   for label, m in manifests.items()}
+        for label, bundle in bundles.items():
+            offline[label] = _offline(bundle, manifests[label], backend, threads, cfg)
+            batch = min(cfg.max_batch, manifests[label].batch.max)
+            cap = max(cfg.concurrency) * 4 + 8
+            for mode, size in (("batched", batch), ("unbatched", 1)):
+                server = _cdd_serve(bundle, indexes[label], cfg, size, f"{label} {mode}", backend, cap)
+                rows = _rows(server, payloads[label], cfg, tail if (label, mode) == (last, "batched") else None)
+                servers[server.name] = {"kind": mode, "bundle": label, "rows": rows}
+            if label == last and cfg.instances > 1:
+                server = _cdd_serve(bundle, indexes[label], cfg, batch, f"{label} batched, {cfg.instances} instances",
+                                    backend, cap, instances=cfg.instances)
+                servers[server.name] = {"kind": "batched", "bundle": label, "rows": _rows(server, payloads[label], cfg)}
+        probe = _overload_probe(bundles[first], indexes[first], payloads[first], cfg, backend)
     return {
-        "target": target or "in-process (127.0.0.1, port 0)",
-        "config": {**asdict(cfg), "max_batch": batch},
-        "engine": engine.describe(),
-        "gallery_size": len(index) if index is not None else None,
-        "payload_bytes_mean": float(np.mean([len(p) for p in payloads])),
+        "config": asdict(cfg),
+        "backend": backend,
+        "threads": threads,
+        "bundles": {label: {"path": str(path), "name": manifests[label].name,
+                            "input": f"{manifests[label].input.height}x{manifests[label].input.width}",
+                            "payload_bytes_mean": float(np.mean([len(p) for p in payloads[label]]))}
+                    for label, path in bundles.items()},
         "payload_source": "folder images resized to the input size" if sources else "synthetic pictures",
         "offline": offline,
-        "modes": modes,
-        "ratios": ratios,
+        "servers": servers,
+        "tail": tail,
+        "overload": probe,
+        "ratios": _ratios(servers, offline, tail, first, last),
     }
+
+
+def _ratios(servers: dict[str, Any], offline: dict[str, Any], tail: dict[str, Any], first: str,
+            last: str) -> dict[str, float | None]:
+    bare = _peak(servers["bare (sync)"]["rows"])
+    ratios: dict[str, float | None] = {
+        "aio_bare_over_sync_bare": _peak(servers["bare (aio)"]["rows"]) / bare,
+        f"{first}_over_bare": _peak(servers[f"{first} batched"]["rows"]) / bare,
+    }
+    for label in offline:
+        batched, unbatched = servers[f"{label} batched"]["rows"], servers[f"{label} unbatched"]["rows"]
+        ratios[f"{label}_over_offline"] = _peak(batched) / offline[label]["images_per_s"]
+        ratios[f"{label}_batched_over_unbatched"] = _peak(batched) / _peak(unbatched)
+    ratios[f"{last}_p99_over_p50_at_saturation_fraction"] = tail["p99_over_p50"]
+    return ratios
+
+
+def bench_target(target: str, manifest: Manifest, cfg: ServeBenchConfig,
+                 sources: Sequence[Path] = ()) -> dict[str, Any]:
+    """Closed-loop load at each concurrency level against a running server ``target`` (its codes, QPS,
+    latency; no server CPU or offline comparison)."""
+    payloads = query_jpegs(manifest, cfg.payloads, cfg.seed, sources)
+    rows = {}
+    for clients in cfg.concurrency:
+        spec = LoadSpec(target, clients, cfg.seconds, cfg.k, cfg.timeout, None, cfg.load_processes)
+        rows[str(clients)] = run_load(spec, payloads)
+    return {"config": asdict(cfg), "target": target, "rows": rows}

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.benchmarks import plots, report
+from serving.benchmarks import plots, report, serve_report
 from serving.benchmarks.engine import (
     EngineBenchConfig,
     bench_engine,
@@ -20,19 +20,20 @@ from serving.benchmarks.engine import (
     parse_backends,
 )
 from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
+from serving.benchmarks.ingest_split import bench_ingest_split, split_markdown
 from serving.benchmarks.machine import describe_machine
-from serving.benchmarks.serve import ServeBenchConfig, bench_serve
+from serving.benchmarks.serve import ServeBenchConfig, bench_serve, bench_target
 from serving.benchmarks.targets import evaluate_targets
 from serving.bundle import load_bundle
-from serving.index.build import build_index, items_from_folder
-from serving.index.gallery import GalleryIndex
+from serving.index.build import items_from_folder
 
-__all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_serve"]
+__all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_serve", "serve_bundles"]
 
 _LOG = logging.getLogger("serving.benchmarks")
 SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
 """Backends ``--backend auto`` tries, in order, for serving and ingestion."""
 _QUERY_SOURCES = 64
+_REALISTIC_INGEST_IMAGES = 64
 
 
 def _header(title: str, machine: dict[str, Any], commands: Sequence[str]) -> list[str]:
@@ -90,41 +91,48 @@ def _query_sources(images: Path | None) -> list[Path]:
     return [item.path for item in items_from_folder(images)[:_QUERY_SOURCES]]
 
 
+def serve_bundles(demo: Path, realistic: Path | None) -> dict[str, Path]:
+    """{"demo": demo, "realistic": realistic} (the realistic one only when given and present, else logged)."""
+    bundles = {"demo": demo}
+    if realistic is not None and (realistic / "manifest.json").is_file():
+        bundles["realistic"] = realistic
+    elif realistic is not None:
+        _LOG.warning("no realistic bundle at %s (make bench-bundle); its serving targets are not measured",
+                     realistic)
+    return bundles
+
+
 def run_serve(
     bundle: Path,
     cfg: ServeBenchConfig,
     out: Path,
     *,
-    index: GalleryIndex | Path | None = None,
+    realistic: Path | None = None,
     images: Path | None = None,
     target: str | None = None,
-    backend: str = "auto",
+    backend: str = "onnxruntime-cpu",
     threads: int = 1,
     commands: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Serving benchmark -> ``out/serve.{json,md,png}``. The gallery: ``index`` (object or saved folder),
-    else a flat index built from ``images``; none for ``target``. Query JPEGs come from ``images`` when
-    given. ``backend`` "auto" = the first of tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu that opens."""
-    manifest = load_bundle(bundle)
-    names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
-    engine, name, skipped = open_first(bundle, manifest, names, threads)
-    if isinstance(index, Path):
-        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256())
-    elif index is None and target is None:
-        if images is None:
-            raise ValueError(
-                "serve: give --index DIR, --images DIR (to build a gallery) or --target HOST:PORT"
-            )
-        index = _flat_index(engine, manifest, images)
+    """Serving benchmark -> ``out/serve.{json,md,png}``: bare servers and cdd-serve on ``bundle`` (and
+    ``realistic``) side by side, or only the load against a running ``target``. Query JPEGs come from
+    ``images`` when given."""
     machine = describe_machine()
-    result = bench_serve(engine, manifest, cfg, index=index, target=target, sources=_query_sources(images))
-    result.update(backend=name, skipped_backends=skipped, threads=threads)
+    sources = _query_sources(images)
+    if target is not None:
+        result = bench_target(target, load_bundle(bundle), cfg, sources)
+        full = {"machine": machine, "commands": list(commands), "serve": result, "targets": []}
+        markdown = "\n".join([*_header("Serving benchmark (target)", machine, commands),
+                              serve_report.target_markdown(result)])
+        _write(out, "serve", full, markdown, {})
+        return full
+    result = bench_serve(serve_bundles(bundle, realistic), cfg, backend=backend, threads=threads, sources=sources)
     targets = evaluate_targets(serve=result)
     full = {"machine": machine, "commands": list(commands), "serve": result, "targets": targets}
     markdown = "\n".join(
         [
             *_header("Serving benchmark", machine, commands),
-            report.serve_markdown(result, "serve.png"),
+            serve_report.serve_markdown(result, "serve.png"),
             "",
             "## Targets",
             "",
@@ -133,11 +141,6 @@ def run_serve(
     )
     _write(out, "serve", full, markdown, {"serve.png": plots.serve_plot(result)})
     return full
-
-
-def _flat_index(engine: Any, manifest: Any, images: Path) -> GalleryIndex:
-    index, _ = build_index(engine, manifest, items_from_folder(images), progress=False)
-    return index
 
 
 def run_index(
@@ -153,9 +156,12 @@ def run_index(
     """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
     manifest = load_bundle(bundle)
     names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
-    engine, _, _ = open_first(bundle, manifest, names, threads)
+    engine, name, _ = open_first(bundle, manifest, names, threads)
     machine = describe_machine()
     ingest, _ = bench_ingest(engine, manifest, images, cfg)
+    del engine
+    ingest["splits"] = {bundle.name: bench_ingest_split(bundle, manifest, images, name, threads, ingest["batch"],
+                                                        cfg.offline_seconds, cfg.seed)}
     search = bench_search(manifest.output.dim, cfg)
     targets = evaluate_targets(ingest=ingest)
     full = {
@@ -168,6 +174,7 @@ def run_index(
         [
             *_header("Index benchmark", machine, commands),
             report.index_markdown(ingest, search, "index.png"),
+            *[line for label, split in ingest["splits"].items() for line in split_markdown(label, split)],
             "## Targets",
             "",
             report.targets_markdown(targets),
@@ -187,10 +194,12 @@ def run_all(
     serve_cfg: ServeBenchConfig,
     index_cfg: IndexBenchConfig,
     backend: str = "onnxruntime-cpu",
+    realistic: Path | None = None,
     commands: Sequence[str] = (),
 ) -> dict[str, Any]:
     """CPU engine (student + teacher), index and serving benchmarks -> ``out/benchmarks.{md,json}`` and
-    ``out/benchmarks-{engine,index,serve}.png``; serving searches the gallery built by the ingestion run."""
+    ``out/benchmarks-{engine,index,serve}.png``; serving runs the student as the demo bundle and
+    ``realistic`` (when present) as the realistic-cost one."""
     started = time.perf_counter()
     sources = _query_sources(index_images)  # a missing / empty folder fails here, before any benchmark
     bundles = label_bundles([student, teacher], roles=["student", "teacher"])
@@ -198,10 +207,18 @@ def run_all(
     machine = describe_machine()
     engine = bench_engine(bundles, engine_cfg)
     runner, _, _ = open_first(student, manifest, parse_backends(backend), engine_cfg.threads)
-    ingest, gallery = bench_ingest(runner, manifest, index_images, index_cfg)
+    ingest, _ = bench_ingest(runner, manifest, index_images, index_cfg)
+    del runner
+    serve_set = serve_bundles(student, realistic)
+    ingest["splits"] = {
+        label: bench_ingest_split(path, load_bundle(path), index_images, backend, engine_cfg.threads,
+                                  ingest["batch"], index_cfg.offline_seconds, index_cfg.seed,
+                                  max_images=0 if label == "demo" else _REALISTIC_INGEST_IMAGES)
+        for label, path in serve_set.items()
+    }
     search = bench_search(manifest.output.dim, index_cfg)
-    serve = bench_serve(runner, manifest, serve_cfg, index=gallery, sources=sources)
-    serve.update(backend=backend, threads=engine_cfg.threads)
+    serve = bench_serve(serve_set, serve_cfg, backend=backend,
+                        threads=engine_cfg.threads, sources=sources)
     targets = evaluate_targets(engine=engine, serve=serve, ingest=ingest)
     result = {
         "machine": machine,
@@ -235,11 +252,12 @@ def _all_markdown(result: dict[str, Any]) -> str:
             report.engine_markdown(result["engine"], "benchmarks-engine.png"),
             "## Serving",
             "",
-            report.serve_markdown(result["serve"], "benchmarks-serve.png"),
+            serve_report.serve_markdown(result["serve"], "benchmarks-serve.png"),
             "",
             "## Gallery index",
             "",
             report.index_markdown(ingest, search, "benchmarks-index.png"),
+            *[line for label, split in ingest.get("splits", {}).items() for line in split_markdown(label, split)],
             f"Total benchmark time: {result['seconds']:.0f} s.",
             "",
         ]

@@ -3,13 +3,20 @@
     cdd-index build  --bundle DIR (--images DIR | --list FILE | --layout NAME --root DIR [--split gallery])
                      --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
                      [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
+                     [--store faiss|milvus [--milvus-uri URI] [--collection NAME]] [--commit-every N] [--restart]
     cdd-index add    --index DIR --bundle DIR (--images DIR | --list FILE | --layout ...) [...]
     cdd-index remove --index DIR --ids ID [ID ...]
     cdd-index info   --index DIR [--recall [--queries N] [--k K]]
     cdd-index verify --index DIR --bundle DIR [--images DIR [--sample N]]
     cdd-index eval   --index DIR --bundle DIR --layout market1501 --root DIR
 
-Results go to stdout as JSON, progress and logs to stderr. Errors print one message and exit with 2.
+``add`` and ``remove`` take the index folder's writer lock from load to publish, so concurrent runs
+apply one after the other and keep every change; on a folder a running cdd-serve has open they are
+refused (change the gallery through the server instead). Approximate indexes are built at the operating
+point (nprobe / ef_search) that reaches recall@10 >= 0.95, stored in the index manifest.
+Results go to stdout as JSON, progress (done/total, images/s, ETA) and logs to stderr. Errors print one
+message and exit with 2. ``build`` commits its work in chunks to ``OUT.partial/``
+(`serving.index.build_journal`): run the same command again after a kill and it resumes there.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,16 +38,18 @@ from serving.compatibility import gallery_bundle_for
 from serving.index.build import (
     IngestStats,
     ItemSpec,
-    build_index,
     embed_paths,
     ingest,
     items_from_folder,
     items_from_layout,
     items_from_list,
 )
+from serving.index.build_journal import BuildJournal, journal_dir, plan_for
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
+from serving.index.gallery_backend import STORES, open_gallery
 from serving.index.recall import recall_at_k_vs_exact
+from serving.index.store_build import build_store
 
 __all__ = ["main"]
 
@@ -61,7 +71,10 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (cdd-export output)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--batch-size", type=int, default=None, help="images per engine call (default: max)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--workers", type=int, default=1, help="image decoding threads")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="ONNX Runtime CPU threads (default: cores - workers, at least 1; the split measured "
+                             "fastest by cdd-bench index, see docs/performance-notes.md)")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -74,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_source(build)
     build.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     build.add_argument("--index-type", default="flat", choices=INDEX_TYPES)
+    build.add_argument("--commit-every", type=int, default=1024,
+                       help="images per chunk committed to OUT.partial/; a killed build resumes from there")
+    build.add_argument("--restart", action="store_true", help="discard OUT.partial/ and start over")
     build.add_argument("--device", default="cpu", choices=DEVICES, help="where the index searches")
     build.add_argument(
         "--option",
@@ -82,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help=f"index tuning option, one of {', '.join(sorted(OPTION_KEYS))}",
     )
+    build.add_argument("--store", default="faiss", choices=STORES, help="where the items live (default faiss)")
+    build.add_argument("--milvus-uri", help="Milvus server URI (default: embedded milvus-lite under --out)")
+    build.add_argument("--collection", default="cdd_gallery", help="Milvus collection name")
     add = commands.add_parser("add", help="embed images and add them to an index")
     add.add_argument("--index", type=Path, required=True)
     _add_engine(add)
@@ -132,59 +151,85 @@ def _items(args: argparse.Namespace) -> list[ItemSpec]:
 
 def _engine(args: argparse.Namespace) -> tuple[Manifest, Engine]:
     manifest = load_bundle(args.bundle)
-    return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG)
+    workers = getattr(args, "workers", 1)
+    threads = getattr(args, "engine_threads", 0) or max(1, (os.cpu_count() or 1) - workers)
+    return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG, threads=threads)
 
 
-def _report(stats: IngestStats, index: GalleryIndex, version: Path) -> dict[str, Any]:
+def _report(stats: IngestStats, index: str | Path, count: int) -> dict[str, Any]:
     if stats.skipped:
         _LOG.warning(
             "skipped %d unreadable image(s):\n  %s",
             len(stats.skipped),
             "\n  ".join(f"{p}: {r}" for p, r in stats.skipped),
         )
-    return {"index": str(version.parent), "count": len(index), "ingest": stats.to_dict()}
+    return {"index": str(index), "count": count, "ingest": stats.to_dict()}
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
+    if args.store == "faiss" and (args.milvus_uri or args.collection != "cdd_gallery"):
+        raise ValueError("--milvus-uri and --collection go with --store milvus")
     manifest, engine = _engine(args)
-    index, stats = build_index(
+    options = _options(args.option)
+    plan = plan_for(manifest.sha256(), f"{args.store}:{args.index_type}", options,
+                    [(i.id, str(i.path)) for i in items])
+    journal = BuildJournal.open(journal_dir(args.out), plan, restart=args.restart)
+    if journal.committed:
+        _LOG.info("resuming: %d of %d items already committed in %s", journal.committed, len(items),
+                  journal.directory)
+    result = build_store(
         engine,
         manifest,
         items,
+        args.out,
+        store=args.store,
         index_type=args.index_type,
         device=args.device,
-        options=_options(args.option),
+        options=options,
+        milvus_uri=args.milvus_uri,
+        collection=args.collection,
         batch_size=args.batch_size,
         workers=args.workers,
         strict=args.strict,
         progress=not args.quiet,
+        journal=journal,
+        commit_every=args.commit_every,
     )
-    return _report(stats, index, index.save(args.out)) | {"backend": engine.describe()}
+    report = _report(result.stats, args.out, result.count)
+    journal.remove()
+    return report | {"backend": engine.describe(), "store": args.store, "operating_point": result.operating_point}
 
 
 def _add(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     manifest, engine = _engine(args)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
-    stats = ingest(
-        index,
-        engine,
-        manifest,
-        items,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        strict=args.strict,
-        progress=not args.quiet,
-    )
-    return _report(stats, index, index.save(args.index))
+    gallery = open_gallery(args.index, manifest.sha256(), role="writer")
+    try:
+        stats = ingest(
+            gallery,
+            engine,
+            manifest,
+            items,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+        count = len(gallery)
+    finally:
+        gallery.close()
+    return _report(stats, args.index, count)
 
 
 def _remove(args: argparse.Namespace) -> dict[str, Any]:
-    index = GalleryIndex.load(args.index)
-    removed = index.remove(args.ids)
-    index.save(args.index)
-    return {"index": str(args.index), "removed": removed, "count": len(index)}
+    gallery = open_gallery(args.index, role="writer")
+    try:
+        removed = gallery.remove(args.ids)
+        count = len(gallery)
+    finally:
+        gallery.close()
+    return {"index": str(args.index), "removed": removed, "count": count}
 
 
 def _info(args: argparse.Namespace) -> dict[str, Any]:

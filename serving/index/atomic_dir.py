@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serving.atomic_file import fsync_dir, fsync_file
 from serving.bundle import sha256_file
 from serving.index.errors import IndexCorruptError
 
@@ -31,14 +32,6 @@ __all__ = ["CHECKSUM_FILE", "POINTER_FILE", "publish", "resolve", "verify_checks
 POINTER_FILE = "CURRENT"
 CHECKSUM_FILE = "SHA256SUMS"
 _LOCK_FILE = ".lock"
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(directory: str | Path, write: Callable[[Path], None]) -> Path:
@@ -65,7 +58,10 @@ def publish(directory: str | Path, write: Callable[[Path], None]) -> Path:
 def _is_foreign(path: Path) -> bool:
     """True for an entry `publish` did not make (a lock, a killed writer's leftovers or a version)."""
     name = path.name
-    return not (name == _LOCK_FILE or name.startswith((".tmp-", f".{POINTER_FILE}.", "v-")))
+    ours = name in (_LOCK_FILE, ".serve.lock", ".write.lock") or name.startswith(
+        (".tmp-", f".{POINTER_FILE}.", "v-", "journal-", "milvus")
+    )
+    return not ours
 
 
 def _write_version(root: Path, write: Callable[[Path], None]) -> Path:
@@ -78,8 +74,8 @@ def _write_version(root: Path, write: Callable[[Path], None]) -> Path:
         lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file()]
         (tmp / CHECKSUM_FILE).write_text("".join(lines))
         for path in tmp.iterdir():
-            _fsync_path(path)
-        _fsync_path(tmp)
+            fsync_file(path)
+        fsync_dir(tmp)
         final = root / f"v-{token}"
         os.replace(tmp, final)
         with open(pointer_tmp, "w") as handle:
@@ -87,7 +83,7 @@ def _write_version(root: Path, write: Callable[[Path], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(pointer_tmp, root / POINTER_FILE)
-        _fsync_path(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         pointer_tmp.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ import numpy as np
 from serving.backends.base import Engine
 from serving.bundle import Manifest
 from serving.config import ServeConfig
+from serving.index.build_journal import BuildJournal, ChunkBuffer
 from serving.index.errors import DuplicateIdError, IndexBundleMismatch
 from serving.index.gallery import GalleryIndex
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, load_image_file
@@ -62,16 +63,19 @@ class ItemSpec:
 
 @dataclass
 class IngestStats:
-    """What one ingestion did: ``images`` added, ``skipped`` [(path, reason)], wall and engine seconds."""
+    """What one ingestion did: ``images`` added (``resumed`` of them replayed from a build journal, not
+    embedded again), ``skipped`` [(path, reason)], wall and engine seconds of this run."""
 
     images: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     engine_seconds: float = 0.0
+    resumed: int = 0
 
     @property
     def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+        """Images embedded per second by this run (resumed ones excluded)."""
+        return (self.images - self.resumed) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def engine_busy_fraction(self) -> float:
@@ -81,6 +85,7 @@ class IngestStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
+            "resumed": self.resumed,
             "skipped": len(self.skipped),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "seconds": round(self.seconds, 3),
@@ -209,10 +214,15 @@ def _decoded(
                 yield position, None, str(exc)
 
 
+_BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} images ({percentage:.0f}%) at {rate_fmt}, ETA {remaining} [{elapsed}]"
+
+
 def _progress(total: int | None, enabled: bool, desc: str) -> Any:
+    """A stderr progress bar: done / total, rate (images/s) and ETA."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, disable=not enabled, leave=False)
+    return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, disable=not enabled, leave=False,
+                bar_format=_BAR_FORMAT, mininterval=0.5)
 
 
 def embed_paths(
@@ -248,8 +258,10 @@ def _pipeline(
     strict: bool,
     progress: bool,
     max_pixels: int,
+    on_skip: Callable[[int, str], None] | None = None,
 ) -> IngestStats:
-    """Decode ``paths`` ahead in threads, embed full batches, hand (positions, vectors) to ``sink``."""
+    """Decode ``paths`` ahead in threads, embed full batches, hand (positions, vectors) to ``sink``;
+    ``on_skip(position, reason)`` for each unreadable image."""
     batch_size = batch_size or engine.max_batch
     stats = IngestStats()
     start = time.perf_counter()
@@ -275,6 +287,8 @@ def _pipeline(
                     raise ImageDecodeError(f"{error} (--strict: stopping at the first unreadable image)")
                 path = str(paths[position])
                 stats.skipped.append((path, str(error).removeprefix(f"{path}: ")))
+                if on_skip is not None:
+                    on_skip(position, stats.skipped[-1][1])
                 bar.update(1)
                 continue
             positions.append(position)
@@ -297,12 +311,15 @@ def ingest(
     strict: bool = False,
     progress: bool = True,
     max_pixels: int = ServeConfig.max_pixels,
+    journal: BuildJournal | None = None,
+    commit_every: int = 1024,
 ) -> IngestStats:
     """Embed ``items`` with ``engine`` and add them to ``index`` batch by batch.
 
-    ``batch_size`` defaults to the engine's max batch; ``workers`` decoding threads. Raises
-    IndexBundleMismatch (index built with another bundle), DuplicateIdError (before any embedding),
-    ImageDecodeError with ``strict``."""
+    ``batch_size`` defaults to the engine's max batch; ``workers`` decoding threads. With ``journal``
+    the items it already committed are replayed instead of embedded, and every ``commit_every`` embedded
+    images are committed to it. Raises IndexBundleMismatch (index built with another bundle),
+    DuplicateIdError (before any embedding), ImageDecodeError with ``strict``."""
     if index.bundle_sha256 is not None and index.bundle_sha256 != manifest.sha256():
         raise IndexBundleMismatch(
             f"the index was built with bundle sha256 {index.bundle_sha256}, this bundle is "
@@ -317,12 +334,37 @@ def ingest(
             "use --id-prefix"
         )
 
-    def sink(positions: list[int], batch: np.ndarray) -> None:
-        chosen = [items[p] for p in positions]
-        index.add([i.id for i in chosen], batch, [i.metadata for i in chosen])
+    resumed, skipped = _replay(journal, index, items) if journal is not None else (0, [])
+    remaining = items[journal.committed :] if journal is not None else items
+    buffer = ChunkBuffer(journal, journal.committed, commit_every) if journal is not None else None
 
-    paths = [item.path for item in items]
-    return _pipeline(engine, manifest, paths, sink, batch_size, workers, strict, progress, max_pixels)
+    def sink(positions: list[int], batch: np.ndarray) -> None:
+        chosen = [remaining[p] for p in positions]
+        index.add([i.id for i in chosen], batch, [i.metadata for i in chosen])
+        if buffer is not None:
+            buffer.add(positions, batch)
+
+    paths = [item.path for item in remaining]
+    on_skip = buffer.skip if buffer is not None else None
+    stats = _pipeline(engine, manifest, paths, sink, batch_size, workers, strict, progress, max_pixels, on_skip)
+    if buffer is not None:
+        buffer.close(len(remaining))
+    stats.images += resumed
+    stats.resumed = resumed
+    stats.skipped[:0] = skipped
+    return stats
+
+
+def _replay(journal: BuildJournal, index: GalleryIndex, items: list[ItemSpec]) -> tuple[int, list[tuple[str, str]]]:
+    """Add the journal's committed vectors to ``index``: (items replayed, [(path, reason)] skipped)."""
+    replayed, skipped = 0, []
+    for chunk in journal.chunks():
+        if len(chunk.positions):
+            chosen = [items[int(p)] for p in chunk.positions]
+            index.add([i.id for i in chosen], chunk.vectors, [i.metadata for i in chosen])
+            replayed += len(chosen)
+        skipped += [(str(items[p].path), reason) for p, reason in zip(chunk.skipped, chunk.reasons, strict=True)]
+    return replayed, skipped
 
 
 def build_index(
@@ -337,8 +379,11 @@ def build_index(
     workers: int = 2,
     strict: bool = False,
     progress: bool = True,
+    journal: BuildJournal | None = None,
+    commit_every: int = 1024,
 ) -> tuple[GalleryIndex, IngestStats]:
-    """A new index stamped with ``manifest.sha256()`` holding the embeddings of ``items``; see `ingest`."""
+    """A new index stamped with ``manifest.sha256()`` holding the embeddings of ``items``; see `ingest`
+    (``journal``: resume from / commit to a build journal)."""
     index = GalleryIndex(
         manifest.output.dim,
         index_type,
@@ -356,5 +401,7 @@ def build_index(
         workers=workers,
         strict=strict,
         progress=progress,
+        journal=journal,
+        commit_every=commit_every,
     )
     return index, stats

@@ -42,3 +42,21 @@ def test_components_take_their_defaults_from_serve_config() -> None:
     for name in ("host", "max_workers", "max_message_bytes"):
         assert server_defaults[name].default == getattr(ServeConfig, name)
     assert {f.name for f in dataclasses.fields(ServeConfig) if f.default is dataclasses.MISSING} == {"bundle", "index"}
+
+
+def test_overload_and_observability_flags() -> None:
+    args = _parser().parse_args(["--bundle", "b", "--index", "i", "--max-concurrent-rpcs", "8", "--max-queue-images",
+                                 "64", "--max-deadline-s", "5", "--instances", "2", "--watchdog-s", "0",
+                                 "--metrics-port", "0", "--log-format", "json"])
+    config = _config(args)
+    assert (config.max_concurrent_rpcs, config.max_queue_images, config.max_deadline_s, config.instances,
+            config.watchdog_s, config.metrics_port, config.log_format) == (8, 64, 5.0, 2, 0.0, 0, "json")
+    server_defaults = inspect.signature(create_server).parameters
+    for name in ("max_concurrent_rpcs", "max_deadline_s"):
+        assert server_defaults[name].default == getattr(ServeConfig, name)
+    with pytest.raises(ValueError, match="must be below --max-workers"):
+        ServeConfig(bundle=Path("b"), index=Path("i"), max_concurrent_rpcs=40, max_workers=40)
+    with pytest.raises(ValueError, match=r"--max-queue-images \(8\) must be >= --max-batch \(16\)"):
+        ServeConfig(bundle=Path("b"), index=Path("i"), max_queue_images=8)
+    with pytest.raises(ValueError, match="--log-format must be text or json"):
+        ServeConfig(bundle=Path("b"), index=Path("i"), log_format="xml")

@@ -238,7 +238,7 @@ def test_deadlines(
     engine: Engine, tiny_manifest: Manifest, gallery_images: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The server drops a request whose deadline passes in the batching window and says so itself."""
-    server, port, service = _start(engine, tiny_manifest, gallery_images, max_wait_ms=600)
+    server, port, service = _start(engine, tiny_manifest, gallery_images, max_wait_ms=2000)
     caplog.set_level(logging.INFO, logger="serving.grpc")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
@@ -250,8 +250,8 @@ def test_deadlines(
             # whichever side notices first answers; the server log below shows the server noticed itself
             _assert_code(stub.Search, CODE.DEADLINE_EXCEEDED, "Deadline Exceeded|the deadline passed after", request,
                          timeout=0.15)
-            assert time.monotonic() - start < 0.5  # nobody sat out the 600 ms window
-            time.sleep(0.7)  # let the window close
+            assert time.monotonic() - start < 1.5  # nobody sat out the 2 s window (slack for a loaded machine)
+            time.sleep(2.1)  # let the window close
             after = service.stats()["batching"]
             assert after["expired"] == before["expired"] + 1  # the server dropped it ...
             assert after["images"] == before["images"]  # ... and never embedded it
@@ -354,14 +354,14 @@ def test_sigterm_drains_the_in_flight_call_and_exits_zero(
         def slow_search() -> None:  # waits 2.5 s in the batcher window: in flight when SIGTERM arrives
             with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
                 request = pb.SearchRequest(image=(gallery_images / QUERY).read_bytes(), k=1)
-                outcome["id"] = pb_grpc.RetrievalStub(chan).Search(request, timeout=8).items[0].id
+                outcome["id"] = pb_grpc.RetrievalStub(chan).Search(request, timeout=30).items[0].id
 
         caller = threading.Thread(target=slow_search)
         caller.start()
         time.sleep(1.0)
         process.send_signal(signal.SIGTERM)
-        caller.join(8)
-        assert process.wait(8) == 0
+        caller.join(30)
+        assert process.wait(30) == 0
         assert outcome.get("id") == QUERY
         log = process.stderr.read() if process.stderr else ""
         assert "received SIGTERM" in log and "stopped" in log
