@@ -48,7 +48,9 @@ def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
     teacher = run_root / "teacher"
     if variant == "teacher":
         return "demo-teacher", [f'run.out_dir="{teacher}"']
-    common = [f'cdd.teacher_run="{teacher}"', f'run.out_dir="{run_root / variant}"']
+    # The ablation measures CDD itself: the compatibility loss the demo preset adds for asymmetric retrieval
+    # stays off here (docs/asymmetric.md compares it on vs off).
+    common = [f'cdd.teacher_run="{teacher}"', f'run.out_dir="{run_root / variant}"', "loss.compat_weight=0"]
     if variant == "cdd":
         return "demo-student", common
     if variant == "no-grg":
