@@ -108,6 +108,8 @@ def _verdict(variants: dict[str, Any], other: str) -> str:
     b, o = variants["cdd"]["mAP"], variants[other]["mAP"]
     diff = b["mean"] - o["mean"]
     spread = b["std"] + o["std"]
+    if min(variants["cdd"]["seeds"], variants[other]["seeds"]) < 2:
+        return (f"CDD vs {NAMES[other]}: {diff:+.2f} mAP points on a single seed (no spread, so no verdict)")
     if abs(diff) <= spread:
         word = "ties with"
     else:

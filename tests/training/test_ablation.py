@@ -27,3 +27,10 @@ def test_markdown_says_whether_cdd_beats_the_baselines():
     assert "CDD ties with (e) prune-then-distill, same arch: +0.50 mAP points" in text
     results["synthetic"]["prune-distill"] = [_final(60), _final(60.5), _final(61)]
     assert "CDD loses to (e)" in format_markdown(summarise(results))
+
+
+def test_a_single_seed_gives_no_verdict():
+    results = {"synthetic": {"cdd": [_final(50)], "static": [_final(40)]}}
+    text = format_markdown(summarise(results))
+    assert "CDD vs (c) static student, same arch, scratch: +10.00 mAP points on a single seed" in text
+    assert "beats" not in text
