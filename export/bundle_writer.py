@@ -1,9 +1,10 @@
 """Write a model bundle atomically: everything goes into a hidden temp dir next to the target, which is
 renamed into place only after the manifest is written and verified.
 
-A failed gate or a crash before ``commit`` leaves no bundle and no half-written dir at ``--out`` (and an
-existing bundle there untouched); the temp dir is removed on any exception. Replacing an existing bundle
-renames it aside, renames the new one in, then deletes the old one.
+Every file and the stage folder are fsynced before the rename (and the parent folder after it), so a
+committed bundle survives a power loss. A failed gate or a crash before ``commit`` leaves no bundle and no
+half-written dir at ``--out`` (and an existing bundle there untouched); the temp dir is removed on any
+exception. Replacing an existing bundle renames it aside, renames the new one in, then deletes the old one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ def _check_replaceable(out: Path) -> None:
     if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise BundleWriteError(f"--out {out}: a non-empty directory without {MANIFEST_NAME} (not a bundle); "
                                "refusing to replace it; choose another output path or empty it")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file of the staged bundle and the folder itself, so the rename publishes durable data."""
+    for entry in directory.iterdir():
+        if entry.is_file():
+            _fsync(entry)
+    _fsync(directory)
 
 
 def _publish_modes(directory: Path) -> None:
@@ -95,6 +112,7 @@ class BundleStage:
             raise BundleWriteError(f"staged bundle fails verification: {exc}") from exc
         _check_replaceable(self.out)
         _publish_modes(self.path)
+        _fsync_tree(self.path)
         backup = None
         if self.out.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
@@ -106,6 +124,7 @@ class BundleStage:
                 os.replace(backup / "bundle", self.out)
                 shutil.rmtree(backup, ignore_errors=True)
             raise
+        _fsync(self.out.parent)
         self.committed = True
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
@@ -115,10 +134,12 @@ class BundleStage:
 def make_manifest(*, name: str, input_size: tuple[int, int], dim: int, mean: tuple[float, float, float],
                   std: tuple[float, float, float], batch: tuple[int, int, int], files: dict[str, dict[str, Any]],
                   backends: dict[str, Any], cost: dict[str, Any], parity: dict[str, Any],
-                  provenance: dict[str, Any]) -> Manifest:
+                  provenance: dict[str, Any], precision: str = "fp32",
+                  quantization: dict[str, Any] | None = None) -> Manifest:
     """The bundle manifest for a graph taking uint8 NHWC RGB ``images`` at ``input_size`` (height, width)
     and returning unit-norm float32 ``embeddings`` (N, ``dim``), compared with cosine similarity.
-    Normalisation with ``mean``/``std`` (0..1 scale) is inside the graph; ``batch`` is (min, opt, max)."""
+    Normalisation with ``mean``/``std`` (0..1 scale) is inside the graph; ``batch`` is (min, opt, max);
+    ``precision`` "int8" comes with the ``quantization`` record."""
     height, width = input_size
     return Manifest(
         name=name,
@@ -134,4 +155,6 @@ def make_manifest(*, name: str, input_size: tuple[int, int], dim: int, mean: tup
         cost=dict(cost),
         parity=dict(parity),
         provenance=dict(provenance),
+        precision=precision,
+        quantization=dict(quantization or {}),
     )

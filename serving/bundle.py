@@ -24,6 +24,7 @@ from serving.atomic_file import write_text_atomic
 __all__ = [
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
+    "PRECISIONS",
     "BundleError",
     "InputSpec",
     "OutputSpec",
@@ -37,6 +38,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "int8")
+"""Numeric precision of ``model.onnx``; the contract (uint8 in, unit float32 out) is the same for both."""
 
 
 class BundleError(ValueError):
@@ -94,7 +97,10 @@ class Manifest:
     """Everything downstream needs to run a bundle. ``files`` maps file name -> {"sha256", "bytes", "role"};
     ``cost`` holds {"student"|"teacher": {"params", "flops"}} (flops = multiply-accumulates at the input size,
     params exclude the ID classifier); ``parity`` holds per-gate {"max_abs_err", "min_cosine", ...};
-    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on)."""
+    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on).
+    ``precision`` is "fp32" or "int8" (ONNX Runtime static quantisation; ``quantization`` then records the
+    format, calibration settings and timing, and ``parity["int8"]`` the retrieval gate's numbers). A manifest
+    without the field is fp32; fp32 manifests are written without it, so their ``sha256`` is unchanged."""
 
     name: str
     input: InputSpec
@@ -108,9 +114,14 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    precision: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.precision == "fp32" and not self.quantization:
+            del data["precision"], data["quantization"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
@@ -121,6 +132,10 @@ class Manifest:
                 f"{source}: schema_version is {version!r}, this build reads {SCHEMA_VERSION}; "
                 "re-export the bundle with this version of cdd-export"
             )
+        precision = data.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise BundleError(f"{source}: precision is {precision!r}, this build reads {PRECISIONS}; re-export the "
+                              "bundle with this version of cdd-export")
         try:
             pre = dict(data["preprocess"])
             pre["mean"] = tuple(pre["mean"])
@@ -138,6 +153,8 @@ class Manifest:
                 parity=dict(data.get("parity", {})),
                 provenance=dict(data.get("provenance", {})),
                 schema_version=version,
+                precision=precision,
+                quantization=dict(data.get("quantization", {})),
             )
         except KeyError as exc:
             raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc

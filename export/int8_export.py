@@ -1,0 +1,91 @@
+"""The int8 branch of the export chain (``precision=int8``): fp32 ONNX -> gate -> calibrate + quantise ->
+choose the format by measurement -> retrieval gate -> the int8 graph becomes the bundle's ``model.onnx``.
+
+Intermediate graphs (fp32, pre-processed, each candidate format) live in a temporary folder that is removed
+afterwards; only the chosen int8 graph enters the bundle stage. The bundle keeps the fp32 bundle's contract
+(uint8 NHWC RGB in, unit float32 embeddings out) and carries the ONNX Runtime backend only: a torch program
+or TensorRT plan would be fp32/fp16 engines whose vectors differ from the int8 graph's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.bundle_writer import BundleStage
+from export.config import ExportConfig
+from export.deploy_wrapper import DeployWrapper
+from export.gate_images import calibration_images
+from export.int8_format import choose_fastest, time_models
+from export.int8_gate import int8_gate, retrieval_set
+from export.int8_quantize import OP_TYPES, excluded_nodes, prepare, quantise
+from export.onnx_export import ONNX_FILE, export_onnx, onnxruntime_embedder
+from export.onnx_flops import check_flops
+from export.parity import Embedder, run_gate
+from export.run_dir import RunDir
+
+__all__ = ["Int8Files", "int8_model_files"]
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """What the int8 branch adds to the manifest: ``parity`` ("onnxruntime" fp32 vs torch, "int8" retrieval
+    gate) and ``quantization`` (tool, format, calibration settings, excluded nodes, timing)."""
+
+    parity: dict[str, Any]
+    quantization: dict[str, Any]
+
+
+def _quantised_candidates(work: Path, fp32: Path, run: RunDir, config: ExportConfig) -> tuple[dict, np.ndarray]:
+    q = config.int8
+    calib = calibration_images(run.dataset, run.data_root, run.spec.input_size, q.calibration_images,
+                               q.calibration_seed)
+    prepared = prepare(fp32, work / "prepared.onnx")
+    exclude = excluded_nodes(prepared, q.exclude)
+    formats = ("qdq", "qoperator") if q.format == "auto" else (q.format,)
+    models = {fmt: quantise(prepared, work / f"int8-{fmt}.onnx", fmt, calib, q.calibration_method,
+                            q.per_channel, q.reduce_range, exclude) for fmt in formats}
+    return models, calib
+
+
+def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embedder, run: RunDir,
+                     config: ExportConfig, images: np.ndarray, flops: int) -> Int8Files:
+    """Export, gate and quantise ``wrapper``; write the chosen int8 graph to ``stage`` as ``model.onnx``
+    (role "onnxruntime"). ``reference`` is the torch embedder of ``wrapper``; ``images`` the
+    gate images. Raises ParityGateError / Int8GateError (gates), QuantisationError, RunDirError."""
+    q, sizes = config.int8, config.parity_batch_sizes
+    with tempfile.TemporaryDirectory(prefix="cdd-export-int8-") as tmp:
+        work = Path(tmp)
+        fp32 = export_onnx(wrapper, work / "fp32.onnx", run.spec.input_size, config.opset)
+        check_flops(fp32, flops)
+        parity = {"onnxruntime": run_gate("onnxruntime", reference, onnxruntime_embedder(fp32), images, sizes,
+                                          config.gates.onnxruntime)}
+        models, calib = _quantised_candidates(work, fp32, run, config)
+        timing = time_models({"fp32": fp32, **{f"int8-{f}": m.path for f, m in models.items()}}, images,
+                             q.timing_batch, q.timing_seconds)
+        chosen = models[choose_fastest(timing, tuple(f"int8-{f}" for f in models)).removeprefix("int8-")]
+        data = retrieval_set(run.dataset, run.data_root, run.spec.input_size, q.eval_images, config.gates.seed)
+        parity["int8"] = int8_gate(onnxruntime_embedder(fp32), onnxruntime_embedder(chosen.path), images, sizes,
+                                   data, config.batch.max, config.gates.int8, q)
+        shutil.copyfile(chosen.path, stage.path / ONNX_FILE)
+    stage.record(ONNX_FILE, "onnxruntime")
+    quantization = {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": chosen.format,
+        "formats_timed": sorted(models),
+        "op_types": list(OP_TYPES),
+        "activations": "uint8 (asymmetric)",
+        "weights": "int8 per-channel (symmetric)" if q.per_channel else "int8 per-tensor (symmetric)",
+        "reduce_range": q.reduce_range,
+        "calibration": {"split": "train", "images": int(len(calib)), "requested": q.calibration_images,
+                        "seed": q.calibration_seed, "method": q.calibration_method},
+        "excluded_nodes": list(chosen.excluded),
+        "exclude": q.exclude,
+        "timing": timing,
+    }
+    return Int8Files(parity=parity, quantization=quantization)
