@@ -49,7 +49,7 @@ def _quantised_candidates(work: Path, fp32: Path, run: RunDir, config: ExportCon
     exclude = excluded_nodes(prepared, q.exclude)
     formats = ("qdq", "qoperator") if q.format == "auto" else (q.format,)
     models = {fmt: quantise(prepared, work / f"int8-{fmt}.onnx", fmt, calib, q.calibration_method,
-                            q.per_channel, q.reduce_range, exclude) for fmt in formats}
+                            q.per_channel, q.reduce_range, exclude, work / "ranges.json") for fmt in formats}
     return models, calib
 
 
