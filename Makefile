@@ -69,7 +69,7 @@ serve: $(STAMP)
 	$(VENV)/bin/cdd-serve --bundle bundles/$(PRESET) --index indexes/$(PRESET) --host 127.0.0.1 --port 50051
 
 bench: $(STAMP)
-	$(PY) -m serving.bench all --out docs
+	$(PY) -m serving.benchmarks all --out docs
 
 # Teacher vs CDD vs static student vs CDD without resetting, 3 seeds, both datasets (resumable).
 ablation: data data/animal-mnist/.complete

@@ -2,7 +2,8 @@
 
 Keys are dotted paths into the dataclasses, e.g. ``opset=18``, ``batch.max=32``,
 ``gates.onnxruntime.max_abs_err=1e-5``, ``tensorrt.int8=true``, ``precision=int8``, ``int8.calibration_images=512``,
-``gates.int8.max_map_drop=1.0``. Unknown keys are rejected with the list of valid
+``gates.int8.max_map_drop=1.0``: the one override grammar of `training.config_overrides`, shared with
+``cdd-train``. Unknown keys are rejected with the list of valid
 ones. The resolved config is stored in the bundle's provenance (``ExportConfig.to_dict``).
 """
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
 from export.errors import ExportError
+from training.config_overrides import apply_overrides
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -203,37 +205,6 @@ def _int8_problems(cfg: ExportConfig) -> list[str]:
     return problems
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _parse(key: str, text: str, default: Any) -> Any:
-    """Parse ``text`` as the type of ``default`` (bool, int, float or str)."""
-    text = text.strip()
-    try:
-        if isinstance(default, bool):
-            lowered = text.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        kind = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}[type(default)]
-        raise ExportConfigError(f"--set {key}={text}: expected {kind} (default {default!r})") from None
-    return text
-
-
 def _build(cls: type, data: dict[str, Any]) -> Any:
     hints = get_type_hints(cls)
     values = {}
@@ -243,24 +214,9 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree[part]
-    tree[leaf] = value
-
-
 def load_export_config(overrides: Iterable[str] = ()) -> ExportConfig:
-    """Defaults plus ``key=value`` overrides (dotted keys). Raises ExportConfigError for a malformed
-    override, an unknown key (listing the valid ones), a badly typed value or an inconsistent result."""
-    tree = ExportConfig().to_dict()
-    defaults = _flatten(tree)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ExportConfigError(f"--set {item!r}: expected key=value, e.g. gates.onnxruntime.max_abs_err=1e-5")
-        if key not in defaults:
-            raise ExportConfigError(f"--set {key}: unknown key; valid keys are {', '.join(sorted(defaults))}")
-        _set_path(tree, key, _parse(key, text, defaults[key]))
+    """Defaults plus ``key=value`` overrides (dotted keys, the grammar of `training.config_overrides`).
+    Raises ExportConfigError for a malformed override, an unknown key (listing the valid ones), a badly typed
+    value or an inconsistent result."""
+    tree = apply_overrides(ExportConfig().to_dict(), ExportConfig, overrides, ExportConfigError)
     return _build(ExportConfig, tree)

@@ -11,7 +11,6 @@ A run dir holds::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from export.errors import RunDirError
 from serving.bundle import sha256_file
 from training.arch_spec import ArchSpec, ArchSpecError
+from training.json_document import read_json_object
 
 __all__ = ["CHECKPOINT_SCHEMA_VERSION", "RUN_KINDS", "RunDir", "load_run_dir"]
 
@@ -28,6 +28,7 @@ CHECKPOINT_SCHEMA_VERSION = 1
 RUN_KINDS = ("teacher", "student")
 _SHARED_FIELDS = ("depth", "width", "last_stride", "embedding_dim", "input_size", "indicators")
 _RETRAIN = "re-run `cdd-train` with this version to write a current run dir"
+_WRITTEN_BY_TRAIN = "it is written by `cdd-train` into the run dir; " + _RETRAIN
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,6 @@ class RunDir:
     teacher_run: Path | None
     checkpoint_path: Path
     checkpoint_sha256: str
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise RunDirError(f"{path}: {what} not found; it is written by `cdd-train` into the run dir")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{path}: not valid JSON ({exc}); {_RETRAIN}") from exc
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: expected a JSON object, found {type(data).__name__}; {_RETRAIN}")
-    return data
 
 
 def _load_spec(path: Path) -> ArchSpec:
@@ -144,8 +133,8 @@ def load_run_dir(path: str | Path) -> RunDir:
     except (ArchSpecError, TypeError) as exc:
         raise RunDirError(f"{exc}; {_RETRAIN}") from exc
     _check_specs(spec, full, ckpt["kind"], arch_path, ckpt_path)
-    config = _read_json(config_path, "resolved config")
-    metrics = _read_json(metrics_path, "metrics")
+    config = read_json_object(config_path, RunDirError, "resolved config", _WRITTEN_BY_TRAIN)
+    metrics = read_json_object(metrics_path, RunDirError, "metrics", _WRITTEN_BY_TRAIN)
     if not isinstance(metrics.get("final"), dict):
         raise RunDirError(f"{metrics_path}: no 'final' metrics object; it is written when training ends")
     teacher_run = None

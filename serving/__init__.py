@@ -1,7 +1,23 @@
 """Serving: model bundles, inference engines, the gallery index and the gRPC search service.
 
+The runtime (what a deployed ``cdd-serve`` loads): a Search request enters `server` (`create_server`,
+`serve`), goes through `grpc_servicer` (messages <-> Python, `errors` -> status codes) to `service`
+(`RetrievalService`), which decodes and resizes the image (`preprocess`, as the `bundle` manifest says),
+embeds it through `batcher` (dynamic batching) and an engine from `backends/`, and searches the gallery
+index (`index/gallery.py`: the item table plus a FAISS or torch searcher). Every serving default lives in
+`config` (`ServeConfig`); `auth` checks bearer tokens; `_proto/` is generated from ``protos/``.
+
+The four commands:
+- ``cdd-serve``  `serving.server`: run the gRPC server.
+- ``cdd-search`` `serving.client`: `RetrievalClient` for apps, and a command-line search.
+- ``cdd-index``  `serving.index.__main__`: build, grow, inspect, verify and evaluate a gallery index.
+- ``cdd-bench``  `serving.benchmarks.__main__`: engine, serving and index benchmarks.
+(``python -m serving.proto_build`` regenerates `_proto/`.)
+
 Importing this package (or ``serving.bundle``, ``serving.preprocess``, ``serving.index``) never imports
-torch, onnxruntime, tensorrt or faiss; each backend is imported when it is chosen.
+torch, onnxruntime, tensorrt or faiss; each backend is imported when it is chosen. Serving never imports
+export, and from training only ``training.data.layouts``, ``training.data.records`` and
+``training.metrics``, lazily, for ``cdd-index build --layout`` and ``cdd-index eval``.
 """
 
 __all__: list[str] = []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, Unavailable
 
 __all__ = ["BatcherStats", "DynamicBatcher"]
@@ -63,8 +64,8 @@ class DynamicBatcher:
     def __init__(
         self,
         embed_fn: EmbedFn,
-        max_batch: int = 16,
-        max_wait_ms: float = 2.0,
+        max_batch: int = ServeConfig.max_batch,
+        max_wait_ms: float = ServeConfig.max_wait_ms,
         enabled: bool = True,
         name: str = "cdd-batcher",
     ) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.atomic_file import write_text_atomic
+from serving.json_document import read_json_object
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -167,6 +168,7 @@ class Manifest:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks (serving's one file digest)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -180,12 +182,8 @@ def load_bundle(directory: str | Path, verify: bool = True) -> Manifest:
     Raises BundleError (missing dir/manifest, bad JSON, wrong schema, missing file, checksum mismatch)."""
     root = Path(directory)
     path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{path}: no bundle manifest here; create a bundle with `cdd-export --run RUN --out {root}`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}); re-export the bundle") from exc
+    fix = f"create the bundle with `cdd-export --run RUN --out {root}`"
+    data = read_json_object(path, BundleError, "bundle manifest", fix)
     manifest = Manifest.from_dict(data, source=str(path))
     if verify:
         for name, info in manifest.files.items():

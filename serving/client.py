@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.auth import load_token
+from serving.config import ServeConfig
 
 __all__ = ["SearchHit", "RetrievalClient", "main"]
 
@@ -67,7 +68,7 @@ class RetrievalClient:
         token: str | None = None,
         tls_ca: str | Path | bytes | None = None,
         timeout: float = 10.0,
-        max_message_bytes: int = 16 * 1024 * 1024,
+        max_message_bytes: int = ServeConfig.max_message_bytes,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -1,7 +1,8 @@
-"""Domain errors raised by the retrieval service; transport-free (no gRPC types here).
+"""The one family of errors a caller can fix or retry (transport-free: no gRPC types here).
 
-The gRPC servicer maps each class to a status code in one table (``serving.grpc_servicer.STATUS_FOR``);
-a new error class must be added there. Messages say what was expected, what was found, and the fix,
+Every case derives from `ServiceError`; the gallery index's errors (`serving.index.errors`) and the image
+decoder's (`serving.preprocess`) are members too. The gRPC servicer maps them to status codes in one table
+(``serving.grpc_servicer.STATUS_FOR``). Messages say what was expected, what was found, and the fix,
 because they reach the client verbatim as the status details.
 """
 
@@ -11,8 +12,6 @@ __all__ = [
     "ServiceError",
     "InvalidInput",
     "TooLarge",
-    "NotFound",
-    "AlreadyExists",
     "DeadlineExceeded",
     "Unavailable",
 ]
@@ -28,17 +27,6 @@ class InvalidInput(ServiceError, ValueError):
 
 class TooLarge(ServiceError, ValueError):
     """A request is bigger than the server accepts (pixels, items per call)."""
-
-
-class NotFound(ServiceError, KeyError):
-    """An id named by the request is not in the gallery."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
-
-
-class AlreadyExists(ServiceError, ValueError):
-    """An id being added is already in the gallery, or repeated within the request."""
 
 
 class DeadlineExceeded(ServiceError, TimeoutError):

@@ -19,23 +19,10 @@ import numpy as np
 
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
-from serving.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    InvalidInput,
-    NotFound,
-    TooLarge,
-    Unavailable,
-)
-from serving.index.errors import (
-    DimensionError,
-    DuplicateIdError,
-    GalleryIndexError,
-    InvalidVectorsError,
-    UnknownIdError,
-)
-from serving.preprocess import ImageDecodeError, ImageTooLargeError
-from serving.service import NewItem, Query, RetrievalService, metadata_text
+from serving.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
+from serving.index.errors import DuplicateIdError, UnknownIdError
+from serving.index.item_table import metadata_text
+from serving.service import NewItem, Query, RetrievalService
 
 __all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wire_metadata"]
 
@@ -46,21 +33,15 @@ _T = TypeVar("_T")
 
 StatusCode = grpc.StatusCode
 
-# Domain error -> status code, first match wins (subclasses before their bases).
+# The `serving.errors` family -> status code, first match wins (subclasses before their bases). Image
+# errors are TooLarge / InvalidInput; gallery-index errors are InvalidInput, but for unknown and duplicate ids.
 STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (ImageTooLargeError, StatusCode.RESOURCE_EXHAUSTED),
-    (ImageDecodeError, StatusCode.INVALID_ARGUMENT),
     (TooLarge, StatusCode.RESOURCE_EXHAUSTED),
-    (InvalidInput, StatusCode.INVALID_ARGUMENT),
-    (NotFound, StatusCode.NOT_FOUND),
     (UnknownIdError, StatusCode.NOT_FOUND),
-    (AlreadyExists, StatusCode.ALREADY_EXISTS),
     (DuplicateIdError, StatusCode.ALREADY_EXISTS),
-    (DimensionError, StatusCode.INVALID_ARGUMENT),
-    (InvalidVectorsError, StatusCode.INVALID_ARGUMENT),
+    (InvalidInput, StatusCode.INVALID_ARGUMENT),
     (DeadlineExceeded, StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, StatusCode.UNAVAILABLE),
-    (GalleryIndexError, StatusCode.INVALID_ARGUMENT),
 )
 
 

@@ -15,19 +15,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from serving.bundle import Manifest
+from serving.config import ServeConfig
+from serving.errors import InvalidInput, TooLarge
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
     "ImageTooLargeError",
     "decode_image",
     "load_image_file",
     "to_model_input",
 ]
-
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Largest width x height accepted by default (a 40-megapixel photo); larger declared sizes are refused
-before any pixel is decoded (decompression bombs)."""
 
 _RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -40,15 +37,15 @@ _EIGHT_BIT_MODES = frozenset(
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InvalidInput):
     """The bytes are empty, not an image, truncated or corrupt, or in a pixel mode we cannot convert."""
 
 
-class ImageTooLargeError(ValueError):
+class ImageTooLargeError(TooLarge):
     """The image declares more pixels than allowed (width x height > max_pixels)."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = ServeConfig.max_pixels) -> Image.Image:
     """Decode encoded image ``data`` (JPEG, PNG, WebP, BMP, ...) into a fully loaded 8-bit RGB image.
 
     Grayscale, palette, RGBA (alpha dropped, as training does), CMYK convert to RGB; 16-bit images are
@@ -124,7 +121,7 @@ def to_model_input(image: Image.Image, manifest: Manifest) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def load_image_file(path: str | Path, manifest: Manifest, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image_file(path: str | Path, manifest: Manifest, max_pixels: int = ServeConfig.max_pixels) -> np.ndarray:
     """Read, decode and resize one image file; uint8 (H, W, 3). Raises ImageDecodeError (including an
     unreadable or missing file, naming ``path``) or ImageTooLargeError."""
     try:

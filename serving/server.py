@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 
 import grpc
@@ -30,39 +30,15 @@ from serving.auth import BearerTokenInterceptor, load_token
 from serving.backends import BACKENDS, BackendUnavailable, create_engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
+from serving.config import MIB, ServeConfig
 from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
 from serving.index.errors import GalleryIndexError
-from serving.index.store import GalleryIndex
-from serving.preprocess import DEFAULT_MAX_PIXELS
+from serving.index.gallery import GalleryIndex
 from serving.service import RetrievalService, ServiceLimits
 
-__all__ = ["ServeConfig", "build_service", "create_server", "serve", "main"]
+__all__ = ["build_service", "create_server", "serve", "main"]
 
 _LOG = logging.getLogger("serving.server")
-_MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Everything `serve` needs; `main` fills it from the command line. ``grace_s``: seconds in-flight
-    calls get to finish at shutdown."""
-
-    bundle: Path
-    index: Path
-    host: str = "127.0.0.1"
-    port: int = 50051
-    backend: str = "auto"
-    max_batch: int = 16
-    max_wait_ms: float = 2.0
-    max_k: int = 100
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_message_bytes: int = 16 * _MIB
-    max_workers: int = 16
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    token: str | None = None
-    grace_s: float = 10.0
-    index_threads: int = 1
 
 
 def _address(host: str, port: int) -> str:
@@ -72,9 +48,9 @@ def _address(host: str, port: int) -> str:
 def create_server(
     service: RetrievalService,
     port: int = 0,
-    host: str = "127.0.0.1",
-    max_workers: int = 16,
-    max_message_bytes: int = 16 * _MIB,
+    host: str = ServeConfig.host,
+    max_workers: int = ServeConfig.max_workers,
+    max_message_bytes: int = ServeConfig.max_message_bytes,
     tls_cert: Path | bytes | None = None,
     tls_key: Path | bytes | None = None,
     auth_token: str | None = None,
@@ -147,7 +123,9 @@ def build_service(config: ServeConfig) -> RetrievalService:
     batcher = DynamicBatcher(
         engine.embed, max_batch=max_batch, max_wait_ms=config.max_wait_ms, enabled=max_batch > 1
     )
-    limits = ServiceLimits(max_k=config.max_k, max_pixels=config.max_pixels)
+    limits = ServiceLimits(
+        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items
+    )
     return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
 
 
@@ -195,56 +173,56 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     return 0
 
 
+_FLAG_HELP = {
+    "host": "interface to bind",
+    "port": "port (0 = any free port)",
+    "max_batch": "images per engine call (1 = no batching)",
+    "max_wait_ms": "batch window after 1st image",
+    "max_k": "largest k a search may ask for",
+    "max_pixels": "largest image (w*h)",
+    "max_workers": "RPC handler threads",
+    "grace_s": "shutdown drain time for in-flight calls",
+    "index_threads": "FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic",
+}
+"""ServeConfig fields that are flags of the same name (``max_batch`` -> ``--max-batch``), typed and
+defaulted by ServeConfig itself."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdd-serve", description="Serve image retrieval (cdd.v1.Retrieval) over gRPC."
     )
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory (cdd-export)")
     parser.add_argument("--index", type=Path, required=True, help="gallery index directory (cdd-index build)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50051, help="port (0 = any free port)")
-    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
-    parser.add_argument("--max-batch", type=int, default=16, help="images per engine call (1 = no batching)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="batch window after 1st image")
-    parser.add_argument("--max-k", type=int, default=100, help="largest k a search may ask for")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest image (w*h)")
-    parser.add_argument("--max-message-mb", type=float, default=16.0, help="largest request/response (MiB)")
-    parser.add_argument("--max-workers", type=int, default=16, help="RPC handler threads")
+    defaults = {f.name: f.default for f in fields(ServeConfig)}
+    for name, text in _FLAG_HELP.items():
+        default = defaults[name]
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"{text} (default {default})"
+        )
+    parser.add_argument("--backend", default=ServeConfig.backend, choices=("auto", *BACKENDS))
+    parser.add_argument(
+        "--max-message-mb", type=float, default=ServeConfig.max_message_bytes / MIB,
+        help=f"largest request/response (MiB, default {ServeConfig.max_message_bytes / MIB:g})",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
     parser.add_argument("--token-file", type=Path, help="require this bearer token (else $CDD_SERVE_TOKEN)")
-    parser.add_argument("--grace-s", type=float, default=10.0, help="shutdown drain time for in-flight calls")
-    parser.add_argument("--index-threads", type=int, default=1,
-                        help="FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together; give both or neither")
-    for name in ("max_batch", "max_k", "max_pixels", "max_workers"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_message_mb <= 0 or args.max_wait_ms < 0 or args.grace_s < 0:
-        raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")
+    """ServeConfig from parsed flags; raises ValueError for an out-of-range value."""
+    if args.max_message_mb <= 0:
+        raise ValueError(f"--max-message-mb must be > 0, got {args.max_message_mb}")
+    same_name = {name: getattr(args, name) for name in (*_FLAG_HELP, "bundle", "index", "backend")}
     return ServeConfig(
-        bundle=args.bundle,
-        index=args.index,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_k=args.max_k,
-        max_pixels=args.max_pixels,
-        max_message_bytes=int(args.max_message_mb * _MIB),
-        max_workers=args.max_workers,
+        **same_name,
+        max_message_bytes=int(args.max_message_mb * MIB),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token=load_token(args.token_file),
-        grace_s=args.grace_s,
-        index_threads=args.index_threads,
     )
 
 

@@ -10,7 +10,6 @@ and `serving.index.errors`; the gRPC servicer maps each to a status code.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,17 +20,17 @@ import numpy as np
 from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
+from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.store import GalleryIndex, Hit
+from serving.index.gallery import GalleryIndex, Hit
 from serving.preprocess import (
-    DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
     to_model_input,
 )
 
-__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService", "metadata_text"]
+__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +38,10 @@ class ServiceLimits:
     """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
     ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems."""
 
-    max_k: int = 100
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_queries: int = 64
-    max_items: int = 1024
+    max_k: int = ServeConfig.max_k
+    max_pixels: int = ServeConfig.max_pixels
+    max_queries: int = ServeConfig.max_queries
+    max_items: int = ServeConfig.max_items
 
     def __post_init__(self) -> None:
         for name in ("max_k", "max_pixels", "max_queries", "max_items"):
@@ -69,36 +68,10 @@ class NewItem:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def metadata_text(value: Any) -> str:
-    """The string form of a metadata value: a ``str`` unchanged, anything else compact sorted JSON
-    (3 -> "3", True -> "true", [1, 2] -> "[1,2]"). What clients see, and what filters compare against."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-class _TextEquals:
-    """Equal to any metadata value whose `metadata_text` is ``text`` (so the filter "3" matches camera 3)."""
-
-    __slots__ = ("text",)
-    __hash__ = None  # type: ignore[assignment]
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _TextEquals):
-            return other.text == self.text
-        return metadata_text(other) == self.text
-
-    def __repr__(self) -> str:
-        return repr(self.text)
-
-
 class RetrievalService:
     """Search / embed / add / remove / stats over one engine + gallery index. Thread-safe (the index and
-    the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (max_batch
-    min(16, manifest.batch.max), 2 ms window); the service closes it in `close`."""
+    the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (ServeConfig's
+    max_batch, capped at manifest.batch.max, and window); the service closes it in `close`."""
 
     def __init__(
         self,
@@ -118,7 +91,7 @@ class RetrievalService:
         self.index = index
         self.manifest = manifest
         self.limits = limits or ServiceLimits()
-        self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(16, manifest.batch.max))
+        self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
 
     # -- queries --------------------------------------------------------------------------------------
@@ -230,7 +203,7 @@ class RetrievalService:
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
         return [
-            self.index.search(vectors[i : i + 1], int(q.k), filter=_filter(q.filters))[0]
+            self.index.search(vectors[i : i + 1], int(q.k), filter=dict(q.filters) if q.filters else None)[0]
             for i, q in enumerate(queries)
         ]
 
@@ -291,8 +264,3 @@ def _sources(item: NewItem) -> str:
     given = [name for name in ("image", "vector") if getattr(item, name) is not None]
     return " and ".join(given) if given else "neither"
 
-
-def _filter(filters: Mapping[str, str] | None) -> dict[str, Any] | None:
-    if not filters:
-        return None
-    return {key: _TextEquals(str(value)) for key, value in filters.items()}

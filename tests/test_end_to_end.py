@@ -15,8 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from export.__main__ import main as export_main
-from serving.index_cli import main as index_main
-from serving.server import ServeConfig, build_service, create_server
+from serving.config import ServeConfig
+from serving.index.__main__ import main as index_main
+from serving.server import build_service, create_server
 from training.data.layouts import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,9 +17,10 @@ from export.parity import compare
 from serving._proto import retrieval_pb2 as pb2
 from serving._proto import retrieval_pb2_grpc as pb2_grpc
 from serving.bundle import load_bundle
+from serving.config import ServeConfig
+from serving.index.__main__ import main as index_main
 from serving.index.errors import IndexBundleMismatch
-from serving.index_cli import main as index_main
-from serving.server import ServeConfig, build_service, create_server
+from serving.server import build_service, create_server
 from training.data.layouts import load_dataset
 
 _FAST = ["--set", "batch.max=16", "--set", "int8.timing_seconds=0.2"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from training.atomic_file import write_text_atomic
+from training.json_document import read_json_object
 
 __all__ = [
     "ARCH_SCHEMA_VERSION",
@@ -147,11 +148,6 @@ class ArchSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> ArchSpec:
-        path = Path(path)
-        if not path.is_file():
-            raise ArchSpecError(f"{path}: architecture spec not found; it is written by `cdd-train` into the run dir")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArchSpecError(f"{path}: not valid JSON ({exc})") from exc
+        fix = "it is written by `cdd-train` into the run dir"
+        data = read_json_object(path, ArchSpecError, "architecture spec", fix)
         return cls.from_dict(data, source=str(path))

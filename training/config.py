@@ -1,5 +1,6 @@
 """Typed training configuration: frozen dataclasses per section, loaded from a TOML preset/file plus
-``section.key=value`` overrides; unknown keys are rejected with the list of valid ones.
+``section.key=value`` overrides (the grammar of `training.config_overrides`, shared with ``cdd-export``);
+unknown keys are rejected with the list of valid ones.
 
 Presets live in ``training/presets/<name>.toml``; a file may ``extends = "<preset>"`` another preset.
 The resolved config is saved with every run (``config.json``).
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.config_overrides import apply_overrides
+
 __all__ = [
     "ConfigError",
     "RunConfig",
@@ -25,7 +28,6 @@ __all__ = [
     "TrainConfig",
     "PRESET_DIR",
     "load_config",
-    "parse_override",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -219,24 +221,9 @@ def _resolve(name_or_path: str) -> Path:
     return PRESET_DIR / f"{name_or_path}.toml"
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``section.key=value`` -> (section, key, value); value parsed as TOML (so 0.1, true, "x", [1,2])
-    with a bare string as fallback."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. optim.lr=0.02")
-    dotted, raw = text.split("=", 1)
-    section, key = dotted.strip().split(".", 1)
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return section, key, value
-
-
 def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Load a preset name (e.g. "demo-teacher") or TOML path, apply overrides, validate types and keys."""
+    """Load a preset name (e.g. "demo-teacher") or TOML path, apply ``section.key=value`` overrides (values
+    typed by the fields: optim.lr=0.02, run.amp=false, data.root=some/dir), validate types and keys."""
     data = _read_toml(_resolve(source)) if source else {}
-    for text in overrides:
-        section, key, value = parse_override(text)
-        data = _merge(data, {section: {key: value}})
+    data = apply_overrides(data, TrainConfig, overrides, ConfigError)
     return TrainConfig.from_dict(data, source=str(source or "defaults"))

@@ -1,4 +1,4 @@
-"""Benchmarks behind ``cdd-bench`` (`serving.bench`): one module per measured thing.
+"""Benchmarks behind ``cdd-bench`` (`__main__`, also ``python -m serving.benchmarks``): one module per measured thing.
 
 - `latency`: timing loop and percentiles.
 - `machine`: what the numbers were measured on (CPU, cores, RAM, OS, library versions).

@@ -59,7 +59,7 @@ BACKEND_GROUPS = {
     "gpu": ("tensorrt", "onnxruntime-cuda", "torch-cuda", "torch-compiled-cuda"),
 }
 """Shorthands accepted by ``--backends``."""
-_LOG = logging.getLogger("serving.bench")
+_LOG = logging.getLogger("serving.benchmarks")
 
 
 @dataclass(frozen=True)

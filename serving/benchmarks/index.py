@@ -35,12 +35,12 @@ from serving.benchmarks.engine import measure_point
 from serving.benchmarks.latency import percentiles_ms
 from serving.bundle import Manifest
 from serving.index.build import build_index, items_from_folder
+from serving.index.gallery import INDEX_TYPES, GalleryIndex
 from serving.index.recall import recall_at_k_vs_exact
-from serving.index.store import INDEX_TYPES, GalleryIndex
 
 __all__ = ["IndexBenchConfig", "SyntheticGallery", "bench_ingest", "bench_search", "faiss_search_threads"]
 
-_LOG = logging.getLogger("serving.bench")
+_LOG = logging.getLogger("serving.benchmarks")
 _CHUNK = 65_536
 _TRAINED = ("ivf", "ivfpq")
 

@@ -33,13 +33,13 @@ from serving.benchmarks.index import faiss_search_threads
 from serving.benchmarks.latency import percentiles_ms
 from serving.bundle import Manifest
 from serving.client import RetrievalClient
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 from serving.server import create_server
 from serving.service import RetrievalService
 
 __all__ = ["ServeBenchConfig", "bench_serve", "query_jpegs", "run_load"]
 
-_LOG = logging.getLogger("serving.bench")
+_LOG = logging.getLogger("serving.benchmarks")
 _JPEG_QUALITY = 90
 
 

@@ -25,11 +25,11 @@ from serving.benchmarks.serve import ServeBenchConfig, bench_serve
 from serving.benchmarks.targets import evaluate_targets
 from serving.bundle import load_bundle
 from serving.index.build import build_index, items_from_folder
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 
 __all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_serve"]
 
-_LOG = logging.getLogger("serving.bench")
+_LOG = logging.getLogger("serving.benchmarks")
 SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
 """Backends ``--backend auto`` tries, in order, for serving and ingestion."""
 _QUERY_SOURCES = 64

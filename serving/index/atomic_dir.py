@@ -16,7 +16,6 @@ leaves ``CURRENT`` naming a complete, verified version.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import uuid
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serving.bundle import sha256_file
 from serving.index.errors import IndexCorruptError
 
 __all__ = ["CHECKSUM_FILE", "POINTER_FILE", "publish", "resolve", "verify_checksums"]
@@ -31,14 +31,6 @@ __all__ = ["CHECKSUM_FILE", "POINTER_FILE", "publish", "resolve", "verify_checks
 POINTER_FILE = "CURRENT"
 CHECKSUM_FILE = "SHA256SUMS"
 _LOCK_FILE = ".lock"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:
@@ -83,7 +75,7 @@ def _write_version(root: Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
-        lines = [f"{_sha256(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file()]
+        lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file()]
         (tmp / CHECKSUM_FILE).write_text("".join(lines))
         for path in tmp.iterdir():
             _fsync_path(path)
@@ -137,7 +129,7 @@ def verify_checksums(folder: Path) -> None:
             raise IndexCorruptError(
                 f"{path} is missing; the index is damaged, rebuild it with `cdd-index build`"
             )
-        found = _sha256(path)
+        found = sha256_file(path)
         if found != expected:
             raise IndexCorruptError(
                 f"{path}: sha256 is {found}, {CHECKSUM_FILE} expects {expected}; the file was modified or "

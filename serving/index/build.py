@@ -24,9 +24,10 @@ import numpy as np
 
 from serving.backends.base import Engine
 from serving.bundle import Manifest
+from serving.config import ServeConfig
 from serving.index.errors import DuplicateIdError, IndexBundleMismatch
-from serving.index.store import GalleryIndex
-from serving.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, load_image_file
+from serving.index.gallery import GalleryIndex
+from serving.preprocess import ImageDecodeError, ImageTooLargeError, load_image_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -223,7 +224,7 @@ def embed_paths(
     workers: int = 2,
     strict: bool = False,
     progress: bool = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = ServeConfig.max_pixels,
 ) -> tuple[np.ndarray, np.ndarray, IngestStats]:
     """Embed image files: (vectors float32 (N, D) with zero rows for skipped files, ok mask (N,), stats)."""
     vectors = np.zeros((len(paths), engine.dim), dtype=np.float32)
@@ -295,7 +296,7 @@ def ingest(
     workers: int = 2,
     strict: bool = False,
     progress: bool = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = ServeConfig.max_pixels,
 ) -> IngestStats:
     """Embed ``items`` with ``engine`` and add them to ``index`` batch by batch.
 

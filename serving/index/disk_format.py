@@ -17,6 +17,7 @@ import numpy as np
 
 from serving.index.errors import IndexCorruptError
 from serving.index.item_table import ItemTable
+from serving.json_document import read_json_object
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_FILE", "read_info", "read_rows", "write_files"]
 
@@ -39,10 +40,7 @@ def write_files(folder: Path, info: dict[str, Any], table: ItemTable, structure:
 
 def read_info(folder: Path) -> dict[str, Any]:
     path = folder / "index.json"
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IndexCorruptError(f"{path}: cannot read the index manifest ({exc}); rebuild the index") from exc
+    info = read_json_object(path, IndexCorruptError, "the index manifest", "rebuild the index")
     if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
         raise IndexCorruptError(
             f"{path}: format {info.get('format')!r} version {info.get('format_version')!r}, this build reads "

@@ -1,6 +1,9 @@
-"""Errors of the gallery index: one base class (`GalleryIndexError`, a ValueError) and its cases."""
+"""Errors of the gallery index: `GalleryIndexError` (an `InvalidInput` of the service's error family) and its
+cases. Unknown ids map to NOT_FOUND, duplicate ids to ALREADY_EXISTS, the rest to INVALID_ARGUMENT."""
 
 from __future__ import annotations
+
+from serving.errors import InvalidInput
 
 __all__ = [
     "DimensionError",
@@ -13,8 +16,8 @@ __all__ = [
 ]
 
 
-class GalleryIndexError(ValueError):
-    """Base class of every gallery-index error; the message names what was expected and found."""
+class GalleryIndexError(InvalidInput):
+    """Base class of every gallery-index error (a ValueError); the message names what was expected and found."""
 
 
 class DuplicateIdError(GalleryIndexError):

@@ -2,17 +2,27 @@
 
 Rows live in growable numpy buffers (amortised O(1) append) and are removed by moving the last row into
 the hole (O(1) per item), so row order is not insertion order. The int64 ``label`` of an item is what the
-search structures (FAISS, torch) store; labels are never reused.
+search structures (FAISS, torch) store; labels are never reused. Metadata filters are matched here, on
+each value's text form (`metadata_text`), the same form clients see on the wire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ItemTable"]
+__all__ = ["ItemTable", "metadata_text"]
+
+
+def metadata_text(value: Any) -> str:
+    """The string form of a metadata value: a ``str`` unchanged, anything else compact sorted JSON
+    (3 -> "3", True -> "true", [1, 2] -> "[1,2]"). What clients see, and what filters compare."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class ItemTable:
@@ -104,13 +114,12 @@ class ItemTable:
             self._meta.pop()
         return removed
 
-    def match(self, filter: dict[str, Any]) -> np.ndarray:
-        """Boolean (N,) mask of rows whose metadata has every field of ``filter`` with
-        ``metadata[field] == value`` (so a value object may define its own ``__eq__``); a missing field never
-        matches."""
-        pairs = list(filter.items())
+    def match(self, filter: Mapping[str, Any]) -> np.ndarray:
+        """Boolean (N,) mask of rows whose metadata has every field of ``filter`` with the same text form
+        (`metadata_text`), so the filter "3" (or 3) matches camera 3; a missing field never matches."""
+        pairs = [(key, metadata_text(value)) for key, value in filter.items()]
         return np.fromiter(
-            (all(key in meta and meta[key] == value for key, value in pairs) for meta in self._meta),
+            (all(key in meta and metadata_text(meta[key]) == text for key, text in pairs) for meta in self._meta),
             dtype=bool,
             count=len(self),
         )

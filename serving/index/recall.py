@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 
 __all__ = ["recall_at_k_vs_exact"]
 

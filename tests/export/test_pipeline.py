@@ -162,7 +162,7 @@ def test_missing_teacher_run_is_named(tiny_run_dir: TinyRuns, tmp_path: Path) ->
 
 
 def test_config_overrides_are_typed_and_checked() -> None:
-    config = load_export_config(["opset=18", "gates.onnxruntime.max_abs_err=1e-6", "tensorrt.int8=yes", "batch.max=8",
+    config = load_export_config(["opset=18", "gates.onnxruntime.max_abs_err=1e-6", "tensorrt.int8=true", "batch.max=8",
                                  "batch.opt=4", "gates.odd_batch=3"])
     assert (config.opset, config.gates.onnxruntime.max_abs_err, config.tensorrt.int8) == (18, 1e-6, True)
     assert config.parity_batch_sizes == (1, 3, 8)
@@ -174,3 +174,5 @@ def test_config_overrides_are_typed_and_checked() -> None:
         load_export_config(["batch.max=4", "batch.opt=4"])
     with pytest.raises(ExportConfigError, match="expected key=value"):
         load_export_config(["opset"])
+    with pytest.raises(ExportConfigError, match="tensorrt.int8=yes: expected true or false"):
+        load_export_config(["tensorrt.int8=yes"])

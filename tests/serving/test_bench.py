@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from serving.bench import main
+from serving.benchmarks.__main__ import main
 from serving.benchmarks.engine import EngineBenchConfig, batch_sizes_for, parse_backends
 from serving.benchmarks.index import IndexBenchConfig, bench_search
 from serving.benchmarks.latency import percentiles_ms
@@ -245,7 +245,7 @@ def test_all_writes_the_report(
     assert code == 0
     result = json.loads((out / "benchmarks.json").read_text())
     assert set(result) >= {"machine", "commands", "engine", "serve", "index", "targets", "seconds"}
-    assert result["commands"][0].startswith("python -m serving.bench all --student ")
+    assert result["commands"][0].startswith("python -m serving.benchmarks all --student ")
     assert result["machine"]["usable_cores"] >= 1 and result["machine"]["cpu"]
     assert len(result["engine"]["ratios"]) == 2  # student vs teacher at batches 1 and 2
     assert {t["id"] for t in result["targets"]} == {
@@ -288,5 +288,5 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_import_pulls_no_torch() -> None:
-    code = "import sys, serving.bench; sys.exit(int('torch' in sys.modules or 'faiss' in sys.modules))"
+    code = "import sys, serving.benchmarks.__main__; sys.exit(int('torch' in sys.modules or 'faiss' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -16,8 +16,8 @@ from PIL import Image
 from serving.backends import create_engine
 from serving.bundle import write_manifest
 from serving.index import GalleryIndex
+from serving.index.__main__ import main
 from serving.index.build import items_from_folder, items_from_list
-from serving.index_cli import main
 from serving.preprocess import load_image_file
 
 
@@ -263,7 +263,7 @@ def test_module_entry_point(tiny_bundle, gallery_images, tmp_path, synthetic):
         [
             sys.executable,
             "-m",
-            "serving.index_cli",
+            "serving.index",
             "build",
             "--bundle",
             str(tiny_bundle),

@@ -31,11 +31,11 @@ from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.backends import Engine, create_engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
-from serving.errors import AlreadyExists, DeadlineExceeded, InvalidInput, NotFound, TooLarge, Unavailable
+from serving.errors import DeadlineExceeded, InvalidInput, ServiceError, TooLarge, Unavailable
 from serving.grpc_servicer import STATUS_FOR, status_for, wire_metadata
 from serving.index.build import build_index, items_from_folder
 from serving.index.errors import DuplicateIdError, IndexBundleMismatch, UnknownIdError
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_model_input
 from serving.server import create_server
 from serving.service import RetrievalService, ServiceLimits
@@ -108,12 +108,12 @@ def test_one_table_maps_every_domain_error() -> None:
     expected = {
         InvalidInput: CODE.INVALID_ARGUMENT, ImageDecodeError: CODE.INVALID_ARGUMENT,
         ImageTooLargeError: CODE.RESOURCE_EXHAUSTED, TooLarge: CODE.RESOURCE_EXHAUSTED,
-        NotFound: CODE.NOT_FOUND, UnknownIdError: CODE.NOT_FOUND,
-        AlreadyExists: CODE.ALREADY_EXISTS, DuplicateIdError: CODE.ALREADY_EXISTS,
+        UnknownIdError: CODE.NOT_FOUND, DuplicateIdError: CODE.ALREADY_EXISTS,
         DeadlineExceeded: CODE.DEADLINE_EXCEEDED, Unavailable: CODE.UNAVAILABLE,
         IndexBundleMismatch: CODE.INVALID_ARGUMENT,
     }
     for kind, code in expected.items():
+        assert issubclass(kind, ServiceError), kind  # one error family
         assert status_for(kind("message")) == code, kind
     assert status_for(RuntimeError("bug")) is None and status_for(ValueError("bug")) is None
     kinds = [kind for kind, _ in STATUS_FOR]  # a subclass listed after its base would be unreachable

@@ -18,9 +18,10 @@ from serving.bundle import Manifest
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
 from serving.index.build import build_index, items_from_folder
 from serving.index.errors import DuplicateIdError, UnknownIdError
-from serving.index.store import GalleryIndex
+from serving.index.gallery import GalleryIndex
+from serving.index.item_table import metadata_text
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, to_model_input
-from serving.service import NewItem, Query, RetrievalService, ServiceLimits, metadata_text
+from serving.service import NewItem, Query, RetrievalService, ServiceLimits
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.config import ConfigError, load_config, parse_override
+from training.config import ConfigError, load_config
 from training.schedule import lr_factor
 
 
@@ -15,18 +15,24 @@ def test_presets_resolve_and_student_extends_teacher():
     assert paper.model.depth == 101 and paper.cdd.memory_size == 24000 and paper.loss.lasso_lambda == 0.004
 
 
-def test_overrides_are_typed():
-    cfg = load_config("demo-teacher", ["optim.lr=0.02", "run.epochs=3", "data.root=some/dir", "run.amp=false"])
+def test_overrides_are_typed_by_the_config_fields():
+    cfg = load_config("demo-teacher", ["optim.lr=0.02", "run.epochs=3", "data.root=some/dir", "run.amp=false",
+                                       "data.mean=[0.5, 0.25, 0.5]", "data.std=0.1,0.2,0.3", 'run.out_dir="x y"'])
     assert cfg.optim.lr == 0.02 and cfg.run.epochs == 3 and cfg.data.root == "some/dir" and cfg.run.amp is False
-    assert parse_override("data.mean=[0.5, 0.5, 0.5]")[2] == [0.5, 0.5, 0.5]
+    assert cfg.data.mean == (0.5, 0.25, 0.5) and cfg.data.std == (0.1, 0.2, 0.3) and cfg.run.out_dir == "x y"
+    assert load_config("demo-teacher", ["optim.warmup_epochs=3"]).optim.warmup_epochs == 3.0
+    with pytest.raises(ConfigError, match="run.amp=yes: expected true or false"):
+        load_config("demo-teacher", ["run.amp=yes"])
+    with pytest.raises(ConfigError, match="data.mean=0.5,0.5: expected 3 comma-separated values, found 2"):
+        load_config("demo-teacher", ["data.mean=0.5,0.5"])
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lrr'\]; valid keys are .*'lr'"):
+    with pytest.raises(ConfigError, match=r"optim.lrr: unknown key; valid keys are .*optim.lr, optim.min_lr"):
         load_config("demo-teacher", ["optim.lrr=0.1"])
-    with pytest.raises(ConfigError, match="unknown section"):
+    with pytest.raises(ConfigError, match=r"optimizer.lr: unknown key; valid keys are cdd\..*run\.seed"):
         load_config("demo-teacher", ["optimizer.lr=0.1"])
-    with pytest.raises(ConfigError, match="expected int"):
+    with pytest.raises(ConfigError, match="expected an integer"):
         load_config("demo-teacher", ["run.epochs=abc"])
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "demo-teacher"\n[model]\ndepthh = 3\n')

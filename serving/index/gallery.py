@@ -45,7 +45,7 @@ from serving.index.errors import (
 )
 from serving.index.exact_search import exact_top_k
 from serving.index.item_table import ItemTable
-from serving.index.searchers import DEVICES, new_searcher, resolve_engine
+from serving.index.searcher import DEVICES, Searcher, new_searcher, resolve_engine
 
 __all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
 
@@ -114,7 +114,7 @@ class GalleryIndex:
         self._options = dict(options or {})
         self._lock = threading.RLock()
         self._table = ItemTable(dim)
-        self._searcher: Any = self._new_searcher()
+        self._searcher: Searcher = self._new_searcher()
         self._trained_on = 0
 
     # ------------------------------------------------------------------ content
@@ -181,7 +181,8 @@ class GalleryIndex:
         self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, exact: bool = False
     ) -> list[list[Hit]]:
         """Top-``k`` hits per query row, best first. ``queries`` float32 (Q, dim); ``filter`` keeps only items
-        with ``metadata[field] == value`` for every given field (a missing field never matches), applied
+        whose ``metadata[field]`` has the text form (`metadata_text`) of ``value`` for every given field, so
+        {"camera": 3} and {"camera": "3"} match camera 3 (a missing field never matches); applied
         before the top-k cut, so each list holds min(k, matching items) hits for exact search; ``exact``
         forces brute force over all vectors. Approximate types may return fewer than k hits.
         Raises DimensionError, InvalidVectorsError, GalleryIndexError (k < 1)."""
@@ -311,7 +312,7 @@ class GalleryIndex:
             if self._searcher.is_trained and n:
                 self._searcher.add(self._table.vectors, self._table.labels)
             return
-        from serving.index.faiss_index import FaissSearcher
+        from serving.index.faiss_searcher import FaissSearcher
 
         use_gpu = self.engine == "faiss-gpu"
         data = structure.read_bytes()
@@ -323,7 +324,7 @@ class GalleryIndex:
                 "rebuild the index with `cdd-index build`"
             )
 
-    def _new_searcher(self) -> Any:
+    def _new_searcher(self) -> Searcher:
         return new_searcher(self.engine, self.index_type, self.dim, self._options)
 
     def _ensure_trained(self, retrain_if_grown: bool = False) -> None:

@@ -16,7 +16,7 @@ __all__ = ["TorchExactSearcher"]
 
 
 class TorchExactSearcher:
-    """Same duck-typed interface as FaissSearcher (train/add/remove/search/serialize/describe)."""
+    """A `serving.index.searcher.Searcher` holding every vector in CUDA memory; exact, never needs training."""
 
     index_type = "flat"
     is_trained = True
@@ -77,9 +77,6 @@ class TorchExactSearcher:
         scores[:, :take] = top_scores.cpu().numpy()
         labels[:, :take] = self._labels[top_rows].cpu().numpy()
         return scores, labels
-
-    def compact(self) -> None:
-        """Nothing to compact (removal is immediate)."""
 
     def serialize(self) -> bytes | None:
         """None: an exact index is rebuilt from the stored vectors."""

@@ -139,6 +139,21 @@ def test_filter_is_applied_before_the_top_k_cut(camera_share):
     assert index.search(queries, k=5, filter={"camera": 99}) == [[], [], []]
 
 
+def test_filters_match_the_text_form_of_metadata_values():
+    index = GalleryIndex(DIM)
+    meta = [{"camera": 3}, {"camera": "3"}, {"camera": 30}, {"flag": True}, {"tags": [1, 2]}, {}]
+    index.add([f"m{i}" for i in range(len(meta))], _random(len(meta), seed=4), meta)
+    query = _random(1, seed=5)
+
+    def found(filter):
+        return sorted(h.id for h in index.search(query, k=10, filter=filter)[0])
+
+    assert found({"camera": "3"}) == found({"camera": 3}) == ["m0", "m1"]
+    assert found({"flag": "true"}) == ["m3"] and found({"flag": "True"}) == []
+    assert found({"tags": "[1,2]"}) == ["m4"]
+    assert found({"camera": "3", "flag": "true"}) == []
+
+
 def test_hits_carry_copies_of_metadata():
     index, vectors = _filled(5)
     index.search(vectors[:1], k=1)[0][0].metadata["camera"] = 123
@@ -295,7 +310,7 @@ def test_torch_gpu_flat_matches_cpu():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: torch.cuda.is_available() is False")
-    from serving.index.torch_gpu_index import TorchExactSearcher
+    from serving.index.torch_gpu_searcher import TorchExactSearcher
 
     vectors, queries = _random(500, 0), _random(5, 1)
     searcher = TorchExactSearcher(DIM)
@@ -306,3 +321,17 @@ def test_torch_gpu_flat_matches_cpu():
     sims = queries @ vectors[odd].T
     np.testing.assert_array_equal(labels, odd[np.argsort(-sims, axis=1)[:, :5]])
     np.testing.assert_allclose(scores, -np.sort(-sims, axis=1)[:, :5], atol=1e-5)
+
+
+def test_faiss_searcher_has_every_member_of_the_searcher_protocol():
+    from serving.index.faiss_searcher import FaissSearcher
+    from serving.index.searcher import Searcher
+
+    members = {name for name in vars(Searcher) if not name.startswith("_")}
+    assert {"search", "add", "remove", "train", "serialize", "describe", "is_trained", "ntotal"} <= members
+    searcher = FaissSearcher("flat", DIM, {})
+    assert all(hasattr(searcher, name) for name in members)
+    vectors = _random(3, seed=1)
+    searcher.add(vectors, np.arange(3, dtype=np.int64))
+    scores, labels = searcher.search(vectors[:1], 2)
+    assert labels[0, 0] == 0 and scores.shape == (1, 2) and searcher.ntotal == 3

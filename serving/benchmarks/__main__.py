@@ -13,7 +13,7 @@
 ``engine`` / ``serve`` / ``index`` write ``OUT/<name>.json``, ``.md`` and ``.png``; ``all`` runs the CPU
 versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and ``benchmarks-*.png``).
 Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
-Also runnable as ``python -m serving.bench``.
+Also runnable as ``python -m serving.benchmarks``.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _shown(value: Any) -> str:
 
 def _resolved_command(args: argparse.Namespace) -> str:
     """The command line with every option spelled out (defaults included)."""
-    parts = ["python", "-m", "serving.bench", args.command]
+    parts = ["python", "-m", "serving.benchmarks", args.command]
     for dest, value in vars(args).items():
         if dest in ("command", "log_level") or value is None:
             continue

@@ -44,7 +44,8 @@ def _choose_pq(dim: int, n: int, options: dict[str, Any]) -> tuple[int, int]:
 
 
 class FaissSearcher:
-    """One FAISS index plus the bookkeeping FAISS lacks (tombstones, GPU replica). Not thread-safe."""
+    """A `serving.index.searcher.Searcher` over one FAISS index, plus the bookkeeping FAISS lacks
+    (tombstones, GPU replica). Not thread-safe."""
 
     def __init__(self, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False) -> None:
         self.index_type = index_type

@@ -37,8 +37,8 @@ from serving.index.build import (
     items_from_list,
 )
 from serving.index.errors import GalleryIndexError
+from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 from serving.index.recall import recall_at_k_vs_exact
-from serving.index.store import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 
 __all__ = ["main"]
 
