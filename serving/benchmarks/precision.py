@@ -11,16 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["INT8_TARGETS", "int8_fp32_ratios", "int8_markdown_lines", "int8_target_for"]
-
-INT8_TARGETS = ((256 * 128, 2.0), (0, 1.5))
-"""(minimum input pixels, speed-up target at batch 32): 2x at 256x128 and above, 1.5x at smaller sizes."""
-
-
-def int8_target_for(input_hw: Sequence[int]) -> float:
-    """The int8 / fp32 throughput target for a bundle of input (height, width)."""
-    pixels = int(input_hw[0]) * int(input_hw[1])
-    return next(target for minimum, target in INT8_TARGETS if pixels >= minimum)
+__all__ = ["int8_fp32_ratios", "int8_markdown_lines"]
 
 
 def _checkpoint(bundle: Any) -> str | None:

@@ -223,6 +223,8 @@ def test_targets_known_answers() -> None:
     assert met == {
         "student_throughput": True,
         "student_latency": False,
+        "int8_throughput_small": None,  # no int8 bundle benchmarked
+        "int8_throughput_256x128": None,
         "serve_efficiency": False,
         "batching_helps": False,
         "ingest_busy": True,
@@ -251,6 +253,8 @@ def test_all_writes_the_report(
     assert {t["id"] for t in result["targets"]} == {
         "student_throughput",
         "student_latency",
+        "int8_throughput_small",
+        "int8_throughput_256x128",
         "serve_efficiency",
         "batching_helps",
         "ingest_busy",
