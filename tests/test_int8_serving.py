@@ -10,7 +10,6 @@ import grpc
 import numpy as np
 import pytest
 
-from export.__main__ import main as export_main
 from export.gate_images import load_images
 from export.onnx_export import onnxruntime_embedder
 from export.parity import compare
@@ -23,8 +22,6 @@ from serving.index.errors import IndexBundleMismatch
 from serving.server import build_service, create_server
 from training.data.layouts import load_dataset
 
-_FAST = ["--set", "batch.max=16", "--set", "int8.timing_seconds=0.2"]
-
 
 def _index(bundle: Path, root: Path, out: Path) -> Path:
     assert index_main(["build", "--bundle", str(bundle), "--layout", "market1501", "--root", str(root),
@@ -33,11 +30,9 @@ def _index(bundle: Path, root: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def deployed_int8(student_run: Path, tiny_reid_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def deployed_int8(student_bundles, tiny_reid_root: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("int8-deployed")
-    fp32, int8 = work / "fp32", work / "int8"
-    assert export_main(["--run", str(student_run), "--out", str(fp32), "--tensorrt", "off", *_FAST]) == 0
-    assert export_main(["--run", str(student_run), "--out", str(int8), "--precision", "int8", *_FAST]) == 0
+    fp32, int8 = student_bundles.fp32, student_bundles.int8
     return fp32, int8, _index(fp32, tiny_reid_root, work / "index-fp32"), _index(int8, tiny_reid_root,
                                                                                   work / "index-int8")
 

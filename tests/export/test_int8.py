@@ -31,11 +31,8 @@ def _ops(path: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def int8_and_fp32(student_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("int8")
-    assert main(["--run", str(student_run), "--out", str(out / "fp32"), "--tensorrt", "off", *_FAST]) == 0
-    assert main(["--run", str(student_run), "--out", str(out / "int8"), "--precision", "int8", *_FAST]) == 0
-    return out / "int8", out / "fp32"
+def int8_and_fp32(student_bundles) -> tuple[Path, Path]:
+    return student_bundles.int8, student_bundles.fp32
 
 
 def test_int8_export_passes_its_gate_and_records_it(int8_and_fp32: tuple[Path, Path], tiny_reid_root: Path) -> None:
@@ -104,9 +101,8 @@ def test_map_gate_names_the_number_and_the_knob(int8_and_fp32: tuple[Path, Path]
     assert passed["map_drop"] == 0.0 and passed["min_cosine"] == pytest.approx(1.0)
 
 
-def test_excluded_layers_stay_float(student_run: Path, tiny_reid_root: Path, tmp_path: Path) -> None:
-    assert main(["--run", str(student_run), "--out", str(tmp_path / "fp32"), "--tensorrt", "off", *_FAST]) == 0
-    prepared = prepare(tmp_path / "fp32" / "model.onnx", tmp_path / "prepared.onnx")
+def test_excluded_layers_stay_float(int8_and_fp32: tuple[Path, Path], tiny_reid_root: Path, tmp_path: Path) -> None:
+    prepared = prepare(int8_and_fp32[1] / "model.onnx", tmp_path / "prepared.onnx")
     exclude = excluded_nodes(prepared, "first_last")
     graph = onnx.load(str(prepared)).graph
     weight_layers = [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
