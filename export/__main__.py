@@ -71,6 +71,10 @@ def _summary(result: ExportResult) -> list[str]:
         lines.append(f"  int8: {q['format']} (timed {', '.join(q['formats_timed'])}), {q['calibration']['method']} "
                      f"calibration on {q['calibration']['images']} train images (seed {q['calibration']['seed']})")
         lines.append(f"  batch {timing['batch']}: {speed}")
+    if manifest.compatible_with:
+        cross = manifest.parity["int8"]["compatible_with"]
+        lines.append(f"  indexes of {cross['bundle']} accepted: int8 queries on its gallery mAP "
+                     f"{cross['map_cross']:.2f} (drop {cross['map_drop']:.2f} points)")
     if result.tensorrt_note is not None:
         lines.append(f"  tensorrt: {result.tensorrt_note}")
     lines.append(f"  bundle: {result.bundle} ({', '.join(sorted(manifest.files))})")

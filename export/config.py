@@ -118,7 +118,11 @@ class Int8Config:
     images sampled with ``calibration_seed``; ``reduce_range`` quantises weights to 7 bits (avoids int16
     saturation in the AVX2/AVX-512 kernels without VNNI, at some precision). ``format`` auto times both
     formats at batch ``timing_batch`` for ``timing_seconds`` each and keeps the faster. ``exclude`` keeps the
-    first conv / last layer in float. ``eval_images`` caps the mAP gate's query + gallery images (0 = all)."""
+    first conv / last layer in float. ``eval_images`` caps the mAP gate's query + gallery images (0 = all).
+    ``compatible_with``: an fp32 bundle of the same checkpoint whose gallery indexes the int8 bundle may
+    search; declared in the manifest only when int8 queries against that bundle's gallery embeddings keep
+    the mAP within ``gates.int8.max_map_drop`` ("" = declare nothing: indexes must be built with the int8
+    bundle)."""
 
     calibration_images: int = 256
     calibration_seed: int = 0
@@ -130,6 +134,7 @@ class Int8Config:
     timing_batch: int = 32
     timing_seconds: float = 1.0
     eval_images: int = 0
+    compatible_with: str = ""
 
 
 @dataclass(frozen=True)

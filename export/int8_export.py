@@ -18,16 +18,17 @@ from typing import Any
 import numpy as np
 
 from export.bundle_writer import BundleStage
-from export.config import ExportConfig
+from export.config import ExportConfig, ExportConfigError
 from export.deploy_wrapper import DeployWrapper
 from export.gate_images import calibration_images
 from export.int8_format import choose_fastest, time_models
-from export.int8_gate import int8_gate, retrieval_set
+from export.int8_gate import cross_gate, int8_gate, retrieval_set
 from export.int8_quantize import OP_TYPES, excluded_nodes, prepare, quantise
 from export.onnx_export import ONNX_FILE, export_onnx, onnxruntime_embedder
 from export.onnx_flops import check_flops
 from export.parity import Embedder, run_gate
 from export.run_dir import RunDir
+from serving.bundle import BundleError, Manifest, load_bundle
 
 __all__ = ["Int8Files", "int8_model_files"]
 
@@ -35,10 +36,12 @@ __all__ = ["Int8Files", "int8_model_files"]
 @dataclass(frozen=True)
 class Int8Files:
     """What the int8 branch adds to the manifest: ``parity`` ("onnxruntime" fp32 vs torch, "int8" retrieval
-    gate) and ``quantization`` (tool, format, calibration settings, excluded nodes, timing)."""
+    gate) and ``quantization`` (tool, format, calibration settings, excluded nodes, timing); ``compatible_with``
+    the sha256 of the fp32 bundle whose indexes the int8 bundle may search (``int8.compatible_with``)."""
 
     parity: dict[str, Any]
     quantization: dict[str, Any]
+    compatible_with: tuple[str, ...] = ()
 
 
 def _quantised_candidates(work: Path, fp32: Path, run: RunDir, config: ExportConfig) -> tuple[dict, np.ndarray]:
@@ -53,12 +56,29 @@ def _quantised_candidates(work: Path, fp32: Path, run: RunDir, config: ExportCon
     return models, calib
 
 
+def _fp32_bundle(path: str, run: RunDir) -> tuple[Manifest, Path]:
+    """The fp32 bundle named by ``int8.compatible_with``, checked to hold the same network as ``run``."""
+    try:
+        manifest = load_bundle(path, verify=True)
+    except BundleError as exc:
+        raise ExportConfigError(f"int8.compatible_with={path}: {exc}") from exc
+    found = (manifest.precision, manifest.provenance.get("checkpoint_sha256"), manifest.output.dim,
+             (manifest.input.height, manifest.input.width))
+    expected = ("fp32", run.checkpoint_sha256, run.spec.embedding_dim, tuple(run.spec.input_size))
+    if found != expected:
+        raise ExportConfigError(f"int8.compatible_with={path}: (precision, checkpoint sha256, dim, input size) is "
+                                f"{found}, expected {expected}: only an fp32 bundle exported from this run's "
+                                "checkpoint can share indexes with its int8 bundle")
+    return manifest, Path(path) / str(manifest.backends["onnxruntime"])
+
+
 def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embedder, run: RunDir,
                      config: ExportConfig, images: np.ndarray, flops: int) -> Int8Files:
     """Export, gate and quantise ``wrapper``; write the chosen int8 graph to ``stage`` as ``model.onnx``
     (role "onnxruntime"). ``reference`` is the torch embedder of ``wrapper``; ``images`` the
     gate images. Raises ParityGateError / Int8GateError (gates), QuantisationError, RunDirError."""
     q, sizes = config.int8, config.parity_batch_sizes
+    other = _fp32_bundle(q.compatible_with, run) if q.compatible_with else None  # a bad path fails first
     with tempfile.TemporaryDirectory(prefix="cdd-export-int8-") as tmp:
         work = Path(tmp)
         fp32 = export_onnx(wrapper, work / "fp32.onnx", run.spec.input_size, config.opset)
@@ -70,8 +90,15 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
                              q.timing_batch, q.timing_seconds)
         chosen = models[choose_fastest(timing, tuple(f"int8-{f}" for f in models)).removeprefix("int8-")]
         data = retrieval_set(run.dataset, run.data_root, run.spec.input_size, q.eval_images, config.gates.seed)
-        parity["int8"] = int8_gate(onnxruntime_embedder(fp32), onnxruntime_embedder(chosen.path), images, sizes,
-                                   data, config.batch.max, config.gates.int8, q)
+        int8 = onnxruntime_embedder(chosen.path)
+        parity["int8"] = int8_gate(onnxruntime_embedder(fp32), int8, images, sizes, data, config.batch.max,
+                                   config.gates.int8, q)
+        compatible: tuple[str, ...] = ()
+        if other is not None:
+            parity["int8"]["compatible_with"] = cross_gate(int8, onnxruntime_embedder(other[1]), data,
+                                                           config.batch.max, parity["int8"]["map_fp32"],
+                                                           config.gates.int8, q.compatible_with)
+            compatible = (other[0].sha256(),)
         shutil.copyfile(chosen.path, stage.path / ONNX_FILE)
     stage.record(ONNX_FILE, "onnxruntime")
     quantization = {
@@ -88,4 +115,4 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
         "exclude": q.exclude,
         "timing": timing,
     }
-    return Int8Files(parity=parity, quantization=quantization)
+    return Int8Files(parity=parity, quantization=quantization, compatible_with=compatible)

@@ -24,7 +24,7 @@ from training.data.layouts import load_dataset
 from training.data.records import Record
 from training.metrics import evaluate_retrieval
 
-__all__ = ["Int8GateError", "RetrievalSet", "int8_gate", "retrieval_map", "retrieval_set"]
+__all__ = ["Int8GateError", "RetrievalSet", "cross_gate", "int8_gate", "retrieval_map", "retrieval_set"]
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
@@ -90,15 +90,17 @@ def _embed_all(embed: Embedder, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([embed(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def retrieval_map(embed: Embedder, data: RetrievalSet, batch: int) -> float:
-    """mAP in percent (0..100) of ``embed`` on ``data`` (training.metrics protocol). Raises RunDirError
-    when no query has a true match in the gallery."""
+def retrieval_map(embed: Embedder, data: RetrievalSet, batch: int, gallery_embed: Embedder | None = None) -> float:
+    """mAP in percent (0..100) of ``embed`` on ``data`` (training.metrics protocol); the gallery is embedded
+    with ``gallery_embed`` when given (cross-model retrieval). Raises RunDirError when no query has a true
+    match in the gallery."""
     query = _embed_all(embed, data.query, batch)
     try:
         if data.protocol == "class":
-            metrics = evaluate_retrieval(query, query, data.query_ids, data.query_ids, query_is_gallery=True)
+            gallery = query if gallery_embed is None else _embed_all(gallery_embed, data.query, batch)
+            metrics = evaluate_retrieval(query, gallery, data.query_ids, data.query_ids, query_is_gallery=True)
         else:
-            gallery = _embed_all(embed, data.gallery, batch)
+            gallery = _embed_all(gallery_embed or embed, data.gallery, batch)
             metrics = evaluate_retrieval(query, gallery, data.query_ids, data.gallery_ids, data.query_cams,
                                          data.gallery_cams)
     except ValueError as exc:
@@ -148,3 +150,17 @@ def int8_gate(reference: Embedder, candidate: Embedder, gate_images: np.ndarray,
         "eval_gallery": int(len(data.gallery)),
         "tolerance": {"min_cosine": tolerance.min_cosine, "max_map_drop": tolerance.max_map_drop},
     }
+
+
+def cross_gate(int8: Embedder, fp32_gallery: Embedder, data: RetrievalSet, batch: int, map_fp32: float,
+               tolerance: RetrievalTolerance, bundle: str) -> dict[str, Any]:
+    """mAP of int8 queries against a gallery embedded by the fp32 ``bundle``'s graph, within
+    ``tolerance.max_map_drop`` points of ``map_fp32``. Returns {"bundle", "map_cross", "map_drop"}; raises
+    Int8GateError (the int8 bundle then must not declare that bundle's indexes compatible)."""
+    cross = retrieval_map(int8, data, batch, gallery_embed=fp32_gallery)
+    if not map_fp32 - cross <= tolerance.max_map_drop:
+        raise Int8GateError("int8", f"int8.compatible_with={bundle}: int8 queries against its gallery embeddings "
+                            f"reach mAP {cross:.2f} vs fp32 {map_fp32:.2f}, a drop of {map_fp32 - cross:.2f} points > "
+                            f"gates.int8.max_map_drop {tolerance.max_map_drop:.2f}; rebuild the index with the int8 "
+                            "bundle instead (leave int8.compatible_with empty). No bundle was written.")
+    return {"bundle": bundle, "map_cross": cross, "map_drop": map_fp32 - cross}

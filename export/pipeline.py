@@ -180,11 +180,12 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
                              config.gates.seed)
         wrapper, parity = _torch_gates(run, config, images)
         quantization: dict[str, Any] = {}
+        compatible: tuple[str, ...] = ()
         if config.precision == "int8":
             int8 = int8_model_files(stage, wrapper, _wrapper_embedder(wrapper), run, config, images,
                                     cost["student"]["flops"])
             parity.update(int8.parity)
-            quantization = int8.quantization
+            quantization, compatible = int8.quantization, int8.compatible_with
             backends: dict[str, Any] = {"onnxruntime": ONNX_FILE}
         else:
             parity.update(_model_files(stage, wrapper, run, config, images, cost["student"]["flops"]))
@@ -196,7 +197,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
             name=Path(out_dir).resolve().name, input_size=run.spec.input_size, dim=run.spec.embedding_dim,
             mean=run.mean, std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files,
             backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config),
-            precision=config.precision, quantization=quantization,
+            precision=config.precision, quantization=quantization, compatible_with=compatible,
         )
         bundle = stage.commit(manifest)
     return ExportResult(bundle=bundle, manifest=manifest, tensorrt_note=tensorrt_note)

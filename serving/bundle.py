@@ -101,7 +101,9 @@ class Manifest:
     ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on).
     ``precision`` is "fp32" or "int8" (ONNX Runtime static quantisation; ``quantization`` then records the
     format, calibration settings and timing, and ``parity["int8"]`` the retrieval gate's numbers). A manifest
-    without the field is fp32; fp32 manifests are written without it, so their ``sha256`` is unchanged."""
+    without the field is fp32; fp32 manifests are written without it, so their ``sha256`` is unchanged.
+    ``compatible_with`` lists the ``sha256`` of other bundles whose gallery indexes this bundle may search
+    (written by export only after measuring cross-bundle mAP; see ``index_compatible``)."""
 
     name: str
     input: InputSpec
@@ -117,12 +119,20 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     precision: str = "fp32"
     quantization: dict[str, Any] = field(default_factory=dict)
+    compatible_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.precision == "fp32" and not self.quantization:
             del data["precision"], data["quantization"]
+        if not self.compatible_with:
+            del data["compatible_with"]
         return data
+
+    def index_compatible(self, bundle_sha256: str | None) -> bool:
+        """True when vectors of the bundle with ``bundle_sha256`` (an index's stamp) may be searched with this
+        bundle's: it is this bundle, or one this manifest lists in ``compatible_with``."""
+        return bundle_sha256 == self.sha256() or bundle_sha256 in self.compatible_with
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
@@ -156,6 +166,7 @@ class Manifest:
                 schema_version=version,
                 precision=precision,
                 quantization=dict(data.get("quantization", {})),
+                compatible_with=tuple(str(sha) for sha in data.get("compatible_with", ())),
             )
         except KeyError as exc:
             raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc

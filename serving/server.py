@@ -115,7 +115,8 @@ def build_service(config: ServeConfig) -> RetrievalService:
         # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads
         # only add contention there (measured: 8-24 ms vs 0.15 ms per query on a busy 2-core machine).
         faiss.omp_set_num_threads(config.index_threads)
-    index = GalleryIndex.load(config.index, expected_bundle_sha256=manifest.sha256())
+    index = GalleryIndex.load(config.index, expected_bundle_sha256=manifest.sha256(),
+                              compatible=manifest.compatible_with)
     engine = create_engine(config.bundle, manifest, backend=config.backend)
     max_batch = min(config.max_batch, manifest.batch.max)
     if max_batch < config.max_batch:

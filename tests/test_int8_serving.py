@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from export.__main__ import main as export_main
 from export.gate_images import load_images
 from export.onnx_export import onnxruntime_embedder
 from export.parity import compare
@@ -78,3 +79,37 @@ def test_fp32_index_is_refused_for_the_int8_bundle(deployed_int8) -> None:
                 rf"{load_bundle(int8).sha256()}")
     with pytest.raises(IndexBundleMismatch, match=expected):
         build_service(ServeConfig(bundle=int8, index=fp32_index, port=0))
+
+
+def test_compatible_int8_bundle_searches_the_fp32_index(deployed_int8, student_run: Path, tiny_reid_root: Path,
+                                                        tmp_path: Path, capsys) -> None:
+    fp32, _, fp32_index, _ = deployed_int8
+    out = tmp_path / "int8-compatible"
+    assert export_main(["--run", str(student_run), "--out", str(out), "--precision", "int8", "--set",
+                        "batch.max=16", "--set", "int8.timing_seconds=0.2", "--set",
+                        f"int8.compatible_with={fp32}"]) == 0
+    manifest = load_bundle(out)
+    assert manifest.compatible_with == (load_bundle(fp32).sha256(),)
+    cross = manifest.parity["int8"]["compatible_with"]
+    assert cross["map_drop"] == pytest.approx(manifest.parity["int8"]["map_fp32"] - cross["map_cross"])
+    assert cross["map_drop"] <= 0.5
+    capsys.readouterr()
+    assert index_main(["eval", "--index", str(fp32_index), "--bundle", str(out), "--layout", "market1501",
+                       "--root", str(tiny_reid_root), "--quiet"]) == 0
+    assert 100 * json.loads(capsys.readouterr().out)["mAP"] == pytest.approx(cross["map_cross"], abs=0.01)
+    service = build_service(ServeConfig(bundle=out, index=fp32_index, port=0))
+    try:
+        query = load_dataset("market1501", tiny_reid_root).query[0]
+        assert len(service.search(Path(query.path).read_bytes(), 3)) == 3
+    finally:
+        service.close()
+
+
+def test_compatible_with_another_checkpoint_is_refused(deployed_int8, teacher_run: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    fp32 = deployed_int8[0]
+    code = export_main(["--run", str(teacher_run), "--out", str(tmp_path / "b"), "--precision", "int8", "--set",
+                        "batch.max=16", "--set", "int8.timing_seconds=0.2", "--set", f"int8.compatible_with={fp32}"])
+    assert code == 1
+    assert "only an fp32 bundle exported from this run's checkpoint" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

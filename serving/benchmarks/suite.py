@@ -109,7 +109,7 @@ def run_serve(
     names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
     engine, name, skipped = open_first(bundle, manifest, names, threads)
     if isinstance(index, Path):
-        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256())
+        index = GalleryIndex.load(index, expected_bundle_sha256=manifest.sha256(), compatible=manifest.compatible_with)
     elif index is None and target is None:
         if images is None:
             raise ValueError(

@@ -17,7 +17,7 @@ import math
 import operator
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -270,21 +270,25 @@ class GalleryIndex:
         directory: str | Path,
         expected_bundle_sha256: str | None = None,
         *,
+        compatible: Collection[str] = (),
         device: str = "cpu",
         verify: bool = True,
     ) -> GalleryIndex:
         """Load the live version of ``directory``. With ``expected_bundle_sha256`` refuse an index built
-        from another bundle (IndexBundleMismatch). ``verify`` checks every file's sha256 first.
+        from another bundle (IndexBundleMismatch) unless that bundle's sha256 is in ``compatible`` (the served
+        manifest's ``compatible_with``). ``verify`` checks every file's sha256 first.
         Raises IndexCorruptError for missing / modified / inconsistent files."""
         folder = resolve(directory)
         if verify:
             verify_checksums(folder)
         info = read_info(folder)
-        if expected_bundle_sha256 is not None and info.get("bundle_sha256") != expected_bundle_sha256:
+        built_with = info.get("bundle_sha256")
+        if expected_bundle_sha256 is not None and built_with != expected_bundle_sha256 and built_with not in compatible:
             raise IndexBundleMismatch(
-                f"index {directory} was built with bundle sha256 {info.get('bundle_sha256')}, but the bundle "
-                f"being served has sha256 {expected_bundle_sha256}; embeddings of different models cannot be "
-                f"compared; rebuild it: cdd-index build --bundle BUNDLE --images IMAGES --out {directory}"
+                f"index {directory} was built with bundle sha256 {built_with}, but the bundle being served has "
+                f"sha256 {expected_bundle_sha256} and does not list it in its manifest's compatible_with; "
+                "embeddings of different models (or precisions) cannot be compared; rebuild it: cdd-index build "
+                f"--bundle BUNDLE --images IMAGES --out {directory}"
             )
         ids, labels, metadata, vectors = read_rows(folder, info)
         options = {k: v for k, v in info.get("options", {}).items() if k in OPTION_KEYS}
