@@ -63,3 +63,20 @@ def test_int8_targets_known_answers() -> None:
     assert "mAP 50.50 vs 50.70 (cost 0.20 points)" in targets["int8_throughput_small"]["detail"]
     none = {t["id"]: t["met"] for t in evaluate_targets({"ratios": [], "int8_ratios": []})}
     assert none["int8_throughput_small"] is None and none["int8_throughput_256x128"] is None
+
+
+def test_profile_says_where_the_time_goes(student_bundles, tmp_path: Path) -> None:
+    code = main(["profile", "--bundle", str(student_bundles.fp32), "--bundle", str(student_bundles.int8),
+                 "--labels", "fp32,int8", "--batch", "4", "--runs", "3", "--warmup", "1", "--threads", "1",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    fp32, int8 = json.loads((tmp_path / "profile.json").read_text())["profile"]
+    assert (fp32["precision"], int8["precision"], fp32["runs"], int8["batch"]) == ("fp32", "int8", 3, 4)
+    for profile in (fp32, int8):
+        assert sum(op["share"] for op in profile["ops"]) == pytest.approx(1.0)
+        assert sum(profile["groups"].values()) == pytest.approx(1.0)
+        assert profile["ms_per_run"] >= sum(op["ms_per_run"] for op in profile["ops"]) * 0.99
+    fp32_ops, int8_ops = {op["op"] for op in fp32["ops"]}, {op["op"] for op in int8["ops"]}
+    assert fp32_ops & {"Conv", "FusedConv"} and not fp32_ops & {"QLinearConv", "QuantizeLinear"}
+    assert int8_ops & {"QLinearConv", "QuantizeLinear", "ConvInteger"}
+    assert "### int8 (int8, 64x32, batch 4, 1 threads)" in (tmp_path / "profile.md").read_text()
