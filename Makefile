@@ -58,8 +58,9 @@ $(BENCH_RUN)/metrics.json: $(BENCH_DATA)/.complete
 		--set run.progress=false
 
 bench-bundle: $(BENCH_RUN)/metrics.json
-	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench --tensorrt off
-	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench-int8 --precision int8 --set int8.calibration_images=64
+	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench --tensorrt off --set batch.max=32
+	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench-int8 --precision int8 --set batch.max=32 \
+		--set int8.calibration_images=64
 
 index: $(STAMP)
 	$(VENV)/bin/cdd-index build --bundle bundles/$(PRESET) --images data/synthetic-reid/bounding_box_test \
