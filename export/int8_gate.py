@@ -111,9 +111,11 @@ def retrieval_map(embed: Embedder, data: RetrievalSet, batch: int, gallery_embed
 def _knobs(cfg: Int8Config) -> str:
     more = max(2 * cfg.calibration_images, 512)
     methods = "|".join(m for m in ("minmax", "entropy", "percentile") if m != cfg.calibration_method)
-    return (f"try more calibration images (int8.calibration_images={more}, now {cfg.calibration_images}), "
-            f"another calibration method (int8.calibration_method={methods}, now {cfg.calibration_method}) or "
-            f"keeping the first/last layers in float (int8.exclude=first_last, now {cfg.exclude})")
+    knobs = [f"more calibration images (int8.calibration_images={more}, now {cfg.calibration_images})",
+             f"another calibration method (int8.calibration_method={methods}, now {cfg.calibration_method})"]
+    if cfg.exclude != "first_last":
+        knobs.append(f"keeping the first and last layers in float (int8.exclude=first_last, now {cfg.exclude})")
+    return "try " + ", ".join(knobs[:-1]) + " or " + knobs[-1]
 
 
 def int8_gate(reference: Embedder, candidate: Embedder, gate_images: np.ndarray, batch_sizes: Sequence[int],
