@@ -1,21 +1,21 @@
 """Write a model bundle atomically: everything goes into a hidden temp dir next to the target, which is
 renamed into place only after the manifest is written and verified.
 
-Every file and the stage folder are fsynced before the rename (and the parent folder after it), so a
-committed bundle survives a power loss. A failed gate or a crash before ``commit`` leaves no bundle and no
-half-written dir at ``--out`` (and an existing bundle there untouched); the temp dir is removed on any
-exception. Replacing an existing bundle renames it aside, renames the new one in, then deletes the old one.
+A failed gate or a crash before ``commit`` leaves no bundle and no half-written dir at ``--out`` (and an
+existing bundle there untouched); the temp dir is removed on any exception. ``commit`` publishes with
+`export.bundle_publish.publish_dir`: every file fsynced, then one atomic switch, so a kill at any moment
+leaves the old or the new bundle complete at ``--out``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from export.bundle_publish import publish_dir
 from export.errors import ExportError
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from serving.bundle import (
@@ -47,22 +47,6 @@ def _check_replaceable(out: Path) -> None:
     if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise BundleWriteError(f"--out {out}: a non-empty directory without {MANIFEST_NAME} (not a bundle); "
                                "refusing to replace it; choose another output path or empty it")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush every file of the staged bundle and the folder itself, so the rename publishes durable data."""
-    for entry in directory.iterdir():
-        if entry.is_file():
-            _fsync(entry)
-    _fsync(directory)
 
 
 def _publish_modes(directory: Path) -> None:
@@ -112,22 +96,8 @@ class BundleStage:
             raise BundleWriteError(f"staged bundle fails verification: {exc}") from exc
         _check_replaceable(self.out)
         _publish_modes(self.path)
-        _fsync_tree(self.path)
-        backup = None
-        if self.out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, backup / "bundle")
-        try:
-            os.replace(self.path, self.out)
-        except OSError:
-            if backup is not None:
-                os.replace(backup / "bundle", self.out)
-                shutil.rmtree(backup, ignore_errors=True)
-            raise
-        _fsync(self.out.parent)
+        publish_dir(self.path, self.out)  # fsynced, one atomic switch: a kill leaves old or new complete
         self.committed = True
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
         return self.out
 
 

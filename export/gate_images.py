@@ -23,7 +23,7 @@ def load_images(records: Sequence[Record], size_hw: tuple[int, int]) -> np.ndarr
     """uint8 (N, H, W, 3) RGB pixels of ``records`` resized to ``size_hw`` (height, width).
     Raises RunDirError naming the unreadable file."""
     try:
-        return np.stack([resize_uint8(load_rgb(r.path), size_hw) for r in records])
+        return np.stack([resize_uint8(load_rgb(r.path, size_hw), size_hw) for r in records])
     except ImageLoadError as exc:
         raise RunDirError(f"{exc}; the gates read real images from the dataset in config.json") from exc
 

@@ -2,10 +2,13 @@
 
 The runtime (what a deployed ``cdd-serve`` loads): a Search request enters `server` (`create_server`,
 `serve`), goes through `grpc_servicer` (messages <-> Python, `errors` -> status codes) to `service`
-(`RetrievalService`), which decodes and resizes the image (`preprocess`, as the `bundle` manifest says),
+(`RetrievalService`), which checks request sizes (`request_limits`), decodes and resizes the image
+(`preprocess` by the rule of `image_decoding`, as the `bundle` manifest says),
 embeds it through `batcher` (dynamic batching) and an engine from `backends/`, and searches the gallery
 index (`index/gallery.py`: the item table plus a FAISS or torch searcher). Every serving default lives in
-`config` (`ServeConfig`); `auth` checks bearer tokens; `_proto/` is generated from ``protos/``.
+`config` (`ServeConfig`); `auth` checks the read and admin bearer tokens, `tls` builds (mutual) TLS
+credentials and refuses plaintext beyond loopback; `bundle_files` makes every loaded model file a checked
+file; `_proto/` is generated from ``protos/``.
 
 The four commands:
 - ``cdd-serve``  `serving.server`: run the gRPC server.

@@ -1,12 +1,19 @@
-"""Bearer-token authentication for the gRPC server.
+"""Bearer-token access control for the gRPC server: a read token and an admin token.
 
-Every call must carry ``authorization: Bearer <token>`` metadata; the token is compared in constant time
-and a missing or wrong one ends the call with UNAUTHENTICATED before any handler runs. Health checks
-(``grpc.health.v1.Health`` Check, Watch and List) are exempt by default so that load balancers and
+Every call must carry ``authorization: Bearer <token>`` metadata once the server has any token:
+
+- the **admin** token (``--token-file`` or ``$CDD_SERVE_TOKEN``) may call everything;
+- the **read** token (``--read-token-file`` or ``$CDD_SERVE_READ_TOKEN``) may call Search, SearchBatch,
+  Embed, Stats and server reflection, and gets PERMISSION_DENIED for the gallery changes
+  (AddItems, RemoveItems, `ADMIN_METHODS`);
+- a missing or unknown token gets UNAUTHENTICATED before any handler runs. With only a read token
+  configured, gallery changes are refused for everyone (PERMISSION_DENIED).
+
+Tokens are compared in constant time (`hmac.compare_digest`, against every configured token). Health
+checks (``grpc.health.v1.Health`` Check, Watch and List) are exempt so that load balancers and
 orchestrator probes, which send no credentials, can still see whether the server is up; server reflection
-is NOT exempt (it discloses the API). Pass ``exempt=()`` to protect health checks too.
-
-Send tokens over TLS (``--tls-cert/--tls-key``) when the server listens beyond loopback.
+is NOT exempt (it discloses the API). Tokens travel in clear text without TLS: `serving.tls` refuses a
+plaintext bind beyond loopback.
 """
 
 from __future__ import annotations
@@ -18,57 +25,84 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["HEALTH_METHODS", "TOKEN_ENV", "BearerTokenInterceptor", "load_token"]
+__all__ = [
+    "ADMIN_METHODS",
+    "HEALTH_METHODS",
+    "READ_TOKEN_ENV",
+    "TOKEN_ENV",
+    "BearerTokenInterceptor",
+    "load_token",
+]
 
 HEALTH_METHODS = (
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",
 )
+ADMIN_METHODS = ("/cdd.v1.Retrieval/AddItems", "/cdd.v1.Retrieval/RemoveItems")
+"""Methods only the admin token may call (they change the gallery)."""
 TOKEN_ENV = "CDD_SERVE_TOKEN"
+READ_TOKEN_ENV = "CDD_SERVE_READ_TOKEN"
 _SCHEME = "bearer "
 
 
-def load_token(token_file: str | Path | None = None, environ: dict[str, str] | None = None) -> str | None:
-    """The token from ``token_file`` (surrounding whitespace stripped) or else ``$CDD_SERVE_TOKEN``; None if
-    neither is given. Raises ValueError for an unreadable or empty file, or an empty variable."""
+def load_token(
+    token_file: str | Path | None = None, environ: dict[str, str] | None = None, variable: str = TOKEN_ENV
+) -> str | None:
+    """The token from ``token_file`` (surrounding whitespace stripped) or else ``$variable``; None if neither
+    is given. Raises ValueError for an unreadable or empty file, or an empty variable."""
     if token_file is not None:
         path = Path(token_file)
         try:
             token = path.read_text().strip()
         except OSError as exc:
-            raise ValueError(f"{path}: cannot read token file ({exc.strerror}); fix --token-file") from exc
+            raise ValueError(f"{path}: cannot read token file ({exc.strerror}); fix the token file flag") from exc
         if not token:
             raise ValueError(f"{path}: the token file is empty; write the shared secret into it")
         return token
     env = os.environ if environ is None else environ
-    if TOKEN_ENV in env:
-        token = env[TOKEN_ENV].strip()
+    if variable in env:
+        token = env[variable].strip()
         if not token:
-            raise ValueError(f"${TOKEN_ENV} is set but empty; set it to the shared secret or unset it")
+            raise ValueError(f"${variable} is set but empty; set it to the shared secret or unset it")
         return token
     return None
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Reject calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED); ``exempt`` lists full
-    method names (``/package.Service/Method``) that skip the check."""
+    """Check ``authorization: Bearer <token>`` against the admin ``token`` and the ``read_token`` (either
+    may be None, not both). ``exempt`` lists full method names (``/package.Service/Method``) that skip the
+    check; ``admin_methods`` those the read token may not call."""
 
-    def __init__(self, token: str, exempt: Iterable[str] = HEALTH_METHODS) -> None:
-        if not token:
-            raise ValueError("auth token is empty; pass the shared secret, or no interceptor to disable auth")
-        self._token = token.encode()
+    def __init__(
+        self,
+        token: str | None,
+        exempt: Iterable[str] = HEALTH_METHODS,
+        read_token: str | None = None,
+        admin_methods: Iterable[str] = ADMIN_METHODS,
+    ) -> None:
+        if not token and not read_token:
+            raise ValueError("no auth token given; pass a token and/or a read token, or no interceptor")
+        if token and read_token and hmac.compare_digest(token.encode(), read_token.encode()):
+            raise ValueError("the read token equals the admin token; give them different secrets")
+        self._admin = token.encode() if token else None
+        self._read = read_token.encode() if read_token else None
         self._exempt = frozenset(exempt)
+        self._admin_methods = frozenset(admin_methods)
 
-    def _allowed(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
+    def _role(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+        """"admin", "read" or None (no or unknown token); compares with every configured token."""
         value = ""
         for key, item in metadata or ():
             if key == "authorization" and isinstance(item, str):
                 value = item
                 break
         if value[: len(_SCHEME)].lower() != _SCHEME:
-            return False
-        return hmac.compare_digest(value[len(_SCHEME) :].strip().encode(), self._token)
+            return None
+        given = value[len(_SCHEME) :].strip().encode()
+        is_admin = self._admin is not None and hmac.compare_digest(given, self._admin)
+        is_read = self._read is not None and hmac.compare_digest(given, self._read)
+        return "admin" if is_admin else "read" if is_read else None
 
     def intercept_service(
         self,
@@ -76,22 +110,30 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method in self._exempt:
+        method = handler_call_details.method
+        if handler is None or method in self._exempt:
             return handler
-        if self._allowed(handler_call_details.invocation_metadata):
-            return handler
-        return _deny_like(handler, handler_call_details.method)
+        role = self._role(handler_call_details.invocation_metadata)
+        if role is None:
+            return _deny_like(handler, grpc.StatusCode.UNAUTHENTICATED, (
+                f"{method} requires 'authorization: Bearer <token>' metadata with one of the server's tokens; "
+                "the token was missing or wrong"))
+        if method in self._admin_methods and role != "admin":
+            if self._admin is None:
+                reason = ("this server has no admin token (started with a read token only), so gallery changes "
+                          "are disabled; restart it with --token-file")
+            else:
+                reason = "the token sent is the read-only token; send the admin token"
+            return _deny_like(handler, grpc.StatusCode.PERMISSION_DENIED,
+                              f"{method} changes the gallery and needs the admin token; {reason}")
+        return handler
 
 
-def _deny_like(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming shape as ``handler`` that aborts with UNAUTHENTICATED."""
-    message = (
-        f"{method} requires 'authorization: Bearer <token>' metadata with the server's token; "
-        "the token was missing or wrong"
-    )
+def _deny_like(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming shape as ``handler`` that aborts with ``code`` and ``message``."""
 
     def abort(_request: object, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(code, message)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from serving.atomic_file import write_text_atomic
+from serving.bundle_files import BundleError, check_backend_files, resolve_inside
 from serving.json_document import read_json_object
 
 __all__ = [
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
+    "DECODE_RULE",
     "PRECISIONS",
     "BundleError",
     "InputSpec",
@@ -39,12 +41,10 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DECODE_RULE = "rgb8-v1"
+"""The image decoding rule this build implements (``serving.image_decoding.DECODE_RULE``)."""
 PRECISIONS = ("fp32", "int8")
 """Numeric precision of ``model.onnx``; the contract (uint8 in, unit float32 out) is the same for both."""
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, from another schema, or its files fail their checksums."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,12 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What happens before the graph: decode, convert to ``color``, resize (``policy`` "stretch" = resize
-    straight to the input size, PIL ``interpolation``). ``normalization`` "in_graph" means mean/std (0..1 scale)
-    are applied inside the model and consumers must not apply them again."""
+    """What happens before the graph: decode by rule ``decode`` (see ``serving/image_decoding.py``: JPEG
+    draft towards the input size when ``jpeg_draft``, EXIF orientation applied when ``exif_orientation``,
+    alpha composited over the RGB ``background``, 16-bit gray keeps its high byte), convert to ``color``,
+    resize (``policy`` "stretch" = resize straight to the input size, PIL ``interpolation``).
+    ``normalization`` "in_graph" means mean/std (0..1 scale) are applied inside the model and consumers
+    must not apply them again. Training's evaluation transform decodes by the same rule."""
 
     policy: str = "stretch"
     interpolation: str = "bilinear"
@@ -82,6 +85,23 @@ class Preprocess:
     normalization: str = "in_graph"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    decode: str = DECODE_RULE
+    exif_orientation: bool = True
+    jpeg_draft: bool = True
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    def problems(self) -> list[str]:
+        """What is wrong with the decoding policy fields (empty when they are usable)."""
+        found = []
+        if self.decode != DECODE_RULE:
+            found.append(f"preprocess.decode is {self.decode!r}, this build decodes by rule {DECODE_RULE!r}")
+        for name in ("exif_orientation", "jpeg_draft"):
+            if not isinstance(getattr(self, name), bool):
+                found.append(f"preprocess.{name} must be true or false, found {getattr(self, name)!r}")
+        background = self.background
+        if len(background) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in background):
+            found.append(f"preprocess.background must be 3 integers 0..255 (RGB), found {list(background)}")
+        return found
 
 
 @dataclass(frozen=True)
@@ -151,7 +171,9 @@ class Manifest:
             pre = dict(data["preprocess"])
             pre["mean"] = tuple(pre["mean"])
             pre["std"] = tuple(pre["std"])
-            return cls(
+            if "background" in pre:
+                pre["background"] = tuple(pre["background"])
+            manifest = cls(
                 name=data["name"],
                 input=InputSpec(**data["input"]),
                 output=OutputSpec(**data["output"]),
@@ -172,6 +194,11 @@ class Manifest:
             raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc
         except TypeError as exc:
             raise BundleError(f"{source}: malformed field: {exc}") from exc
+        problems = manifest.preprocess.problems()
+        if problems:
+            raise BundleError(f"{source}: " + "; ".join(problems) + "; re-export the bundle or upgrade serving")
+        check_backend_files(manifest.backends, manifest.files, source)
+        return manifest
 
     def sha256(self) -> str:
         """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes)."""
@@ -188,9 +215,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def load_bundle(directory: str | Path, verify: bool = True) -> Manifest:
-    """Read ``directory/manifest.json``; with ``verify`` check every listed file's size and sha256.
+    """Read ``directory/manifest.json``; with ``verify`` check that every listed file lies inside the bundle
+    and has its sha256. Backends later read their model through `serving.bundle_files.read_checked_file`,
+    which checks the bytes it hands over again.
 
-    Raises BundleError (missing dir/manifest, bad JSON, wrong schema, missing file, checksum mismatch)."""
+    Raises BundleError (missing dir/manifest, bad JSON, wrong schema, a backend file that is not a plain
+    name listed in ``files``, a file outside the bundle or missing, checksum mismatch)."""
     root = Path(directory)
     path = root / MANIFEST_NAME
     fix = f"create the bundle with `cdd-export --run RUN --out {root}`"
@@ -198,9 +228,9 @@ def load_bundle(directory: str | Path, verify: bool = True) -> Manifest:
     manifest = Manifest.from_dict(data, source=str(path))
     if verify:
         for name, info in manifest.files.items():
-            file_path = root / name
-            if not file_path.is_file():
-                raise BundleError(f"{path}: lists {name!r} but {file_path} is missing; re-export the bundle")
+            if not (root / name).is_file():
+                raise BundleError(f"{path}: lists {name!r} but {root / name} is missing; re-export the bundle")
+            file_path = resolve_inside(root, name)
             found = sha256_file(file_path)
             if found != info.get("sha256"):
                 raise BundleError(

@@ -46,6 +46,10 @@ def _image_bytes(image: ImageLike) -> bytes:
         raise ValueError(f"{path}: cannot read the image ({exc.strerror}); check the path") from exc
 
 
+def _pem(value: str | Path | bytes | None) -> bytes | None:
+    return value if value is None or isinstance(value, bytes) else Path(value).read_bytes()
+
+
 def _fields(message: Any) -> dict[str, Any]:
     """Singular fields of a message as a dict, nested messages as dicts (enough for StatsResponse)."""
     return {
@@ -60,7 +64,8 @@ def _hits(response: pb.SearchResponse) -> list[SearchHit]:
 
 class RetrievalClient:
     """A channel to ``target`` ("host:port"). ``token``: bearer token sent on every call; ``tls_ca``: PEM
-    root certificate (path or bytes) to use TLS, else plaintext; ``timeout``: default deadline (s)."""
+    root certificate (path or bytes) to use TLS, else plaintext; ``tls_cert``/``tls_key``: this client's PEM
+    certificate and key for a server that requires them (mutual TLS); ``timeout``: default deadline (s)."""
 
     def __init__(
         self,
@@ -69,14 +74,19 @@ class RetrievalClient:
         tls_ca: str | Path | bytes | None = None,
         timeout: float = 10.0,
         max_message_bytes: int = ServeConfig.max_message_bytes,
+        tls_cert: str | Path | bytes | None = None,
+        tls_key: str | Path | bytes | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if (tls_cert is None) != (tls_key is None) or (tls_cert is not None and tls_ca is None):
+            raise ValueError("a client certificate needs its key and the server's CA: give tls_ca, tls_cert, tls_key")
         if tls_ca is not None:
-            root = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
-            credentials = grpc.ssl_channel_credentials(root_certificates=root)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert)
+            )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)
@@ -162,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata filter")
     parser.add_argument("--token-file", type=Path, help="bearer token file (else $CDD_SERVE_TOKEN)")
     parser.add_argument("--tls-ca", type=Path, help="PEM root certificate: connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS; with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="PEM client private key (mutual TLS)")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
     return parser
 
@@ -193,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         filters = _filters(args.filter)
         token = load_token(args.token_file)
+        if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and args.tls_ca is None):
+            raise ValueError("--tls-cert and --tls-key go together, with --tls-ca (mutual TLS)")
         payloads = [_image_bytes(path) for path in args.images]
     except ValueError as exc:
         print(f"cdd-search: {exc}", file=sys.stderr)
         return 2
-    with RetrievalClient(args.target, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
+    with RetrievalClient(args.target, token=token, tls_ca=args.tls_ca, timeout=args.timeout,
+                         tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
         for path, payload in zip(args.images, payloads, strict=True):
             try:
                 hits = client.search(payload, k=args.k, filters=filters)

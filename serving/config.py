@@ -20,10 +20,17 @@ class ServeConfig:
 
     ``max_batch`` images per engine call (1 = no batching), ``max_wait_ms`` batch window after the first
     image; ``max_k`` results, ``max_pixels`` (width x height) per decoded image (larger declared sizes are
-    refused before any pixel is decoded), ``max_queries`` per
-    SearchBatch, ``max_items`` per AddItems / RemoveItems; ``max_message_bytes`` per request / response;
-    ``max_workers`` RPC threads; ``grace_s`` seconds in-flight calls get at shutdown; ``index_threads``
-    FAISS OpenMP threads per search (0 = FAISS default). Raises ValueError for an out-of-range value."""
+    refused before any pixel is decoded; 16 MP fits re-ID and product crops with room to spare),
+    ``max_id_bytes`` per gallery id and ``max_metadata_bytes`` per item's metadata or a query's filters
+    (keys plus values, UTF-8), ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems;
+    ``max_message_bytes`` per request / response; ``max_workers`` RPC threads.
+    ``tls_cert``/``tls_key`` (PEM) turn TLS on, ``tls_client_ca`` requires client certificates signed by it
+    (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
+    AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
+    ``allow_plaintext_remote`` (see `serving.tls`). ``grace_s`` seconds in-flight calls get at shutdown;
+    ``index_threads`` FAISS OpenMP threads per search (0 = FAISS default); ``index_device`` where a FAISS
+    index searches (cpu, cuda, auto); ``snapshot_interval_s`` how often the FAISS write log is folded into
+    a snapshot (0 = only at shutdown). Raises ValueError for an out-of-range value."""
 
     bundle: Path
     index: Path
@@ -33,22 +40,36 @@ class ServeConfig:
     max_batch: int = 16
     max_wait_ms: float = 2.0
     max_k: int = 100
-    max_pixels: int = 40_000_000
+    max_pixels: int = 16_000_000
+    max_id_bytes: int = 256
+    max_metadata_bytes: int = 4096
     max_queries: int = 64
     max_items: int = 1024
     max_message_bytes: int = 16 * MIB
     max_workers: int = 16
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     token: str | None = None
+    read_token: str | None = None
+    allow_plaintext_remote: bool = False
     grace_s: float = 10.0
     index_threads: int = 1
+    index_device: str = "cpu"
+    snapshot_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
-        for name in ("max_batch", "max_k", "max_pixels", "max_queries", "max_items", "max_workers"):
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for name in ("max_batch", "max_k", "max_pixels", "max_id_bytes", "max_metadata_bytes", "max_queries",
+                     "max_items", "max_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.index_device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--index-device must be cpu, cuda or auto, got {self.index_device!r}")
+        if self.snapshot_interval_s < 0:
+            raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")

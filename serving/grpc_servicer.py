@@ -131,7 +131,8 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
 
     def AddItems(self, request: pb.AddItemsRequest, context: grpc.ServicerContext) -> pb.AddItemsResponse:
         def work(deadline: float | None) -> pb.AddItemsResponse:
-            added = self._service.add_items([_new_item(item) for item in request.items], deadline=deadline)
+            items = [_new_item(item) for item in request.items]
+            added = self._service.add_items(items, deadline=deadline, upsert=request.upsert)
             return pb.AddItemsResponse(added=added, count=self._service.count())
 
         return self._call(context, work)

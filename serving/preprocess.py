@@ -1,27 +1,30 @@
 """Image bytes -> the uint8 (H, W, 3) RGB array a bundle's graph takes, as the manifest prescribes.
 
-Pillow + numpy only. `to_model_input` reproduces training's evaluation resize exactly
-(``training/data/transforms.py``: ``resize_uint8(load_rgb(path), (h, w))``: PIL bilinear stretch); mean/std
-normalisation happens inside the exported graph ("in_graph"), never here.
+Pillow + numpy only. Decoding follows the one rule in ``serving/image_decoding.py`` (the same code as
+training's ``training/data/image_decoding.py``), with the manifest's ``preprocess`` options (JPEG draft
+towards the input size, EXIF orientation, alpha background); `to_model_input` then reproduces training's
+evaluation resize exactly (``training/data/transforms.py``: ``resize_uint8(load_rgb(path, size), size)``:
+PIL bilinear stretch). Mean/std normalisation happens inside the exported graph ("in_graph"), never here.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import InvalidInput, TooLarge
+from serving.image_decoding import ImageTooLarge, UndecodableImage, decode_rgb8
 
 __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "decode_image",
+    "image_to_model_input",
     "load_image_file",
     "to_model_input",
 ]
@@ -31,10 +34,6 @@ _RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
-_EIGHT_BIT_MODES = frozenset(
-    {"RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr"}
-)
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 class ImageDecodeError(InvalidInput):
@@ -45,55 +44,36 @@ class ImageTooLargeError(TooLarge):
     """The image declares more pixels than allowed (width x height > max_pixels)."""
 
 
-def decode_image(data: bytes, max_pixels: int = ServeConfig.max_pixels) -> Image.Image:
-    """Decode encoded image ``data`` (JPEG, PNG, WebP, BMP, ...) into a fully loaded 8-bit RGB image.
+def decode_image(
+    data: bytes, max_pixels: int = ServeConfig.max_pixels, manifest: Manifest | None = None
+) -> Image.Image:
+    """Decode encoded image ``data`` (JPEG, PNG, WebP, GIF, TIFF, BMP, ...) into a loaded 8-bit RGB image
+    by the decoding rule of ``serving.image_decoding`` (16-bit gray keeps its high byte, alpha is
+    composited over the manifest's background, EXIF orientation applied as the manifest says).
 
-    Grayscale, palette, RGBA (alpha dropped, as training does), CMYK convert to RGB; 16-bit images are
-    scaled to 8 bits (value >> 8), not clipped. The declared size is checked before decoding pixels.
-    Raises ImageDecodeError, ImageTooLargeError."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ImageDecodeError(f"image data must be bytes, found {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageDecodeError("image data is empty (0 bytes); send the encoded file's bytes")
+    With ``manifest``, JPEGs are decoded in draft mode towards its input size; without, at full size with
+    the rule's defaults. The declared size is checked against ``max_pixels`` before decoding pixels.
+    Raises ImageDecodeError (every failure to decode), ImageTooLargeError."""
+    options: dict[str, Any] = {}
+    if manifest is not None:
+        pre = manifest.preprocess
+        options = {
+            "draft_hw": (manifest.input.height, manifest.input.width) if pre.jpeg_draft else None,
+            "exif_orientation": pre.exif_orientation,
+            "background": tuple(pre.background),
+        }
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image is too large to decode: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(
-            f"{len(data)} bytes are not a recognised image format (expected JPEG, PNG, WebP, BMP, ...)"
-        ) from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image declares {width}x{height} = {width * height} pixels, the limit is {max_pixels}; "
-            "downscale it before sending"
-        )
-    if width < 1 or height < 1:
-        raise ImageDecodeError(f"image declares an empty size {width}x{height}")
-    try:
-        image.load()
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(f"{image.format} image is truncated or corrupt: {exc}") from exc
-    return _to_rgb8(image)
+        return decode_rgb8(data, max_pixels, **options)
+    except ImageTooLarge as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except UndecodableImage as exc:
+        raise ImageDecodeError(str(exc)) from exc
 
 
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _EIGHT_BIT_MODES:
-        return image.convert("RGB")
-    if mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.int64)
-        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    raise ImageDecodeError(
-        f"pixel mode {mode!r} is not supported (supported: 8-bit RGB/RGBA/gray/palette/CMYK, 16-bit gray); "
-        "convert the image to 8-bit RGB"
-    )
+def image_to_model_input(data: bytes, manifest: Manifest, max_pixels: int = ServeConfig.max_pixels) -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, 3) model input: `decode_image` with the manifest's decoding
+    policy, then `to_model_input`. Raises ImageDecodeError, ImageTooLargeError."""
+    return to_model_input(decode_image(data, max_pixels, manifest), manifest)
 
 
 def to_model_input(image: Image.Image, manifest: Manifest) -> np.ndarray:
@@ -129,9 +109,8 @@ def load_image_file(path: str | Path, manifest: Manifest, max_pixels: int = Serv
     except OSError as exc:
         raise ImageDecodeError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
     try:
-        image = decode_image(data, max_pixels)
+        return image_to_model_input(data, manifest, max_pixels)
     except ImageTooLargeError as exc:
         raise ImageTooLargeError(f"{path}: {exc}") from exc
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"{path}: {exc}") from exc
-    return to_model_input(image, manifest)

@@ -26,15 +26,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving._proto import retrieval_pb2_grpc
-from serving.auth import BearerTokenInterceptor, load_token
+from serving.auth import READ_TOKEN_ENV, BearerTokenInterceptor, load_token
 from serving.backends import BACKENDS, BackendUnavailable, create_engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
 from serving.config import MIB, ServeConfig
 from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
 from serving.index.errors import GalleryIndexError
-from serving.index.gallery import GalleryIndex
+from serving.index.gallery_backend import open_gallery
 from serving.service import RetrievalService, ServiceLimits
+from serving.tls import check_bind, is_loopback, server_credentials
 
 __all__ = ["build_service", "create_server", "serve", "main"]
 
@@ -55,15 +56,25 @@ def create_server(
     tls_key: Path | bytes | None = None,
     auth_token: str | None = None,
     health_servicer: health.HealthServicer | None = None,
+    *,
+    read_token: str | None = None,
+    tls_client_ca: Path | bytes | None = None,
+    allow_plaintext_remote: bool = ServeConfig.allow_plaintext_remote,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
 
-    ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given;
-    bearer-token auth (health exempt) when ``auth_token`` is. Without ``health_servicer`` a new one reports
-    SERVING at once; pass your own to control the status. Raises OSError if the address cannot be bound."""
+    ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given,
+    mutual TLS with ``tls_client_ca`` (`serving.tls`); bearer tokens (health exempt) when ``auth_token``
+    (admin) or ``read_token`` (read-only) is given (`serving.auth`). Without ``health_servicer`` a new one
+    reports SERVING at once; pass your own to control the status. Raises PlaintextBindRefused (a ValueError)
+    for a plaintext ``host`` beyond loopback, OSError if the address cannot be bound."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key), got one of them")
-    interceptors = [BearerTokenInterceptor(auth_token)] if auth_token else []
+    if tls_client_ca is not None and tls_cert is None:
+        raise ValueError("mutual TLS (--tls-client-ca) needs --tls-cert and --tls-key")
+    check_bind(host, tls=tls_cert is not None, allow_plaintext_remote=allow_plaintext_remote)
+    tokens = auth_token or read_token
+    interceptors = [BearerTokenInterceptor(auth_token, read_token=read_token)] if tokens else []
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -85,8 +96,7 @@ def create_server(
     address = _address(host, port)
     try:
         if tls_cert is not None and tls_key is not None:
-            credentials = grpc.ssl_server_credentials([(_pem(tls_key), _pem(tls_cert))])
-            bound = server.add_secure_port(address, credentials)
+            bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key, tls_client_ca))
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -96,18 +106,15 @@ def create_server(
     return server, bound
 
 
-def _pem(value: Path | bytes) -> bytes:
-    return value if isinstance(value, bytes) else Path(value).read_bytes()
-
-
 def _set_health(servicer: health.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
         servicer.set(name, status)
 
 
 def build_service(config: ServeConfig) -> RetrievalService:
-    """Load bundle (verified), index (must match the bundle) and engine; raises BundleError,
-    GalleryIndexError (IndexBundleMismatch, ...), BackendUnavailable."""
+    """Load bundle (verified), the gallery in the store its index manifest names (must match the bundle)
+    and engine; raises BundleError, GalleryIndexError (IndexBundleMismatch, IndexInUse, ...),
+    BackendUnavailable. ``service.close()`` closes the gallery (saving a FAISS gallery's changes)."""
     manifest = load_bundle(config.bundle, verify=True)
     if config.index_threads > 0:
         import faiss
@@ -115,9 +122,18 @@ def build_service(config: ServeConfig) -> RetrievalService:
         # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads
         # only add contention there (measured: 8-24 ms vs 0.15 ms per query on a busy 2-core machine).
         faiss.omp_set_num_threads(config.index_threads)
-    index = GalleryIndex.load(config.index, expected_bundle_sha256=manifest.sha256(),
-                              compatible=manifest.compatible_with)
-    engine = create_engine(config.bundle, manifest, backend=config.backend)
+    index = open_gallery(
+        config.index,
+        manifest.sha256(),
+        compatible=manifest.compatible_with,
+        device=config.index_device,
+        snapshot_interval_s=config.snapshot_interval_s,
+    )
+    try:
+        engine = create_engine(config.bundle, manifest, backend=config.backend)
+    except BaseException:
+        index.close()
+        raise
     max_batch = min(config.max_batch, manifest.batch.max)
     if max_batch < config.max_batch:
         _LOG.warning("--max-batch %d exceeds the bundle's batch.max; using %d", config.max_batch, max_batch)
@@ -125,28 +141,43 @@ def build_service(config: ServeConfig) -> RetrievalService:
         engine.embed, max_batch=max_batch, max_wait_ms=config.max_wait_ms, enabled=max_batch > 1
     )
     limits = ServiceLimits(
-        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items
+        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items,
+        max_id_bytes=config.max_id_bytes, max_metadata_bytes=config.max_metadata_bytes,
     )
-    return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
+    try:
+        return RetrievalService(engine, index, manifest, limits=limits, batcher=batcher)
+    except BaseException:
+        batcher.close()
+        index.close()
+        raise
 
 
 def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None) -> int:
     """Run until ``stop`` is set, then shut down gracefully; returns 0. ``ready`` is set once SERVING.
     Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
+    if not config.allow_plaintext_remote:  # refuse before loading anything (create_server checks again)
+        check_bind(config.host, tls=config.tls_cert is not None)
     service = build_service(config)
     health_servicer = health.HealthServicer()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server, port = create_server(
-        service,
-        port=config.port,
-        host=config.host,
-        max_workers=config.max_workers,
-        max_message_bytes=config.max_message_bytes,
-        tls_cert=config.tls_cert,
-        tls_key=config.tls_key,
-        auth_token=config.token,
-        health_servicer=health_servicer,
-    )
+    try:
+        server, port = create_server(
+            service,
+            port=config.port,
+            host=config.host,
+            max_workers=config.max_workers,
+            max_message_bytes=config.max_message_bytes,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            auth_token=config.token,
+            health_servicer=health_servicer,
+            read_token=config.read_token,
+            tls_client_ca=config.tls_client_ca,
+            allow_plaintext_remote=config.allow_plaintext_remote,
+        )
+    except BaseException:
+        service.close()
+        raise
     server.start()
     try:
         seconds = service.warmup()
@@ -155,7 +186,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             "serving %s on %s (%s, bundle %s, %d items, backend %s, warmup %.2f s)",
             SERVICE_NAME,
             _address(config.host, port),
-            "tls" if config.tls_cert else "plaintext",
+            "mutual tls" if config.tls_client_ca else "tls" if config.tls_cert else "plaintext",
             service.manifest.name,
             service.count(),
             service.engine.name,
@@ -181,9 +212,13 @@ _FLAG_HELP = {
     "max_wait_ms": "batch window after 1st image",
     "max_k": "largest k a search may ask for",
     "max_pixels": "largest image (w*h)",
+    "max_id_bytes": "longest gallery id (UTF-8 bytes)",
+    "max_metadata_bytes": "largest metadata per item / filters per query (UTF-8 bytes)",
     "max_workers": "RPC handler threads",
     "grace_s": "shutdown drain time for in-flight calls",
     "index_threads": "FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic",
+    "index_device": "where a FAISS index searches: cpu, cuda or auto (GPU when faiss has GPU support)",
+    "snapshot_interval_s": "seconds between folds of the FAISS write log into a snapshot (0 = at shutdown only)",
 }
 """ServeConfig fields that are flags of the same name (``max_batch`` -> ``--max-batch``), typed and
 defaulted by ServeConfig itself."""
@@ -208,7 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     parser.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
-    parser.add_argument("--token-file", type=Path, help="require this bearer token (else $CDD_SERVE_TOKEN)")
+    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
+    parser.add_argument("--token-file", type=Path, help="admin bearer token, every call (else $CDD_SERVE_TOKEN)")
+    parser.add_argument("--read-token-file", type=Path,
+                        help="read-only bearer token: no AddItems/RemoveItems (else $CDD_SERVE_READ_TOKEN)")
+    parser.add_argument("--allow-plaintext-remote", action="store_true",
+                        help="allow a non-loopback --host without TLS (TLS ends at a proxy in front)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -223,7 +263,10 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         max_message_bytes=int(args.max_message_mb * MIB),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         token=load_token(args.token_file),
+        read_token=load_token(args.read_token_file, variable=READ_TOKEN_ENV),
+        allow_plaintext_remote=args.allow_plaintext_remote,
     )
 
 
@@ -240,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         config = _config(args)
-        if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
-            _LOG.warning("%s without a token: anyone who can reach it can change the gallery", config.host)
+        if config.token is None and config.read_token is None and not is_loopback(config.host):
+            _LOG.warning("%s without a token: anyone who can reach it can search and change the gallery",
+                         config.host)
         return serve(config, stop)
     except (BundleError, GalleryIndexError, BackendUnavailable, ValueError, OSError) as exc:
         _LOG.error("%s", exc)

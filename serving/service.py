@@ -22,13 +22,10 @@ from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.gallery import GalleryIndex, Hit
-from serving.preprocess import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_image,
-    to_model_input,
-)
+from serving.index.gallery import Hit
+from serving.index.gallery_backend import GalleryBackend
+from serving.preprocess import ImageDecodeError, ImageTooLargeError, image_to_model_input
+from serving.request_limits import check_id, check_metadata
 
 __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 
@@ -36,15 +33,18 @@ __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 @dataclass(frozen=True)
 class ServiceLimits:
     """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
-    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems."""
+    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems, ``max_id_bytes`` per id,
+    ``max_metadata_bytes`` per item's metadata or query's filters (see `serving.request_limits`)."""
 
     max_k: int = ServeConfig.max_k
     max_pixels: int = ServeConfig.max_pixels
     max_queries: int = ServeConfig.max_queries
     max_items: int = ServeConfig.max_items
+    max_id_bytes: int = ServeConfig.max_id_bytes
+    max_metadata_bytes: int = ServeConfig.max_metadata_bytes
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_pixels", "max_queries", "max_items"):
+        for name in ("max_k", "max_pixels", "max_queries", "max_items", "max_id_bytes", "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -76,7 +76,7 @@ class RetrievalService:
     def __init__(
         self,
         engine: Engine,
-        index: GalleryIndex,
+        index: GalleryBackend,
         manifest: Manifest,
         limits: ServiceLimits | None = None,
         batcher: DynamicBatcher | None = None,
@@ -93,6 +93,7 @@ class RetrievalService:
         self.limits = limits or ServiceLimits()
         self.batcher = batcher or DynamicBatcher(engine.embed, max_batch=min(ServeConfig.max_batch, manifest.batch.max))
         self._bundle_sha256 = manifest.sha256()
+        self._closed = False
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -117,9 +118,10 @@ class RetrievalService:
 
     # -- gallery management ---------------------------------------------------------------------------
 
-    def add_items(self, items: Sequence[NewItem], deadline: float | None = None) -> int:
+    def add_items(self, items: Sequence[NewItem], deadline: float | None = None, upsert: bool = False) -> int:
         """Add items (all or nothing); returns how many were added. Image items are embedded here;
-        vectors are L2-normalised. Raises InvalidInput, TooLarge, DuplicateIdError (id present/repeated)."""
+        vectors are L2-normalised. With ``upsert`` present ids are replaced (a retry is safe). Raises
+        InvalidInput, TooLarge, DuplicateIdError (id present without upsert, or repeated)."""
         self._check_count(len(items), "AddItems", "items")
         if not items:
             return 0
@@ -127,8 +129,9 @@ class RetrievalService:
         image_rows: list[int] = []
         images: list[np.ndarray] = []
         for i, item in enumerate(items):
+            check_id(item.id, f"items[{i}]", self.limits.max_id_bytes)
             where = f"items[{i}] (id {item.id!r})"
-            _check_id(item.id, where)
+            check_metadata(item.metadata, where, self.limits.max_metadata_bytes)
             if (item.image is None) == (item.vector is None):
                 raise InvalidInput(f"{where}: give exactly one of image or vector, found {_sources(item)}")
             if item.vector is not None:
@@ -139,14 +142,14 @@ class RetrievalService:
         if images:
             vectors[image_rows] = self._embed(np.stack(images), deadline)
         metadata = [dict(item.metadata) for item in items]
-        self.index.add([item.id for item in items], vectors, metadata)
+        self.index.add([item.id for item in items], vectors, metadata, upsert=upsert)
         return len(items)
 
     def remove_items(self, ids: Sequence[str]) -> int:
         """Remove items by id (all or nothing); returns how many. Raises UnknownIdError naming the ids."""
         self._check_count(len(ids), "RemoveItems", "ids")
         for i, item_id in enumerate(ids):
-            _check_id(item_id, f"ids[{i}]")
+            check_id(item_id, f"ids[{i}]", self.limits.max_id_bytes)
         if not ids:
             return 0
         return int(self.index.remove(list(ids)))
@@ -186,8 +189,12 @@ class RetrievalService:
         return time.monotonic() - start
 
     def close(self) -> None:
-        """Finish queued embedding work and stop the batcher. Idempotent."""
+        """Finish queued embedding work, stop the batcher, then close the gallery (the service owns it: a
+        FAISS gallery folds its write log into a snapshot and releases its folder). Idempotent."""
         self.batcher.close()
+        if not self._closed:
+            self._closed = True
+            self.index.close()
 
     def __enter__(self) -> RetrievalService:
         return self
@@ -200,16 +207,24 @@ class RetrievalService:
     def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[list[Hit]]:
         for i, query in enumerate(queries):
             self._check_k(query.k, _label(where, i))
+            check_metadata(query.filters, _label(where, i) or "search", self.limits.max_metadata_bytes, "filters")
         pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
         vectors = self._embed(pixels, deadline)
-        return [
-            self.index.search(vectors[i : i + 1], int(q.k), filter=dict(q.filters) if q.filters else None)[0]
-            for i, q in enumerate(queries)
-        ]
+        # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
+        groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(tuple(sorted((q.filters or {}).items())), []).append(i)
+        results: list[list[Hit]] = [[] for _ in queries]
+        for key, members in groups.items():
+            k = max(int(queries[i].k) for i in members)
+            found = self.index.search(vectors[members], k, filter=dict(key) if key else None)
+            for i, hits in zip(members, found, strict=True):
+                results[i] = hits[: int(queries[i].k)]
+        return results
 
     def _pixels(self, data: Any, where: str) -> np.ndarray:
         try:
-            return to_model_input(decode_image(data, self.limits.max_pixels), self.manifest)
+            return image_to_model_input(data, self.manifest, self.limits.max_pixels)
         except (ImageDecodeError, ImageTooLargeError) as exc:
             if where:
                 raise type(exc)(f"{where}: {exc}") from exc
@@ -253,11 +268,6 @@ class RetrievalService:
 
 def _label(where: str, i: int) -> str:
     return f"{where}[{i}]" if where else ""
-
-
-def _check_id(item_id: Any, where: str) -> None:
-    if not isinstance(item_id, str) or not item_id:
-        raise InvalidInput(f"{where}: id must be a non-empty string, found {item_id!r}")
 
 
 def _sources(item: NewItem) -> str:

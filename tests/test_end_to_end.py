@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import re
+import struct
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import grpc
@@ -52,6 +56,17 @@ def _proto_only_stubs(tmp_path: Path):
     return pb2, pb2_grpc
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height RGB pixels (its data is a few bytes)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
 def test_deployed_map_equals_pytorch_map(deployed, student_run, tiny_reid_root, capsys):
     bundle, index = deployed
     capsys.readouterr()
@@ -74,44 +89,68 @@ def test_proto_only_client_searches_a_real_server(deployed, tiny_reid_root, tmp_
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = pb2_grpc.RetrievalStub(channel)
         queries = load_dataset("market1501", tiny_reid_root).query
-        top_labels = []
         for record in queries:
-            reply = stub.Search(pb2.SearchRequest(image=Path(record.path).read_bytes(), k=5), timeout=30)
-            assert len(reply.items) == 5
-            scores = [item.score for item in reply.items]
-            assert scores == sorted(scores, reverse=True)
-            top_labels.append(int(reply.items[0].metadata["label"]) == record.pid)
+            image = Path(record.path).read_bytes()
+            reply = stub.Search(pb2.SearchRequest(image=image, k=5), timeout=30)
+            # every query gets the answer the in-process engine + index give: same ids, same scores, in order
+            expected = service.search(image, 5)
+            assert [item.id for item in reply.items] == [hit.id for hit in expected], record.path
+            assert [item.score for item in reply.items] == pytest.approx([hit.score for hit in expected], abs=1e-5)
+            assert [int(item.metadata["label"]) for item in reply.items] == [h.metadata["label"] for h in expected]
             assert reply.items[0].metadata["file"].endswith(".jpg")
-        # the same answers an in-process engine + index give (the deployed path is deterministic)
-        in_process = service.search(Path(queries[0].path).read_bytes(), 5)
-        again = stub.Search(pb2.SearchRequest(image=Path(queries[0].path).read_bytes(), k=5), timeout=30)
-        assert [h.id for h in in_process] == [item.id for item in again.items]
         stats = stub.Stats(pb2.StatsRequest(), timeout=10)
         assert stats.count == len(load_dataset("market1501", tiny_reid_root).gallery)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(grpc.RpcError) as bad:
-            stub.Search(pb2.SearchRequest(image=b"not an image", k=5), timeout=10)
-        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        good = Path(queries[0].path).read_bytes()
+        bad_inputs = [
+            (stub.Search, pb2.SearchRequest(image=b"not an image", k=5), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Search, pb2.SearchRequest(image=good[:40], k=5), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Embed, pb2.EmbedRequest(image=good[: len(good) * 3 // 4]), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Search, pb2.SearchRequest(image=_png_declaring(5000, 5000), k=5), grpc.StatusCode.RESOURCE_EXHAUSTED),
+            (stub.AddItems, pb2.AddItemsRequest(items=[pb2.NewItem(id="i" * 300, image=good)]),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.AddItems, pb2.AddItemsRequest(items=[pb2.NewItem(id="m", image=good, metadata={"k": "v" * 5000})]),
+             grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for call, request, code in bad_inputs:
+            with pytest.raises(grpc.RpcError) as bad:
+                call(request, timeout=10)
+            assert bad.value.code() == code, bad.value.details()
+            assert len(stub.Search(pb2.SearchRequest(image=good, k=5), timeout=30).items) == 5  # still serving
         channel.close()
     finally:
         server.stop(None)
         service.close()
-    assert sum(top_labels) > 0
 
 
-def test_serve_main_runs_with_the_documented_flags(deployed):
-    from serving.server import _config, _parser
+def test_serve_main_runs_with_the_documented_flags(deployed, tmp_path, caplog):
+    from serving.server import _config, _parser, serve
 
     bundle, index = deployed
+    pb2, pb2_grpc = _proto_only_stubs(tmp_path)
     config = _config(_parser().parse_args(["--bundle", str(bundle), "--index", str(index), "--port", "0"]))
     assert config.host == "127.0.0.1" and config.port == 0
     stop, ready = threading.Event(), threading.Event()
-    from serving.server import serve
+    outcome: dict[str, object] = {}
 
-    thread = threading.Thread(target=serve, args=(config, stop, ready), daemon=True)
+    def run() -> None:
+        try:
+            outcome["code"] = serve(config, stop, ready)
+        except BaseException as exc:  # noqa: BLE001 - the test reports any crash of the server thread
+            outcome["error"] = exc
+
+    caplog.set_level(logging.INFO, logger="serving.server")
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    assert ready.wait(60)
-    stop.set()
-    thread.join(30)
+    try:
+        assert ready.wait(60), outcome
+        port = int(re.search(r"serving cdd\.v1\.Retrieval on 127\.0\.0\.1:(\d+)", caplog.text).group(1))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # it serves while running ...
+            stats = pb2_grpc.RetrievalStub(channel).Stats(pb2.StatsRequest(), timeout=10)
+            assert stats.bundle_name and stats.count > 0 and stats.backend == "onnxruntime-cpu"
+    finally:
+        stop.set()
+        thread.join(30)
     assert not thread.is_alive()
+    assert outcome == {"code": 0}  # ... and shuts down cleanly, no exception after `ready`

@@ -91,7 +91,8 @@ class RetrievalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddItems(self, request, context):
-        """Add items to the gallery, each from an image or a precomputed vector. All or nothing.
+        """Add items to the gallery, each from an image or a precomputed vector. All or nothing. When the reply
+        arrives the change is durable: it survives a crash of the server (a logged, fsynced write, or Milvus).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

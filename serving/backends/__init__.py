@@ -1,7 +1,8 @@
 """Inference backends behind one interface (`Engine`), chosen by `create_engine`.
 
 Backend modules are imported inside `create_engine`, so importing this package imports neither torch,
-onnxruntime nor tensorrt.
+onnxruntime nor tensorrt; and a backend whose model file the bundle lacks is skipped before its module
+(or its runtime, or CUDA) is imported.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch")
 """Backend names in the order ``backend="auto"`` tries them."""
 
 _LOG = logging.getLogger("serving.backends")
+
+_MANIFEST_KEY = {
+    "tensorrt": "tensorrt",
+    "onnxruntime-cuda": "onnxruntime",
+    "onnxruntime-cpu": "onnxruntime",
+    "torch": "torch",
+}
+"""Backend name -> the ``manifest.backends`` key naming its model file."""
 
 
 def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool) -> Engine:
@@ -79,6 +88,10 @@ def create_engine(
         return engine
     reasons: list[str] = []
     for name in BACKENDS:
+        if _MANIFEST_KEY[name] not in manifest.backends:
+            reasons.append(f"{name}: the bundle has no {_MANIFEST_KEY[name]} model file")
+            log.info("backend %s skipped: the bundle has no %s model file", name, _MANIFEST_KEY[name])
+            continue
         try:
             engine = _FACTORIES[name](bundle, manifest, torch_compile)
         except BackendUnavailable as exc:

@@ -13,6 +13,7 @@ import numpy as np
 
 from serving.backends.base import BackendUnavailable, Engine
 from serving.bundle import Manifest
+from serving.bundle_files import read_checked_file
 
 __all__ = ["OnnxRuntimeEngine"]
 
@@ -51,13 +52,14 @@ class OnnxRuntimeEngine(Engine):
             raise BackendUnavailable(
                 f"onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(available)}); {hint}"
             )
-        model = self._model_path(Path(bundle_dir))
+        model, model_bytes = self._model_bytes(Path(bundle_dir))
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+            # The checked bytes, not the path: what was hashed is what runs.
+            self._session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, RuntimeException, ...)
             raise BackendUnavailable(f"onnxruntime cannot load {model}: {exc}") from exc
         actual = self._session.get_providers()
@@ -70,16 +72,13 @@ class OnnxRuntimeEngine(Engine):
         self._input_name = self._check_io(model)
         self._output_name = manifest.output.name
 
-    def _model_path(self, bundle: Path) -> Path:
+    def _model_bytes(self, bundle: Path) -> tuple[Path, bytes]:
         name = self.manifest.backends.get("onnxruntime")
         if not name:
             raise BackendUnavailable(
                 f"bundle {bundle} lists no 'onnxruntime' model in manifest backends; re-export the bundle"
             )
-        path = bundle / str(name)
-        if not path.is_file():
-            raise BackendUnavailable(f"{path} is missing; re-export the bundle")
-        return path
+        return bundle / str(name), read_checked_file(bundle, self.manifest.files, str(name))
 
     def _check_io(self, model: Path) -> str:
         inputs = {i.name: i for i in self._session.get_inputs()}

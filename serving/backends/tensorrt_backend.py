@@ -18,6 +18,7 @@ import numpy as np
 
 from serving.backends.base import BackendUnavailable, Engine
 from serving.bundle import Manifest
+from serving.bundle_files import read_checked_file
 
 __all__ = ["STAMP_KEYS", "TensorRTEngine", "current_stamp", "stamp_mismatch"]
 
@@ -85,13 +86,13 @@ class TensorRTEngine(Engine):
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, device_index: int = 0) -> None:
         super().__init__(manifest)
-        trt, torch = _imports()
         entry = manifest.backends.get("tensorrt")
-        if entry is None:
+        if entry is None:  # checked before importing tensorrt or torch (or touching CUDA)
             raise BackendUnavailable(
                 "the bundle has no TensorRT plan (export on a machine with TensorRT adds one)"
             )
         file, stamp = _plan_entry(entry)
+        trt, torch = _imports()
         here = current_stamp(trt, torch, device_index)
         reason = stamp_mismatch(stamp, here)
         if reason:
@@ -99,12 +100,11 @@ class TensorRTEngine(Engine):
                 f"{file} was built for another machine: {reason}; re-export on this machine"
             )
         path = Path(bundle_dir) / file
-        if not path.is_file():
-            raise BackendUnavailable(f"{path} is missing; re-export the bundle")
+        plan = read_checked_file(bundle_dir, manifest.files, file)  # the checked bytes are what runs
         self._trt, self._torch, self._stamp = trt, torch, here
         self.device = f"cuda:{device_index}"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        self._engine = runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialise {path}; re-export it")
         self._context = self._engine.create_execution_context()

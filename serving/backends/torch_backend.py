@@ -6,6 +6,7 @@ device with ``torch.export.passes.move_to_device_pass``; ``compile=True`` wraps 
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 
 from serving.backends.base import BackendUnavailable, Engine
 from serving.bundle import Manifest
+from serving.bundle_files import read_checked_file
 
 __all__ = ["TorchEngine"]
 
@@ -29,12 +31,13 @@ class TorchEngine(Engine):
         self, bundle_dir: str | Path, manifest: Manifest, device: str | None = None, compile: bool = False
     ) -> None:
         super().__init__(manifest)
+        path = self._program_path(Path(bundle_dir))  # before importing torch: no program, no import
         try:
             import torch
         except ImportError as exc:
             raise BackendUnavailable(f"torch is not installed ({exc}); pip install torch") from exc
         self._torch = torch
-        path = self._program_path(Path(bundle_dir))
+        program_bytes = read_checked_file(path.parent, manifest.files, path.name)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,7 +47,9 @@ class TorchEngine(Engine):
         self.device = device
         self.compiled = compile
         try:
-            program = torch.export.load(str(path))
+            # The checked bytes, not the path. torch.export.load unpickles parts of the archive: only the
+            # manifest's sha256 stands between a tampered .pt2 and code execution (README, Security).
+            program = torch.export.load(io.BytesIO(program_bytes))
         except (RuntimeError, ValueError, OSError) as exc:
             raise BackendUnavailable(f"torch {torch.__version__} cannot load {path}: {exc}") from exc
         if device != "cpu":
@@ -62,10 +67,7 @@ class TorchEngine(Engine):
                 f"bundle {bundle} lists no 'torch' program (model.pt2) in manifest backends; re-export the "
                 "bundle with the torch program"
             )
-        path = bundle / str(name)
-        if not path.is_file():
-            raise BackendUnavailable(f"{path} is missing; re-export the bundle")
-        return path
+        return bundle / str(name)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

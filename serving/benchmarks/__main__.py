@@ -5,7 +5,7 @@
                      [--iters N | --seconds S] [--threads N] --out DIR
     cdd-bench serve  --bundle DIR (--index DIR | --images DIR | --target HOST:PORT) [--clients 16]
                      [--seconds 10] [--max-batch 16] [--max-wait-ms 5] [--backend auto] --out DIR
-    cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000,1000000] [--types flat,ivf,hnsw,ivfpq]
+    cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
                      [--search-seconds S] [--max-build-s S] --out DIR
     cdd-bench profile --bundle DIR [--bundle DIR ...] [--labels ...] [--batch 32] [--runs 10] --out DIR
     cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
@@ -101,8 +101,12 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
 
 
 def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None:
-    parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000,1000000")
-    parser.add_argument("--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq")
+    parser.add_argument("--sizes", "--index-sizes", dest="sizes", default="10000,100000")
+    parser.add_argument(
+        "--types", "--index-types", dest="types", default="flat,ivf,hnsw,ivfpq,milvus-flat",
+        help="FAISS types and milvus-flat / milvus-ivf / milvus-hnsw (embedded milvus-lite)",
+    )
+    parser.add_argument("--target-recall", type=float, default=0.95, help="recall@k of each operating point")
     parser.add_argument("--search-seconds", type=float, default=3.0, help="search time per (size, type)")
     parser.add_argument("--max-queries", type=int, default=200, help="queries per (size, type) at most")
     parser.add_argument("--recall-queries", type=int, default=50, help="queries used for recall")
@@ -221,6 +225,7 @@ def _index_cfg(args: argparse.Namespace) -> IndexBenchConfig:
         max_queries=args.max_queries,
         search_seconds=args.search_seconds,
         recall_queries=args.recall_queries,
+        target_recall=args.target_recall,
         max_build_s=args.max_build_s,
         offline_seconds=args.offline_seconds,
         search_threads=_search_threads(args),

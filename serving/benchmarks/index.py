@@ -10,8 +10,12 @@ holds). "clustered" vectors (default) mimic embeddings: items are noisy copies o
 query is a noisy copy of the centre of a gallery item, so a query has real neighbours; "uniform" vectors
 are the hardest case for approximate indexes. Per (size, type): build seconds (add; ivf / ivfpq: k-means
 on the first ``train_max`` items, then add the rest), single-query latency percentiles and QPS over at
-most ``max_queries`` queries or ``search_seconds``, and recall@k vs exact search
-(`recall_at_k_vs_exact`). IVF lists are capped at ``nlist_max``. A flat / hnsw build whose time,
+most ``max_queries`` queries or ``search_seconds``, and recall@k vs exact search (numpy over the gallery).
+Approximate types run at their operating point: the smallest nprobe / efSearch reaching recall@k >=
+``target_recall`` on a separate draw of ``tune_queries`` queries (`serving.index.operating_point`, as
+`cdd-index build` does), never at a library default. "milvus-flat" / "milvus-ivf" / "milvus-hnsw" are the
+Milvus store (embedded milvus-lite in a temporary folder) measured in the same run, through the same
+`search` call. IVF lists are capped at ``nlist_max``. A flat / hnsw build whose time,
 extrapolated linearly from the previous size, exceeds ``max_build_s`` is skipped with that estimate as the
 reason (ivf / ivfpq are never skipped: their training cost is capped by ``train_max``).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +41,22 @@ from serving.benchmarks.latency import percentiles_ms
 from serving.bundle import Manifest
 from serving.index.build import build_index, items_from_folder
 from serving.index.gallery import INDEX_TYPES, GalleryIndex
-from serving.index.recall import recall_at_k_vs_exact
+from serving.index.operating_point import PARAMETER, exact_neighbours, tune_operating_point
 
-__all__ = ["IndexBenchConfig", "SyntheticGallery", "bench_ingest", "bench_search", "faiss_search_threads"]
+__all__ = [
+    "MILVUS_TYPES",
+    "IndexBenchConfig",
+    "SyntheticGallery",
+    "bench_ingest",
+    "bench_search",
+    "faiss_search_threads",
+]
 
 _LOG = logging.getLogger("serving.benchmarks")
 _CHUNK = 65_536
 _TRAINED = ("ivf", "ivfpq")
+MILVUS_TYPES = ("milvus-flat", "milvus-ivf", "milvus-hnsw")
+"""Benchmark types on the Milvus store (embedded milvus-lite): ``milvus-<our index type>``."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +71,8 @@ class IndexBenchConfig:
     ``batch_size`` (None = the bundle's opt batch), decode ``workers``, ``offline_seconds`` to time the
     engine alone."""
 
-    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+    sizes: tuple[int, ...] = (10_000, 100_000)
+    types: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq", "milvus-flat")
     k: int = 10
     max_queries: int = 200
     min_queries: int = 5
@@ -79,12 +93,15 @@ class IndexBenchConfig:
     batch_size: int | None = None
     workers: int = 2
     offline_seconds: float = 2.0
+    target_recall: float = 0.95
+    tune_queries: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [t for t in self.types if t not in INDEX_TYPES]
+        valid = (*INDEX_TYPES, *MILVUS_TYPES)
+        bad = [t for t in self.types if t not in valid]
         if bad or not self.types:
-            raise ValueError(f"--types: unknown index type(s) {bad or '(none)'}; choose from {INDEX_TYPES}")
+            raise ValueError(f"--types: unknown index type(s) {bad or '(none)'}; choose from {valid}")
         if not self.sizes or min(self.sizes) < 1:
             raise ValueError(f"--sizes must be positive integers, found {list(self.sizes)}")
         if self.vectors not in ("clustered", "uniform"):
@@ -191,7 +208,14 @@ def bench_ingest(
     return result, index
 
 
+def _base(index_type: str) -> str:
+    return index_type.removeprefix("milvus-")
+
+
 def _options(index_type: str, size: int, dim: int, cfg: IndexBenchConfig) -> dict[str, Any]:
+    if index_type == "milvus-ivf":
+        return {"nlist": max(1, min(int(4 * math.sqrt(size)), cfg.nlist_max)), "nprobe": cfg.nprobe}
+    index_type = _base(index_type)
     if index_type in _TRAINED:
         train = _train_items(index_type, size, cfg)
         nlist = max(1, min(int(4 * math.sqrt(size)), train // 39, cfg.nlist_max))
@@ -208,6 +232,25 @@ def _train_items(index_type: str, size: int, cfg: IndexBenchConfig) -> int:
     return min(size, cfg.train_max) if index_type in _TRAINED else 0
 
 
+def _build_milvus(index_type: str, vectors: np.ndarray, cfg: IndexBenchConfig, folder: Path) -> tuple[Any, float]:
+    """A filled embedded-Milvus collection and its build seconds (inserts, flush, one search that makes
+    milvus-lite build its index)."""
+    from serving.index.milvus_gallery import MilvusGallery
+
+    size, dim = vectors.shape
+    tick = time.perf_counter()
+    gallery = MilvusGallery.create(
+        str(folder / "milvus.db"), "bench", dim, index_type=_base(index_type),
+        options=_options(index_type, size, dim, cfg),
+    )
+    for start in range(0, size, 10_000):
+        chunk = vectors[start : start + 10_000]
+        gallery.add([f"v{i}" for i in range(start, start + chunk.shape[0])], chunk, upsert=True)
+    gallery.persist()
+    gallery.search(vectors[:1], cfg.k)
+    return gallery, time.perf_counter() - tick
+
+
 def _build(index_type: str, vectors: np.ndarray, cfg: IndexBenchConfig) -> tuple[GalleryIndex, float]:
     """A filled index and its build seconds. ivf / ivfpq: the first ``train_max`` items go in and the index
     is rebuilt (k-means on them), then the rest are added to the trained structure."""
@@ -222,10 +265,34 @@ def _build(index_type: str, vectors: np.ndarray, cfg: IndexBenchConfig) -> tuple
         index.rebuild()
     for start in range(train, size, _CHUNK):
         index.add(ids[start : start + _CHUNK], vectors[start : start + _CHUNK])
+    index.settle()  # no background rebuild left running while searches are timed
     return index, time.perf_counter() - tick
 
 
-def _search_row(index: GalleryIndex, queries: np.ndarray, cfg: IndexBenchConfig) -> dict[str, Any]:
+def _recall(index: Any, queries: np.ndarray, truth: list[set[str]], k: int) -> float:
+    found = index.search(queries, k)
+    return sum(len({h.id for h in row} & want) for row, want in zip(found, truth, strict=True)) / max(
+        1, sum(len(want) for want in truth)
+    )
+
+
+def _tune(index: Any, index_type: str, gallery: SyntheticGallery, size: int, cfg: IndexBenchConfig) -> dict | None:
+    """Set the operating point of an approximate index on a separate draw of queries; its facts."""
+    base = _base(index_type)
+    if base not in PARAMETER:
+        return None
+    queries = gallery.queries(size, cfg.tune_queries)
+    ids = [f"v{i}" for i in range(size)]
+    truth = exact_neighbours(queries, gallery.vectors[:size], ids, cfg.k)
+    upper = index.stats()["search"].get("nlist") or _options(index_type, size, gallery.dim, cfg).get("nlist")
+    point = tune_operating_point(
+        base, index.search, index.set_operating_point, queries, truth, k=cfg.k, target=cfg.target_recall,
+        upper=upper if "nprobe" == PARAMETER[base] else None,
+    )
+    return point.to_dict()
+
+
+def _search_row(index: Any, queries: np.ndarray, truth: list[set[str]], cfg: IndexBenchConfig) -> dict[str, Any]:
     samples: list[float] = []
     start = time.perf_counter()
     for query in queries:
@@ -234,7 +301,8 @@ def _search_row(index: GalleryIndex, queries: np.ndarray, cfg: IndexBenchConfig)
         samples.append(time.perf_counter() - tick)
         if len(samples) >= cfg.min_queries and time.perf_counter() - start >= cfg.search_seconds:
             break
-    recall = recall_at_k_vs_exact(index, queries[: min(len(samples), cfg.recall_queries)], cfg.k)
+    used = min(len(samples), cfg.recall_queries)
+    recall = _recall(index, queries[:used], truth[:used], cfg.k)
     return {
         "latency": percentiles_ms(samples),
         "qps": len(samples) / sum(samples),
@@ -246,7 +314,7 @@ def _search_row(index: GalleryIndex, queries: np.ndarray, cfg: IndexBenchConfig)
 def _estimate(previous: dict[str, tuple[int, float]], index_type: str, size: int) -> float | None:
     """Linear extrapolation from the previous size, for types built by insertion (None for ivf / ivfpq,
     whose training is capped at ``train_max`` items, and for a type not built yet)."""
-    if index_type in _TRAINED or index_type not in previous:
+    if _base(index_type) in _TRAINED or index_type not in previous:
         return None
     prev_size, prev_seconds = previous[index_type]
     return prev_seconds * size / prev_size
@@ -262,6 +330,8 @@ def bench_search(dim: int, cfg: IndexBenchConfig) -> dict[str, Any]:
     previous: dict[str, tuple[int, float]] = {}
     for size in sizes:
         queries = gallery.queries(size, cfg.max_queries)
+        truth = exact_neighbours(queries[: cfg.recall_queries], gallery.vectors[:size], [f"v{i}" for i in range(size)],
+                                 cfg.k)
         for index_type in cfg.types:
             estimate = _estimate(previous, index_type, size)
             if cfg.max_build_s > 0 and estimate is not None and estimate > cfg.max_build_s:
@@ -269,19 +339,30 @@ def bench_search(dim: int, cfg: IndexBenchConfig) -> dict[str, Any]:
                 skipped.append({"size": size, "type": index_type, "reason": reason})
                 _LOG.info("index %s at %d skipped: %s", index_type, size, reason)
                 continue
-            index, seconds = _build(index_type, gallery.vectors[:size], cfg)
-            previous[index_type] = (size, seconds)
-            row = {
-                "size": size,
-                "type": index_type,
-                "build_s": seconds,
-                "train_items": _train_items(index_type, size, cfg),
-                "build_items_per_s": size / seconds,
-                "options": _options(index_type, size, dim, cfg),
-                "search": index.stats()["search"],
-            }
-            with faiss_search_threads(cfg.search_threads):
-                row.update(_search_row(index, queries, cfg))
+            with tempfile.TemporaryDirectory(prefix="cdd-bench-milvus-") as folder:
+                if index_type in MILVUS_TYPES:
+                    index, seconds = _build_milvus(index_type, gallery.vectors[:size], cfg, Path(folder))
+                else:
+                    index, seconds = _build(index_type, gallery.vectors[:size], cfg)
+                previous[index_type] = (size, seconds)
+                with faiss_search_threads(cfg.search_threads):
+                    point = _tune(index, index_type, gallery, size, cfg)
+                    options = _options(index_type, size, dim, cfg)
+                    if point is not None:
+                        options[point["parameter"]] = point["value"]
+                    row = {
+                        "size": size,
+                        "type": index_type,
+                        "build_s": seconds,
+                        "train_items": _train_items(_base(index_type), size, cfg),
+                        "build_items_per_s": size / seconds,
+                        "options": options,
+                        "operating_point": point,
+                        "search": index.stats()["search"],
+                    }
+                    row.update(_search_row(index, queries, truth, cfg))
+                if index_type in MILVUS_TYPES:
+                    index.close()
             rows.append(row)
             _LOG.info(
                 "index %s at %d: build %.1f s, p50 %.3f ms, %.0f QPS, recall@%d %.3f",

@@ -3,12 +3,17 @@
     cdd-index build  --bundle DIR (--images DIR | --list FILE | --layout NAME --root DIR [--split gallery])
                      --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
                      [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
+                     [--store faiss|milvus [--milvus-uri URI] [--collection NAME]]
     cdd-index add    --index DIR --bundle DIR (--images DIR | --list FILE | --layout ...) [...]
     cdd-index remove --index DIR --ids ID [ID ...]
     cdd-index info   --index DIR [--recall [--queries N] [--k K]]
     cdd-index verify --index DIR --bundle DIR [--images DIR [--sample N]]
     cdd-index eval   --index DIR --bundle DIR --layout market1501 --root DIR
 
+``add`` and ``remove`` take the index folder's writer lock from load to publish, so concurrent runs
+apply one after the other and keep every change; on a folder a running cdd-serve has open they are
+refused (change the gallery through the server instead). Approximate indexes are built at the operating
+point (nprobe / ef_search) that reaches recall@10 >= 0.95, stored in the index manifest.
 Results go to stdout as JSON, progress and logs to stderr. Errors print one message and exit with 2.
 """
 
@@ -29,7 +34,6 @@ from serving.bundle import BundleError, Manifest, load_bundle
 from serving.index.build import (
     IngestStats,
     ItemSpec,
-    build_index,
     embed_paths,
     ingest,
     items_from_folder,
@@ -38,7 +42,9 @@ from serving.index.build import (
 )
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
+from serving.index.gallery_backend import STORES, open_gallery
 from serving.index.recall import recall_at_k_vs_exact
+from serving.index.store_build import build_store
 
 __all__ = ["main"]
 
@@ -81,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help=f"index tuning option, one of {', '.join(sorted(OPTION_KEYS))}",
     )
+    build.add_argument("--store", default="faiss", choices=STORES, help="where the items live (default faiss)")
+    build.add_argument("--milvus-uri", help="Milvus server URI (default: embedded milvus-lite under --out)")
+    build.add_argument("--collection", default="cdd_gallery", help="Milvus collection name")
     add = commands.add_parser("add", help="embed images and add them to an index")
     add.add_argument("--index", type=Path, required=True)
     _add_engine(add)
@@ -134,57 +143,70 @@ def _engine(args: argparse.Namespace) -> tuple[Manifest, Engine]:
     return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG)
 
 
-def _report(stats: IngestStats, index: GalleryIndex, version: Path) -> dict[str, Any]:
+def _report(stats: IngestStats, index: str | Path, count: int) -> dict[str, Any]:
     if stats.skipped:
         _LOG.warning(
             "skipped %d unreadable image(s):\n  %s",
             len(stats.skipped),
             "\n  ".join(f"{p}: {r}" for p, r in stats.skipped),
         )
-    return {"index": str(version.parent), "count": len(index), "ingest": stats.to_dict()}
+    return {"index": str(index), "count": count, "ingest": stats.to_dict()}
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
+    if args.store == "faiss" and (args.milvus_uri or args.collection != "cdd_gallery"):
+        raise ValueError("--milvus-uri and --collection go with --store milvus")
     manifest, engine = _engine(args)
-    index, stats = build_index(
+    result = build_store(
         engine,
         manifest,
         items,
+        args.out,
+        store=args.store,
         index_type=args.index_type,
         device=args.device,
         options=_options(args.option),
+        milvus_uri=args.milvus_uri,
+        collection=args.collection,
         batch_size=args.batch_size,
         workers=args.workers,
         strict=args.strict,
         progress=not args.quiet,
     )
-    return _report(stats, index, index.save(args.out)) | {"backend": engine.describe()}
+    report = _report(result.stats, args.out, result.count)
+    return report | {"backend": engine.describe(), "store": args.store, "operating_point": result.operating_point}
 
 
 def _add(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     manifest, engine = _engine(args)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256(),
-                              compatible=manifest.compatible_with)
-    stats = ingest(
-        index,
-        engine,
-        manifest,
-        items,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        strict=args.strict,
-        progress=not args.quiet,
-    )
-    return _report(stats, index, index.save(args.index))
+    gallery = open_gallery(args.index, manifest.sha256(), compatible=manifest.compatible_with, role="writer")
+    try:
+        stats = ingest(
+            gallery,
+            engine,
+            manifest,
+            items,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+        count = len(gallery)
+    finally:
+        gallery.close()
+    return _report(stats, args.index, count)
 
 
 def _remove(args: argparse.Namespace) -> dict[str, Any]:
-    index = GalleryIndex.load(args.index)
-    removed = index.remove(args.ids)
-    index.save(args.index)
-    return {"index": str(args.index), "removed": removed, "count": len(index)}
+    gallery = open_gallery(args.index, role="writer")
+    try:
+        removed = gallery.remove(args.ids)
+        count = len(gallery)
+    finally:
+        gallery.close()
+    return {"index": str(args.index), "removed": removed, "count": count}
 
 
 def _info(args: argparse.Namespace) -> dict[str, Any]:

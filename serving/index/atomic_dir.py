@@ -65,7 +65,10 @@ def publish(directory: str | Path, write: Callable[[Path], None]) -> Path:
 def _is_foreign(path: Path) -> bool:
     """True for an entry `publish` did not make (a lock, a killed writer's leftovers or a version)."""
     name = path.name
-    return not (name == _LOCK_FILE or name.startswith((".tmp-", f".{POINTER_FILE}.", "v-")))
+    ours = name in (_LOCK_FILE, ".serve.lock", ".write.lock") or name.startswith(
+        (".tmp-", f".{POINTER_FILE}.", "v-", "journal-", "milvus")
+    )
+    return not ours
 
 
 def _write_version(root: Path, write: Callable[[Path], None]) -> Path:

@@ -5,11 +5,13 @@ Inner product on unit vectors (= cosine). Items are FAISS ids (the table's int64
 - ivf / ivfpq: IndexIVFFlat / IndexIVFPQ with an IndexFlatIP quantizer; ``nlist`` is chosen from the
   training size (about 4 sqrt(N), at most N / 39 so k-means has enough points per centroid) unless given.
 - hnsw: IndexIDMap2(IndexHNSWFlat). FAISS HNSW cannot remove, so removed labels become tombstones that
-  searches skip; the graph is rebuilt from its stored vectors once tombstones pass a quarter of it, and
-  before it is serialised.
+  searches skip; `needs_rebuild` says when they pass a quarter of the graph, and the gallery then rebuilds
+  it in the background (never inside a request).
+Metadata filters arrive as the allowed labels and go to FAISS as an ``IDSelectorBatch`` in the search
+parameters (with ``nprobe`` / ``efSearch``), so FAISS skips the other items itself. Searches only read
+the index, so several threads may search at once; `add` / `remove` need the caller's write lock.
 With ``use_gpu`` (faiss built with GPU support) flat / ivf / ivfpq searches run on a GPU replica of the
-CPU index; the CPU index stays the master (serialisation, removal), and the replica is re-cloned lazily
-after a removal.
+CPU index; the CPU index stays the master (serialisation); adds and removals are applied to both copies.
 """
 
 from __future__ import annotations
@@ -99,21 +101,36 @@ class FaissSearcher:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.index_type == "hnsw":
             self._dead.update(int(label) for label in labels)
-            if len(self._dead) > _TOMBSTONE_REBUILD_FRACTION * self._cpu.ntotal:
-                self.compact()
             return
         self._cpu.remove_ids(labels)
-        self._gpu = None
+        if self._gpu is not None:
+            try:
+                self._gpu.remove_ids(labels)
+            except RuntimeError:  # a GPU index type without remove_ids: re-clone lazily
+                self._gpu = None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); missing slots have label -1."""
+    @property
+    def needs_rebuild(self) -> bool:
+        """True once hnsw tombstones pass a quarter of the graph (rebuild it, off the request path)."""
+        return self._cpu is not None and len(self._dead) > _TOMBSTONE_REBUILD_FRACTION * max(1, self._cpu.ntotal)
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); missing slots have label -1. With
+        ``allowed`` (int64 labels) only those items are considered (a FAISS ID selector)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         q = queries.shape[0]
         if self._cpu is None or self.ntotal == 0 or k <= 0:
             return np.full((q, max(k, 0)), -np.inf, np.float32), np.full((q, max(k, 0)), -1, np.int64)
-        fetch = min(k + len(self._dead), int(self._cpu.ntotal))
-        scores, labels = self._search_index().search(queries, fetch)
-        if self._dead:
+        dead = 0 if allowed is not None else len(self._dead)
+        fetch = min(k + dead, int(self._cpu.ntotal))
+        if allowed is None:
+            scores, labels = self._search_index().search(queries, fetch)
+        else:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            scores, labels = self._search_index().search(queries, fetch, params=self._params(selector))
+        if dead:
             scores, labels = self._drop_dead(scores, labels, k)
         if labels.shape[1] < k:
             pad = k - labels.shape[1]
@@ -134,16 +151,27 @@ class FaissSearcher:
         if keep.any():
             self._cpu.add_with_ids(np.ascontiguousarray(vectors[keep]), np.ascontiguousarray(labels[keep]))
 
+    @property
+    def tombstones(self) -> list[int]:
+        """Removed hnsw labels still in the graph (saved with it, so a reload keeps skipping them)."""
+        return sorted(self._dead)
+
     def serialize(self) -> bytes:
-        """The CPU index as bytes (tombstones compacted first)."""
-        self.compact()
+        """The CPU index as bytes (hnsw tombstones included; see `tombstones`)."""
         return faiss.serialize_index(self._cpu).tobytes()
 
     @classmethod
     def deserialize(
-        cls, data: bytes, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False
+        cls,
+        data: bytes,
+        index_type: str,
+        dim: int,
+        options: dict[str, Any],
+        use_gpu: bool = False,
+        tombstones: list[int] | None = None,
     ) -> FaissSearcher:
         searcher = cls(index_type, dim, options, use_gpu)
+        searcher._dead = {int(label) for label in tombstones or ()}
         searcher._cpu = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if int(searcher._cpu.d) != dim:
             raise ValueError(f"serialised faiss index has dim {searcher._cpu.d}, expected {dim}")
@@ -151,7 +179,28 @@ class FaissSearcher:
             if "nprobe" in options:
                 searcher._cpu.nprobe = int(options["nprobe"])
             searcher.options.update(nlist=int(searcher._cpu.nlist), nprobe=int(searcher._cpu.nprobe))
+        elif index_type == "hnsw" and "ef_search" in options:
+            faiss.downcast_index(searcher._cpu.index).hnsw.efSearch = int(options["ef_search"])
         return searcher
+
+    def set_search_param(self, name: str, value: int) -> None:
+        """Set ``nprobe`` (ivf / ivfpq) or ``ef_search`` (hnsw) on the live index (an operating point)."""
+        if name == "nprobe" and self.index_type in ("ivf", "ivfpq"):
+            self._cpu.nprobe = int(value)
+            self._gpu = None
+        elif name == "ef_search" and self.index_type == "hnsw":
+            faiss.downcast_index(self._cpu.index).hnsw.efSearch = int(value)
+        else:
+            raise ValueError(f"{name!r} is not a search parameter of a {self.index_type!r} index")
+        self.options[name] = int(value)
+
+    def _params(self, selector: Any) -> Any:
+        if self.index_type in ("ivf", "ivfpq"):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(self.options.get("nprobe", 1)))
+        if self.index_type == "hnsw":
+            ef = int(self.options.get("ef_search", 64))
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        return faiss.SearchParameters(sel=selector)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -3,8 +3,14 @@
 The index keeps every vector in an `ItemTable` (the source of truth: saving, filters, exact re-ranking,
 rebuilding) and a search structure built from it: FAISS (flat / ivf / ivfpq / hnsw, on a GPU when faiss
 has GPU support) or, for "flat" on a GPU without faiss GPU support, torch. Scores are inner products of
-unit vectors (cosine similarity), higher is closer. Every public method takes one lock, so the gRPC
-server may add and remove while other threads search.
+unit vectors (cosine similarity), higher is closer. A read-write lock lets searches run side by side
+while add / remove / swap take it alone. IVF training (once there are enough items, or after large
+growth) and HNSW rebuilds (once removals leave many tombstones) run in a background thread on a copy of
+the rows and are swapped in with the changes made meanwhile; a request never waits for one. Metadata
+filters go to the structure as a FAISS ID selector built from the item table's inverted index.
+
+This is the in-memory FAISS gallery; `serving.index.durable_gallery.DurableGallery` adds the fsynced
+write log that makes an acknowledged change survive a crash.
 
 Saved with `save` as a versioned folder (`serving.index.atomic_dir`: crash-safe, checksummed) holding
 the files described in `serving.index.disk_format`.
@@ -12,11 +18,8 @@ the files described in `serving.index.disk_format`.
 
 from __future__ import annotations
 
-import json
-import math
-import operator
+import logging
 import threading
-from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +33,7 @@ from serving.index.disk_format import (
     FORMAT,
     FORMAT_VERSION,
     STRUCTURE_FILE,
+    check_bundle,
     read_info,
     read_rows,
     write_files,
@@ -38,14 +42,14 @@ from serving.index.errors import (
     DimensionError,
     DuplicateIdError,
     GalleryIndexError,
-    IndexBundleMismatch,
     IndexCorruptError,
-    InvalidVectorsError,
     UnknownIdError,
 )
-from serving.index.exact_search import exact_top_k
 from serving.index.item_table import ItemTable
+from serving.index.rw_lock import ReadWriteLock
 from serving.index.searcher import DEVICES, Searcher, new_searcher, resolve_engine
+from serving.index.table_search import exact_rows, structure_search
+from serving.index.vector_checks import check_items, check_k, check_queries, check_vectors
 
 __all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
 
@@ -59,7 +63,7 @@ result re-ranked with exact vectors, default 4); hnsw ``hnsw_m``, ``ef_search``,
 k-means ``seed``; ``gpu`` ordinal."""
 _MIN_TRAIN = 256
 _RETRAIN_GROWTH = 8
-_NORM_TOLERANCE = 1e-3
+_LOG = logging.getLogger("serving.index")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class GalleryIndex:
     ``index_type`` is one of INDEX_TYPES; ``device`` one of DEVICES ("auto" = GPU when usable);
     ``options`` keys are OPTION_KEYS; ``bundle_sha256`` is the `Manifest.sha256()` of the bundle whose
     engine produced the vectors. Raises GalleryIndexError subclasses (see `serving.index.errors`)."""
+
+    store = "faiss"
 
     def __init__(
         self,
@@ -112,59 +118,95 @@ class GalleryIndex:
         self.created = created or _now()
         self.engine = resolve_engine(device, index_type)
         self._options = dict(options or {})
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
         self._table = ItemTable(dim)
         self._searcher: Searcher = self._new_searcher()
         self._trained_on = 0
+        self._maintenance: threading.Thread | None = None
+        self._maintenance_guard = threading.Lock()
 
     # ------------------------------------------------------------------ content
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock.read():
             return len(self._table)
 
     def __contains__(self, item_id: object) -> bool:
-        with self._lock:
+        with self._lock.read():
             return item_id in self._table
 
-    def add(
-        self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None
-    ) -> None:
-        """Add items: ``ids`` (unique non-empty strings), ``vectors`` float32 (N, dim) unit-norm rows,
-        ``metadata`` JSON-serialisable dicts (default empty). All or nothing.
-
-        Raises DuplicateIdError, DimensionError, InvalidVectorsError."""
+    def check_add(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        *,
+        upsert: bool = False,
+    ) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+        """Validate an `add` without applying it: (ids, float32 vectors, metadata copies). Raises
+        DuplicateIdError (an id present, unless ``upsert``, or repeated), DimensionError, InvalidVectorsError."""
         ids = list(ids)
         metadata = [{} for _ in ids] if metadata is None else [dict(m) for m in metadata]
-        array = self._check_vectors(vectors, len(ids))
-        self._check_items(ids, metadata)
-        with self._lock:
-            existing = [item_id for item_id in ids if item_id in self._table]
+        array = check_vectors(vectors, len(ids), self.dim)
+        check_items(ids, metadata)
+        if not upsert:
+            with self._lock.read():
+                existing = [item_id for item_id in ids if item_id in self._table]
             if existing:
                 raise DuplicateIdError(
-                    f"{len(existing)} id(s) already in the index, e.g. {existing[:5]}; remove them first or "
-                    "use other ids; nothing was added"
+                    f"{len(existing)} id(s) already in the index, e.g. {existing[:5]}; remove them first, "
+                    "use other ids, or add with upsert to replace them; nothing was added"
                 )
+        return ids, array, metadata
+
+    def add(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        *,
+        upsert: bool = False,
+    ) -> int:
+        """Add items: ``ids`` (unique non-empty strings), ``vectors`` float32 (N, dim) unit-norm rows,
+        ``metadata`` JSON-serialisable dicts (default empty); with ``upsert`` an id already present is
+        replaced instead of refused (a retried add is harmless). All or nothing; returns N.
+
+        Raises DuplicateIdError, DimensionError, InvalidVectorsError."""
+        ids, array, metadata = self.check_add(ids, vectors, metadata, upsert=upsert)
+        with self._lock.write():
+            present = [item_id for item_id in ids if item_id in self._table]
+            if present and not upsert:
+                raise DuplicateIdError(f"id(s) {present[:5]} were added meanwhile; nothing was added")
+            if present:
+                self._remove_rows(present)
             labels = self._table.append(ids, array, metadata)
             if self._searcher.is_trained:
                 self._searcher.add(array, labels)
+        self._maybe_maintain()
+        return len(ids)
+
+    def check_remove(self, ids: Sequence[str]) -> list[str]:
+        """The distinct ids of a `remove`, validated without removing; UnknownIdError if any is absent."""
+        unique = list(dict.fromkeys(ids))
+        with self._lock.read():
+            unknown = [item_id for item_id in unique if item_id not in self._table]
+        if unknown:
+            raise UnknownIdError(f"{len(unknown)} id(s) not in the index, e.g. {unknown[:5]}; nothing was removed")
+        return unique
 
     def remove(self, ids: Sequence[str]) -> int:
         """Remove items by id; returns how many. Raises UnknownIdError (nothing removed) if any is absent."""
-        unique = list(dict.fromkeys(ids))
-        with self._lock:
+        unique = self.check_remove(ids)
+        with self._lock.write():
             unknown = [item_id for item_id in unique if item_id not in self._table]
             if unknown:
-                raise UnknownIdError(
-                    f"{len(unknown)} id(s) not in the index, e.g. {unknown[:5]}; nothing was removed"
-                )
-            labels = self._table.remove(unique)
-            if self._searcher.is_trained and labels.size:
-                self._searcher.remove(labels)
-            return len(unique)
+                raise UnknownIdError(f"id(s) {unknown[:5]} were removed meanwhile; nothing was removed")
+            self._remove_rows(unique)
+        self._maybe_maintain()
+        return len(unique)
 
     def get(self, item_id: str) -> tuple[np.ndarray, dict[str, Any]]:
         """(vector copy (dim,), metadata copy) of one item; UnknownIdError if absent."""
-        with self._lock:
+        with self._lock.read():
             if item_id not in self._table:
                 raise UnknownIdError(f"id {item_id!r} is not in the index")
             row = self._table.row_of_id(item_id)
@@ -172,7 +214,7 @@ class GalleryIndex:
 
     def snapshot(self) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
         """Consistent copies of (ids, vectors (N, dim), metadata) in row order."""
-        with self._lock:
+        with self._lock.read():
             meta = [dict(m) for m in self._table.metadata]
             return list(self._table.ids), self._table.vectors.copy(), meta
 
@@ -180,47 +222,70 @@ class GalleryIndex:
     def search(
         self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, exact: bool = False
     ) -> list[list[Hit]]:
-        """Top-``k`` hits per query row, best first. ``queries`` float32 (Q, dim); ``filter`` keeps only items
-        whose ``metadata[field]`` has the text form (`metadata_text`) of ``value`` for every given field, so
-        {"camera": 3} and {"camera": "3"} match camera 3 (a missing field never matches); applied
-        before the top-k cut, so each list holds min(k, matching items) hits for exact search; ``exact``
-        forces brute force over all vectors. Approximate types may return fewer than k hits.
+        """Top-``k`` hits per query row, best first, from ONE structure search for all rows. ``queries``
+        float32 (Q, dim); ``filter`` keeps only items whose ``metadata[field]`` has the text form
+        (`metadata_text`) of ``value`` for every given field, so {"camera": 3} and {"camera": "3"} match
+        camera 3 (a missing field never matches); applied inside the search (a FAISS ID selector), so each
+        list holds min(k, matching items) hits; ``exact`` forces brute force over all vectors. Approximate
+        types may return fewer than k hits without a filter.
         Raises DimensionError, InvalidVectorsError, GalleryIndexError (k < 1)."""
-        array = self._check_queries(queries)
-        try:
-            valid = operator.index(k) >= 1
-        except TypeError:
-            valid = False
-        if not valid:
-            raise GalleryIndexError(f"k must be a positive integer, found {k!r}")
-        k = operator.index(k)
-        with self._lock:
+        array = check_queries(queries, self.dim)
+        k = check_k(k)
+        with self._lock.read():
             n = len(self._table)
-            mask = self._table.match(filter) if filter else None
-            matching = n if mask is None else int(mask.sum())
+            allowed = self._table.match_labels(filter) if filter else None
+            matching = n if allowed is None else int(allowed.size)
             if matching == 0:
                 return [[] for _ in range(array.shape[0])]
-            if not exact:
-                self._ensure_trained()
-            if exact or not self._searcher.is_trained or (mask is not None and matching * 8 < n):
-                rows = None if mask is None else np.flatnonzero(mask)
-                return self._to_hits(self._exact(array, k, rows))
-            return self._to_hits(self._structure_search(array, k, mask, matching))
+            if exact or not self._searcher.is_trained or (allowed is not None and matching * 8 < n):
+                rows = None if allowed is None else self._table.rows_of_labels(allowed)
+                return self._to_hits(exact_rows(self._table, array, k, rows))
+            refine = int(self._options.get("refine", 4)) if self.index_type == "ivfpq" else 1
+            return self._to_hits(structure_search(self._table, self._searcher, array, k, allowed, refine))
 
     # ------------------------------------------------------------------ maintenance
     def rebuild(self) -> None:
-        """Rebuild the search structure from the stored vectors (retrains ivf / ivfpq on the items)."""
-        with self._lock:
-            self._rebuild_searcher()
+        """Rebuild the search structure from the stored vectors now, in this thread (retrains ivf / ivfpq,
+        drops hnsw tombstones); searches keep running on the old structure until the swap."""
+        self.wait_for_maintenance()
+        self._rebuild_and_swap()
+
+    def wait_for_maintenance(self, timeout: float | None = None) -> bool:
+        """Wait for a background rebuild to finish; returns False if one is still running at ``timeout``."""
+        thread = self._maintenance
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def settle(self) -> None:
+        """Wait for a background rebuild, then run one that is due (training, growth, tombstones) here."""
+        self.wait_for_maintenance()
+        if self._needs_maintenance():
+            self._rebuild_and_swap()
+
+    def set_operating_point(self, name: str, value: int) -> None:
+        """Set ``nprobe`` (ivf / ivfpq) or ``ef_search`` (hnsw), kept in the options and saved with the index."""
+        if name not in ("nprobe", "ef_search"):
+            raise GalleryIndexError(f"operating point must be nprobe or ef_search, found {name!r}")
+        with self._lock.write():
+            self._options[name] = int(value)
+            if self._searcher.is_trained:
+                self._searcher.set_search_param(name, int(value))
+
+    def close(self) -> None:
+        """Let a running background rebuild finish (the index stays usable)."""
+        self.wait_for_maintenance()
 
     def stats(self) -> dict[str, Any]:
         """JSON-serialisable summary: count, dim, metric, index_type, bundle_sha256, created, trained,
         search engine facts (faiss version, nlist/nprobe..., tombstones), options."""
-        with self._lock:
+        with self._lock.read():
             search = (
                 self._searcher.describe() if self._searcher.is_trained else {"engine": "exact (untrained)"}
             )
             return {
+                "store": self.store,
                 "count": len(self._table),
                 "dim": self.dim,
                 "metric": self.metric,
@@ -233,17 +298,19 @@ class GalleryIndex:
             }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the index into ``directory`` atomically (the previous content stays valid until the new one
-        is complete); returns the version folder. Trains ivf / ivfpq first when it has enough items."""
-        with self._lock:
-            self._ensure_trained(retrain_if_grown=True)
+        is complete); returns the version folder. Trains ivf / ivfpq first when it has enough items.
+        ``extra`` entries are added to index.json."""
+        self.settle()
+        with self._lock.read():
             structure = None
             if self.index_type != "flat" and self._searcher.is_trained:
                 structure = self._searcher.serialize()
             info = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
+                "store": self.store,
                 "bundle_sha256": self.bundle_sha256,
                 "dim": self.dim,
                 "metric": self.metric,
@@ -253,8 +320,10 @@ class GalleryIndex:
                 "created": self.created,
                 "saved": _now(),
                 "trained": structure is not None,
+                "tombstones": self._searcher.tombstones if structure is not None else [],
                 "options": dict(self._options),
                 "search": self._searcher.describe() if self._searcher.is_trained else {},
+                **(extra or {}),
             }
             return publish(directory, lambda folder: write_files(folder, info, self._table, structure))
 
@@ -282,13 +351,11 @@ class GalleryIndex:
         if verify:
             verify_checksums(folder)
         info = read_info(folder)
-        built_with = info.get("bundle_sha256")
-        if expected_bundle_sha256 is not None and built_with != expected_bundle_sha256 and built_with not in compatible:
-            raise IndexBundleMismatch(
-                f"index {directory} was built with bundle sha256 {built_with}, but the bundle being served has "
-                f"sha256 {expected_bundle_sha256} and does not list it in its manifest's compatible_with; "
-                "embeddings of different models (or precisions) cannot be compared; rebuild it: cdd-index build "
-                f"--bundle BUNDLE --images IMAGES --out {directory}"
+        check_bundle(info, expected_bundle_sha256, directory, compatible)
+        if info.get("store", "faiss") != "faiss":
+            raise GalleryIndexError(
+                f"index {directory} keeps its items in {info['store']!r}, not in FAISS files; open it with "
+                "serving.index.gallery_backend.open_gallery (cdd-serve does)"
             )
         ids, labels, metadata, vectors = read_rows(folder, info)
         options = {k: v for k, v in info.get("options", {}).items() if k in OPTION_KEYS}
@@ -304,23 +371,27 @@ class GalleryIndex:
         index._table = ItemTable.from_rows(
             info["dim"], ids, labels, vectors, metadata, int(info["next_label"])
         )
-        index._restore_searcher(folder)
+        index._restore_searcher(folder, info.get("tombstones", []))
         return index
 
     # ------------------------------------------------------------------ internals
-    def _restore_searcher(self, folder: Path) -> None:
+    def _restore_searcher(self, folder: Path, tombstones: list[int]) -> None:
         """Search structure of a loaded version: the serialised FAISS index, else rebuilt from the table."""
         structure = folder / STRUCTURE_FILE
         n = len(self._table)
         if not structure.is_file() or self.engine == "torch-cuda":
             if self._searcher.is_trained and n:
                 self._searcher.add(self._table.vectors, self._table.labels)
+            elif n:
+                self._searcher = self._built_searcher(self._table.vectors, self._table.labels)
             return
         from serving.index.faiss_searcher import FaissSearcher
 
         use_gpu = self.engine == "faiss-gpu"
         data = structure.read_bytes()
-        self._searcher = FaissSearcher.deserialize(data, self.index_type, self.dim, self._options, use_gpu)
+        self._searcher = FaissSearcher.deserialize(
+            data, self.index_type, self.dim, self._options, use_gpu, tombstones
+        )
         self._trained_on = n
         if self._searcher.ntotal != n:
             raise IndexCorruptError(
@@ -331,119 +402,75 @@ class GalleryIndex:
     def _new_searcher(self) -> Searcher:
         return new_searcher(self.engine, self.index_type, self.dim, self._options)
 
-    def _ensure_trained(self, retrain_if_grown: bool = False) -> None:
-        """Train an ivf / ivfpq structure once there are _MIN_TRAIN items (or retrain after large growth)."""
-        if self.index_type not in ("ivf", "ivfpq"):
-            return
-        n = len(self._table)
-        grown = retrain_if_grown and self._trained_on > 0 and n > _RETRAIN_GROWTH * self._trained_on
-        if (self._searcher.is_trained and not grown) or n < _MIN_TRAIN:
-            return
-        self._rebuild_searcher()
+    def _remove_rows(self, ids: list[str]) -> None:
+        labels = self._table.remove(ids)
+        if self._searcher.is_trained and labels.size:
+            self._searcher.remove(labels)
 
-    def _rebuild_searcher(self) -> None:
-        """A fresh structure holding every stored item (trained on them when the type needs training)."""
-        self._searcher = self._new_searcher()
-        self._trained_on = 0
-        n = len(self._table)
-        if n == 0:
-            return
-        if not self._searcher.is_trained:
-            self._searcher.train(self._table.vectors)
-            self._trained_on = n
-        self._searcher.add(self._table.vectors, self._table.labels)
+    def _needs_maintenance(self) -> bool:
+        """ivf / ivfpq: untrained with _MIN_TRAIN items, or grown _RETRAIN_GROWTH-fold since training;
+        hnsw: many tombstones."""
+        with self._lock.read():
+            n = len(self._table)
+            if self.index_type in ("ivf", "ivfpq"):
+                if not self._searcher.is_trained:
+                    return n >= _MIN_TRAIN
+                return self._trained_on > 0 and n > _RETRAIN_GROWTH * self._trained_on
+            return bool(self._searcher.needs_rebuild)
 
-    def _check_vectors(self, vectors: Any, n: int) -> np.ndarray:
-        array = np.asarray(vectors)
-        if array.ndim != 2 or array.shape[1] != self.dim:
-            raise DimensionError(f"vectors must have shape (N, {self.dim}), found {tuple(array.shape)}")
-        if array.shape[0] != n:
-            raise InvalidVectorsError(f"got {n} id(s) but {array.shape[0]} vector(s); they must line up")
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise InvalidVectorsError("vectors contain NaN or infinity; check the engine output")
-        norms = np.linalg.norm(array, axis=1)
-        if n and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
-            raise InvalidVectorsError(
-                f"vectors must be L2-normalised (norm 1 +- {_NORM_TOLERANCE}), found norms in "
-                f"[{norms.min():.4g}, {norms.max():.4g}]; divide each row by its norm"
+    def _maybe_maintain(self) -> None:
+        """Start a background rebuild when `_needs_maintenance` (at most one at a time)."""
+        if not self._needs_maintenance():
+            return
+        with self._maintenance_guard:
+            if self._maintenance is not None and self._maintenance.is_alive():
+                return
+            self._maintenance = threading.Thread(
+                target=self._background_rebuild, name="cdd-index-rebuild", daemon=True
             )
-        return array
+            self._maintenance.start()
 
-    def _check_queries(self, queries: Any) -> np.ndarray:
-        array = np.asarray(queries)
-        if array.ndim != 2 or array.shape[1] != self.dim:
-            raise DimensionError(
-                f"queries must have shape (Q, {self.dim}), found {tuple(array.shape)}; "
-                "use queries.reshape(1, -1) for a single query"
-            )
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if not np.isfinite(array).all():
-            raise InvalidVectorsError("queries contain NaN or infinity")
-        return array
+    def _background_rebuild(self) -> None:
+        try:
+            self._rebuild_and_swap()
+        except Exception:  # logged: the old structure keeps serving
+            _LOG.exception("background rebuild of the %s index failed; the previous structure stays", self.index_type)
 
-    @staticmethod
-    def _check_items(ids: list[Any], metadata: list[dict[str, Any]]) -> None:
-        if len(metadata) != len(ids):
-            raise InvalidVectorsError(f"got {len(ids)} id(s) but {len(metadata)} metadata dict(s)")
-        bad = [item_id for item_id in ids if not isinstance(item_id, str) or not item_id]
-        if bad:
-            raise GalleryIndexError(f"ids must be non-empty strings, found {bad[:5]}")
-        repeated = [item_id for item_id, count in Counter(ids).items() if count > 1]
-        if repeated:
-            raise DuplicateIdError(f"ids repeat within one add call, e.g. {repeated[:5]}; nothing was added")
-        for item_id, meta in zip(ids, metadata, strict=True):
-            try:
-                json.dumps(meta)
-            except (TypeError, ValueError) as exc:
-                raise GalleryIndexError(f"metadata of {item_id!r} is not JSON-serialisable: {exc}") from exc
+    def _built_searcher(self, vectors: np.ndarray, labels: np.ndarray) -> Searcher:
+        """A fresh structure holding ``vectors`` under ``labels`` (trained on them when the type needs it)."""
+        searcher = self._new_searcher()
+        if labels.size == 0:
+            return searcher
+        if not searcher.is_trained:
+            searcher.train(vectors)
+        searcher.add(vectors, labels)
+        return searcher
 
-    def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray | None) -> list[list[tuple[int, float]]]:
-        """Brute-force top-k over all rows (or the given subset): per query [(row, score)], best first."""
-        vectors = self._table.vectors if rows is None else self._table.vectors[rows]
-        found = exact_top_k(queries, vectors, k)
-        if rows is None:
-            return found
-        return [[(int(rows[pos]), score) for pos, score in hits] for hits in found]
-
-    def _structure_search(
-        self, queries: np.ndarray, k: int, mask: np.ndarray | None, matching: int
-    ) -> list[list[tuple[int, float]]]:
-        """Search the structure; with a mask, over-fetch and widen until k matching hits or everything was
-        fetched, then fall back to exact search over the matching rows for queries still short."""
-        n = len(self._table)
-        refine = int(self._options.get("refine", 4)) if self.index_type == "ivfpq" else 1
-        want = min(k, matching)
-        fetch = min(n, k * refine if mask is None else max(2 * k, math.ceil(2 * k * n / matching)) * refine)
-        results: list[list[tuple[int, float]] | None] = [None] * queries.shape[0]
-        pending = np.arange(queries.shape[0])
-        while pending.size:
-            scores, labels = self._searcher.search(queries[pending], fetch)
-            rows = self._table.rows_of_labels(labels)
-            if refine > 1:
-                safe = np.where(rows >= 0, rows, 0)
-                scores = np.einsum("qd,qkd->qk", queries[pending], self._table.vectors[safe])
-            short = []
-            for i, qi in enumerate(pending):
-                keep = rows[i] >= 0
-                if mask is not None:
-                    keep &= mask[np.where(keep, rows[i], 0)]
-                cand = np.flatnonzero(keep)
-                cand = cand[np.argsort(-scores[i, cand], kind="stable")][:want]
-                hits = [(int(rows[i, c]), float(scores[i, c])) for c in cand]
-                if mask is not None and len(hits) < want:
-                    short.append(qi)
-                results[qi] = hits
-            if not short or fetch >= n:
-                pending = np.asarray(short, dtype=np.int64)
-                break
-            pending, fetch = np.asarray(short, dtype=np.int64), min(n, fetch * 4)
-        if pending.size and mask is not None:
-            exact = self._exact(queries[pending], k, np.flatnonzero(mask))
-            for qi, hits in zip(pending, exact, strict=True):
-                results[int(qi)] = hits
-        return [hits or [] for hits in results]
+    def _rebuild_and_swap(self) -> None:
+        """Build a new structure from a copy of the rows without holding the write lock, then, under it,
+        apply the adds / removes made meanwhile and swap it in."""
+        with self._lock.read():
+            vectors, labels = self._table.vectors.copy(), self._table.labels.copy()
+        searcher = self._built_searcher(vectors, labels)
+        with self._lock.write():
+            now = self._table.labels
+            added = ~np.isin(now, labels)
+            gone = labels[~np.isin(labels, now)]
+            if searcher.is_trained:
+                if added.any():
+                    searcher.add(self._table.vectors[added], now[added])
+                if gone.size:
+                    searcher.remove(gone)
+                for name in ("nprobe", "ef_search"):
+                    if name in self._options:
+                        try:
+                            searcher.set_search_param(name, int(self._options[name]))
+                        except ValueError:
+                            pass
+            self._searcher = searcher
+            self._trained_on = int(labels.size) if searcher.is_trained else 0
 
     def _to_hits(self, found: list[list[tuple[int, float]]]) -> list[list[Hit]]:
         ids, meta = self._table.ids, self._table.metadata
         return [[Hit(ids[row], score, dict(meta[row])) for row, score in hits] for hits in found]
+

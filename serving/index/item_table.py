@@ -36,6 +36,7 @@ class ItemTable:
         self._meta: list[dict[str, Any]] = []
         self._row_of_id: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
+        self._postings: dict[tuple[str, str], set[int]] = {}
         self.next_label = 0
 
     def __len__(self) -> int:
@@ -88,6 +89,7 @@ class ItemTable:
         for offset, item_id in enumerate(ids):
             self._row_of_id[item_id] = start + offset
             self._row_of_label[int(labels[offset])] = start + offset
+            self._post(int(labels[offset]), metadata[offset], add=True)
         self._ids.extend(ids)
         self._meta.extend(metadata)
         self.next_label += n
@@ -101,6 +103,7 @@ class ItemTable:
             label = int(self._labels[row])
             removed[i] = label
             del self._row_of_label[label]
+            self._post(label, self._meta[row], add=False)
             last = len(self) - 1
             if row != last:
                 moved_id = self._ids[last]
@@ -114,15 +117,34 @@ class ItemTable:
             self._meta.pop()
         return removed
 
-    def match(self, filter: Mapping[str, Any]) -> np.ndarray:
-        """Boolean (N,) mask of rows whose metadata has every field of ``filter`` with the same text form
-        (`metadata_text`), so the filter "3" (or 3) matches camera 3; a missing field never matches."""
-        pairs = [(key, metadata_text(value)) for key, value in filter.items()]
-        return np.fromiter(
-            (all(key in meta and metadata_text(meta[key]) == text for key, text in pairs) for meta in self._meta),
-            dtype=bool,
-            count=len(self),
+    def match_labels(self, filter: Mapping[str, Any]) -> np.ndarray:
+        """Sorted int64 labels of the items whose metadata has every field of ``filter`` with the same text
+        form (`metadata_text`), so the filter "3" (or 3) matches camera 3; a missing field never matches.
+        Read from the inverted index: smallest matching set first, intersected with the others."""
+        sets = sorted(
+            (self._postings.get((str(key), metadata_text(value)), set()) for key, value in filter.items()), key=len
         )
+        if not sets:
+            return self.labels.copy()
+        found = set(sets[0]).intersection(*sets[1:]) if len(sets) > 1 else sets[0]
+        return np.sort(np.fromiter(found, dtype=np.int64, count=len(found)))
+
+    def rows_of_matching(self, filter: Mapping[str, Any]) -> np.ndarray:
+        """Rows (int64) of the items `match_labels` finds."""
+        lookup = self._row_of_label
+        return np.asarray([lookup[int(label)] for label in self.match_labels(filter)], dtype=np.int64)
+
+    def _post(self, label: int, meta: Mapping[str, Any], add: bool) -> None:
+        for key, value in meta.items():
+            posting = (str(key), metadata_text(value))
+            if add:
+                self._postings.setdefault(posting, set()).add(label)
+                continue
+            labels = self._postings.get(posting)
+            if labels is not None:
+                labels.discard(label)
+                if not labels:
+                    del self._postings[posting]
 
     @classmethod
     def from_rows(
@@ -144,6 +166,8 @@ class ItemTable:
         table._meta = list(metadata)
         table._row_of_id = {item_id: row for row, item_id in enumerate(table._ids)}
         table._row_of_label = {int(label): row for row, label in enumerate(labels)}
+        for label, meta in zip(table.labels.tolist(), table._meta, strict=True):
+            table._post(label, meta, add=True)
         table.next_label = next_label
         return table
 

@@ -23,8 +23,9 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 class Searcher(Protocol):
-    """Vectors under int64 labels (the item table's), searched by inner product. Not thread-safe: the
-    gallery index locks. Vectors are float32 (N, dim) unit-norm rows; labels int64 (N,)."""
+    """Vectors under int64 labels (the item table's), searched by inner product. Searches may run
+    concurrently with each other; the gallery index's write lock keeps changes apart from them.
+    Vectors are float32 (N, dim) unit-norm rows; labels int64 (N,)."""
 
     @property
     def is_trained(self) -> bool:
@@ -43,8 +44,22 @@ class Searcher(Protocol):
     def remove(self, labels: np.ndarray) -> None:
         """Remove the items with these labels."""
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` per query: (scores (Q, k) float32, labels (Q, k) int64), best first; empty slots -1."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` per query: (scores (Q, k) float32, labels (Q, k) int64), best first; empty slots -1.
+        ``allowed`` (int64 labels) restricts the search to those items (a metadata filter)."""
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when removals left enough dead entries that a rebuild (in the background) pays off."""
+
+    @property
+    def tombstones(self) -> list[int]:
+        """Removed labels still inside the structure (saved with it)."""
+
+    def set_search_param(self, name: str, value: int) -> None:
+        """Set an operating point (``nprobe`` / ``ef_search``); ValueError when the structure has none."""
 
     def serialize(self) -> bytes | None:
         """The structure as bytes to save with the index, or None when it is rebuilt from the vectors."""

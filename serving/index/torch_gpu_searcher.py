@@ -63,8 +63,11 @@ class TorchExactSearcher:
         self._labels[: self._n] = kept_labels
 
     @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); slots beyond the size have label -1."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); slots beyond the size have label -1.
+        With ``allowed`` (int64 labels) the others score -inf and are dropped."""
         q = queries.shape[0]
         scores = np.full((q, max(k, 0)), -np.inf, np.float32)
         labels = np.full((q, max(k, 0)), -1, np.int64)
@@ -73,10 +76,28 @@ class TorchExactSearcher:
             return scores, labels
         query = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).to(self.device)
         sims = query @ self._vectors[: self._n].T
+        if allowed is not None:
+            wanted = torch.from_numpy(np.ascontiguousarray(allowed, np.int64)).to(self.device)
+            sims[:, ~torch.isin(self._labels[: self._n], wanted)] = -torch.inf
         top_scores, top_rows = torch.topk(sims, take, dim=1)
-        scores[:, :take] = top_scores.cpu().numpy()
-        labels[:, :take] = self._labels[top_rows].cpu().numpy()
+        found = self._labels[top_rows].cpu().numpy()
+        top = top_scores.cpu().numpy()
+        found[~np.isfinite(top)] = -1
+        scores[:, :take] = top
+        labels[:, :take] = found
         return scores, labels
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Never: removal compacts the buffer at once."""
+        return False
+
+    @property
+    def tombstones(self) -> list[int]:
+        return []
+
+    def set_search_param(self, name: str, value: int) -> None:
+        raise ValueError(f"exact torch search has no {name!r} parameter")
 
     def serialize(self) -> bytes | None:
         """None: an exact index is rebuilt from the stored vectors."""

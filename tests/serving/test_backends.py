@@ -17,7 +17,7 @@ from serving.backends import BACKENDS, BackendUnavailable, create_engine
 from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 from serving.backends.tensorrt_backend import stamp_mismatch
 from serving.backends.torch_backend import TorchEngine
-from serving.bundle import BatchRange, BundleError, InputSpec
+from serving.bundle import BatchRange, BundleError, InputSpec, sha256_file
 from serving.preprocess import load_image_file
 
 
@@ -52,7 +52,7 @@ def test_auto_logs_why_earlier_backends_were_skipped(tiny_bundle, tiny_manifest,
     caplog.set_level(logging.INFO, logger="serving.backends")
     engine = create_engine(tiny_bundle, tiny_manifest, backend="auto")
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert "tensorrt is not installed" in skipped[0] and "pip install tensorrt" in skipped[0]
+    assert skipped[0] == "backend tensorrt skipped: the bundle has no tensorrt model file"
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert engine.name == "onnxruntime-cpu"
         assert skipped[1].startswith("backend onnxruntime-cuda skipped")
@@ -62,9 +62,8 @@ def test_auto_logs_why_earlier_backends_were_skipped(tiny_bundle, tiny_manifest,
 def test_explicit_backend_errors(tiny_bundle, tiny_manifest):
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         create_engine(tiny_bundle, tiny_manifest, backend="nope")
-    if importlib.util.find_spec("tensorrt") is None:
-        with pytest.raises(BackendUnavailable, match="pip install tensorrt"):
-            create_engine(tiny_bundle, tiny_manifest, backend="tensorrt")
+    with pytest.raises(BackendUnavailable, match="the bundle has no TensorRT plan"):
+        create_engine(tiny_bundle, tiny_manifest, backend="tensorrt")
     no_program = dataclasses.replace(tiny_manifest, backends={"onnxruntime": "model.onnx"})
     with pytest.raises(BackendUnavailable, match=r"no 'torch' program \(model.pt2\)"):
         TorchEngine(tiny_bundle, no_program)
@@ -195,7 +194,10 @@ def _build_tensorrt_bundle(tiny_bundle: Path, manifest, out: Path):
     out.mkdir()
     (out / "model.plan").write_bytes(bytes(plan))
     entry = {"file": "model.plan", "stamp": current_stamp(trt, torch, 0)}
-    return dataclasses.replace(manifest, backends={**manifest.backends, "tensorrt": entry})
+    listed = {"sha256": sha256_file(out / "model.plan"), "bytes": len(plan), "role": "tensorrt"}
+    return dataclasses.replace(
+        manifest, backends={**manifest.backends, "tensorrt": entry}, files={**manifest.files, "model.plan": listed}
+    )
 
 
 @pytest.mark.gpu

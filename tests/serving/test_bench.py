@@ -147,7 +147,7 @@ def test_serve_with_and_without_batching(tiny_bundle: Path, gallery_images: Path
 def test_index_ingest_and_search(tiny_bundle: Path, gallery_images: Path, tmp_path: Path) -> None:
     cfg = IndexBenchConfig(
         sizes=(1000,),
-        types=("flat", "hnsw"),
+        types=("flat", "hnsw", "milvus-flat"),
         max_queries=20,
         search_seconds=0.2,
         recall_queries=20,
@@ -163,9 +163,12 @@ def test_index_ingest_and_search(tiny_bundle: Path, gallery_images: Path, tmp_pa
     )
     assert search["dim"] == 16 and search["skipped"] == []
     rows = {row["type"]: row for row in search["rows"]}
-    assert set(rows) == {"flat", "hnsw"}
-    assert rows["flat"]["recall"] == 1.0
-    assert 0.0 <= rows["hnsw"]["recall"] <= 1.0
+    assert set(rows) == {"flat", "hnsw", "milvus-flat"}
+    assert rows["flat"]["recall"] == 1.0 and rows["milvus-flat"]["recall"] == 1.0
+    point = rows["hnsw"]["operating_point"]  # tuned on other queries, then measured on these
+    assert point["parameter"] == "ef_search" and point["reached"] and point["recall_at_k"] >= 0.95
+    assert rows["hnsw"]["options"]["ef_search"] == point["value"] and rows["hnsw"]["recall"] >= 0.9
+    assert rows["milvus-flat"]["search"]["engine"] == "milvus" and rows["flat"]["operating_point"] is None
     for row in rows.values():
         assert row["size"] == 1000 and row["build_s"] > 0 and row["qps"] > 0
         _check_latency(row["latency"])

@@ -169,8 +169,8 @@ def test_save_load_round_trip(tmp_path, index_type):
     )
     index.remove(["x0", "x1"])
     queries = vectors[[5, 50, 250]]
+    index.save(tmp_path / "idx")  # trains ivf / ivfpq (or waits for the background training)
     before = index.search(queries, k=6)
-    index.save(tmp_path / "idx")
     loaded = GalleryIndex.load(tmp_path / "idx", expected_bundle_sha256="b" * 64)
     assert loaded.search(queries, k=6) == before
     assert len(loaded) == 398 and loaded.stats()["index_type"] == index_type and loaded.stats()["trained"]
@@ -248,6 +248,7 @@ def test_approximate_recall_on_clustered_vectors(index_type, minimum):
     index = GalleryIndex(32, index_type)
     index.add([str(i) for i in range(len(vectors))], vectors, [{"group": i % 3} for i in range(len(vectors))])
     queries = _unit(vectors[::37] + np.random.default_rng(8).normal(scale=0.01, size=vectors[::37].shape))
+    assert index.wait_for_maintenance(timeout=60)  # ivf / ivfpq train in the background
     recall = recall_at_k_vs_exact(index, queries, k=10)
     assert index.stats()["trained"] and index.stats()["search"]["engine"] == "faiss-cpu"
     assert recall > minimum, f"{index_type} recall@10 {recall:.3f}"
@@ -269,7 +270,8 @@ def test_hnsw_removal_uses_tombstones_then_compacts():
     index.remove([f"item{i}" for i in range(0, 40)])
     assert index.stats()["search"]["tombstones"] == 40
     assert not {h.id for h in index.search(vectors[:40], k=3)[0]} & {f"item{i}" for i in range(40)}
-    index.remove([f"item{i}" for i in range(40, 120)])  # past a quarter: rebuilt without tombstones
+    index.remove([f"item{i}" for i in range(40, 120)])  # past a quarter: rebuilt in the background
+    assert index.wait_for_maintenance(timeout=60)
     assert index.stats()["search"]["tombstones"] == 0 and len(index) == 280
     assert index.search(vectors[200:201], k=1)[0][0].id == "item200"
 

@@ -100,14 +100,68 @@ def test_sixteen_bit_png_is_scaled_not_clipped():
     assert pixels.max() == (sixteen >> 8).max() and pixels.min() == (sixteen >> 8).min()
 
 
-def test_rgba_and_palette_convert_to_their_rgb():
+def test_alpha_is_composited_over_the_manifest_background(tiny_manifest):
+    rgb = _rgb(4).astype(np.int64)
+    alpha = np.random.default_rng(5).integers(0, 256, size=rgb.shape[:2] + (1,))
+    data = _encode(Image.fromarray(np.concatenate([rgb, alpha], axis=2).astype(np.uint8), mode="RGBA"))
+    white = np.asarray(decode_image(data)).astype(np.int64)
+    expected = (rgb * alpha + 255 * (255 - alpha)) / 255.0  # straight alpha over white
+    assert np.abs(white - expected).max() <= 1
+    black = dataclasses.replace(tiny_manifest.preprocess, background=(0, 0, 0))
+    on_black = np.asarray(decode_image(data, manifest=dataclasses.replace(tiny_manifest, preprocess=black)))
+    assert np.abs(on_black.astype(np.int64) - rgb * alpha / 255.0).max() <= 1
+
+
+def test_palette_with_and_without_transparency():
     rgb = _rgb(4)
-    alpha = np.full(rgb.shape[:2] + (1,), 77, dtype=np.uint8)
-    rgba = decode_image(_encode(Image.fromarray(np.concatenate([rgb, alpha], axis=2), mode="RGBA")))
-    np.testing.assert_array_equal(np.asarray(rgba), rgb)
     palette_image = Image.fromarray(rgb).quantize(colors=16)
     decoded = decode_image(_encode(palette_image))
     np.testing.assert_array_equal(np.asarray(decoded), np.asarray(palette_image.convert("RGB")))
+    transparent_index = int(np.asarray(palette_image)[0, 0])
+    data = _encode(palette_image, transparency=transparent_index)
+    pixels = np.asarray(decode_image(data))
+    hidden = np.asarray(palette_image) == transparent_index
+    assert (pixels[hidden] == 255).all() and hidden.sum() >= 1
+    np.testing.assert_array_equal(pixels[~hidden], np.asarray(palette_image.convert("RGB"))[~hidden])
+
+
+def test_cmyk_jpeg_converts_like_pillow():
+    cmyk = Image.fromarray(_rgb(7)).convert("CMYK")
+    data = _encode(cmyk, "JPEG", quality=95)
+    opened = Image.open(io.BytesIO(data))
+    assert opened.mode == "CMYK"
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), np.asarray(opened.convert("RGB")))
+
+
+def _with_orientation(image: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(image, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+@pytest.mark.parametrize(
+    ("orientation", "transpose"),
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90),
+     (2, Image.Transpose.FLIP_LEFT_RIGHT)],
+)
+def test_exif_orientation_is_applied_unless_the_manifest_says_not(tiny_manifest, orientation, transpose):
+    image = Image.fromarray(_rgb(8, size_hw=(30, 12)))
+    data = _with_orientation(image, orientation, "PNG")  # PNG: lossless, so pixels compare exactly
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), np.asarray(image.transpose(transpose)))
+    off = dataclasses.replace(tiny_manifest.preprocess, exif_orientation=False)
+    raw = decode_image(data, manifest=dataclasses.replace(tiny_manifest, preprocess=off))
+    np.testing.assert_array_equal(np.asarray(raw), np.asarray(image))
+
+
+def test_large_jpegs_decode_in_draft_mode_towards_the_input_size(tiny_manifest):
+    data = _encode(Image.fromarray(_rgb(9, size_hw=(320, 160))), "JPEG", quality=90)
+    assert decode_image(data).size == (160, 320)
+    # 1/8 scale keeps 20x40 >= the 16x32 input; 1/16 does not exist
+    assert decode_image(data, manifest=tiny_manifest).size == (20, 40)
+    rotated = _with_orientation(Image.fromarray(_rgb(9, size_hw=(160, 320))), 6)  # stored 320x160, shown 160x320
+    assert decode_image(rotated, manifest=tiny_manifest).size == (20, 40)
+    off = dataclasses.replace(tiny_manifest.preprocess, jpeg_draft=False)
+    assert decode_image(data, manifest=dataclasses.replace(tiny_manifest, preprocess=off)).size == (160, 320)
 
 
 def test_unsupported_mode_is_refused():
@@ -137,16 +191,32 @@ def test_load_image_file_names_the_bad_file(tmp_path, tiny_manifest):
 
 
 def _parity_files(tmp_path: Path, gallery_images: Path) -> list[Path]:
-    files = sorted(gallery_images.glob("*.jpg"))[:4]
+    """Every decoding case of the rule: JPEG (small and large enough for draft mode), gray, palette with
+    and without transparency, RGBA, LA, CMYK, 16-bit gray, EXIF-rotated JPEG and PNG."""
+    files = sorted(gallery_images.glob("*.jpg"))[:2]
     big = Image.fromarray(_rgb(6, size_hw=(130, 70)))
-    for name, fmt, image in (
-        ("photo.png", "PNG", big),
-        ("photo.jpg", "JPEG", big),
-        ("gray.jpg", "JPEG", big.convert("L")),
-        ("palette.png", "PNG", big.quantize(colors=32)),
-    ):
-        image.save(tmp_path / name, format=fmt)
+    huge = Image.fromarray(_rgb(7, size_hw=(400, 200)))
+    alpha = Image.fromarray(np.random.default_rng(8).integers(0, 256, (130, 70), dtype=np.uint8))
+    rgba = big.copy()
+    rgba.putalpha(alpha)
+    sixteen = (np.asarray(big.convert("L")).astype(np.uint16) * 257) ^ 0x5A
+    palette = big.quantize(colors=32)
+    cases = [
+        ("photo.png", big, {}), ("photo.jpg", big, {}), ("draft.jpg", huge, {"quality": 90}),
+        ("gray.jpg", big.convert("L"), {}), ("palette.png", palette, {}),
+        ("palette-transparent.png", palette, {"transparency": 3}), ("rgba.png", rgba, {}),
+        ("la.png", rgba.convert("LA"), {}), ("cmyk.jpg", big.convert("CMYK"), {}),
+        ("cmyk.tiff", big.convert("CMYK"), {}), ("sixteen.png", Image.fromarray(sixteen), {}),
+        ("rgba.webp", rgba, {"lossless": True}), ("palette.gif", palette, {}),
+    ]
+    for name, image, options in cases:
+        image.save(tmp_path / name, **options)
         files.append(tmp_path / name)
+    for orientation in (3, 6, 8):
+        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
+            path = tmp_path / f"exif{orientation}.{suffix}"
+            path.write_bytes(_with_orientation(huge if fmt == "JPEG" else big, orientation, fmt))
+            files.append(path)
     return files
 
 
@@ -158,6 +228,13 @@ def test_matches_training_eval_resize(tmp_path, gallery_images, tiny_manifest):
             f"training.data.transforms is not importable here ({exc}); parity needs the training package"
         )
     size = (tiny_manifest.input.height, tiny_manifest.input.width)
-    for path in _parity_files(tmp_path, gallery_images):
-        expected = resize_uint8(load_rgb(path), size)
+    files = _parity_files(tmp_path, gallery_images)
+    modes = {Image.open(path).mode for path in files}
+    assert {"RGB", "L", "P", "RGBA", "LA", "CMYK"} <= modes and modes & {"I;16", "I"}, modes
+    for path in files:
+        expected = resize_uint8(load_rgb(path, size), size)
         np.testing.assert_array_equal(load_image_file(path, tiny_manifest), expected, err_msg=str(path))
+    # the cases are not all alike: draft mode and EXIF change what a plain full-size decode would give
+    plain = {p.name: resize_uint8(Image.open(p).convert("RGB"), size) for p in files}
+    for name in ("draft.jpg", "exif6.png", "exif8.jpg", "rgba.png"):
+        assert not np.array_equal(load_image_file(tmp_path / name, tiny_manifest), plain[name]), name

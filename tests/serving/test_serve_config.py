@@ -16,6 +16,7 @@ from serving.service import ServiceLimits
 
 def test_cdd_serve_flags_default_to_serve_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CDD_SERVE_TOKEN", raising=False)
+    monkeypatch.delenv("CDD_SERVE_READ_TOKEN", raising=False)
     config = _config(_parser().parse_args(["--bundle", "b", "--index", "i"]))
     assert config == ServeConfig(bundle=Path("b"), index=Path("i"))
 

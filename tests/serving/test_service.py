@@ -214,7 +214,17 @@ def test_concurrent_searches_are_batched(service: RetrievalService, gallery_imag
 
 
 def test_stats_and_warmup(service: RetrievalService, tiny_manifest: Manifest) -> None:
-    assert service.warmup() >= 0.0
+    sizes: list[int] = []
+    run = service.engine._run
+    service.engine._run = lambda batch: (sizes.append(batch.shape[0]), run(batch))[1]  # type: ignore[method-assign]
+    try:
+        start = time.perf_counter()
+        seconds = service.warmup()
+        wall = time.perf_counter() - start
+    finally:
+        del service.engine._run  # back to the class's method
+    assert sizes == [1, 8]  # the engine ran at batch 1 and at the batcher's max batch
+    assert 0.0 < seconds <= wall  # it reports the time it took, not a constant
     stats = service.stats()
     assert stats["count"] == 20 and stats["dim"] == 16 and stats["index_type"] == "flat"
     assert stats["bundle_name"] == "tiny" and stats["bundle_sha256"] == tiny_manifest.sha256()

@@ -49,7 +49,7 @@ LABELS = [0, 0, 1, 1, 2]
 def test_items_are_tensor_label_camid_index(records: list[Record]) -> None:
     dataset = ImageDataset(records, LABELS, build_eval_transform(SIZE))
     image, label, camid, index = dataset[3]
-    assert torch.equal(image, build_eval_transform(SIZE)(load_rgb(records[3].path)))
+    assert torch.equal(image, build_eval_transform(SIZE)(load_rgb(records[3].path, SIZE)))
     assert (label, camid, index) == (1, 3, 3) and len(dataset) == 5
 
 
@@ -66,14 +66,14 @@ def test_skip_policy_substitutes_same_label_and_warns_once(records: list[Record]
     dataset = ImageDataset(records, LABELS, transform, on_error="skip")
     with pytest.warns(RuntimeWarning, match="b.jpg"):
         image, label, camid, index = dataset[1]
-    assert torch.equal(image, transform(load_rgb(records[0].path))) and label == 0
+    assert torch.equal(image, transform(load_rgb(records[0].path, SIZE))) and label == 0
     assert (camid, index) == (1, 1), "camid and index stay those of the requested record"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dataset[1]  # second time: no new warning
     with pytest.warns(RuntimeWarning, match="c.jpg"):
         image, label, _, _ = dataset[2]
-    assert torch.equal(image, transform(load_rgb(records[3].path))) and label == 1
+    assert torch.equal(image, transform(load_rgb(records[3].path, SIZE))) and label == 1
     assert dataset.skipped == [records[1].path, records[2].path]
     with pytest.warns(RuntimeWarning), pytest.raises(ImageLoadError, match="no other image of label 2"):
         dataset[4]

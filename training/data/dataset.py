@@ -95,7 +95,8 @@ class ImageDataset(Dataset):
         if index in self._bad:
             raise self._bad[index]
         try:
-            return load_rgb(self.records[index].path)
+            # Decode JPEGs in draft mode towards the transform's input size, as serving does.
+            return load_rgb(self.records[index].path, getattr(self.transform, "size_hw", None))
         except ImageLoadError as error:
             self._bad[index] = error
             if self.on_error == "skip":

@@ -1,8 +1,9 @@
 """Image loading and the train / eval transforms (PIL image -> normalised CHW float tensor).
 
-The evaluation path is exactly: `load_rgb` -> `resize_uint8` (PIL bilinear stretch to (h, w), no
-aspect preservation) -> `normalize_uint8` ((x / 255 - mean) / std in float32). The serving side
-reproduces these three steps; do not change them without changing serving's preprocessing.
+The evaluation path is exactly: `load_rgb` (the shared decoding rule of `training.data.image_decoding`,
+JPEG draft towards the input size) -> `resize_uint8` (PIL bilinear stretch to (h, w), no aspect
+preservation) -> `normalize_uint8` ((x / 255 - mean) / std in float32). The serving side reproduces these
+three steps; do not change them without changing serving's preprocessing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from training.data.image_decoding import UndecodableImage, decode_rgb8
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -48,16 +51,21 @@ class ImageLoadError(Exception):
         self.reason = reason
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode the whole file and return it as an RGB image; raises ImageLoadError."""
+def load_rgb(path: str | Path, draft_hw: tuple[int, int] | None = None) -> Image.Image:
+    """Decode the whole file by the shared decoding rule (`training.data.image_decoding.decode_rgb8`:
+    EXIF orientation applied, alpha over white, 16-bit gray keeps its high byte) and return it as an RGB
+    image. ``draft_hw``: the (h, w) it will be resized to; JPEGs then decode in draft mode towards it,
+    as serving does. Raises ImageLoadError."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except OSError as error:
         raise ImageLoadError(path, f"{type(error).__name__}: {error}") from error
+    try:
+        return decode_rgb8(data, draft_hw=draft_hw)
+    except UndecodableImage as error:
+        raise ImageLoadError(path, str(error)) from error
 
 
 def resize_uint8(image: Image.Image, size_hw: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""`DurableGallery`: the FAISS gallery backend with acknowledged-means-durable writes.
+
+A `GalleryIndex` snapshot (the live version of the index folder) plus a `WriteLog` of every change made
+since. A change is validated, appended to the log and fsynced, and only then applied in memory and
+acknowledged. At open the log of the live version is replayed. `persist` folds the log into a new snapshot
+(a new version folder, then a new empty log, then the old log is deleted); the server calls it
+periodically and at shutdown (SIGTERM). An `IndexLock` keeps other servers and `cdd-index` writers out
+of a folder a server has open, and serialises `cdd-index` writers among themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.index.atomic_dir import resolve
+from serving.index.gallery import GalleryIndex, Hit
+from serving.index.index_lock import IndexLock
+from serving.index.write_log import JOURNAL_PREFIX, LogRecord, WriteLog, journal_path
+
+__all__ = ["DurableGallery"]
+
+_LOG = logging.getLogger("serving.index")
+
+
+class DurableGallery:
+    """A `serving.index.gallery_backend.GalleryBackend` over FAISS files in ``directory``. Use `open`."""
+
+    store = "faiss"
+
+    def __init__(self, directory: Path, index: GalleryIndex, log: WriteLog, lock: IndexLock) -> None:
+        self.directory = directory
+        self.index = index
+        self._log = log
+        self._lock = lock
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self.replayed = log.records
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        expected_bundle_sha256: str | None = None,
+        *,
+        device: str = "cpu",
+        role: str = "server",
+        snapshot_interval_s: float = 0.0,
+    ) -> DurableGallery:
+        """Lock ``directory`` for ``role`` ("server" or "writer", see `IndexLock`), load its live version,
+        replay its log; with ``snapshot_interval_s`` > 0 fold the log into a snapshot that often.
+        Raises IndexInUse, IndexBundleMismatch, IndexCorruptError."""
+        directory = Path(directory)
+        lock = IndexLock(directory, role)
+        try:
+            index = GalleryIndex.load(directory, expected_bundle_sha256, device=device)
+            version = resolve(directory).name
+            log = WriteLog(journal_path(directory, version), index.dim)
+            for record in log.replay():
+                _apply(index, record)
+            _delete_stale_logs(directory, keep=log.path)
+        except BaseException:
+            lock.release()
+            raise
+        gallery = cls(directory, index, log, lock)
+        if gallery.replayed:
+            _LOG.info("replayed %d logged change(s) of %s", gallery.replayed, directory)
+        if snapshot_interval_s > 0:
+            gallery._timer = threading.Thread(
+                target=gallery._snapshot_every, args=(snapshot_interval_s,), name="cdd-snapshot", daemon=True
+            )
+            gallery._timer.start()
+        return gallery
+
+    # -- the GalleryBackend interface -------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.index.dim
+
+    @property
+    def index_type(self) -> str:
+        return self.index.index_type
+
+    @property
+    def bundle_sha256(self) -> str | None:
+        return self.index.bundle_sha256
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    def search(self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
+        """See `GalleryIndex.search`."""
+        return self.index.search(queries, k, filter)
+
+    def add(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        *,
+        upsert: bool = False,
+    ) -> int:
+        """`GalleryIndex.add`, logged and fsynced before it is applied; returns the number of items."""
+        with self._mutex:
+            ids, array, meta = self.index.check_add(ids, vectors, metadata, upsert=upsert)
+            self._log.append(LogRecord("add", ids, array, meta, upsert))
+            return self.index.add(ids, array, meta, upsert=upsert)
+
+    def remove(self, ids: Sequence[str]) -> int:
+        """`GalleryIndex.remove`, logged and fsynced before it is applied; returns the number removed."""
+        with self._mutex:
+            unique = self.index.check_remove(ids)
+            self._log.append(LogRecord("remove", unique))
+            return self.index.remove(unique)
+
+    def persist(self) -> Path | None:
+        """Fold the log into a new snapshot; returns its version folder, or None when nothing was logged."""
+        with self._mutex:
+            if self._log.records == 0:
+                return None
+            version = self.index.save(self.directory)
+            old = self._log
+            self._log = WriteLog(journal_path(self.directory, version.name), self.index.dim)
+            old.close()
+            old.path.unlink(missing_ok=True)
+            return version
+
+    def stats(self) -> dict[str, Any]:
+        return self.index.stats() | {"logged_changes": self._log.records, "directory": str(self.directory)}
+
+    def close(self) -> None:
+        """Stop the snapshot timer, fold the log into a snapshot, release the folder. Idempotent."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        try:
+            self.persist()
+        finally:
+            self._log.close()
+            self.index.close()
+            self._lock.release()
+
+    def _snapshot_every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                version = self.persist()
+                if version is not None:
+                    _LOG.info("snapshot %s written; log folded", version.name)
+            except Exception:  # logged; the log keeps every change, the next try folds it
+                _LOG.exception("periodic snapshot of %s failed", self.directory)
+
+
+def _apply(index: GalleryIndex, record: LogRecord) -> None:
+    if record.op == "add":
+        index.add(record.ids, record.vectors, record.metadata, upsert=record.upsert)
+    elif record.op == "remove":
+        index.remove(record.ids)
+
+
+def _delete_stale_logs(directory: Path, keep: Path) -> None:
+    """Logs of versions that are no longer live were folded into the live snapshot already."""
+    for path in directory.glob(f"{JOURNAL_PREFIX}*.log"):
+        if path != keep:
+            path.unlink(missing_ok=True)
