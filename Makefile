@@ -44,8 +44,6 @@ export: $(STAMP)
 # Realistic serving cost, not accuracy: a full-width ResNet-50 at 256x128 trained for 2 steps on a small
 # synthetic set of 256x128 images, exported through the real chain (gates included) in fp32 and int8.
 # A few minutes on 2 cores; the serving and int8 benchmarks use bundles/bench and bundles/bench-int8.
-# int8.exclude=none: at 256x128 a float first convolution costs ~10% (its MaxPool leaves the fast layout;
-# docs/int8.md), while at the demo size the default (first conv in float) is both faster and closer to fp32.
 BENCH_DATA := data/bench-reid
 BENCH_RUN := runs/bench/teacher
 
@@ -62,7 +60,7 @@ $(BENCH_RUN)/metrics.json: $(BENCH_DATA)/.complete
 bench-bundle: $(BENCH_RUN)/metrics.json
 	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench --tensorrt off --set batch.max=32
 	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench-int8 --precision int8 --set batch.max=32 \
-		--set int8.calibration_images=64 --set int8.exclude=none
+		--set int8.calibration_images=64
 
 index: $(STAMP)
 	$(VENV)/bin/cdd-index build --bundle bundles/$(PRESET) --images data/synthetic-reid/bounding_box_test \

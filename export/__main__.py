@@ -68,8 +68,9 @@ def _summary(result: ExportResult) -> list[str]:
     if manifest.quantization:
         q, timing = manifest.quantization, manifest.quantization["timing"]
         speed = "  ".join(f"{name} {ips:.0f} img/s" for name, ips in timing["images_per_second"].items())
-        lines.append(f"  int8: {q['format']} (timed {', '.join(q['formats_timed'])}), {q['calibration']['method']} "
-                     f"calibration on {q['calibration']['images']} train images (seed {q['calibration']['seed']})")
+        calib = q["calibration"]
+        lines.append(f"  int8: {q['candidate']} (timed {', '.join(q['candidates_timed'])}), {calib['method']} "
+                     f"calibration on {calib['images']} train images (seed {calib['seed']})")
         lines.append(f"  batch {timing['batch']}: {speed}")
     if manifest.compatible_with:
         cross = manifest.parity["int8"]["compatible_with"]

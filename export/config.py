@@ -44,8 +44,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 """ONNX Runtime calibration methods for the int8 activation ranges."""
 INT8_FORMATS = ("auto", "qdq", "qoperator")
 """auto: quantise in both formats and keep the one that runs faster; qdq / qoperator: that format only."""
-INT8_EXCLUDES = ("none", "first", "last", "first_last")
-"""Which of the network's first convolution and last weight layer stay in float."""
+INT8_EXCLUDES = ("auto", "none", "first", "last", "first_last")
+"""Which of the network's first convolution and last weight layer stay in float; auto: none and first are both
+built and timed, like the formats."""
 
 
 class ExportConfigError(ExportError, ValueError):
@@ -117,9 +118,9 @@ class Int8Config:
     (``per_channel``), activations calibrated with ``calibration_method`` on ``calibration_images`` training
     images sampled with ``calibration_seed``; ``reduce_range`` quantises weights to 7 bits (avoids int16
     saturation in the AVX2/AVX-512 kernels without VNNI, at some precision). ``format`` auto times both
-    formats at batch ``timing_batch`` for ``timing_seconds`` each and keeps the faster. ``exclude`` keeps the
-    first conv / last layer in float (default: the first conv, whose 3-channel normalised input quantises worst
-    and whose float version also saves quantising the input; measured faster and closer to fp32).
+    formats at batch ``timing_batch`` for ``timing_seconds`` each. ``exclude`` keeps the first conv / last
+    layer in float; auto builds both "none" and "first" (a float first conv is closer to fp32, and faster at
+    64x32 but slower at 256x128). The candidates are gated fastest first; the first one that passes is kept.
     ``eval_images`` caps the mAP gate's query + gallery images (0 = all).
     ``compatible_with``: an fp32 bundle of the same checkpoint whose gallery indexes the int8 bundle may
     search; declared in the manifest only when int8 queries against that bundle's gallery embeddings keep
@@ -130,7 +131,7 @@ class Int8Config:
     calibration_seed: int = 0
     calibration_method: str = "minmax"
     format: str = "auto"
-    exclude: str = "first"
+    exclude: str = "auto"
     per_channel: bool = True
     reduce_range: bool = False
     timing_batch: int = 32

@@ -21,8 +21,8 @@ from export.bundle_writer import BundleStage
 from export.config import ExportConfig, ExportConfigError
 from export.deploy_wrapper import DeployWrapper
 from export.gate_images import calibration_images
-from export.int8_format import choose_fastest, time_models
-from export.int8_gate import cross_gate, int8_gate, retrieval_set
+from export.int8_format import time_models
+from export.int8_gate import Int8GateError, RetrievalSet, cross_gate, int8_gate, retrieval_set
 from export.int8_quantize import OP_TYPES, excluded_nodes, prepare, quantise
 from export.onnx_export import ONNX_FILE, export_onnx, onnxruntime_embedder
 from export.onnx_flops import check_flops
@@ -45,15 +45,36 @@ class Int8Files:
 
 
 def _quantised_candidates(work: Path, fp32: Path, run: RunDir, config: ExportConfig) -> tuple[dict, np.ndarray]:
+    """{"int8-<format>-<exclude>": QuantisedModel} for every format and exclude setting to try, and the
+    calibration images (one calibration, its ranges cached and reused by every candidate)."""
     q = config.int8
     calib = calibration_images(run.dataset, run.data_root, run.spec.input_size, q.calibration_images,
                                q.calibration_seed)
     prepared = prepare(fp32, work / "prepared.onnx")
-    exclude = excluded_nodes(prepared, q.exclude)
     formats = ("qdq", "qoperator") if q.format == "auto" else (q.format,)
-    models = {fmt: quantise(prepared, work / f"int8-{fmt}.onnx", fmt, calib, q.calibration_method,
-                            q.per_channel, q.reduce_range, exclude, work / "ranges.json") for fmt in formats}
+    excludes = ("none", "first") if q.exclude == "auto" else (q.exclude,)
+    models = {f"int8-{fmt}-{ex}": quantise(prepared, work / f"int8-{fmt}-{ex}.onnx", fmt, calib,
+                                           q.calibration_method, q.per_channel, q.reduce_range,
+                                           excluded_nodes(prepared, ex), work / "ranges.json")
+              for fmt in formats for ex in excludes}
     return models, calib
+
+
+def _gate_fastest(models: dict, timing: dict, fp32: Embedder, images: np.ndarray, data: RetrievalSet,
+                  config: ExportConfig) -> tuple[str, dict[str, Any], list[str]]:
+    """Gate the candidates fastest first; returns (name of the first that passes, its gate numbers, the
+    failures before it). Raises Int8GateError (the last candidate's, naming all tried) when none passes."""
+    failures: list[str] = []
+    for name in sorted(models, key=lambda candidate: timing["seconds_per_batch"][candidate]):
+        try:
+            numbers = int8_gate(fp32, onnxruntime_embedder(models[name].path), images, config.parity_batch_sizes,
+                                data, config.batch.max, config.gates.int8, config.int8)
+        except Int8GateError as exc:
+            failures.append(f"{name}: {exc}")
+            continue
+        return name, numbers, failures
+    tried = f"all {len(failures)} int8 candidates failed ({', '.join(models)}); the last one: "
+    raise Int8GateError("int8", (tried if len(failures) > 1 else "") + failures[-1].split(": ", 1)[1])
 
 
 def _fp32_bundle(path: str, run: RunDir) -> tuple[Manifest, Path]:
@@ -86,13 +107,12 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
         parity = {"onnxruntime": run_gate("onnxruntime", reference, onnxruntime_embedder(fp32), images, sizes,
                                           config.gates.onnxruntime)}
         models, calib = _quantised_candidates(work, fp32, run, config)
-        timing = time_models({"fp32": fp32, **{f"int8-{f}": m.path for f, m in models.items()}}, images,
+        timing = time_models({"fp32": fp32, **{name: m.path for name, m in models.items()}}, images,
                              q.timing_batch, q.timing_seconds)
-        chosen = models[choose_fastest(timing, tuple(f"int8-{f}" for f in models)).removeprefix("int8-")]
         data = retrieval_set(run.dataset, run.data_root, run.spec.input_size, q.eval_images, config.gates.seed)
-        int8 = onnxruntime_embedder(chosen.path)
-        parity["int8"] = int8_gate(onnxruntime_embedder(fp32), int8, images, sizes, data, config.batch.max,
-                                   config.gates.int8, q)
+        name, parity["int8"], failures = _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data,
+                                                       config)
+        chosen, int8 = models[name], onnxruntime_embedder(models[name].path)
         compatible: tuple[str, ...] = ()
         if other is not None:
             parity["int8"]["compatible_with"] = cross_gate(int8, onnxruntime_embedder(other[1]), data,
@@ -104,7 +124,9 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
     quantization = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": chosen.format,
-        "formats_timed": sorted(models),
+        "candidate": name,
+        "candidates_timed": sorted(models),
+        "candidates_failed": failures,
         "op_types": list(OP_TYPES),
         "activations": "uint8 (asymmetric)",
         "weights": "int8 per-channel (symmetric)" if q.per_channel else "int8 per-tensor (symmetric)",
@@ -112,7 +134,8 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
         "calibration": {"split": "train", "images": int(len(calib)), "requested": q.calibration_images,
                         "seed": q.calibration_seed, "method": q.calibration_method},
         "excluded_nodes": list(chosen.excluded),
-        "exclude": q.exclude,
+        "exclude": name.rsplit("-", 1)[1],
+        "exclude_setting": q.exclude,
         "timing": timing,
     }
     return Int8Files(parity=parity, quantization=quantization, compatible_with=compatible)

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from export.parity import take_batch
 
-__all__ = ["choose_fastest", "time_models"]
+__all__ = ["time_models"]
 
 _MIN_ROUNDS = 3
 _WARMUP = 2
@@ -52,8 +52,3 @@ def time_models(models: Mapping[str, Path], images: np.ndarray, batch: int, seco
         "seconds_per_batch": medians,
         "images_per_second": {name: batch / value for name, value in medians.items()},
     }
-
-
-def choose_fastest(timing: Mapping[str, Any], candidates: tuple[str, ...]) -> str:
-    """The candidate with the smallest median seconds per batch in ``timing`` (from ``time_models``)."""
-    return min(candidates, key=lambda name: timing["seconds_per_batch"][name])

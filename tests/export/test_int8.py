@@ -14,8 +14,9 @@ import pytest
 from export.__main__ import main
 from export.config import ExportConfigError, load_export_config
 from export.gate_images import calibration_images, gate_images
+from export.int8_export import _gate_fastest
 from export.int8_gate import Int8GateError, int8_gate, retrieval_map, retrieval_set
-from export.int8_quantize import excluded_nodes, prepare, quantise
+from export.int8_quantize import QuantisedModel, excluded_nodes, prepare, quantise
 from export.onnx_export import onnxruntime_embedder
 from export.parity import compare
 from serving.bundle import load_bundle
@@ -47,10 +48,14 @@ def test_int8_export_passes_its_gate_and_records_it(int8_and_fp32: tuple[Path, P
     q = manifest.quantization
     train = len(load_dataset("market1501", tiny_reid_root).train)  # fewer than the 256 requested: all of them
     assert q["calibration"] == {"split": "train", "images": train, "requested": 256, "seed": 0, "method": "minmax"}
-    assert q["format"] in ("qdq", "qoperator") and q["formats_timed"] == ["qdq", "qoperator"]
-    assert q["weights"] == "int8 per-channel (symmetric)"
-    assert q["exclude"] == "first" and len(q["excluded_nodes"]) == 1  # the first conv stays float by default
-    assert set(q["timing"]["images_per_second"]) == {"fp32", "int8-qdq", "int8-qoperator"}
+    candidates = ["int8-qdq-first", "int8-qdq-none", "int8-qoperator-first", "int8-qoperator-none"]
+    assert q["candidates_timed"] == candidates and q["candidate"] == f"int8-{q['format']}-{q['exclude']}"
+    assert q["weights"] == "int8 per-channel (symmetric)" and q["exclude_setting"] == "auto"
+    assert len(q["excluded_nodes"]) == {"first": 1, "none": 0}[q["exclude"]]
+    assert set(q["timing"]["images_per_second"]) == {"fp32", *candidates}
+    seconds = q["timing"]["seconds_per_batch"]  # the chosen one is the fastest unless faster ones failed the gate
+    assert [c for c in candidates if seconds[c] < seconds[q["candidate"]]] == [f.split(":")[0]
+                                                                               for f in q["candidates_failed"]]
     assert q["timing"]["batch"] == 32
     export_config = manifest.provenance["export_config"]
     assert export_config["precision"] == "int8" and export_config["int8"]["calibration_seed"] == 0
@@ -63,8 +68,11 @@ def test_int8_bundle_keeps_the_contract(int8_and_fp32: tuple[Path, Path], tiny_r
     assert (manifest.input, manifest.output, manifest.preprocess) == (reference.input, reference.output,
                                                                      reference.preprocess)
     assert _ops(int8 / "model.onnx") & _QUANTISED_OPS and not _ops(fp32 / "model.onnx") & _QUANTISED_OPS
-    nodes = {node.name: node.op_type for node in onnx.load(str(int8 / "model.onnx")).graph.node}
-    assert nodes[manifest.quantization["excluded_nodes"][0]] == "Conv"
+    graph = onnx.load(str(int8 / "model.onnx")).graph
+    float_weights = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    weight_layers = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv", "Gemm", "QGemm")]
+    kept_float = [n.name for n in weight_layers if n.op_type == "Conv" and n.input[1] in float_weights]
+    assert kept_float == manifest.quantization["excluded_nodes"]  # exactly the excluded layers stay float
     session = ort.InferenceSession(str(int8 / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, out.name, out.type) == ("images", "tensor(uint8)", "embeddings", "tensor(float)")
@@ -116,6 +124,26 @@ def test_excluded_layers_stay_float(int8_and_fp32: tuple[Path, Path], tiny_reid_
     nodes = {n.name: n.op_type for n in onnx.load(str(model.path)).graph.node}
     assert nodes[exclude[0]] == "Conv" and "QLinearConv" in nodes.values()
     assert (tmp_path / "ranges.json").is_file()
+
+
+def test_gate_falls_back_to_the_next_fastest_candidate(int8_and_fp32: tuple[Path, Path], teacher_run: Path,
+                                                      tiny_reid_root: Path, tmp_path: Path) -> None:
+    """Two real graphs as candidates: another network (fails the cosine gate) timed faster than the student's
+    int8 graph (passes): the slower one is chosen and the failure is recorded."""
+    assert main(["--run", str(teacher_run), "--out", str(tmp_path / "other"), "--tensorrt", "off", *_FAST]) == 0
+    fp32 = int8_and_fp32[1] / "model.onnx"
+    models = {"other": QuantisedModel(tmp_path / "other" / "model.onnx", "qdq", ()),
+              "same": QuantisedModel(int8_and_fp32[0] / "model.onnx", "qdq", ())}
+    timing = {"seconds_per_batch": {"other": 0.1, "same": 0.2}}
+    data = retrieval_set("market1501", str(tiny_reid_root), (64, 32), limit=0, seed=0)
+    images = gate_images("market1501", str(tiny_reid_root), (64, 32), count=8, seed=0)
+    config = load_export_config(["batch.max=16"])
+    name, numbers, failures = _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data, config)
+    assert name == "same" and numbers["min_cosine"] >= 0.97
+    assert len(failures) == 1 and failures[0].startswith("other: int8 gate failed: cosine")
+    with pytest.raises(Int8GateError, match=r"all 2 int8 candidates failed \(other, same\); the last one: .*cosine"):
+        _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data,
+                      load_export_config(["batch.max=16", "gates.int8.min_cosine=1.0"]))
 
 
 def test_int8_config_is_checked() -> None:
