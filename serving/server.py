@@ -150,6 +150,7 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
     index = open_gallery(
         config.index,
         manifest.sha256(),
+        compatible=manifest.compatible_with,
         device=config.index_device,
         snapshot_interval_s=config.snapshot_interval_s,
     )

@@ -203,7 +203,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
 def _add(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     manifest, engine = _engine(args)
-    gallery = open_gallery(args.index, manifest.sha256(), role="writer")
+    gallery = open_gallery(args.index, manifest.sha256(), compatible=manifest.compatible_with, role="writer")
     try:
         stats = ingest(
             gallery,
@@ -247,7 +247,8 @@ def _info(args: argparse.Namespace) -> dict[str, Any]:
 
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
     manifest = load_bundle(args.bundle)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256(),
+                              compatible=manifest.compatible_with)
     info = GalleryIndex.read_info(args.index)
     if info["count"] != len(index) or info["dim"] != manifest.output.dim:
         raise GalleryIndexError(
@@ -298,7 +299,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
             f"eval needs the training package's readers and metrics ({exc}); pip install -e ."
         ) from exc
     manifest, engine = _engine(args)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256(),
+                              compatible=manifest.compatible_with)
     splits = load_dataset(args.layout, args.root)
     _, gallery, metadata = index.snapshot()
     gallery_ids, gallery_cams = _labels_and_cameras(metadata)
