@@ -104,11 +104,13 @@ class BundleStage:
 def make_manifest(*, name: str, input_size: tuple[int, int], dim: int, mean: tuple[float, float, float],
                   std: tuple[float, float, float], batch: tuple[int, int, int], files: dict[str, dict[str, Any]],
                   backends: dict[str, Any], cost: dict[str, Any], parity: dict[str, Any],
-                  provenance: dict[str, Any], compatible_with: list[dict[str, Any]] | None = None) -> Manifest:
+                  provenance: dict[str, Any], precision: str = "fp32",
+                  quantization: dict[str, Any] | None = None, compatible_with: tuple[str, ...] = ()) -> Manifest:
     """The bundle manifest for a graph taking uint8 NHWC RGB ``images`` at ``input_size`` (height, width)
     and returning unit-norm float32 ``embeddings`` (N, ``dim``), compared with cosine similarity.
     Normalisation with ``mean``/``std`` (0..1 scale) is inside the graph; ``batch`` is (min, opt, max);
-    ``compatible_with``: declarations of the compatibility gate (`export.compatibility_gate`)."""
+    ``precision`` "int8" comes with the ``quantization`` record; ``compatible_with`` lists the sha256 of
+    bundles whose indexes this one may search."""
     height, width = input_size
     return Manifest(
         name=name,
@@ -124,5 +126,7 @@ def make_manifest(*, name: str, input_size: tuple[int, int], dim: int, mean: tup
         cost=dict(cost),
         parity=dict(parity),
         provenance=dict(provenance),
-        compatible_with=list(compatible_with or []),
+        precision=precision,
+        quantization=dict(quantization or {}),
+        compatible_with=tuple(compatible_with),
     )

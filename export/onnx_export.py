@@ -15,10 +15,12 @@ from torch import nn
 
 from export.errors import ExportError
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxExportError", "export_onnx", "onnxruntime_embedder"]
+__all__ = ["INPUT_NAME", "ONNX_FILE", "OUTPUT_NAME", "OnnxExportError", "export_onnx", "onnxruntime_embedder"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+ONNX_FILE = "model.onnx"
+"""The bundle's ONNX graph (fp32, or int8 in a precision=int8 bundle)."""
 
 
 class OnnxExportError(ExportError):

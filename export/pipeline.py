@@ -2,8 +2,11 @@
 
 rebuild slim net -> gate (vs full width, pruned rows zeroed) -> fold BN + indicator -> gate -> wrap (uint8 in,
 unit embeddings out) -> ONNX (+ FLOPs check against the manifest cost) -> gate (ONNX Runtime vs torch) ->
-torch.export program -> gate -> TensorRT plan where possible -> gate (looser FP16/INT8 tolerance) -> with
---compatible-with, the compatibility gate (asymmetric retrieval against a teacher bundle) -> manifest.
+torch.export program -> gate -> TensorRT plan where possible -> gate (looser FP16/INT8 tolerance) -> manifest.
+With ``precision=int8`` the steps after the fold gate are ``export.int8_export``'s instead: fp32 ONNX -> gate
+-> ONNX Runtime static int8 quantisation -> retrieval gate (cosine + mAP against fp32), and the bundle holds
+the int8 ``model.onnx`` only. With --compatible-with (fp32), the compatibility gate (asymmetric retrieval
+against a teacher bundle) runs before the manifest.
 A failed gate raises ParityGateError before anything appears at the output path.
 """
 
@@ -29,7 +32,8 @@ from export.deploy_wrapper import DeployWrapper
 from export.errors import RunDirError
 from export.fold import fold_network
 from export.gate_images import calibration_images, gate_images
-from export.onnx_export import export_onnx, onnxruntime_embedder
+from export.int8_export import int8_model_files
+from export.onnx_export import ONNX_FILE, export_onnx, onnxruntime_embedder
 from export.onnx_flops import check_flops
 from export.parity import run_gate
 from export.rebuild import build_reference, build_slim
@@ -43,7 +47,6 @@ from training.data.transforms import normalize_uint8
 
 __all__ = ["ONNX_FILE", "PLAN_FILE", "PROGRAM_FILE", "ExportResult", "export_bundle"]
 
-ONNX_FILE = "model.onnx"
 PROGRAM_FILE = "model.pt2"
 PLAN_FILE = "model.plan"
 
@@ -75,10 +78,13 @@ def _wrapper_embedder(wrapper: nn.Module) -> Callable:
     return embed
 
 
-def _tensorrt_plan(mode: str) -> str | None:
+def _tensorrt_plan(mode: str, precision: str) -> str | None:
     """None when a plan will be built; otherwise why not. Raises TensorRTUnavailable in "required" mode."""
     if mode == "off":
         return "off (--tensorrt off)"
+    if precision == "int8":
+        return ("not built for precision int8 (the ONNX Runtime int8 CPU graph); a TensorRT INT8 engine is "
+                "--int8 on an fp32 export")
     reason = tensorrt_unavailable_reason()
     if reason is not None and mode == "required":
         raise TensorRTUnavailable(reason)
@@ -178,23 +184,35 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
     (``tensorrt.mode`` "required" without TensorRT/GPU), BundleWriteError; in every case nothing is written
     at ``out_dir``."""
     run = load_run_dir(run_dir)
-    tensorrt_note = _tensorrt_plan(config.tensorrt.mode)
+    tensorrt_note = _tensorrt_plan(config.tensorrt.mode, config.precision)
     cost = _costs(run)
     with BundleStage(out_dir) as stage:  # checks --out first; removed unless committed
         images = gate_images(run.dataset, run.data_root, run.spec.input_size, config.gates.images,
                              config.gates.seed)
         wrapper, parity = _torch_gates(run, config, images)
-        parity.update(_model_files(stage, wrapper, run, config, images, cost["student"]["flops"]))
-        backends: dict[str, Any] = {"onnxruntime": ONNX_FILE, "torch": PROGRAM_FILE}
+        quantization: dict[str, Any] = {}
+        compatible: tuple[str, ...] = ()
+        if config.precision == "int8":
+            int8 = int8_model_files(stage, wrapper, _wrapper_embedder(wrapper), run, config, images,
+                                    cost["student"]["flops"])
+            parity.update(int8.parity)
+            quantization, compatible = int8.quantization, int8.compatible_with
+            backends: dict[str, Any] = {"onnxruntime": ONNX_FILE}
+        else:
+            parity.update(_model_files(stage, wrapper, run, config, images, cost["student"]["flops"]))
+            backends = {"onnxruntime": ONNX_FILE, "torch": PROGRAM_FILE}
         if tensorrt_note is None:
             backends["tensorrt"], parity["tensorrt"] = _tensorrt_files(stage, wrapper, run, config, images)
         batch = config.batch
-        compatible_with = _compatibility(stage.path / ONNX_FILE, run, config)
+        declarations = _compatibility(stage.path / ONNX_FILE, run, config)
+        if declarations:  # asymmetric retrieval: the teacher's sha256 accepted, the measured numbers kept
+            parity["compatibility"] = declarations
+            compatible = tuple(dict.fromkeys([*compatible, *(d["bundle_sha256"] for d in declarations)]))
         manifest = make_manifest(
             name=Path(out_dir).resolve().name, input_size=run.spec.input_size, dim=run.spec.embedding_dim,
             mean=run.mean, std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files,
             backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config),
-            compatible_with=compatible_with,
+            precision=config.precision, quantization=quantization, compatible_with=compatible,
         )
         bundle = stage.commit(manifest)
     return ExportResult(bundle=bundle, manifest=manifest, tensorrt_note=tensorrt_note)

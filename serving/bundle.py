@@ -27,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "MANIFEST_NAME",
     "DECODE_RULE",
+    "PRECISIONS",
     "BundleError",
     "InputSpec",
     "OutputSpec",
@@ -42,6 +43,8 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DECODE_RULE = "rgb8-v1"
 """The image decoding rule this build implements (``serving.image_decoding.DECODE_RULE``)."""
+PRECISIONS = ("fp32", "int8")
+"""Numeric precision of ``model.onnx``; the contract (uint8 in, unit float32 out) is the same for both."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,12 @@ class Manifest:
     """Everything downstream needs to run a bundle. ``files`` maps file name -> {"sha256", "bytes", "role"};
     ``cost`` holds {"student"|"teacher": {"params", "flops"}} (flops = multiply-accumulates at the input size,
     params exclude the ID classifier); ``parity`` holds per-gate {"max_abs_err", "min_cosine", ...};
-    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on);
-    ``compatible_with`` lists the bundles whose galleries this bundle's queries may search, with the numbers
-    measured at export (`serving.compatibility`)."""
+    ``backends`` maps backend name -> file name (and for "tensorrt", the stamp of the machine it was built on).
+    ``precision`` is "fp32" or "int8" (ONNX Runtime static quantisation; ``quantization`` then records the
+    format, calibration settings and timing, and ``parity["int8"]`` the retrieval gate's numbers). A manifest
+    without the field is fp32; fp32 manifests are written without it, so their ``sha256`` is unchanged.
+    ``compatible_with`` lists the ``sha256`` of other bundles whose gallery indexes this bundle may search
+    (written by export only after measuring cross-bundle mAP; see ``index_compatible``)."""
 
     name: str
     input: InputSpec
@@ -131,10 +137,22 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-    compatible_with: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
+    compatible_with: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.precision == "fp32" and not self.quantization:
+            del data["precision"], data["quantization"]
+        if not self.compatible_with:
+            del data["compatible_with"]
+        return data
+
+    def index_compatible(self, bundle_sha256: str | None) -> bool:
+        """True when vectors of the bundle with ``bundle_sha256`` (an index's stamp) may be searched with this
+        bundle's: it is this bundle, or one this manifest lists in ``compatible_with``."""
+        return bundle_sha256 == self.sha256() or bundle_sha256 in self.compatible_with
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
@@ -145,6 +163,10 @@ class Manifest:
                 f"{source}: schema_version is {version!r}, this build reads {SCHEMA_VERSION}; "
                 "re-export the bundle with this version of cdd-export"
             )
+        precision = data.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise BundleError(f"{source}: precision is {precision!r}, this build reads {PRECISIONS}; re-export the "
+                              "bundle with this version of cdd-export")
         try:
             pre = dict(data["preprocess"])
             pre["mean"] = tuple(pre["mean"])
@@ -164,7 +186,9 @@ class Manifest:
                 parity=dict(data.get("parity", {})),
                 provenance=dict(data.get("provenance", {})),
                 schema_version=version,
-                compatible_with=data.get("compatible_with", []),
+                precision=precision,
+                quantization=dict(data.get("quantization", {})),
+                compatible_with=tuple(str(sha) for sha in data.get("compatible_with", ())),
             )
         except KeyError as exc:
             raise BundleError(f"{source}: required field {exc.args[0]!r} is missing") from exc
@@ -177,12 +201,8 @@ class Manifest:
         return manifest
 
     def sha256(self) -> str:
-        """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes).
-        An empty ``compatible_with`` is left out, so bundles exported before the field existed keep theirs."""
-        data = self.to_dict()
-        if not data["compatible_with"]:
-            del data["compatible_with"]
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        """Stable identity of the bundle: sha256 of the canonical manifest JSON (which lists file hashes)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -1,10 +1,10 @@
 """Asymmetric retrieval: which gallery index a bundle may search.
 
 A bundle searches an index built with the bundle itself, or an index built with another bundle (the
-teacher, say) that its manifest declares itself compatible with. ``cdd-export --compatible-with TEACHER``
-writes that declaration only after measuring, on real query and gallery images, that the bundle's queries
-against a gallery embedded by TEACHER reach TEACHER's own mAP within a tolerance; the numbers travel in
-the declaration (``Manifest.compatible_with``)::
+teacher, say) whose sha256 its manifest lists in ``compatible_with`` (`serving.bundle.Manifest.accepts`).
+``cdd-export --compatible-with TEACHER`` lists it only after measuring, on real query and gallery images,
+that the bundle's queries against a gallery embedded by TEACHER reach TEACHER's own mAP within a
+tolerance; the numbers travel in ``manifest.parity["compatibility"]``, one entry per teacher::
 
     {"bundle_sha256": <Manifest.sha256() of TEACHER>, "bundle_name": "demo-teacher",
      "tolerance_map_points": 1.0, "dataset": ..., "protocol": "reid", "num_queries": ..., "gallery_size": ...,
@@ -80,12 +80,13 @@ class GalleryBundle:
 
 
 def declared_compatibility(manifest: Manifest) -> tuple[Compatibility, ...]:
-    """The manifest's compatibility declarations (empty for most bundles). Raises BundleError if malformed."""
-    entries = manifest.compatible_with
+    """The measured compatibility declarations of the manifest (``parity["compatibility"]``; empty for most
+    bundles). Raises BundleError if malformed."""
+    entries = manifest.parity.get("compatibility", [])
     if not isinstance(entries, list):
-        raise BundleError(f"bundle {manifest.name!r}: compatible_with must be a list, found "
+        raise BundleError(f"bundle {manifest.name!r}: parity.compatibility must be a list, found "
                           f"{type(entries).__name__}; re-export the bundle")
-    return tuple(Compatibility.from_dict(entry, f"bundle {manifest.name!r} compatible_with[{i}]")
+    return tuple(Compatibility.from_dict(entry, f"bundle {manifest.name!r} parity.compatibility[{i}]")
                  for i, entry in enumerate(entries))
 
 
@@ -96,12 +97,15 @@ def gallery_bundle_for(manifest: Manifest, index_bundle_sha256: str | None, inde
     own = manifest.sha256()
     if index_bundle_sha256 == own:
         return GalleryBundle(own, manifest.name, asymmetric=False)
-    declarations = declared_compatibility(manifest)
-    for declaration in declarations:
-        if declaration.bundle_sha256 == index_bundle_sha256:
-            return GalleryBundle(declaration.bundle_sha256, declaration.bundle_name, asymmetric=True)
-    declared = ("; it declares compatibility only with " + ", ".join(d.summary() for d in declarations)
-                if declarations else "; it declares compatibility with no other bundle")
+    declarations = {d.bundle_sha256: d for d in declared_compatibility(manifest)}
+    if index_bundle_sha256 is not None and manifest.accepts(index_bundle_sha256):
+        known = declarations.get(index_bundle_sha256)
+        name = known.bundle_name if known is not None else f"bundle {index_bundle_sha256[:12]}"
+        return GalleryBundle(index_bundle_sha256, name, asymmetric=True)
+    listed = [declarations[sha].summary() if sha in declarations else f"sha256 {sha[:12]}..."
+              for sha in manifest.compatible_with]
+    declared = ("; it declares compatibility only with " + ", ".join(listed)
+                if listed else "; it declares compatibility with no other bundle")
     raise IndexBundleMismatch(
         f"index {index_dir} was built with bundle sha256 {index_bundle_sha256}, but bundle {manifest.name!r} "
         f"(sha256 {own}) is neither that bundle nor declared compatible with it{declared}. Embeddings of "

@@ -155,7 +155,8 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
                   config.index, gallery.name)
     index = open_gallery(
         config.index,
-        gallery.sha256,
+        manifest.sha256(),
+        compatible=manifest.compatible_with,
         device=config.index_device,
         snapshot_interval_s=config.snapshot_interval_s,
     )

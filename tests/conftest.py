@@ -48,3 +48,18 @@ def student_run(tiny_reid_root, teacher_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "student"
     _train(tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def student_bundles(student_run, tmp_path_factory):
+    """``student_run`` exported twice: SimpleNamespace(fp32=Path, int8=Path) (``--precision int8``; batch.max 16,
+    short format timing)."""
+    from types import SimpleNamespace
+
+    from export.__main__ import main as export_main
+
+    out = tmp_path_factory.mktemp("student-bundles")
+    fast = ["--set", "batch.max=16", "--set", "int8.timing_seconds=0.2"]
+    assert export_main(["--run", str(student_run), "--out", str(out / "fp32"), "--tensorrt", "off", *fast]) == 0
+    assert export_main(["--run", str(student_run), "--out", str(out / "int8"), "--precision", "int8", *fast]) == 0
+    return SimpleNamespace(fp32=out / "fp32", int8=out / "int8")

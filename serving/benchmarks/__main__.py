@@ -7,12 +7,14 @@
                      [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 5] --out DIR
     cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
                      [--search-seconds S] [--max-build-s S] --out DIR
+    cdd-bench profile --bundle DIR [--bundle DIR ...] [--labels ...] [--batch 32] [--runs 10] --out DIR
     cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
                      [--index-images data/synthetic-reid/bounding_box_test] [--out docs]
 
-``engine`` / ``serve`` / ``index`` write ``OUT/<name>.json``, ``.md`` and ``.png``; ``all`` runs the CPU
-versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and ``benchmarks-*.png``).
-Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
+``engine`` / ``serve`` / ``index`` write ``OUT/<name>.json``, ``.md`` and ``.png``; ``profile`` (per-op-type
+ONNX Runtime CPU kernel time, e.g. an int8 bundle next to its fp32 one) writes ``OUT/profile.{json,md}``;
+``all`` runs the CPU versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and
+``benchmarks-*.png``). Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
 Also runnable as ``python -m serving.benchmarks``.
 """
 
@@ -31,7 +33,7 @@ from serving.benchmarks.engine import EngineBenchConfig, parse_backends
 from serving.benchmarks.index import IndexBenchConfig
 from serving.benchmarks.machine import usable_cores
 from serving.benchmarks.serve import ServeBenchConfig
-from serving.benchmarks.suite import run_all, run_engine, run_index, run_serve
+from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_serve
 from serving.bundle import BundleError
 from serving.index.errors import GalleryIndexError
 
@@ -95,7 +97,7 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
     parser.add_argument("--overload-cap", type=int, default=4, help="--max-concurrent-rpcs of the probe server")
     parser.add_argument("--instances", type=int, default=2,
                         help="also serve the last bundle with this many engine workers (0 = skip)")
-    parser.add_argument("--realistic", type=Path, default=Path("bundles/bench-r50"),
+    parser.add_argument("--realistic", type=Path, default=Path("bundles/bench"),
                         help="realistic-cost bundle (make bench-bundle); skipped when absent")
     flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
     parser.add_argument(
@@ -175,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_index_args(index, 0.0)
     _add_serve_index_args(index)
     _add_common(index)
+    profile = commands.add_parser("profile", help="where the time goes: ONNX Runtime CPU kernel time per op type")
+    profile.add_argument("--bundle", type=Path, action="append", required=True, help="bundle (repeatable)")
+    profile.add_argument("--labels", help="comma list, one per --bundle (default: folder names)")
+    profile.add_argument("--batch", type=int, default=32, help="images per call")
+    profile.add_argument("--runs", type=int, default=10, help="profiled calls per bundle")
+    profile.add_argument("--warmup", type=int, default=3, help="unprofiled calls first")
+    _add_common(profile)
     every = commands.add_parser("all", help="CPU engine + serve + index benchmarks -> OUT/benchmarks.md")
     every.add_argument("--student", type=Path, default=Path("bundles/demo"))
     every.add_argument("--teacher", type=Path, default=Path("bundles/demo-teacher"))
@@ -296,6 +305,12 @@ def _index_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
     )
 
 
+def _profile_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    labels = list(_names(args.labels)) if args.labels else None
+    return run_profile(args.bundle, labels, args.out, batch=args.batch, runs=args.runs, warmup=args.warmup,
+                       threads=args.threads, seed=args.seed, commands=commands)
+
+
 def _all_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
     engine_cfg = _engine_cfg(args)
     return run_all(
@@ -316,6 +331,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], dict[str, Any]]] 
     "engine": _engine_main,
     "serve": _serve_main,
     "index": _index_main,
+    "profile": _profile_main,
     "all": _all_main,
 }
 

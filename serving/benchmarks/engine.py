@@ -25,6 +25,7 @@ import numpy as np
 
 from serving.backends import BackendUnavailable, Engine, create_engine
 from serving.benchmarks.latency import percentiles_ms, time_calls
+from serving.benchmarks.precision import int8_fp32_ratios
 from serving.bundle import Manifest, load_bundle
 
 __all__ = [
@@ -298,7 +299,7 @@ def _bench_backend(
 def bench_engine(bundles: Sequence[BundleUnderTest], cfg: EngineBenchConfig) -> dict[str, Any]:
     """Benchmark every bundle on every backend of ``cfg``. Returns {"config", "threads", "bundles",
     "results": [{bundle, role, backend, engine, points, [engine_only]}], "unavailable": [{bundle, backend,
-    reason}], "ratios": `student_teacher_ratios`}."""
+    reason}], "ratios": `student_teacher_ratios`, "int8_ratios": `precision.int8_fp32_ratios`}."""
     if not bundles:
         raise ValueError("no bundle to benchmark; give at least one --bundle DIR")
     unavailable: list[dict[str, str]] = []
@@ -320,6 +321,7 @@ def bench_engine(bundles: Sequence[BundleUnderTest], cfg: EngineBenchConfig) -> 
         "results": results,
         "unavailable": unavailable,
         "ratios": student_teacher_ratios(bundles, results),
+        "int8_ratios": int8_fp32_ratios(bundles, results),
     }
 
 
@@ -332,6 +334,7 @@ def _bundle_facts(bundle: BundleUnderTest) -> dict[str, Any]:
         "path": bundle.path.as_posix(),
         "input_hw": [spec.input.height, spec.input.width],
         "dim": spec.output.dim,
+        "precision": spec.precision,
         "batch": {"min": spec.batch.min, "opt": spec.batch.opt, "max": spec.batch.max},
         "cost": bundle.cost,
         "sha256": spec.sha256(),

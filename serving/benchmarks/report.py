@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.atomic_file import write_bytes_atomic, write_text_atomic
+from serving.benchmarks.precision import int8_markdown_lines
 
 __all__ = [
     "commands_markdown",
@@ -106,11 +107,12 @@ def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
         f"{threads['torch']}. Latency is per `Engine.embed` call (one batch).",
         "",
         *table(
-            ["bundle", "role", "input (HxW)", "dim", "params", "MACs", "max batch"],
+            ["bundle", "role", "precision", "input (HxW)", "dim", "params", "MACs", "max batch"],
             [
                 [
                     b["label"],
                     b["role"],
+                    b.get("precision", "fp32"),
                     "x".join(map(str, b["input_hw"])),
                     str(b["dim"]),
                     *_cost_cells(b["cost"]),
@@ -140,7 +142,8 @@ def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:
             for p in r["points"]
         ],
     )
-    lines += ["", *_ratio_lines(result["ratios"]), *_engine_only_lines(result), *_unavailable_lines(result)]
+    lines += ["", *_ratio_lines(result["ratios"]), *int8_markdown_lines(result.get("int8_ratios", [])),
+              *_engine_only_lines(result), *_unavailable_lines(result)]
     return "\n".join(lines).rstrip() + "\n"
 
 

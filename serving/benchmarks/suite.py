@@ -22,6 +22,7 @@ from serving.benchmarks.engine import (
 from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_search
 from serving.benchmarks.ingest_split import bench_ingest_split, split_markdown
 from serving.benchmarks.machine import describe_machine
+from serving.benchmarks.op_profile import profile_bundle, profile_markdown
 from serving.benchmarks.serve import ServeBenchConfig, bench_serve, bench_target
 from serving.benchmarks.targets import evaluate_targets
 from serving.bundle import load_bundle
@@ -82,6 +83,32 @@ def run_engine(
         ]
     )
     _write(out, "engine", full, markdown, {"engine.png": plots.engine_plot(result)})
+    return full
+
+
+def run_profile(
+    bundles: Sequence[Path],
+    labels: Sequence[str] | None,
+    out: Path,
+    *,
+    batch: int,
+    runs: int,
+    warmup: int,
+    threads: int,
+    seed: int,
+    commands: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Per-op-type ONNX Runtime CPU kernel time of each bundle -> ``out/profile.{json,md}``."""
+    if labels is not None and len(labels) != len(bundles):
+        raise ValueError(f"--labels has {len(labels)} entries for {len(bundles)} bundle(s); give one per --bundle")
+    machine = describe_machine()
+    names = list(labels) if labels is not None else [Path(b).name for b in bundles]
+    profiles = [profile_bundle(Path(b), name, batch, runs, warmup, threads, seed)
+                for b, name in zip(bundles, names, strict=True)]
+    full = {"machine": machine, "commands": list(commands), "profile": profiles, "targets": []}
+    markdown = "\n".join([*_header("Where the time goes (ONNX Runtime CPU profile)", machine, commands),
+                          profile_markdown(profiles)])
+    _write(out, "profile", full, markdown, {})
     return full
 
 

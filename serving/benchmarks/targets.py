@@ -75,6 +75,21 @@ def _realistic_vs_offline(serve: dict[str, Any]) -> Measured:
     if qps is None or offline is None:
         return None, "no realistic bundle measured (make bench-bundle)"
     return qps / offline["images_per_s"], f"{qps:.1f} QPS vs {offline['images_per_s']:.1f} images/s offline"
+def _int8_speedup(small: bool) -> Callable[[dict[str, Any]], Measured]:
+    """Reads the int8 / fp32 throughput ratio at batch 32 for inputs below (``small``) or at least 256x128."""
+
+    def measure(engine: dict[str, Any]) -> Measured:
+        for row in engine.get("int8_ratios", []):
+            pixels = row["input_hw"][0] * row["input_hw"][1]
+            if row["backend"] == TARGET_BACKEND and row["batch"] == TARGET_BATCH and (pixels < 256 * 128) == small:
+                cost = "" if row["map_drop"] is None else (f"; mAP {row['map_int8']:.2f} vs {row['map_fp32']:.2f} "
+                                                           f"(cost {row['map_drop']:.2f} points)")
+                return row["throughput_ratio"], (f"{row['int8']} {row['int8_images_per_s']:.1f} vs {row['fp32']} "
+                                                 f"{row['fp32_images_per_s']:.1f} images/s{cost}")
+        size = "below" if small else "at"
+        return None, f"no int8 + fp32 pair {size} 256x128 on {TARGET_BACKEND} at batch {TARGET_BATCH}"
+
+    return measure
 
 
 def _batching_gain(serve: dict[str, Any]) -> Measured:
@@ -109,6 +124,10 @@ TARGETS: tuple[Target, ...] = (
            2.5, "engine", _throughput),
     Target("student_latency", f"student p50 latency at batch 1 >= 2x lower than teacher on {TARGET_BACKEND}",
            2.0, "engine", _latency),
+    Target("int8_throughput_small", f"int8 student images/s >= 1.5x fp32 student at batch {TARGET_BATCH} on "
+           f"{TARGET_BACKEND}, inputs below 256x128 (demo size)", 1.5, "engine", _int8_speedup(small=True)),
+    Target("int8_throughput_256x128", f"int8 images/s >= 2x fp32 at batch {TARGET_BATCH} on {TARGET_BACKEND}, "
+           "inputs of 256x128 and above", 2.0, "engine", _int8_speedup(small=False)),
     Target("demo_vs_bare", "cdd-serve on the demo bundle reaches >= 50% of the bare gRPC server's QPS",
            0.5, "serve", _demo_vs_bare),
     Target("realistic_vs_offline", "cdd-serve on the realistic bundle reaches >= 85% of that engine's offline "

@@ -34,7 +34,6 @@ import numpy as np
 
 from serving.backends import BACKENDS, BackendUnavailable, Engine, create_engine
 from serving.bundle import BundleError, Manifest, load_bundle
-from serving.compatibility import gallery_bundle_for
 from serving.index.build import (
     IngestStats,
     ItemSpec,
@@ -204,7 +203,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
 def _add(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     manifest, engine = _engine(args)
-    gallery = open_gallery(args.index, manifest.sha256(), role="writer")
+    gallery = open_gallery(args.index, manifest.sha256(), compatible=manifest.compatible_with, role="writer")
     try:
         stats = ingest(
             gallery,
@@ -248,7 +247,8 @@ def _info(args: argparse.Namespace) -> dict[str, Any]:
 
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
     manifest = load_bundle(args.bundle)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256())
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256(),
+                              compatible=manifest.compatible_with)
     info = GalleryIndex.read_info(args.index)
     if info["count"] != len(index) or info["dim"] != manifest.output.dim:
         raise GalleryIndexError(
@@ -299,10 +299,8 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
             f"eval needs the training package's readers and metrics ({exc}); pip install -e ."
         ) from exc
     manifest, engine = _engine(args)
-    # Queries may come from a bundle declared compatible with the index's (asymmetric retrieval).
-    gallery_bundle = gallery_bundle_for(manifest, GalleryIndex.read_info(args.index).get("bundle_sha256"),
-                                        args.index)
-    index = GalleryIndex.load(args.index, expected_bundle_sha256=gallery_bundle.sha256)
+    index = GalleryIndex.load(args.index, expected_bundle_sha256=manifest.sha256(),
+                              compatible=manifest.compatible_with)
     splits = load_dataset(args.layout, args.root)
     _, gallery, metadata = index.snapshot()
     gallery_ids, gallery_cams = _labels_and_cameras(metadata)
@@ -310,10 +308,6 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         # Market-style junk images (label -1) are not part of the re-ID protocol's gallery.
         keep = gallery_ids != -1
         gallery, gallery_ids, gallery_cams = gallery[keep], gallery_ids[keep], gallery_cams[keep]
-    if splits.protocol == "class" and gallery_bundle.asymmetric:
-        raise ValueError(f"layout {args.layout!r} has no query split (class protocol: the gallery is its own query "
-                         "set), so the queries of an asymmetric pair are never embedded; evaluate the pair with "
-                         "cdd-export --compatible-with, which embeds the images with both bundles")
     if splits.protocol == "class":
         metrics = evaluate_retrieval(gallery, gallery, gallery_ids, gallery_ids, query_is_gallery=True)
     else:
@@ -342,8 +336,6 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "gallery_items_evaluated": int(len(gallery_ids)),
         "layout_gallery_records": len(splits.gallery),
         "similarity": "exact over stored vectors",
-        "query_bundle": manifest.name,
-        "gallery_bundle": gallery_bundle.name,
         "mAP": metrics.mAP,
         "rank1": metrics.rank1,
         "rank5": metrics.rank5,

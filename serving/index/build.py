@@ -320,10 +320,10 @@ def ingest(
     the items it already committed are replayed instead of embedded, and every ``commit_every`` embedded
     images are committed to it. Raises IndexBundleMismatch (index built with another bundle),
     DuplicateIdError (before any embedding), ImageDecodeError with ``strict``."""
-    if index.bundle_sha256 is not None and index.bundle_sha256 != manifest.sha256():
+    if index.bundle_sha256 is not None and not manifest.index_compatible(index.bundle_sha256):
         raise IndexBundleMismatch(
             f"the index was built with bundle sha256 {index.bundle_sha256}, this bundle is "
-            f"{manifest.sha256()}; "
+            f"{manifest.sha256()} and does not list it in its manifest's compatible_with; "
             "add with the same bundle, or rebuild the index with `cdd-index build`"
         )
     items = list(items)

@@ -12,6 +12,7 @@ structure.faiss the serialised FAISS index (ivf / ivfpq / hnsw; flat is rebuilt 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,15 @@ def read_rows(folder: Path, info: dict[str, Any]) -> tuple[list[str], np.ndarray
 
 
 
-def check_bundle(info: dict[str, Any], expected_bundle_sha256: str | None, directory: str | Path) -> None:
-    """Refuse (IndexBundleMismatch) an index whose manifest names another bundle than the one served."""
-    if expected_bundle_sha256 is not None and info.get("bundle_sha256") != expected_bundle_sha256:
+def check_bundle(info: dict[str, Any], expected_bundle_sha256: str | None, directory: str | Path,
+                 compatible: Collection[str] = ()) -> None:
+    """Refuse (IndexBundleMismatch) an index whose manifest names another bundle than the one served, unless
+    that bundle's sha256 is in ``compatible`` (the served manifest's ``compatible_with``)."""
+    built_with = info.get("bundle_sha256")
+    if expected_bundle_sha256 is not None and built_with != expected_bundle_sha256 and built_with not in compatible:
         raise IndexBundleMismatch(
-            f"index {directory} was built with bundle sha256 {info.get('bundle_sha256')}, but the bundle "
-            f"being served has sha256 {expected_bundle_sha256}; embeddings of different models cannot be "
-            f"compared; rebuild it: cdd-index build --bundle BUNDLE --images IMAGES --out {directory}"
+            f"index {directory} was built with bundle sha256 {built_with}, but the bundle being served has "
+            f"sha256 {expected_bundle_sha256} and does not list it in its manifest's compatible_with; "
+            "embeddings of different models (or precisions) cannot be compared; rebuild it: cdd-index build "
+            f"--bundle BUNDLE --images IMAGES --out {directory}"
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -339,17 +339,19 @@ class GalleryIndex:
         directory: str | Path,
         expected_bundle_sha256: str | None = None,
         *,
+        compatible: Collection[str] = (),
         device: str = "cpu",
         verify: bool = True,
     ) -> GalleryIndex:
         """Load the live version of ``directory``. With ``expected_bundle_sha256`` refuse an index built
-        from another bundle (IndexBundleMismatch). ``verify`` checks every file's sha256 first.
+        from another bundle (IndexBundleMismatch) unless that bundle's sha256 is in ``compatible`` (the served
+        manifest's ``compatible_with``). ``verify`` checks every file's sha256 first.
         Raises IndexCorruptError for missing / modified / inconsistent files."""
         folder = resolve(directory)
         if verify:
             verify_checksums(folder)
         info = read_info(folder)
-        check_bundle(info, expected_bundle_sha256, directory)
+        check_bundle(info, expected_bundle_sha256, directory, compatible)
         if info.get("store", "faiss") != "faiss":
             raise GalleryIndexError(
                 f"index {directory} keeps its items in {info['store']!r}, not in FAISS files; open it with "

@@ -10,7 +10,7 @@ type and operating point; `open_gallery` refuses an index built with another bun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,17 +67,21 @@ def open_gallery(
     directory: str | Path,
     expected_bundle_sha256: str | None = None,
     *,
+    compatible: Collection[str] = (),
     device: str = "cpu",
     role: str = "server",
     snapshot_interval_s: float = 0.0,
 ) -> GalleryBackend:
     """Open the gallery of index folder ``directory`` with the store its manifest names. ``role`` and
     ``snapshot_interval_s`` apply to the FAISS store (`DurableGallery.open`). Raises IndexBundleMismatch,
-    IndexCorruptError, IndexInUse, GalleryIndexError (unknown store, Milvus unreachable)."""
+    IndexCorruptError, IndexInUse, GalleryIndexError (unknown store, Milvus unreachable). An index built
+    with a bundle listed in ``compatible`` (the served manifest's ``compatible_with``) is accepted."""
     directory = Path(directory)
     folder = resolve(directory)
     info = read_info(folder)
-    check_bundle(info, expected_bundle_sha256, directory)
+    check_bundle(info, expected_bundle_sha256, directory, compatible)
+    if expected_bundle_sha256 is not None:
+        expected_bundle_sha256 = info.get("bundle_sha256")  # accepted above: the stores check their own stamp
     store = info.get("store", "faiss")
     if store == "faiss":
         from serving.index.durable_gallery import DurableGallery

@@ -248,6 +248,8 @@ def test_targets_known_answers() -> None:
         "realistic_vs_offline": True,  # 86 / 100
         "batching_helps": False,  # 86 / 86 is not > 1
         "tail_at_saturation": False,  # 2.5 > 2
+        "int8_throughput_small": None,  # no int8 bundle benchmarked
+        "int8_throughput_256x128": None,
         "ingest_busy": True,
     }
 
@@ -277,6 +279,8 @@ def test_all_writes_the_report(
         "student_latency",
         "demo_vs_bare",
         "realistic_vs_offline",
+        "int8_throughput_small",
+        "int8_throughput_256x128",
         "batching_helps",
         "tail_at_saturation",
         "ingest_busy",
