@@ -1,7 +1,7 @@
 """Asymmetric retrieval: which gallery index a bundle may search.
 
 A bundle searches an index built with the bundle itself, or an index built with another bundle (the
-teacher, say) whose sha256 its manifest lists in ``compatible_with`` (`serving.bundle.Manifest.accepts`).
+teacher, say) whose sha256 its manifest lists in ``compatible_with`` (`serving.bundle.Manifest.index_compatible`).
 ``cdd-export --compatible-with TEACHER`` lists it only after measuring, on real query and gallery images,
 that the bundle's queries against a gallery embedded by TEACHER reach TEACHER's own mAP within a
 tolerance; the numbers travel in ``manifest.parity["compatibility"]``, one entry per teacher::
@@ -98,7 +98,7 @@ def gallery_bundle_for(manifest: Manifest, index_bundle_sha256: str | None, inde
     if index_bundle_sha256 == own:
         return GalleryBundle(own, manifest.name, asymmetric=False)
     declarations = {d.bundle_sha256: d for d in declared_compatibility(manifest)}
-    if index_bundle_sha256 is not None and manifest.accepts(index_bundle_sha256):
+    if index_bundle_sha256 is not None and manifest.index_compatible(index_bundle_sha256):
         known = declarations.get(index_bundle_sha256)
         name = known.bundle_name if known is not None else f"bundle {index_bundle_sha256[:12]}"
         return GalleryBundle(index_bundle_sha256, name, asymmetric=True)

@@ -111,7 +111,8 @@ def test_cli_flag_and_exit_codes(copy_teacher: Path, student_bundle: ExportResul
                         "--compatible-with", str(copy_teacher)]) == 0
     assert "compatible with copy-teacher" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["compatible_with"][0]["bundle_name"] == "copy-teacher"
+    assert manifest["compatible_with"] == [load_bundle(copy_teacher).sha256()]
+    assert manifest["parity"]["compatibility"][0]["bundle_name"] == "copy-teacher"
     negated = _derived_teacher(student_bundle.bundle, tmp_path / "negated", True)
     assert export_main(["--run", str(tiny_run_dir.student50), "--out", str(tmp_path / "s2"), "--tensorrt", "off",
                         "--compatible-with", str(negated)]) == 3
