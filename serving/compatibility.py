@@ -107,9 +107,11 @@ def gallery_bundle_for(manifest: Manifest, index_bundle_sha256: str | None, inde
     declared = ("; it declares compatibility only with " + ", ".join(listed)
                 if listed else "; it declares compatibility with no other bundle")
     raise IndexBundleMismatch(
-        f"index {index_dir} was built with bundle sha256 {index_bundle_sha256}, but bundle {manifest.name!r} "
-        f"(sha256 {own}) is neither that bundle nor declared compatible with it{declared}. Embeddings of "
+        f"index {index_dir} was built with bundle sha256 {index_bundle_sha256}, but the bundle being served has "
+        f"sha256 {own}; bundle {manifest.name!r} is neither that bundle nor declared compatible with it{declared}. "
+        "Embeddings of "
         f"unrelated models cannot be compared; rebuild it with this bundle (cdd-index build --bundle BUNDLE "
         f"--images IMAGES --out {index_dir}) or, if this bundle was trained to be compatible with the "
-        "index's bundle, re-export it with `cdd-export --compatible-with THAT_BUNDLE`"
+        "index's bundle, re-export it with `cdd-export --compatible-with THAT_BUNDLE` (an int8 bundle of the same "
+        "checkpoint: --set int8.compatible_with=THAT_BUNDLE)"
     )
