@@ -72,7 +72,8 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m serving.benchmarks all --out docs
 
-# Teacher vs CDD vs static student vs CDD without resetting, 3 seeds, both datasets (resumable).
+# (a) teacher, (b) CDD, (c) static from scratch, (d) CDD without resetting, (e) prune-then-distill;
+# 3 seeds, both datasets (resumable; docs/ablation-*.{md,json} rewritten after every finished run).
 ablation: data data/animal-mnist/.complete
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist --seeds 0 1 2 --out docs

@@ -43,12 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from training.distributed import init_distributed
-    from training.trainer import Trainer
+    from training.trainer import build_trainer
 
     try:
-        ctx = init_distributed(cfg.run.device)
-        final = Trainer(cfg, ctx, resume=args.resume).fit()
+        trainer = build_trainer(cfg, resume=args.resume)
+        ctx = trainer.ctx
+        final = trainer.fit()
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"cdd-train: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Ablation benchmark: teacher vs CDD student vs static student vs CDD without gradient resetting.
+"""Ablation benchmark: teacher vs CDD student vs static students vs CDD without gradient resetting.
 
 For each dataset and seed it trains
   (a) the teacher,
@@ -6,8 +6,11 @@ For each dataset and seed it trains
   (c) a static student with exactly (b)'s final architecture, trained from scratch with the same
       distillation losses from the start (the paper's baseline),
   (d) CDD without gradient resetting (lasso + threshold only),
-then writes mean and spread of mAP / rank-1 with params and FLOPs to ``OUT/ablation-<datasets>.{json,md}``.
-Runs resume (each run dir is skipped once complete), so a killed benchmark continues where it stopped.
+  (e) prune-then-distill: a static student with (b)'s final architecture, initialised from (a)'s weights
+      sliced to it, distilled with the same losses and schedule (the baseline a practitioner would use),
+then writes mean and spread of mAP / rank-1 with params and FLOPs to ``OUT/ablation-<datasets>.{json,md}``,
+rewritten after every finished run, so a partial benchmark still reports what it measured. Runs resume
+(each run dir is skipped once complete), so a killed benchmark continues where it stopped.
 
     python -m training.ablation --datasets synthetic animal-mnist --seeds 0 1 2 --out docs
 """
@@ -19,13 +22,14 @@ import json
 import logging
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.atomic_file import write_text_atomic
 from training.pipeline import run_stage
 
-__all__ = ["DATASETS", "VARIANTS", "run_ablation", "summarise", "format_markdown", "main"]
+__all__ = ["DATASETS", "VARIANTS", "NAMES", "run_ablation", "summarise", "format_markdown", "main"]
 
 # Dataset presets: overrides applied to demo-teacher / demo-student. Sized for a 2-core CPU.
 DATASETS: dict[str, list[str]] = {
@@ -35,7 +39,9 @@ DATASETS: dict[str, list[str]] = {
                      "data.p=5", "data.k=8", "data.pad=4", "run.epochs=8", "run.eval_every=0",
                      "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=2"],
 }
-VARIANTS = ("teacher", "cdd", "static", "no-grg")
+VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill")
+NAMES = {"teacher": "(a) teacher", "cdd": "(b) CDD student", "static": "(c) static student, same arch, scratch",
+         "no-grg": "(d) CDD without gradient resetting", "prune-distill": "(e) prune-then-distill, same arch"}
 
 
 def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
@@ -47,15 +53,18 @@ def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
         return "demo-student", common
     if variant == "no-grg":
         return "demo-student", common + ["cdd.gradient_reset=false"]
-    if variant == "static":
+    if variant in ("static", "prune-distill"):
+        init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
-                                         'model.init="scratch"']
+                                         f'model.init="{init}"']
     raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
 
 
-def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path,
-                 extra: Sequence[str] = ()) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics per seed]."""
+def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
+                 on_result: Callable[[dict[str, dict[str, list[dict[str, Any]]]]], None] | None = None,
+                 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics per seed].
+    ``on_result`` sees the results so far after every finished run."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for dataset in datasets:
         if dataset not in DATASETS:
@@ -67,6 +76,8 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path,
                 final = run_stage(preset, DATASETS[dataset] + [f"run.seed={seed}", "run.progress=false"]
                                   + overrides + list(extra))
                 results.setdefault(dataset, {}).setdefault(variant, []).append(final)
+                if on_result is not None:
+                    on_result(results)
     return results
 
 
@@ -91,10 +102,23 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
     return out
 
 
+def _verdict(variants: dict[str, Any], other: str) -> str:
+    b, o = variants["cdd"]["mAP"], variants[other]["mAP"]
+    diff = b["mean"] - o["mean"]
+    spread = b["std"] + o["std"]
+    if min(variants["cdd"]["seeds"], variants[other]["seeds"]) < 2:
+        return (f"CDD vs {NAMES[other]}: {diff:+.2f} mAP points on a single seed (no spread, so no verdict)")
+    if abs(diff) <= spread:
+        word = "ties with"
+    else:
+        word = "beats" if diff > 0 else "loses to"
+    return (f"CDD {word} {NAMES[other]}: {diff:+.2f} mAP points (means over {variants['cdd']['seeds']} vs "
+            f"{variants[other]['seeds']} seeds; the two stds add up to {spread:.2f})")
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
-    """One table per dataset: variant, mAP mean ± std, rank-1 mean ± std, params, FLOPs, FLOPs reduction."""
-    names = {"teacher": "(a) teacher", "cdd": "(b) CDD student", "static": "(c) static student, same arch",
-             "no-grg": "(d) CDD without gradient resetting"}
+    """One table per dataset: variant, mAP mean ± std, rank-1 mean ± std, params, FLOPs, FLOPs reduction;
+    then a plain sentence comparing CDD with (c) and (e)."""
     lines = []
     for dataset, variants in summary.items():
         lines += [f"### {dataset}", "", "| variant | seeds | mAP % | rank-1 % | params | FLOPs (MACs) | FLOPs cut |",
@@ -103,9 +127,13 @@ def format_markdown(summary: dict[str, Any]) -> str:
             if variant not in variants:
                 continue
             v = variants[variant]
-            lines.append(f"| {names[variant]} | {v['seeds']} | {v['mAP']['mean']:.2f} ± {v['mAP']['std']:.2f} | "
+            lines.append(f"| {NAMES[variant]} | {v['seeds']} | {v['mAP']['mean']:.2f} ± {v['mAP']['std']:.2f} | "
                          f"{v['rank1']['mean']:.2f} ± {v['rank1']['std']:.2f} | {v['params']:,.0f} | "
                          f"{v['flops']:,.0f} | {v['flops_reduction']:.1f}% |")
+        lines.append("")
+        for other in ("static", "prune-distill"):
+            if "cdd" in variants and other in variants:
+                lines += [f"- {_verdict(variants, other)}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -120,13 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides)
-    summary = summarise(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "ablation-" + "-".join(args.datasets)
-    (args.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
-    (args.out / f"{stem}.md").write_text(format_markdown(summary))
-    print(format_markdown(summary))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+        summary = summarise(results)
+        write_text_atomic(args.out / f"{stem}.json", json.dumps({"summary": summary, "runs": results}, indent=2))
+        write_text_atomic(args.out / f"{stem}.md", format_markdown(summary))
+
+    results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides, on_result=write)
+    print(format_markdown(summarise(results)))
     return 0
 
 

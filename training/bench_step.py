@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -37,24 +38,22 @@ def bench_step(preset: str, overrides: Sequence[str], steps: int, warmup: int, b
     """Median step seconds for "distill" (no resetting) and "cdd" (resetting on) on random batches."""
     from training.arch_spec import ArchSpec
     from training.config import load_config
+    from training.cost import deployed_cost
     from training.distributed import resolve_device
-    from training.grg import GradientResetter
     from training.models.network import ReIDNet
-    from training.step import DistillationStep, build_optimizer
+    from training.step import build_step
 
     cfg = load_config(preset, list(overrides))
+    # the resetter is timed while its reset set grows (the costly phase): no budget closes it, and no
+    # decay deadline applies (steps_left is not passed)
+    cfg = replace(cfg, cdd=replace(cfg.cdd, memory_size=memory_size, flops_budget=0.0))
     device = resolve_device(cfg.run.device)
     m, d = cfg.model, cfg.data
     spec = ArchSpec(depth=m.depth, width=m.width, last_stride=m.last_stride, embedding_dim=m.embedding_dim,
                     num_classes=num_classes, input_size=(d.height, d.width))
     teacher = ReIDNet(spec).to(device).eval()
     student = ReIDNet(replace(spec, indicators=True)).to(device).train()
-    optimizer = build_optimizer(student, cfg.optim)
-    amp = cfg.run.amp and device.type == "cuda"
-    resetter = GradientResetter([p for _, p in student.spec.blocks()], memory_size, cfg.cdd.topk, cfg.cdd.ratio,
-                                device)
-    step = DistillationStep(student, student.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
-                            cfg.loss, teacher, resetter, amp=amp)
+    step = build_step(cfg, student, device, teacher, deployed_cost(spec).flops)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, d.height, d.width, generator=generator).to(device)
     labels = torch.arange(batch, device=device) // max(1, d.k) % num_classes
@@ -73,10 +72,12 @@ def bench_step(preset: str, overrides: Sequence[str], steps: int, warmup: int, b
                for mode, t in results.items()}
     overhead = summary["cdd"]["median_s"] / summary["distill"]["median_s"] - 1
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {"preset": preset, "overrides": list(overrides), "device": _describe(device), "batch": batch,
             "input_size": [d.height, d.width], "depth": m.depth, "width": m.width, "memory_size": memory_size,
             "topk": cfg.cdd.topk, "modes": summary, "resetting_overhead_percent": 100 * overhead,
-            "target_met": overhead < 0.20, "cuda_max_memory_bytes": memory}
+            "target_met": overhead < 0.20, "cuda_max_memory_bytes": memory,
+            "peak_rss_bytes": peak_rss}
 
 
 def _describe(device: torch.device) -> str:

@@ -120,10 +120,15 @@ class LossConfig:
 class CDDConfig:
     """Capacity Dynamic Distillation. grg_start_epoch: gradient resetting starts (ref 20/120); memory_size
     teacher descriptors per block; topk neighbours; ratio of candidate channels; prune_threshold on row
-    norms; flops_budget (fraction of the teacher's FLOPs, 0 = off) stops growing the reset set once the
-    pruned network would meet it; round_to rounds kept counts up to a multiple (1 = off); gradient_reset
-    false gives the "lasso + threshold only" ablation. static_arch: path to an arch.json to train a static
-    student of that architecture with the same distillation losses (ablation baseline)."""
+    norms; reset_rule "decay" (ours: a reset row's momentum is cleared and its norm shrinks linearly to
+    exactly zero within reset_decay_steps optimizer steps; the slim network is the complement of the reset
+    set) or "reference" (the paper code: lasso subgradient + weight decay on reset rows, pruned by the
+    threshold only); flops_budget (fraction of the teacher's FLOPs, 0 = off) is a hard cap on the exported
+    network, round_to included: the reset set grows until the network without it meets the budget, then
+    stops; round_to rounds kept counts up to a multiple (1 = off); gradient_reset false gives the
+    "lasso + threshold only" ablation. static_arch: path to an arch.json to train a static student of that
+    architecture with the same distillation losses (ablation baselines; with model.init = "teacher" it
+    starts from the teacher's weights sliced to that architecture: prune-then-distill)."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20
@@ -131,6 +136,8 @@ class CDDConfig:
     topk: int = 2
     ratio: float = 0.5
     prune_threshold: float = 1e-5
+    reset_rule: str = "decay"
+    reset_decay_steps: int = 1000
     flops_budget: float = 0.0
     round_to: int = 1
     gradient_reset: bool = True

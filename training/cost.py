@@ -108,3 +108,7 @@ class FlopsModel:
 
     def flops(self, kept_counts: list[int]) -> int:
         return self.base + sum(s * k for s, k in zip(self.slopes, kept_counts, strict=True))
+
+    def max_step(self, round_to: int = 1) -> int:
+        """MACs of one rounding step (``round_to`` channels) of the most expensive block."""
+        return max(self.slopes) * max(1, round_to)

@@ -27,15 +27,14 @@ def _completed(run_dir: Path) -> dict[str, Any] | None:
 def run_stage(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``preset`` (resuming) unless its run dir already holds final metrics; returns them."""
     from training.config import load_config
-    from training.distributed import init_distributed
-    from training.trainer import Trainer
+    from training.trainer import build_trainer
 
     cfg = load_config(preset, list(overrides))
     done = _completed(Path(cfg.run.out_dir))
     if done is not None:
         logging.getLogger("training").info("%s already trained in %s; skipping", preset, cfg.run.out_dir)
         return done
-    return Trainer(cfg, init_distributed(cfg.run.device), resume=True).fit()
+    return build_trainer(cfg, resume=True).fit()
 
 
 def format_table(teacher: dict[str, Any], student: dict[str, Any]) -> str:

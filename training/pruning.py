@@ -11,16 +11,22 @@ import torch
 
 from training.arch_spec import ArchSpec
 
-__all__ = ["kept_from_norms", "kept_channels", "slice_state_dict", "block_prefixes", "zero_pruned_rows"]
+__all__ = ["kept_from_norms", "kept_channels", "slice_state_dict", "slice_teacher_state", "block_prefixes",
+           "zero_pruned_rows"]
 
 
-def kept_from_norms(norms: torch.Tensor, threshold: float = 1e-5, multiple_of: int = 1) -> list[int]:
-    """Sorted indices of rows whose L2 norm is >= ``threshold``; the strongest row survives if none does.
+def kept_from_norms(norms: torch.Tensor, threshold: float = 1e-5, multiple_of: int = 1,
+                    reset: torch.Tensor | None = None) -> list[int]:
+    """Sorted indices of rows whose L2 norm is >= ``threshold`` and that are not in the boolean ``reset``
+    mask (the CDD reset set); the strongest row survives if none does.
 
     ``multiple_of`` > 1 rounds the kept count UP to a multiple (adding the strongest pruned rows), capped at
     the full width, for hardware-friendly shapes."""
     norms = norms.detach().float().cpu()
-    keep = (norms >= threshold).nonzero().flatten().tolist()
+    alive = norms >= threshold
+    if reset is not None:
+        alive &= ~reset.detach().cpu()
+    keep = alive.nonzero().flatten().tolist()
     if not keep:
         keep = [int(norms.argmax())]
     if multiple_of > 1:
@@ -35,10 +41,13 @@ def block_prefixes(spec: ArchSpec) -> list[str]:
     return [f"backbone.{name}." for name, _ in spec.blocks()]
 
 
-def kept_channels(indicator_weights: list[torch.Tensor], threshold: float = 1e-5,
-                  multiple_of: int = 1) -> list[list[int]]:
-    """Per-block kept indices from full-width indicator weights (p, p[, 1, 1]) in forward order."""
-    return [kept_from_norms(w.flatten(1).norm(dim=1), threshold, multiple_of) for w in indicator_weights]
+def kept_channels(indicator_weights: list[torch.Tensor], threshold: float = 1e-5, multiple_of: int = 1,
+                  reset_masks: list[torch.Tensor] | None = None) -> list[list[int]]:
+    """Per-block kept indices from full-width indicator weights (p, p[, 1, 1]) in forward order; rows in
+    ``reset_masks`` (one boolean mask per block) are pruned whatever their norm."""
+    masks = reset_masks if reset_masks is not None else [None] * len(indicator_weights)
+    return [kept_from_norms(w.flatten(1).norm(dim=1), threshold, multiple_of, m)
+            for w, m in zip(indicator_weights, masks, strict=True)]
 
 
 def _next_conv(spec: ArchSpec) -> str:
@@ -81,4 +90,23 @@ def zero_pruned_rows(full_state: dict[str, torch.Tensor], spec: ArchSpec) -> dic
         weight = out[key].clone()
         weight[~mask] = 0
         out[key] = weight
+    return out
+
+
+def slice_teacher_state(teacher_state: dict[str, torch.Tensor], spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """A plain teacher's state_dict sliced to the plain slim network ``spec`` (indicator-free, with
+    ``kept_channels``): the conv before each block's indicator slot and its BN keep the kept output
+    channels, the conv after it the kept inputs (prune-then-distill initialisation)."""
+    if spec.kept_channels is None or spec.indicators:
+        raise ValueError("slice_teacher_state needs a plain (indicators=false) spec with kept_channels")
+    out = dict(teacher_state)
+    before, bn = ("conv2", "bn2") if spec.block_type == "bottleneck" else ("conv1", "bn1")
+    nxt = _next_conv(spec)
+    for prefix, kept in zip(block_prefixes(spec), spec.kept_channels, strict=True):
+        index = torch.tensor(kept, dtype=torch.long)
+        out[prefix + f"{before}.weight"] = teacher_state[prefix + f"{before}.weight"].index_select(0, index).clone()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            key = prefix + f"{bn}.{name}"
+            out[key] = teacher_state[key].index_select(0, index).clone()
+        out[prefix + f"{nxt}.weight"] = teacher_state[prefix + f"{nxt}.weight"].index_select(1, index).clone()
     return out

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.config import LossConfig, OptimConfig
+from training.config import LossConfig, OptimConfig, TrainConfig
 from training.distillation import compute_losses
-from training.grg import GradientResetter
+from training.grg import GradientResetter, build_resetter
 from training.models.network import ReIDNet, TrainOutput
 
-__all__ = ["DistillationStep", "build_optimizer"]
+__all__ = ["DistillationStep", "build_optimizer", "build_step"]
 
 
 def build_optimizer(net: ReIDNet, optim: OptimConfig) -> torch.optim.SGD:
@@ -51,8 +51,10 @@ class DistillationStep:
     amp: bool = False
     grad_clip: float = 0.0
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
-        """Run one step; returns the named loss values, "total", and "reset_added" while resetting."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
+                 steps_left: int | None = None) -> dict[str, float]:
+        """Run one step; returns the named loss values, "total", and "reset_added" while resetting.
+        ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time)."""
         indicator_weights = [m.weight for m in self.net.indicators()]
         with torch.autocast(images.device.type, enabled=self.amp):
             teacher_out = None
@@ -67,12 +69,32 @@ class DistillationStep:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         stats = {name: float(v.detach()) for name, v in losses.items()}
-        if grg_active and self.resetter is not None and teacher_out is not None:
-            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors)
+        resetting = grg_active and self.resetter is not None and teacher_out is not None
+        if resetting:
+            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors,
+                                                        steps_left)
             self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if resetting:
+            self.resetter.after_step(indicator_weights, self.optimizer)
         stats["total"] = float(total.detach())
         return stats
+
+
+def build_step(cfg: TrainConfig, net: ReIDNet, device: torch.device, teacher: ReIDNet | None = None,
+               teacher_flops: int = 0,
+               forward: Callable[[torch.Tensor], TrainOutput] | None = None,
+               teacher_channels: Sequence[torch.Tensor] | None = None) -> DistillationStep:
+    """The step of the run ``cfg`` for ``net`` on ``device``, built one way for the trainer and the
+    step-time benchmark: optimizer groups, AMP scaler, and, for a CDD student (indicators, gradient_reset
+    on), the gradient resetter with its FLOPs budget (``cfg.cdd.flops_budget`` x ``teacher_flops``)."""
+    amp = cfg.run.amp and device.type == "cuda"
+    optimizer = build_optimizer(net, cfg.optim)
+    resetter = None
+    if teacher is not None and net.indicators() and cfg.cdd.gradient_reset:
+        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device)
+    return DistillationStep(net, forward or net.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
+                            cfg.loss, teacher, resetter, teacher_channels, amp, cfg.optim.grad_clip)

@@ -32,16 +32,15 @@ from training.data.samplers import IdentityBalancedBatchSampler
 from training.data.transforms import build_eval_transform, build_train_transform
 from training.distributed import DistContext
 from training.evaluate import evaluate_model
-from training.grg import GradientResetter
 from training.models.network import ReIDNet, TrainOutput
 from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
 from training.plots import plot_history
-from training.pruning import kept_channels, slice_state_dict
+from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
 from training.schedule import lr_factor
-from training.step import DistillationStep, build_optimizer
+from training.step import build_step
 
-__all__ = ["Trainer", "write_json_atomic"]
+__all__ = ["Trainer", "build_trainer", "write_json_atomic"]
 
 log = logging.getLogger("training")
 
@@ -77,7 +76,7 @@ class Trainer:
         labels, self.label_map = train_labels(self.splits.train)
         self.num_classes = len(self.label_map)
         self._build_data(labels)
-        self.teacher = (load_teacher(cfg.cdd.teacher_run, self.num_classes, ctx.device)
+        self.teacher = (load_teacher(cfg.cdd.teacher_run, self.num_classes, ctx.device, self._base_spec())
                         if self.is_student else None)
         self.spec, self.teacher_channels = self._build_spec()
         self.net = self._initialise()
@@ -85,13 +84,13 @@ class Trainer:
         if ctx.distributed:
             self.module = DistributedDataParallel(
                 self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        self.optimizer = build_optimizer(self.net, cfg.optim)
-        self.amp = cfg.run.amp and ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.teacher_cost = deployed_cost(self._teacher_spec())
-        self.resetter = self._build_resetter()
-        self.step = DistillationStep(self.net, self.module, self.optimizer, self.scaler, cfg.loss, self.teacher,
-                                     self.resetter, self.teacher_channels, self.amp, cfg.optim.grad_clip)
+        if self.is_student and self.net.indicators() and not cfg.cdd.gradient_reset:
+            log.warning("cdd.gradient_reset = false: no channel is ever reset (lasso + threshold only)%s",
+                        "; cdd.flops_budget is NOT enforced" if cfg.cdd.flops_budget else "")
+        self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
+                               self.teacher_channels)
+        self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -140,32 +139,28 @@ class Trainer:
         if init == "imagenet":
             load_imagenet_weights(net.backbone, self.cfg.model.imagenet_weights)
         elif init == "teacher":
-            if self.teacher is None or self.spec.kept_channels is not None:
-                raise ValueError("model.init=teacher needs run.kind=student with a full-width student")
-            init_student_from_teacher(net, self.teacher)
+            if self.teacher is None:
+                raise ValueError("model.init=teacher needs run.kind=student (a teacher run in cdd.teacher_run)")
+            if self.spec.kept_channels is not None:  # static student: prune-then-distill
+                net.load_state_dict(slice_teacher_state(self.teacher.state_dict(), self.spec), strict=True)
+            else:
+                init_student_from_teacher(net, self.teacher)
         elif init != "scratch":
             raise ValueError(f"model.init must be scratch, imagenet or teacher, found {init!r}")
         return net
-
-    def _build_resetter(self) -> GradientResetter | None:
-        c = self.cfg.cdd
-        if not self.is_student or not self.net.indicators() or not c.gradient_reset:
-            return None
-        widths = [p for _, p in self.spec.blocks()]
-        can_grow = None
-        if c.flops_budget > 0:
-            limit = c.flops_budget * self.teacher_cost.flops
-            model = FlopsModel.for_spec(self.spec)
-            can_grow = lambda masks: model.flops([max(1, int((~m).sum())) for m in masks]) > limit  # noqa: E731
-        return GradientResetter(widths, c.memory_size, c.topk, c.ratio, self.ctx.device, can_grow)
 
     # ------------------------------------------------------------------------------------------ step
     def _grg_active(self, epoch: float) -> bool:
         return self.resetter is not None and epoch >= self.cfg.cdd.grg_start_epoch
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool) -> dict[str, float]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
+                   steps_left: int | None = None) -> dict[str, float]:
         """One optimisation step (see training/step.py); returns the named loss values."""
-        return self.step(images, labels, grg_active)
+        return self.step(images, labels, grg_active, steps_left)
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.loader)
+        return min(steps, self.cfg.run.max_steps_per_epoch) if self.cfg.run.max_steps_per_epoch else steps
 
     def _set_lr(self, epoch: float) -> float:
         o = self.cfg.optim
@@ -203,9 +198,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         self.net.train()
-        steps = len(self.loader)
-        if self.cfg.run.max_steps_per_epoch:
-            steps = min(steps, self.cfg.run.max_steps_per_epoch)
+        steps = self.steps_per_epoch()
+        total = steps * self.cfg.run.epochs
         sums: dict[str, float] = {}
         seen, start = 0, time.perf_counter()
         bar = tqdm(total=steps, desc=f"{self.cfg.run.kind} epoch {epoch + 1}/{self.cfg.run.epochs}",
@@ -218,7 +212,7 @@ class Trainer:
             lr = self._set_lr(progress)
             images = images.to(self.ctx.device, non_blocking=True)
             labels = labels.to(self.ctx.device, non_blocking=True)
-            stats = self.train_step(images, labels, self._grg_active(progress))
+            stats = self.train_step(images, labels, self._grg_active(progress), total - (epoch * steps + step) - 1)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             seen += images.shape[0] * self.ctx.world_size
@@ -251,7 +245,8 @@ class Trainer:
         if not self.net.indicators():
             return self.spec
         weights = [m.weight.detach() for m in self.net.indicators()]
-        kept = kept_channels(weights, self.cfg.cdd.prune_threshold, self.cfg.cdd.round_to)
+        reset = self.resetter.masks if self.resetter is not None and self.resetter.rule == "decay" else None
+        kept = kept_channels(weights, self.cfg.cdd.prune_threshold, self.cfg.cdd.round_to, reset)
         return self.spec.with_kept(kept)
 
     def _deploy_net(self) -> tuple[nn.Module, ArchSpec]:
@@ -262,6 +257,25 @@ class Trainer:
         slim = ReIDNet(spec).to(self.ctx.device)
         slim.load_state_dict(slice_state_dict(self.net.state_dict(), spec), strict=True)
         return slim, spec
+
+    def _compression_report(self, flops: int) -> dict[str, Any]:
+        """How the final size came about; logs a warning when the budget was not met (or not enforced)."""
+        c = self.cfg.cdd
+        report: dict[str, Any] = {"reset_rule": c.reset_rule if self.resetter else "none",
+                                  "reset_channels": sum(int(m.sum()) for m in self.resetter.masks)
+                                  if self.resetter else 0,
+                                  "growth": self.resetter.stop_note if self.resetter else "gradient resetting off"}
+        if c.flops_budget > 0:
+            limit = c.flops_budget * self.teacher_cost.flops
+            tolerance = FlopsModel.for_spec(self.spec).max_step(c.round_to)
+            report.update({"flops_budget": c.flops_budget, "budget_flops": int(limit),
+                           "met": flops <= limit, "within_one_rounding_step": abs(flops - limit) <= tolerance})
+            if not report["within_one_rounding_step"]:
+                log.warning("!!! FLOPs budget MISSED: the exported network costs %s MACs (%.1f%% of the teacher), "
+                            "the budget is %s MACs (%.1f%%), more than one rounding step (%s MACs) away. %s",
+                            f"{flops:,}", 100 * flops / self.teacher_cost.flops, f"{int(limit):,}",
+                            100 * c.flops_budget, f"{tolerance:,}", report["growth"])
+        return report
 
     def _evaluate(self, net: nn.Module) -> dict[str, float]:
         metrics = evaluate_model(net, self.query_set, self.gallery_set, self.ctx.device, self.splits.protocol,
@@ -277,6 +291,8 @@ class Trainer:
         reduction = reduction_percent(self.teacher_cost, cost)
         final.update({"params_reduction": round(reduction["params"], 2),
                       "flops_reduction": round(reduction["flops"], 2)})
+        if self.is_student and self.net.indicators():
+            final["compression"] = self._compression_report(cost.flops)
         spec.save(self.out / "arch.json")
         self._write_metrics(final)
         log.info("final %s", json.dumps(final))
@@ -290,7 +306,8 @@ class Trainer:
         state = {"kind": self.cfg.run.kind, "model": self.net.state_dict(), "arch": self.spec.to_dict(),
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": next_epoch, "history": self.history, "config": self.cfg.to_dict(),
-                 "grg": self.resetter.state_dict() if self.resetter else None}
+                 "grg": (self.resetter.state_dict(with_memory=next_epoch < self.cfg.run.epochs)
+                         if self.resetter else None)}
         save_checkpoint(self.out / "checkpoint.pt", state)
         self._slim_spec().save(self.out / "arch.json")
         self._write_metrics(None)
@@ -320,3 +337,11 @@ class Trainer:
     def _barrier(self) -> None:
         if self.ctx.distributed:
             torch.distributed.barrier()
+
+
+def build_trainer(cfg: TrainConfig, resume: bool = False) -> Trainer:
+    """The trainer of ``cfg`` on the device (and data-parallel group) it names: what ``cdd-train`` and
+    ``make train`` run."""
+    from training.distributed import init_distributed
+
+    return Trainer(cfg, init_distributed(cfg.run.device), resume=resume)

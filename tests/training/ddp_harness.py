@@ -1,6 +1,8 @@
-"""Launched by torchrun in test_distributed.py: one CDD student run per rank, then a digest per rank.
+"""Launched by torchrun in test_distributed.py.
 
-Rank r>0 gets its own (never used) out_dir so the test can prove that only rank 0 writes run files.
+``train ROOT TEACHER OUT DIGESTS``: one CDD student run per rank, then a digest per rank. Rank r>0 gets its
+own (never used) out_dir so the test can prove that only rank 0 writes run files.
+``resetter DIGESTS``: one GradientResetter.update with rank-specific descriptors, then a digest per rank.
 """
 
 import sys
@@ -12,6 +14,7 @@ import torch.distributed as dist
 from tiny_training import tiny_overrides
 from training.config import load_config
 from training.distributed import init_distributed
+from training.grg import GradientResetter
 from training.trainer import Trainer
 
 
@@ -23,12 +26,29 @@ def main(root: str, teacher: str, out: str, digest_dir: str) -> None:
     trainer = Trainer(load_config("demo-teacher", overrides), ctx)
     trainer.fit()
     params = {k: v.detach().clone() for k, v in trainer.net.named_parameters()}
-    torch.save({"params": params, "masks": [m.cpu() for m in trainer.resetter.masks],
-                "memory": [m.contents().cpu() for m in trainer.resetter.memories]},
+    torch.save({"params": params, "masks": [m.cpu() for m in trainer.resetter.masks]},
+               Path(digest_dir) / f"rank{ctx.rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# Rank 0 alone would reset channels {2, 3}, rank 1 alone {1, 3}: only channel 3 is unimportant on both.
+STUDENT = {0: [1.0, 1.0, 0.1, 0.01], 1: [1.0, 0.1, 1.0, 0.01]}
+TEACHER = {0: [1.0, 1.0, 1.0, 1.0], 1: [1.0, 1.0, 1.0, 2.0]}
+
+
+def resetter(digest_dir: str) -> None:
+    ctx = init_distributed("cpu")
+    resetter = GradientResetter([4], memory_size=8, topk=1, ratio=0.5)
+    resetter.update([torch.tensor([TEACHER[ctx.rank]])], [torch.tensor([STUDENT[ctx.rank]])])
+    torch.save({"mask": resetter.masks[0].cpu(), "memory": resetter.memories[0].contents().cpu()},
                Path(digest_dir) / f"rank{ctx.rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1] == "resetter":
+        resetter(sys.argv[2])
+    else:
+        main(*sys.argv[2:6])

@@ -2,6 +2,9 @@
 
 import torch
 
+from training.arch_spec import ArchSpec
+from training.budget import FlopsBudget
+from training.cost import deployed_cost
 from training.grg import DescriptorMemory, GradientResetter, reset_indicator_gradients, step_reset_mask
 
 
@@ -47,8 +50,7 @@ def test_reset_gradients_zeroes_task_gradient_and_adds_lasso_everywhere():
     assert torch.allclose(weight.grad, torch.tensor([[0.3, 0.4], [10.0, 10.5]]))
 
 
-def test_reset_set_is_cumulative_and_budget_stops_growth():
-    torch.manual_seed(0)
+def test_reset_set_is_cumulative():
     resetter = GradientResetter([4], memory_size=16, topk=1, ratio=0.25)
     weak3 = torch.tensor([[1.0, 1.0, 1.0, 0.01]])
     weak0 = torch.tensor([[0.01, 1.0, 1.0, 1.0]])
@@ -56,17 +58,110 @@ def test_reset_set_is_cumulative_and_budget_stops_growth():
     assert resetter.update([teacher], [weak3]) == 1
     assert resetter.update([teacher], [weak0]) == 1
     assert resetter.masks[0].tolist() == [True, False, False, True]  # channel 3 stays reset
-    capped = GradientResetter([4], memory_size=16, topk=1, ratio=0.25,
-                              can_grow=lambda masks: int(masks[0].sum()) <= 1)
-    capped.update([teacher], [weak3])
-    assert capped.update([teacher], [weak0]) == 0 and not capped.growing
-    assert capped.masks[0].tolist() == [False, False, False, True]
+
+
+def _budget(spec, fraction, round_to=1):
+    return FlopsBudget.for_spec(spec, deployed_cost(spec).flops, fraction, round_to)
+
+
+def test_first_proposal_crossing_the_budget_still_resets_channels():
+    # ResNet-18 width 1/16: inner widths 4,4,8,8,16,16,32,32. A proposal of every channel but one per block
+    # would go far below a 60% budget: the resetter must admit part of it (smallest contribution first),
+    # stop once the budget is met, and say so; never drop the whole proposal and stay empty.
+    spec = ArchSpec(depth=18, width=1 / 16, embedding_dim=16, input_size=(64, 32), indicators=True)
+    widths = [p for _, p in spec.blocks()]
+    budget = _budget(spec, 0.6)
+    resetter = GradientResetter(widths, memory_size=8, topk=1, ratio=0.99, budget=budget)
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.rand(1, p, generator=generator) for p in widths]
+    student = [torch.rand(1, p, generator=generator) for p in widths]
+    added = resetter.update(teacher, student)
+    assert added > 0 and not resetter.growing
+    assert budget.flops(resetter.masks) <= budget.limit
+    # minimal: un-resetting the last admitted channel would be over the budget again
+    assert "FLOPs budget met" in resetter.stop_note
+    assert resetter.update(teacher, student) == 0  # frozen
+
+
+def test_budget_admits_smallest_contributions_first():
+    spec = ArchSpec(depth=18, width=1 / 16, embedding_dim=16, input_size=(64, 32), indicators=True)
+    widths = [p for _, p in spec.blocks()]
+    budget = _budget(spec, 0.9)
+    empty = [torch.zeros(p, dtype=torch.bool) for p in widths]
+    proposal = [torch.ones(p, dtype=torch.bool) for p in widths]
+    proposal = [m.index_fill(0, torch.tensor([0]), False) for m in proposal]
+    scores = [torch.arange(p, dtype=torch.float32) + 100 * b for b, p in enumerate(widths)]
+    grown = budget.fill(empty, proposal, scores)
+    assert budget.met(grown)
+    admitted = [(float(s[c]), b, c) for b, (g, s) in enumerate(zip(grown, scores, strict=True))
+                for c in g.nonzero().flatten().tolist()]
+    rejected = [float(s[c]) for b, (g, p, s) in enumerate(zip(grown, proposal, scores, strict=True))
+                for c in (p & ~g).nonzero().flatten().tolist()]
+    assert admitted and rejected
+    assert max(a for a, _, _ in admitted) < min(rejected)
+    # dropping the most contributing admitted channel leaves the budget unmet: nothing extra was admitted
+    _, b, c = max(admitted)
+    fewer = [g.clone() for g in grown]
+    fewer[b][c] = False
+    assert not budget.met(fewer)
+
+
+def test_decay_rule_drives_reset_rows_to_exact_zero_and_clears_momentum():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    resetter = GradientResetter([4], memory_size=4, topk=1, ratio=0.25, decay_steps=5)
+    resetter.masks[0] = torch.tensor([False, True, False, False])
+    norms = []
+    for _ in range(6):
+        weight.grad = torch.ones(4, 4)  # a task gradient that would keep every row alive
+        resetter.apply([weight], lasso_lambda=0.1)
+        assert weight.grad[1].abs().sum() == 0 and weight.grad[0].abs().sum() > 0
+        optimizer.step()
+        resetter.after_step([weight], optimizer)
+        norms.append(float(weight.detach()[1].norm()))
+        assert optimizer.state[weight]["momentum_buffer"][1].abs().sum() == 0
+    assert norms[3] > 0 and norms[4] == 0.0 and norms[5] == 0.0  # linear: zero after exactly 5 steps
+    assert torch.all(weight[[0, 2, 3]] != 0)
+
+
+def test_reference_rule_leaves_reset_rows_bouncing_above_the_threshold():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    resetter = GradientResetter([4], memory_size=4, topk=1, ratio=0.25, rule="reference")
+    resetter.masks[0] = torch.tensor([False, True, False, False])
+    norms = []
+    for _ in range(200):
+        weight.grad = torch.zeros(4, 4)
+        resetter.apply([weight], lasso_lambda=0.1)
+        optimizer.step()
+        resetter.after_step([weight], optimizer)
+        norms.append(float(weight.detach()[1].norm()))
+    # the constant-size subgradient overshoots zero: the row oscillates at ~1e-2, never below the 1e-5
+    # pruning threshold, and is never exactly zero
+    assert min(norms[100:]) > 1e-5 and max(norms[100:]) > 1e-3
 
 
 def test_resetter_state_round_trip():
     a = GradientResetter([3, 2], memory_size=8, topk=1, ratio=0.5)
     a.update([torch.rand(2, 3), torch.rand(2, 2)], [torch.rand(2, 3), torch.rand(2, 2)])
+    a.reset_norms[0][0] = 0.5
     b = GradientResetter([3, 2], memory_size=8, topk=1, ratio=0.5)
     b.load_state_dict(a.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks, strict=False))
-    assert torch.equal(a.memories[0].contents(), b.memories[0].contents())
+    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks, strict=True))
+    assert torch.equal(a.memories[0].contents(), b.memories[0].contents()) and a.memories[0].count == 2
+    assert float(b.reset_norms[0][0]) == 0.5
+    assert a.state_dict(with_memory=False)["memories"] is None
+
+
+def test_growing_flag_survives_a_state_round_trip_and_memories_are_dropped():
+    a = GradientResetter([3], memory_size=8, topk=1, ratio=0.5, decay_steps=4)
+    a.update([torch.rand(2, 3)], [torch.rand(2, 3)], steps_left=2)  # too late to decay: closes
+    assert not a.growing and "reset_decay_steps=4" in a.stop_note
+    state = a.state_dict()
+    assert state["memories"] is None
+    b = GradientResetter([3], memory_size=8, topk=1, ratio=0.5, decay_steps=4)
+    b.load_state_dict(state)
+    assert not b.growing and b.stop_note == a.stop_note
+    assert b.update([torch.rand(2, 3)], [torch.rand(2, 3)]) == 0

@@ -42,12 +42,37 @@ def test_student_with_identity_indicators_equals_plain_network_at_step0(depth):
 
 def test_indicator_sits_after_bn_before_relu():
     spec = ArchSpec(depth=18, width=0.125, input_size=(64, 32), indicators=True)
-    block = build_network(spec).backbone.blocks()[0]
+    block = build_network(spec).backbone.blocks()[0].eval()
+    x = torch.randn(1, block.conv1.in_channels, 8, 8)
+    out_identity, pre, _ = block.forward_with_descriptors(x)
     with torch.no_grad():
         block.indicator.weight.mul_(-1)  # a negated identity flips sign BEFORE the ReLU -> output changes
-    x = torch.randn(1, block.conv1.in_channels, 8, 8)
-    _, pre, post = block.forward_with_descriptors(x)
-    assert torch.allclose(post, -pre)
+    out_negated, pre2, post = block.forward_with_descriptors(x)
+    assert torch.equal(pre, pre2) and torch.allclose(post, -pre)
+    # after BN and before ReLU: relu(-h) != relu(h), so the block output changes; after a ReLU it could not
+    inner = block.bn1(block.conv1(x))
+    shortcut = x if block.downsample is None else block.downsample(x)
+    expected = torch.relu(block.bn2(block.conv2(torch.relu(-inner))) + shortcut)
+    assert torch.allclose(out_negated, expected, atol=1e-6)
+    assert (out_negated - out_identity).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_eval_forward_is_the_train_forward_embedding_with_trained_indicators(depth):
+    torch.manual_seed(0)
+    net = build_network(ArchSpec(depth=depth, width=0.125, input_size=(64, 32), num_classes=4,
+                                 indicators=True))
+    with torch.no_grad():
+        for indicator in net.indicators():
+            indicator.weight.add_(0.3 * torch.randn_like(indicator.weight))  # far from the identity
+    net.eval()
+    x = torch.randn(3, 3, 64, 32)
+    plain = build_network(ArchSpec(depth=depth, width=0.125, input_size=(64, 32), num_classes=4))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if ".indicator." not in k})
+    with torch.no_grad():
+        embedding = net.forward_train(x).embedding
+        assert torch.equal(net(x), embedding)
+        assert (plain.eval()(x) - embedding).abs().max() > 1e-3  # the indicators are really in the path
 
 
 def test_torchvision_layout_imagenet_file_loads_strictly(tmp_path):

@@ -14,10 +14,17 @@ def test_threshold_keeps_strongest_when_all_fall_below():
 
 
 def test_round_to_multiple_adds_strongest_pruned_rows():
-    norms = torch.tensor([1.0, 0.0, 0.5, 1e-9, 0.3, 0.2, 0, 0, 0, 0, 0.01, 0])
-    assert len(kept_from_norms(norms, multiple_of=8)) == 8
-    assert kept_from_norms(norms, multiple_of=8)[:3] == [0, 2, 3] or 10 in kept_from_norms(norms, multiple_of=8)
+    norms = torch.tensor([1.0, 1e-7, 0.5, 1e-9, 0.3, 0.2, 1e-8, 0, 1e-6, 0, 0.01, 0])
+    # 5 rows pass 1e-5 (0, 2, 4, 5, 10); rounding to 8 adds the 3 strongest pruned rows (8, 1, 6)
+    assert kept_from_norms(norms, multiple_of=8) == [0, 1, 2, 4, 5, 6, 8, 10]
     assert len(kept_from_norms(torch.ones(5), multiple_of=8)) == 5  # capped at full width
+
+
+def test_reset_rows_are_pruned_whatever_their_norm():
+    norms = torch.tensor([1.0, 0.5, 1e-7, 0.3])
+    reset = torch.tensor([False, True, False, False])
+    assert kept_from_norms(norms, reset=reset) == [0, 3]  # 1 is reset, 2 is below the threshold
+    assert kept_from_norms(norms, reset=torch.ones(4, dtype=torch.bool)) == [0]  # strongest survives alone
 
 
 def _perturbed(spec):
