@@ -9,6 +9,7 @@ or TensorRT plan would be fp32/fp16 engines whose vectors differ from the int8 g
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from export.onnx_flops import check_flops
 from export.parity import Embedder, run_gate
 from export.run_dir import RunDir
 from serving.bundle import BundleError, Manifest, load_bundle
+
+log = logging.getLogger("export")
 
 __all__ = ["Int8Files", "int8_model_files"]
 
@@ -113,6 +116,11 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
         name, parity["int8"], failures = _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data,
                                                        config)
         chosen, int8 = models[name], onnxruntime_embedder(models[name].path)
+        speedup = timing["images_per_second"][name] / timing["images_per_second"]["fp32"]
+        if speedup < 1.0:
+            log.warning("int8 (%s) runs at %.2fx the fp32 graph's images/s at batch %d on this CPU: the fp32 "
+                        "bundle is the faster one here (int8 pays on CPUs with AVX-512 VNNI/AMX and on larger "
+                        "inputs; see docs/int8.md)", name, speedup, q.timing_batch)
         compatible: tuple[str, ...] = ()
         if other is not None:
             parity["int8"]["compatible_with"] = cross_gate(int8, onnxruntime_embedder(other[1]), data,
@@ -137,5 +145,6 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
         "exclude": name.rsplit("-", 1)[1],
         "exclude_setting": q.exclude,
         "timing": timing,
+        "speedup_vs_fp32": round(speedup, 4),
     }
     return Int8Files(parity=parity, quantization=quantization, compatible_with=compatible)

@@ -57,6 +57,8 @@ def test_int8_export_passes_its_gate_and_records_it(int8_and_fp32: tuple[Path, P
     assert [c for c in candidates if seconds[c] < seconds[q["candidate"]]] == [f.split(":")[0]
                                                                                for f in q["candidates_failed"]]
     assert q["timing"]["batch"] == 32
+    per_s = q["timing"]["images_per_second"]
+    assert q["speedup_vs_fp32"] == pytest.approx(per_s[q["candidate"]] / per_s["fp32"], abs=1e-4)
     export_config = manifest.provenance["export_config"]
     assert export_config["precision"] == "int8" and export_config["int8"]["calibration_seed"] == 0
 
