@@ -65,7 +65,7 @@ def test_killed_publisher_leaves_the_old_or_the_new_bundle(tmp_path: Path, layou
     for _ in range(6):
         process = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(out), layout], env=ENV,
                                    stdout=subprocess.PIPE, text=True)
-        assert process.stdout is not None and process.stdout.readline().startswith("published")
+        assert process.stdout.readline().startswith("published")
         time.sleep(float(rng.uniform(0.0, 0.4)))  # several publishes happen in this time
         process.send_signal(signal.SIGKILL)
         process.wait(10)

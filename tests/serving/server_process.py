@@ -38,7 +38,6 @@ class ServerProcess:
         self.port = self._wait_for_port()
 
     def _wait_for_port(self) -> int:
-        assert self.process.stderr is not None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = self.process.stderr.readline()

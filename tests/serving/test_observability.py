@@ -120,7 +120,6 @@ def test_json_logs_carry_the_request_id(
     process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
-        assert process.stderr is not None
         port = None
         while port is None:
             line = process.stderr.readline()
