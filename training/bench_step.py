@@ -46,7 +46,7 @@ def bench_step(preset: str, overrides: Sequence[str], steps: int, warmup: int, b
     cfg = load_config(preset, list(overrides))
     # the resetter is timed while its reset set grows (the costly phase): no budget closes it, and no
     # decay deadline applies (steps_left is not passed)
-    cfg = replace(cfg, cdd=replace(cfg.cdd, memory_size=memory_size, flops_budget=0.0))
+    cfg = replace(cfg, cdd=replace(cfg.cdd, memory_size=memory_size, flops_budget=0.0, latency_budget_ms=0.0))
     device = resolve_device(cfg.run.device)
     m, d = cfg.model, cfg.data
     spec = ArchSpec(depth=m.depth, width=m.width, last_stride=m.last_stride, embedding_dim=m.embedding_dim,

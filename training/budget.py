@@ -1,23 +1,26 @@
-"""The hard FLOPs budget of a CDD run: what the exported network may cost, and how the reset set grows into it.
+"""The hard budgets of a CDD run: what the exported network may cost, and how the reset set grows into them.
 
 The exported network keeps, per block, the channels outside the reset set, rounded UP to a multiple of
 ``round_to`` (never more than the full width, never fewer than one). :class:`FlopsBudget` prices a reset set
-exactly that way, so "the budget is met" means the exported network costs at most ``limit`` MACs.
-:meth:`FlopsBudget.fill` grows a reset set by a step's proposal: all of it while the budget is not reached,
-else only the proposal's channels of smallest contribution, one at a time, until it is.
+exactly that way, so "the budget is met" means the exported network costs at most ``limit`` MACs; the
+latency budget (`training.latency_budget`) prices the same kept counts with a measured latency table.
+:func:`fill_budgets` grows a reset set by a step's proposal: all of it while some budget is not reached
+with it, else only the proposal's channels of smallest contribution, one at a time, until every budget is
+met. :class:`Budgets` applies several budgets at once (growth stops when all are met).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from training.arch_spec import ArchSpec
 from training.cost import FlopsModel
 
-__all__ = ["FlopsBudget", "rounded_kept"]
+__all__ = ["Budget", "Budgets", "FlopsBudget", "fill_budgets", "rounded_kept"]
 
 
 def rounded_kept(width: int, reset: int, round_to: int) -> int:
@@ -27,6 +30,57 @@ def rounded_kept(width: int, reset: int, round_to: int) -> int:
     if round_to > 1:
         kept = min(width, -(-kept // round_to) * round_to)
     return kept
+
+
+class Budget(Protocol):
+    """A cap on the exported network, priced from per-block reset counts (rounding applied by the budget)."""
+
+    def met_resets(self, resets: Sequence[int]) -> bool: ...
+
+    def describe_resets(self, resets: Sequence[int]) -> str: ...
+
+
+def _resets(masks: Sequence[torch.Tensor]) -> list[int]:
+    return [int(m.sum()) for m in masks]
+
+
+def fill_budgets(budgets: Sequence[Budget], masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
+                 scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``masks`` grown by ``proposal``: entirely if some budget is still not met with it, else channel by
+    channel in order of increasing ``scores`` (the channel's contribution) until every budget is met."""
+    merged = [m | p for m, p in zip(masks, proposal, strict=True)]
+    if not all(b.met_resets(_resets(merged)) for b in budgets):
+        return merged
+    grown = [m.clone() for m in masks]
+    resets = _resets(grown)
+    candidates = []
+    for b, (m, p, s) in enumerate(zip(masks, proposal, scores, strict=True)):
+        for c in (p & ~m).nonzero().flatten().tolist():
+            candidates.append((float(s[c]), b, c))
+    for _, b, c in sorted(candidates):
+        if all(budget.met_resets(resets) for budget in budgets):
+            break
+        grown[b][c] = True
+        resets[b] += 1
+    return grown
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Several budgets enforced together (FLOPs and latency): the reset set grows until ALL are met."""
+
+    budgets: tuple[Budget, ...]
+
+    def met(self, masks: Sequence[torch.Tensor]) -> bool:
+        return all(b.met_resets(_resets(masks)) for b in self.budgets)
+
+    def fill(self, masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
+             scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return fill_budgets(self.budgets, masks, proposal, scores)
+
+    def describe(self, masks: Sequence[torch.Tensor]) -> str:
+        """One clause per budget, e.g. "FLOPs budget met: ...; latency budget met: ..."."""
+        return "; ".join(b.describe_resets(_resets(masks)) for b in self.budgets)
 
 
 @dataclass(frozen=True)
@@ -63,22 +117,19 @@ class FlopsBudget:
     def met(self, masks: Sequence[torch.Tensor]) -> bool:
         return self.flops(masks) <= self.limit
 
+    def met_resets(self, resets: Sequence[int]) -> bool:
+        return self.model.flops(self._kept(resets)) <= self.limit
+
+    def describe_resets(self, resets: Sequence[int]) -> str:
+        flops = self.model.flops(self._kept(resets))
+        state = "met" if flops <= self.limit else "NOT met"
+        return (f"FLOPs budget {state}: exported network {flops:,} MACs = "
+                f"{100 * flops / self.teacher_flops:.1f}% of the teacher's (budget {100 * self.fraction:.1f}%)")
+
+    def describe(self, masks: Sequence[torch.Tensor]) -> str:
+        return self.describe_resets(_resets(masks))
+
     def fill(self, masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
              scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``masks`` grown by ``proposal``: entirely if that does not reach the budget, else channel by channel
-        in order of increasing ``scores`` (the channel's contribution) until the budget is met."""
-        merged = [m | p for m, p in zip(masks, proposal, strict=True)]
-        if not self.met(merged):
-            return merged
-        grown = [m.clone() for m in masks]
-        resets = [int(m.sum()) for m in grown]
-        candidates = []
-        for b, (m, p, s) in enumerate(zip(masks, proposal, scores, strict=True)):
-            for c in (p & ~m).nonzero().flatten().tolist():
-                candidates.append((float(s[c]), b, c))
-        for _, b, c in sorted(candidates):
-            if self.model.flops(self._kept(resets)) <= self.limit:
-                break
-            grown[b][c] = True
-            resets[b] += 1
-        return grown
+        """``masks`` grown by ``proposal`` within this budget alone (see :func:`fill_budgets`)."""
+        return fill_budgets((self,), masks, proposal, scores)

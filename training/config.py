@@ -28,12 +28,15 @@ __all__ = [
     "TrainConfig",
     "PRESET_DIR",
     "COMPAT_FORMS",
+    "LATENCY_RUNTIMES",
     "load_config",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
 COMPAT_FORMS = ("cosine", "l2")
 """Forms of the compatibility loss (`training.compatibility.compatibility_loss` documents each)."""
+LATENCY_RUNTIMES = ("onnxruntime-cpu",)
+"""Runtimes a per-block latency table can be measured with (`training.latency_measure`)."""
 
 
 class ConfigError(ValueError):
@@ -141,7 +144,11 @@ class CDDConfig:
     stops; round_to rounds kept counts up to a multiple (1 = off); gradient_reset false gives the
     "lasso + threshold only" ablation. static_arch: path to an arch.json to train a static student of that
     architecture with the same distillation losses (ablation baselines; with model.init = "teacher" it
-    starts from the teacher's weights sliced to that architecture: prune-then-distill)."""
+    starts from the teacher's weights sliced to that architecture: prune-then-distill).
+    latency_budget_ms (0 = off; our extension) caps the estimated latency of the exported network on
+    latency_runtime (only "onnxruntime-cpu"), priced by a per-block table the trainer measures at start on
+    this machine at latency_batch images per call with latency_threads intra-op threads (docs/latency_budget.md);
+    with flops_budget too, the reset set grows until both are met."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20
@@ -155,6 +162,21 @@ class CDDConfig:
     round_to: int = 1
     gradient_reset: bool = True
     static_arch: str = ""
+    latency_budget_ms: float = 0.0
+    latency_runtime: str = "onnxruntime-cpu"
+    latency_batch: int = 16
+    latency_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.latency_budget_ms < 0:
+            raise ConfigError(f"cdd.latency_budget_ms must be >= 0 (milliseconds per call of latency_batch "
+                              f"images; 0 = off), found {self.latency_budget_ms}")
+        if self.latency_runtime not in LATENCY_RUNTIMES:
+            raise ConfigError(f"cdd.latency_runtime must be one of {LATENCY_RUNTIMES}, found "
+                              f"{self.latency_runtime!r}; the latency table is measured with ONNX Runtime on CPU")
+        if self.latency_batch < 1 or self.latency_threads < 1:
+            raise ConfigError(f"cdd.latency_batch and cdd.latency_threads must be >= 1, found "
+                              f"{self.latency_batch} and {self.latency_threads}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Pure pieces, each tested on its own:
   subgradient ``lambda * W[i,:] / ||W[i,:]||`` (to every row in the reference rule).
 - :class:`GradientResetter`: the per-step driver holding memories and the cumulative reset masks,
   with data-parallel agreement (memory holds every rank's descriptors; step masks are intersected),
-  the FLOPs budget, and the reset rule (``decay``: reset rows reach exact zero on their own schedule).
+  the FLOPs and latency budgets, and the reset rule (``decay``: reset rows reach exact zero on their own schedule).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import torch
 import torch.distributed as dist
 
 from training.arch_spec import ArchSpec
-from training.budget import FlopsBudget
+from training.budget import Budgets, FlopsBudget
 from training.config import CDDConfig
+from training.latency_budget import LatencyBudget
+from training.latency_table import LatencyTable
 from training.losses import group_lasso_subgradient
 
 __all__ = ["DescriptorMemory", "RESET_RULES", "build_resetter", "step_reset_proposal", "step_reset_mask",
@@ -136,10 +138,11 @@ class GradientResetter:
     and the reset set stops growing once fewer than ``decay_steps`` steps are left (every reset row is zero
     at the end). ``rule`` "reference": the paper's update (lasso subgradient + weight decay on reset rows).
     ``budget``, when given, caps the reset set: it grows until the network without it meets the budget
-    (partially admitting the step that crosses it), then stops; see training/budget.py."""
+    (partially admitting the step that crosses it), then stops; see training/budget.py (a
+    :class:`~training.budget.Budgets` holds FLOPs and latency budgets: growth stops when all are met)."""
 
     def __init__(self, widths: Sequence[int], memory_size: int, topk: int, ratio: float,
-                 device: torch.device | str = "cpu", budget: FlopsBudget | None = None,
+                 device: torch.device | str = "cpu", budget: FlopsBudget | Budgets | None = None,
                  rule: str = "decay", decay_steps: int = 1000) -> None:
         if rule not in RESET_RULES:
             raise ValueError(f"cdd.reset_rule must be one of {RESET_RULES}, found {rule!r}")
@@ -182,10 +185,7 @@ class GradientResetter:
         added = sum(int((g & ~m).sum()) for g, m in zip(grown, self.masks, strict=True))
         self.masks = grown
         if self.budget is not None and self.budget.met(grown):
-            flops = self.budget.flops(grown)
-            self._stop(f"FLOPs budget met: exported network {flops:,} MACs = "
-                       f"{100 * flops / self.budget.teacher_flops:.1f}% of the teacher's "
-                       f"(budget {100 * self.budget.fraction:.1f}%)")
+            self._stop(self.budget.describe(grown))
         return added
 
     def _stop(self, why: str) -> None:
@@ -251,13 +251,25 @@ class GradientResetter:
                 memory.release()
 
 
-def build_resetter(cdd: CDDConfig, spec: ArchSpec, teacher_flops: int,
-                   device: torch.device | str = "cpu") -> GradientResetter:
+def build_resetter(cdd: CDDConfig, spec: ArchSpec, teacher_flops: int, device: torch.device | str = "cpu",
+                   latency_table: LatencyTable | None = None) -> GradientResetter:
     """The resetter of a full-width CDD student ``spec`` from its config, with the FLOPs budget (a fraction of
-    ``teacher_flops``, rounding included) when ``cdd.flops_budget`` > 0. Used by the trainer and the
-    step-time benchmark alike."""
-    budget = (FlopsBudget.for_spec(spec, teacher_flops, cdd.flops_budget, cdd.round_to)
-              if cdd.flops_budget > 0 else None)
+    ``teacher_flops``, rounding included) when ``cdd.flops_budget`` > 0 and the latency budget (priced by
+    ``latency_table``, measured by `training.latency_measure`) when ``cdd.latency_budget_ms`` > 0; with both,
+    the reset set grows until both are met. Used by the trainer and the step-time benchmark alike."""
+    budgets: list[FlopsBudget | LatencyBudget] = []
+    if cdd.flops_budget > 0:
+        budgets.append(FlopsBudget.for_spec(spec, teacher_flops, cdd.flops_budget, cdd.round_to))
+    if cdd.latency_budget_ms > 0:
+        if latency_table is None:
+            raise ValueError("cdd.latency_budget_ms is set but no latency table was measured; the trainer measures "
+                             "it at start (training.latency_measure.table_for_run), pass it to build_step")
+        budgets.append(LatencyBudget.for_table(latency_table, cdd.latency_budget_ms, cdd.round_to))
+    budget: FlopsBudget | Budgets | None = None
+    if len(budgets) == 1 and isinstance(budgets[0], FlopsBudget):
+        budget = budgets[0]
+    elif budgets:
+        budget = Budgets(tuple(budgets))
     return GradientResetter([p for _, p in spec.blocks()], cdd.memory_size, cdd.topk, cdd.ratio, device, budget,
                             cdd.reset_rule, cdd.reset_decay_steps)
 

@@ -14,6 +14,7 @@ from torch import nn
 from training.config import LossConfig, OptimConfig, TrainConfig
 from training.distillation import compute_losses
 from training.grg import GradientResetter, build_resetter
+from training.latency_table import LatencyTable
 from training.models.network import ReIDNet, TrainOutput
 
 __all__ = ["DistillationStep", "build_optimizer", "build_step"]
@@ -88,14 +89,16 @@ class DistillationStep:
 def build_step(cfg: TrainConfig, net: ReIDNet, device: torch.device, teacher: ReIDNet | None = None,
                teacher_flops: int = 0,
                forward: Callable[[torch.Tensor], TrainOutput] | None = None,
-               teacher_channels: Sequence[torch.Tensor] | None = None) -> DistillationStep:
+               teacher_channels: Sequence[torch.Tensor] | None = None,
+               latency_table: LatencyTable | None = None) -> DistillationStep:
     """The step of the run ``cfg`` for ``net`` on ``device``, built one way for the trainer and the
     step-time benchmark: optimizer groups, AMP scaler, and, for a CDD student (indicators, gradient_reset
-    on), the gradient resetter with its FLOPs budget (``cfg.cdd.flops_budget`` x ``teacher_flops``)."""
+    on), the gradient resetter with its FLOPs budget (``cfg.cdd.flops_budget`` x ``teacher_flops``) and
+    latency budget (``cfg.cdd.latency_budget_ms``, priced by ``latency_table``)."""
     amp = cfg.run.amp and device.type == "cuda"
     optimizer = build_optimizer(net, cfg.optim)
     resetter = None
     if teacher is not None and net.indicators() and cfg.cdd.gradient_reset:
-        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device)
+        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device, latency_table)
     return DistillationStep(net, forward or net.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
                             cfg.loss, teacher, resetter, teacher_channels, amp, cfg.optim.grad_clip)

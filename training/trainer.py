@@ -33,6 +33,9 @@ from training.data.samplers import IdentityBalancedBatchSampler
 from training.data.transforms import build_eval_transform, build_train_transform
 from training.distributed import DistContext
 from training.evaluate import evaluate_model
+from training.latency_budget import latency_report
+from training.latency_measure import table_for_run
+from training.latency_table import LATENCY_TABLE_FILE, LatencyTable
 from training.models.network import ReIDNet, TrainOutput
 from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
@@ -88,9 +91,11 @@ class Trainer:
         self.teacher_cost = deployed_cost(self._teacher_spec())
         if self.is_student and self.net.indicators() and not cfg.cdd.gradient_reset:
             log.warning("cdd.gradient_reset = false: no channel is ever reset (lasso + threshold only)%s",
-                        "; cdd.flops_budget is NOT enforced" if cfg.cdd.flops_budget else "")
+                        "; cdd.flops_budget / cdd.latency_budget_ms are NOT enforced"
+                        if cfg.cdd.flops_budget or cfg.cdd.latency_budget_ms else "")
+        self.latency_table = self._latency_table()
         self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
-                               self.teacher_channels)
+                               self.teacher_channels, self.latency_table)
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -136,6 +141,17 @@ class Trainer:
             spec.validate(self.cfg.cdd.static_arch)
             return spec, [torch.tensor(k) for k in (slim.kept_channels or [])] or None
         return replace(base, indicators=True), None
+
+    def _latency_table(self) -> LatencyTable | None:
+        """The per-block latency table of a run with ``cdd.latency_budget_ms``: measured now by the main process
+        (or reused when resuming), read by the others."""
+        c = self.cfg.cdd
+        if not (self.is_student and self.net.indicators() and c.gradient_reset and c.latency_budget_ms > 0):
+            return None
+        resuming = self.resume and (self.out / "checkpoint.pt").is_file()
+        table = table_for_run(self.out, self.spec, c, resuming) if self.ctx.is_main else None
+        self._barrier()
+        return table if table is not None else LatencyTable.load(self.out / LATENCY_TABLE_FILE)
 
     def _initialise(self) -> ReIDNet:
         torch.manual_seed(self.cfg.run.seed)
@@ -243,7 +259,9 @@ class Trainer:
         reset = sum(int(m.sum()) for m in self.resetter.masks) if self.resetter else 0
         return {"kept_channels": sum(spec.kept_counts()), "kept_fraction": sum(spec.kept_counts()) / total,
                 "reset_channels": reset, "reset_added": int(added), "flops": cost.flops, "params": cost.params,
-                "flops_reduction": reduction_percent(self.teacher_cost, cost)["flops"]}
+                "flops_reduction": reduction_percent(self.teacher_cost, cost)["flops"],
+                **({"estimated_latency_ms": round(self.latency_table.estimate_ms(spec.kept_counts()), 4)}
+                   if self.latency_table else {})}
 
     # -------------------------------------------------------------------------------- deploy + eval
     def _slim_spec(self) -> ArchSpec:
@@ -280,6 +298,9 @@ class Trainer:
                             "the budget is %s MACs (%.1f%%), more than one rounding step (%s MACs) away. %s",
                             f"{flops:,}", 100 * flops / self.teacher_cost.flops, f"{int(limit):,}",
                             100 * c.flops_budget, f"{tolerance:,}", report["growth"])
+        if self.latency_table is not None:
+            report.update(latency_report(self.latency_table, self._slim_spec().kept_counts(), c.latency_budget_ms,
+                                         c.round_to, report["growth"]))
         return report
 
     def _evaluate(self, net: nn.Module) -> dict[str, Any]:

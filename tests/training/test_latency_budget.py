@@ -1,0 +1,110 @@
+"""The latency budget: admission by contribution with a latency price (alone and with the FLOPs budget), and a
+tiny CDD run whose exported network meets a latency budget priced by a table measured at start with ONNX
+Runtime, reused on resume."""
+
+import json
+
+import pytest
+import torch
+
+from tiny_training import tiny_overrides
+from training.arch_spec import ArchSpec
+from training.budget import Budgets, FlopsBudget
+from training.config import CDDConfig, load_config
+from training.cost import deployed_cost
+from training.distributed import init_distributed
+from training.grg import GradientResetter
+from training.latency_budget import LatencyBudget
+from training.latency_measure import measure_latency_table
+from training.latency_table import LATENCY_TABLE_FILE, BlockLatency, LatencyTable, LatencyTableError
+from training.trainer import Trainer
+
+SMALL = ArchSpec(depth=18, width=1 / 16, embedding_dim=16, input_size=(64, 32), indicators=True)
+
+
+def _only_last_block_costs_time(spec):
+    """A hand-made table (the admission logic under test, not a measurement): 1 ms per channel in the last
+    block, nothing anywhere else."""
+    blocks = tuple(BlockLatency(name, p, (1, p), (0.0, float(p - 1) if b == 7 else 0.0),
+                                (0.0, float(p - 1) if b == 7 else 0.0))
+                   for b, (name, p) in enumerate(spec.blocks()))
+    return LatencyTable({"runtime": "onnxruntime-cpu", "batch": 1, "threads": 1}, {"stem": 1.0, "head": 1.0}, blocks)
+
+
+def test_both_budgets_growth_continues_until_the_latency_budget_is_met_too():
+    widths = [p for _, p in SMALL.blocks()]  # 4,4,8,8,16,16,32,32
+    flops = FlopsBudget.for_spec(SMALL, deployed_cost(SMALL).flops, 0.95)
+    latency = LatencyBudget.for_table(_only_last_block_costs_time(SMALL), 2.0 + 20.0)  # last block <= 21 kept
+    empty = [torch.zeros(p, dtype=torch.bool) for p in widths]
+    proposal = [torch.ones(p, dtype=torch.bool) for p in widths]
+    scores = [torch.arange(p, dtype=torch.float32) + 100 * b for b, p in enumerate(widths)]  # last block last
+    only_flops = flops.fill(empty, proposal, scores)
+    assert flops.met(only_flops) and not bool(only_flops[7].any())  # FLOPs alone: met before block 7
+    both = Budgets((flops, latency))
+    grown = both.fill(empty, proposal, scores)
+    assert both.met(grown) and latency.estimate_ms(grown) == 22.0  # 11 of block 7's 32 channels, not more
+    assert int(grown[7].sum()) == 11 and grown[7][:11].all()  # smallest contributions first
+    assert all(bool(g.all()) for g in grown[:7])  # every cheaper-scored channel admitted before them
+    note = both.describe(grown)
+    assert "FLOPs budget met" in note and "latency budget met: exported network estimated 22.000 ms" in note
+
+
+def test_latency_budget_alone_stops_growth_and_says_so():
+    widths = [p for _, p in SMALL.blocks()]
+    latency = LatencyBudget.for_table(_only_last_block_costs_time(SMALL), 12.0, round_to=4)
+    resetter = GradientResetter(widths, memory_size=8, topk=1, ratio=0.99, budget=Budgets((latency,)))
+    generator = torch.Generator().manual_seed(0)
+    teacher = [torch.rand(1, p, generator=generator) for p in widths]
+    student = [torch.rand(1, p, generator=generator) for p in widths]
+    assert resetter.update(teacher, student) > 0 and not resetter.growing
+    assert latency.estimate_ms(resetter.masks) <= 12.0
+    assert "latency budget met" in resetter.stop_note and "FLOPs" not in resetter.stop_note
+
+
+@pytest.fixture(scope="module")
+def latency_run(tiny_reid_root, teacher_run, tmp_path_factory):
+    """A tiny CDD run with a latency budget between the floor and the full width of a table measured here,
+    killed after epoch 1 and resumed: (trainer, final, out, budget, table bytes after epoch 1)."""
+    out = tmp_path_factory.mktemp("latency") / "student"
+    settings = ["cdd.round_to=4", "cdd.latency_batch=8", "cdd.ratio=0.95", "run.eval_every=0"]
+    probe = measure_latency_table(ArchSpec(depth=18, width=0.125, embedding_dim=32, input_size=(64, 32)),
+                                  CDDConfig(round_to=4, latency_batch=8))
+    budget = round(probe.floor_ms() + 0.6 * (probe.full_ms() - probe.floor_ms()), 4)
+    overrides = tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2) + settings
+    overrides.append(f"cdd.latency_budget_ms={budget}")
+    cfg = load_config("demo-teacher", overrides)
+    Trainer(cfg, init_distributed("cpu")).fit(stop_after_epochs=1)
+    measured = (out / LATENCY_TABLE_FILE).read_bytes()
+    trainer = Trainer(cfg, init_distributed("cpu"), resume=True)
+    return trainer, trainer.fit(), out, budget, measured
+
+
+def test_run_meets_its_latency_budget_with_rounding_and_resets_channels(latency_run):
+    trainer, final, out, budget, _ = latency_run
+    report = final["compression"]
+    assert report["reset_channels"] > 0 and "latency budget met" in report["growth"]
+    assert report["estimated_latency_ms"] <= budget < report["full_width_estimated_latency_ms"]
+    assert report["latency_met"] and report["latency_within_one_rounding_step"]
+    spec = ArchSpec.load(out / "arch.json")
+    assert all(k % 4 == 0 or k == p for k, (_, p) in zip(spec.kept_counts(), spec.blocks(), strict=True))
+    assert spec.kept_counts() != [p for _, p in spec.blocks()]
+
+
+def test_exported_networks_table_estimate_is_what_the_budget_reported(latency_run):
+    trainer, final, out, _, _ = latency_run
+    table = LatencyTable.load(out / LATENCY_TABLE_FILE)
+    exported = table.estimate_ms(ArchSpec.load(out / "arch.json").kept_counts())
+    assert final["compression"]["estimated_latency_ms"] == round(exported, 4)
+    (latency,) = trainer.resetter.budget.budgets
+    assert latency.estimate_ms(trainer.resetter.masks) == pytest.approx(exported, abs=1e-9)
+    assert f"estimated {exported:.3f} ms" in trainer.resetter.stop_note
+
+
+def test_resume_reuses_the_table_and_refuses_other_latency_settings(latency_run, tiny_reid_root, teacher_run):
+    trainer, _, out, budget, measured = latency_run
+    assert (out / LATENCY_TABLE_FILE).read_bytes() == measured  # not measured again on resume
+    assert trainer.latency_table == LatencyTable.from_dict(json.loads(measured))
+    overrides = tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2)
+    overrides += ["cdd.round_to=4", "cdd.latency_batch=16", f"cdd.latency_budget_ms={budget}"]
+    with pytest.raises(LatencyTableError, match=r"measured for batch = 8, this run has 16"):
+        Trainer(load_config("demo-teacher", overrides), init_distributed("cpu"), resume=True)
