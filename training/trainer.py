@@ -33,7 +33,7 @@ from training.data.samplers import IdentityBalancedBatchSampler
 from training.data.transforms import build_eval_transform, build_train_transform
 from training.distributed import DistContext
 from training.evaluate import evaluate_model
-from training.latency_budget import latency_report
+from training.latency_budget import latency_report, warn_if_latency_missed
 from training.latency_measure import table_for_run
 from training.latency_table import LATENCY_TABLE_FILE, LatencyTable
 from training.models.network import ReIDNet, TrainOutput
@@ -282,25 +282,31 @@ class Trainer:
         return slim, spec
 
     def _compression_report(self, flops: int) -> dict[str, Any]:
-        """How the final size came about; logs a warning when the budget was not met (or not enforced)."""
+        """How the final size came about; logs a warning when a budget was missed (or not enforced)."""
         c = self.cfg.cdd
         report: dict[str, Any] = {"reset_rule": c.reset_rule if self.resetter else "none",
                                   "reset_channels": sum(int(m.sum()) for m in self.resetter.masks)
                                   if self.resetter else 0,
                                   "growth": self.resetter.stop_note if self.resetter else "gradient resetting off"}
+        latency = (latency_report(self.latency_table, self._slim_spec().kept_counts(), c.latency_budget_ms,
+                                  c.round_to) if self.latency_table is not None else None)
+        flops_below = None
         if c.flops_budget > 0:
             limit = c.flops_budget * self.teacher_cost.flops
             tolerance = FlopsModel.for_spec(self.spec).max_step(c.round_to)
             report.update({"flops_budget": c.flops_budget, "budget_flops": int(limit),
                            "met": flops <= limit, "within_one_rounding_step": abs(flops - limit) <= tolerance})
-            if not report["within_one_rounding_step"]:
+            flops_below = flops < limit - tolerance
+            latency_below = latency is not None and latency["estimated_latency_ms"] < (
+                c.latency_budget_ms - latency["latency_rounding_step_ms"])
+            if flops > limit + tolerance or (flops_below and (latency is None or latency_below)):
                 log.warning("!!! FLOPs budget MISSED: the exported network costs %s MACs (%.1f%% of the teacher), "
                             "the budget is %s MACs (%.1f%%), more than one rounding step (%s MACs) away. %s",
                             f"{flops:,}", 100 * flops / self.teacher_cost.flops, f"{int(limit):,}",
                             100 * c.flops_budget, f"{tolerance:,}", report["growth"])
-        if self.latency_table is not None:
-            report.update(latency_report(self.latency_table, self._slim_spec().kept_counts(), c.latency_budget_ms,
-                                         c.round_to, report["growth"]))
+        if latency is not None:
+            report.update(latency)
+            warn_if_latency_missed(latency, flops_below, report["growth"])
         return report
 
     def _evaluate(self, net: nn.Module) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from training.config import CDDConfig, load_config
 from training.cost import deployed_cost
 from training.distributed import init_distributed
 from training.grg import GradientResetter
-from training.latency_budget import LatencyBudget
+from training.latency_budget import LatencyBudget, latency_report, warn_if_latency_missed
 from training.latency_measure import measure_latency_table
 from training.latency_table import LATENCY_TABLE_FILE, BlockLatency, LatencyTable, LatencyTableError
 from training.trainer import Trainer
@@ -59,6 +59,19 @@ def test_latency_budget_alone_stops_growth_and_says_so():
     assert resetter.update(teacher, student) > 0 and not resetter.growing
     assert latency.estimate_ms(resetter.masks) <= 12.0
     assert "latency budget met" in resetter.stop_note and "FLOPs" not in resetter.stop_note
+
+
+def test_a_latency_budget_is_missed_when_over_or_when_below_and_no_flops_budget_bound(caplog):
+    table = _only_last_block_costs_time(SMALL)  # estimate = 2 + (kept in the last block - 1); step 4 ms
+    widths = [p for _, p in SMALL.blocks()]
+    at = latency_report(table, widths[:7] + [20], 21.0, round_to=4)  # 21 ms
+    assert at["latency_met"] and at["latency_within_one_rounding_step"] and at["latency_rounding_step_ms"] == 4.0
+    assert not warn_if_latency_missed(at, None, "")
+    over = latency_report(table, widths, 21.0, round_to=4)  # 33 ms
+    assert warn_if_latency_missed(over, False, "") and "latency budget MISSED" in caplog.text
+    below = latency_report(table, widths[:7] + [4], 21.0, round_to=4)  # 5 ms
+    assert warn_if_latency_missed(below, None, "") and warn_if_latency_missed(below, True, "")
+    assert not warn_if_latency_missed(below, False, "")  # the FLOPs budget bound the network: not a miss
 
 
 @pytest.fixture(scope="module")
