@@ -161,24 +161,30 @@ def _block_inputs(spec: ArchSpec, batch: int) -> list[torch.Tensor]:
 
 
 def _machine() -> dict[str, str]:
+    """CPU model and feature flags (Linux /proc/cpuinfo; ``flags`` on x86, ``Features`` on ARM)."""
     info = {"cpu": platform.processor() or platform.machine(), "flags": "", "cpus": str(os.cpu_count())}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name" and not info["flags"]:
-                info["cpu"] = value.strip()
-            if name.strip() == "flags":
-                info["flags"] = value.strip()
-                break
+        fields = dict(line.partition(":")[::2] for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+                      .splitlines())
     except OSError:
-        pass
+        return info
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info["cpu"] = fields.get("model name", info["cpu"])
+    info["flags"] = fields.get("flags", fields.get("Features", ""))
     return info
 
 
 def measure_latency_table(spec: ArchSpec, cdd: CDDConfig, points: int = GRID_POINTS, warmup: int = 1,
                           rounds: int = 5, passes: int = 3) -> LatencyTable:
     """Measure the table of the full-width network ``spec`` for ``cdd``'s runtime, batch, threads and
-    rounding (see the module docstring). Takes a few seconds for the demo network."""
+    rounding (see the module docstring). Takes a few seconds for the demo network. The global torch random
+    state is left as it was (the networks timed here are randomly initialised), so a run's training does
+    not depend on whether a table was measured."""
+    with torch.random.fork_rng(devices=[]):
+        return _measure(spec, cdd, points, warmup, rounds, passes)
+
+
+def _measure(spec: ArchSpec, cdd: CDDConfig, points: int, warmup: int, rounds: int, passes: int) -> LatencyTable:
     import onnxruntime as ort
 
     start = time.perf_counter()

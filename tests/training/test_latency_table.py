@@ -5,6 +5,7 @@ import json
 
 import onnxruntime as ort
 import pytest
+import torch
 
 from training.arch_spec import ArchSpec
 from training.config import CDDConfig, ConfigError, load_config
@@ -19,7 +20,11 @@ TINY = ArchSpec(depth=18, width=0.125, embedding_dim=32, input_size=(64, 32), in
 def measured():
     """A table of the tiny test network (inner widths 8..64), measured for real: (table, cdd)."""
     cdd = CDDConfig(round_to=4, latency_batch=8, latency_threads=1)
-    return measure_latency_table(TINY, cdd), cdd
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    table = measure_latency_table(TINY, cdd)
+    assert torch.equal(torch.get_rng_state(), before), "measuring changed the global random state of training"
+    return table, cdd
 
 
 def test_grid_holds_the_smallest_exported_width_the_full_width_and_multiples_of_round_to():
