@@ -105,6 +105,7 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
     other = _fp32_bundle(q.compatible_with, run) if q.compatible_with else None  # a bad path fails first
     with tempfile.TemporaryDirectory(prefix="cdd-export-int8-") as tmp:
         work = Path(tmp)
+        wrapper = wrapper.with_input_size(run.spec.input_size)  # see DeployWrapper.with_input_size
         fp32 = export_onnx(wrapper, work / "fp32.onnx", run.spec.input_size, config.opset)
         check_flops(fp32, flops)
         parity = {"onnxruntime": run_gate("onnxruntime", reference, onnxruntime_embedder(fp32), images, sizes,

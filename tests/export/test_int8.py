@@ -75,6 +75,9 @@ def test_int8_bundle_keeps_the_contract(int8_and_fp32: tuple[Path, Path], tiny_r
     weight_layers = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv", "Gemm", "QGemm")]
     kept_float = [n.name for n in weight_layers if n.op_type == "Conv" and n.input[1] in float_weights]
     assert kept_float == manifest.quantization["excluded_nodes"]  # exactly the excluded layers stay float
+    first_weight = next(i for i, n in enumerate(graph.node) if n in weight_layers)
+    in_front = {n.op_type for n in graph.node[:first_weight]}  # the pixels' cast and normalisation: float
+    assert in_front and not in_front & (_QUANTISED_OPS - {"QuantizeLinear"}) and "QLinearMul" not in in_front
     session = ort.InferenceSession(str(int8 / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, out.name, out.type) == ("images", "tensor(uint8)", "embeddings", "tensor(float)")
