@@ -4,6 +4,7 @@ manifest record, and failing gates that write nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,17 @@ def test_failing_gate_writes_nothing(student_run: Path, tmp_path: Path, capsys: 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_speed_gate_refuses_an_int8_graph_that_is_not_fast_enough(student_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    code = main(["--run", str(student_run), "--out", str(tmp_path / "b"), "--precision", "int8", *_FAST,
+                 "--set", "gates.int8.min_speedup=1000"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert re.search(r"int8-\w+-\w+ runs \d+ images/s vs fp32 \d+ at batch 32 on this CPU, \d+\.\d\dx < "
+                     r"gates\.int8\.min_speedup 1000\.00; ship the fp32 bundle", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_map_gate_names_the_number_and_the_knob(int8_and_fp32: tuple[Path, Path], tiny_reid_root: Path) -> None:
     """Real embedders with different retrieval accuracy: the fp32 graph on upright and on upside-down images
     (whichever scores lower plays the candidate); both have cosine > -1, so mAP alone decides."""
@@ -164,3 +176,5 @@ def test_int8_config_is_checked() -> None:
         load_export_config(["precision=int8", "tensorrt.int8=true"])
     with pytest.raises(ExportConfigError, match=r"for a TensorRT INT8 engine export precision=fp32"):
         load_export_config(["precision=int8", "tensorrt.mode=required"])
+    with pytest.raises(ExportConfigError, match=r"min_speedup >= 0, found .*min_speedup=-1\.0"):
+        load_export_config(["gates.int8.min_speedup=-1"])
