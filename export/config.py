@@ -67,10 +67,13 @@ class Tolerance:
 class RetrievalTolerance:
     """The int8 gate passes when every gate image's int8 embedding has cosine >= ``min_cosine`` with its fp32
     embedding and the int8 mAP on the run's query/gallery is at most ``max_map_drop`` points (0..100 scale)
-    below the fp32 mAP."""
+    below the fp32 mAP. ``min_speedup`` (0 = record only) also requires the chosen int8 graph's images/s at
+    ``int8.timing_batch`` to be at least that multiple of the fp32 graph's, measured side by side on this
+    machine: an int8 bundle that is not faster than fp32 here is then refused instead of shipped."""
 
     min_cosine: float = 0.97
     max_map_drop: float = 0.5
+    min_speedup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,8 +220,9 @@ def _int8_problems(cfg: ExportConfig) -> list[str]:
     if q.calibration_images < 1 or q.timing_batch < 1 or q.eval_images < 0 or q.timing_seconds <= 0:
         problems.append("int8 needs calibration_images >= 1, timing_batch >= 1, timing_seconds > 0 and "
                         f"eval_images >= 0, found {q}")
-    if not -1.0 <= gate.min_cosine <= 1.0 or gate.max_map_drop < 0:
-        problems.append(f"gates.int8 needs min_cosine in [-1, 1] and max_map_drop >= 0, found {gate}")
+    if not -1.0 <= gate.min_cosine <= 1.0 or gate.max_map_drop < 0 or gate.min_speedup < 0:
+        problems.append("gates.int8 needs min_cosine in [-1, 1], max_map_drop >= 0 and min_speedup >= 0, "
+                        f"found {gate}")
     if cfg.precision == "int8" and cfg.tensorrt.int8:
         problems.append("precision=int8 (ONNX Runtime int8 on CPU) and tensorrt.int8 (--int8, a TensorRT INT8 "
                         "plan built from the fp32 graph) are separate engines; choose one")

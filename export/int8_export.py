@@ -80,6 +80,17 @@ def _gate_fastest(models: dict, timing: dict, fp32: Embedder, images: np.ndarray
     raise Int8GateError("int8", (tried if len(failures) > 1 else "") + failures[-1].split(": ", 1)[1])
 
 
+def _check_speedup(name: str, speedup: float, timing: dict[str, Any], config: ExportConfig) -> None:
+    """Raise Int8GateError when ``speedup`` (int8 / fp32 images/s) is below ``gates.int8.min_speedup``."""
+    wanted = config.gates.int8.min_speedup
+    if speedup < wanted:
+        per_s = timing["images_per_second"]
+        raise Int8GateError("int8", f"{name} runs {per_s[name]:.0f} images/s vs fp32 {per_s['fp32']:.0f} at batch "
+                                    f"{timing['batch']} on this CPU, {speedup:.2f}x < gates.int8.min_speedup "
+                                    f"{wanted:.2f}; ship the fp32 bundle on this machine, or lower "
+                                    "gates.int8.min_speedup (0 records the ratio without gating on it)")
+
+
 def _fp32_bundle(path: str, run: RunDir) -> tuple[Manifest, Path]:
     """The fp32 bundle named by ``int8.compatible_with``, checked to hold the same network as ``run``."""
     try:
@@ -105,6 +116,7 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
     other = _fp32_bundle(q.compatible_with, run) if q.compatible_with else None  # a bad path fails first
     with tempfile.TemporaryDirectory(prefix="cdd-export-int8-") as tmp:
         work = Path(tmp)
+        wrapper = wrapper.with_input_size(run.spec.input_size)  # see DeployWrapper.with_input_size
         fp32 = export_onnx(wrapper, work / "fp32.onnx", run.spec.input_size, config.opset)
         check_flops(fp32, flops)
         parity = {"onnxruntime": run_gate("onnxruntime", reference, onnxruntime_embedder(fp32), images, sizes,
@@ -117,6 +129,7 @@ def int8_model_files(stage: BundleStage, wrapper: DeployWrapper, reference: Embe
                                                        config)
         chosen, int8 = models[name], onnxruntime_embedder(models[name].path)
         speedup = timing["images_per_second"][name] / timing["images_per_second"]["fp32"]
+        _check_speedup(name, speedup, timing, config)
         if speedup < 1.0:
             log.warning("int8 (%s) runs at %.2fx the fp32 graph's images/s at batch %d on this CPU: the fp32 "
                         "bundle is the faster one here (int8 pays on CPUs with AVX-512 VNNI/AMX and on larger "

@@ -5,7 +5,8 @@ The fp32 graph (uint8 NHWC in, unit float32 embeddings out) is prepared with ONN
 training images, and its weight layers are quantised per output channel (int8 weights, uint8 activations).
 The graph's interface is unchanged: the input stays uint8 pixels and the output stays float32, because
 quantisation covers only the convolutions, the embedding layer and the ops between them (``OP_TYPES``);
-the normalisation in front and the L2 normalisation at the end stay in float.
+the normalisation in front (``preprocessing_nodes``: every node before the first weight layer) and the L2
+normalisation at the end stay in float, so the first QuantizeLinear sits on the first convolution's input.
 
 Two formats: "qdq" (QuantizeLinear/DequantizeLinear pairs around float ops, fused by ONNX Runtime at load)
 and "qoperator" (QLinearConv, QLinearAdd, ... operators). Which is faster depends on the CPU and the graph,
@@ -33,7 +34,7 @@ from export.errors import ExportError
 from export.onnx_export import INPUT_NAME
 
 __all__ = ["FORMATS", "OP_TYPES", "QuantisationError", "QuantisedModel", "excluded_nodes", "prepare",
-           "quantise"]
+           "preprocessing_nodes", "quantise"]
 
 OP_TYPES = ("Conv", "Gemm", "MatMul", "Add", "Relu", "MaxPool", "GlobalAveragePool")
 """Op types quantised: the weight layers plus the element-wise/pooling ops between them, so activations
@@ -98,6 +99,18 @@ def excluded_nodes(model_path: Path, exclude: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
+def preprocessing_nodes(model_path: Path) -> tuple[str, ...]:
+    """Names of the nodes before the first weight layer in graph order (the in-graph cast, layout change and
+    normalisation of the pixels): quantised, they would add a quantise/dequantise round trip in front of
+    the first convolution and a quantised Add whose range is the normalised image's."""
+    names: list[str] = []
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
+        if node.op_type in _WEIGHT_OPS:
+            return tuple(names)
+        names.append(node.name)
+    return ()
+
+
 def quantise(prepared: Path, out_path: Path, fmt: str, images: np.ndarray, method: str, per_channel: bool,
              reduce_range: bool, exclude: tuple[str, ...], ranges_cache: Path) -> QuantisedModel:
     """Quantise ``prepared`` (from ``prepare``) into ``out_path`` in format ``fmt``, calibrating activation
@@ -109,7 +122,8 @@ def quantise(prepared: Path, out_path: Path, fmt: str, images: np.ndarray, metho
         quantize_static(
             str(prepared), str(out_path), _ImageReader(images, _CALIBRATION_BATCH), quant_format=FORMATS[fmt],
             op_types_to_quantize=list(OP_TYPES), per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=[*preprocessing_nodes(prepared), *exclude],
             calibrate_method=_METHODS[method], calibration_cache_path=str(ranges_cache),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )

@@ -4,6 +4,7 @@ manifest record, and failing gates that write nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,9 @@ def test_int8_bundle_keeps_the_contract(int8_and_fp32: tuple[Path, Path], tiny_r
     weight_layers = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv", "Gemm", "QGemm")]
     kept_float = [n.name for n in weight_layers if n.op_type == "Conv" and n.input[1] in float_weights]
     assert kept_float == manifest.quantization["excluded_nodes"]  # exactly the excluded layers stay float
+    first_weight = next(i for i, n in enumerate(graph.node) if n in weight_layers)
+    in_front = {n.op_type for n in graph.node[:first_weight]}  # the pixels' cast and normalisation: float
+    assert in_front and not in_front & (_QUANTISED_OPS - {"QuantizeLinear"}) and "QLinearMul" not in in_front
     session = ort.InferenceSession(str(int8 / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, out.name, out.type) == ("images", "tensor(uint8)", "embeddings", "tensor(float)")
@@ -92,6 +96,17 @@ def test_failing_gate_writes_nothing(student_run: Path, tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert "cosine between int8 and fp32 embeddings" in err and "< gates.int8.min_cosine 1.00000" in err
     assert "int8.calibration_images=512, now 256" in err and "int8.exclude=first_last" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_speed_gate_refuses_an_int8_graph_that_is_not_fast_enough(student_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    code = main(["--run", str(student_run), "--out", str(tmp_path / "b"), "--precision", "int8", *_FAST,
+                 "--set", "gates.int8.min_speedup=1000"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert re.search(r"int8-\w+-\w+ runs \d+ images/s vs fp32 \d+ at batch 32 on this CPU, \d+\.\d\dx < "
+                     r"gates\.int8\.min_speedup 1000\.00; ship the fp32 bundle", err), err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -161,3 +176,5 @@ def test_int8_config_is_checked() -> None:
         load_export_config(["precision=int8", "tensorrt.int8=true"])
     with pytest.raises(ExportConfigError, match=r"for a TensorRT INT8 engine export precision=fp32"):
         load_export_config(["precision=int8", "tensorrt.mode=required"])
+    with pytest.raises(ExportConfigError, match=r"min_speedup >= 0, found .*min_speedup=-1\.0"):
+        load_export_config(["gates.int8.min_speedup=-1"])

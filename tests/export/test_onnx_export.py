@@ -51,6 +51,20 @@ def test_wrapper_normalises_inside_and_outputs_unit_rows(student18: tuple[RunDir
     assert found.dtype == np.float32 and found.shape == (len(images), 16)
 
 
+def test_full_size_normalisation_is_the_same_arithmetic(student18: tuple[RunDir, DeployWrapper]) -> None:
+    """The int8 export's variant: one multiply-add with (1, 3, H, W) constants, same embeddings, same mode."""
+    run, wrapper = student18
+    images = torch.from_numpy(_images(run))
+    full = wrapper.with_input_size(run.spec.input_size)
+    assert tuple(full.scale.shape) == tuple(full.shift.shape) == (1, 3, *run.spec.input_size)
+    assert full.training is wrapper.training is False and full.net is wrapper.net
+    with torch.no_grad():
+        np.testing.assert_allclose(full.normalise(images).numpy(), wrapper.normalise(images).numpy(), atol=2e-6)
+        np.testing.assert_allclose(full(images).numpy(), wrapper(images).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(height, width\) > 0, found \(64, 0\)"):
+        wrapper.with_input_size((64, 0))
+
+
 def test_wrapper_rejects_bad_normalisation(student18: tuple[RunDir, DeployWrapper]) -> None:
     with pytest.raises(ValueError, match="std > 0"):
         DeployWrapper(student18[1].net, (0.5, 0.5, 0.5), (0.2, 0.0, 0.2))
