@@ -76,9 +76,14 @@ def test_int8_bundle_keeps_the_contract(int8_and_fp32: tuple[Path, Path], tiny_r
     weight_layers = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv", "Gemm", "QGemm")]
     kept_float = [n.name for n in weight_layers if n.op_type == "Conv" and n.input[1] in float_weights]
     assert kept_float == manifest.quantization["excluded_nodes"]  # exactly the excluded layers stay float
+    # The pixels' cast and normalisation (one Mul + Add) stay float in either format: no QLinear op and no
+    # dequantised input in front of the first weight layer.
     first_weight = next(i for i, n in enumerate(graph.node) if n in weight_layers)
-    in_front = {n.op_type for n in graph.node[:first_weight]}  # the pixels' cast and normalisation: float
-    assert in_front and not in_front & (_QUANTISED_OPS - {"QuantizeLinear"}) and "QLinearMul" not in in_front
+    in_front = graph.node[:first_weight]
+    dequantised = {out for n in in_front if n.op_type == "DequantizeLinear" for out in n.output}
+    normalisation = [n for n in in_front if n.op_type in ("Mul", "Add", "QLinearMul", "QLinearAdd")]
+    assert [n.op_type for n in normalisation] == ["Mul", "Add"]
+    assert not any(set(n.input) & dequantised for n in normalisation)
     session = ort.InferenceSession(str(int8 / "model.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type, out.name, out.type) == ("images", "tensor(uint8)", "embeddings", "tensor(float)")
