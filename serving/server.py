@@ -161,7 +161,7 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         snapshot_interval_s=config.snapshot_interval_s,
     )
     try:
-        engine = create_engine(config.bundle, manifest, backend=config.backend)
+        engine = create_engine(config.bundle, manifest, backend=config.backend, spin=config.engine_spin)
     except BaseException:
         index.close()
         raise
@@ -317,6 +317,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="read-only bearer token: no AddItems/RemoveItems (else $CDD_SERVE_READ_TOKEN)")
     parser.add_argument("--allow-plaintext-remote", action="store_true",
                         help="allow a non-loopback --host without TLS (TLS ends at a proxy in front)")
+    parser.add_argument("--engine-spin", action="store_true",
+                        help="let ONNX Runtime's idle intra-op threads spin-wait (faster engine alone, slower "
+                             "server when RPC threads need the cores; default off)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--log-format", default=ServeConfig.log_format, choices=("text", "json"))
@@ -327,7 +330,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
     """ServeConfig from parsed flags; raises ValueError for an out-of-range value."""
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be > 0, got {args.max_message_mb}")
-    names = (*_FLAG_HELP, "bundle", "index", "backend", "metrics_port", "log_format")
+    names = (*_FLAG_HELP, "bundle", "index", "backend", "metrics_port", "log_format", "engine_spin")
     same_name = {name: getattr(args, name) for name in names}
     return ServeConfig(
         **same_name,

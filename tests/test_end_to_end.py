@@ -82,6 +82,7 @@ def test_proto_only_client_searches_a_real_server(deployed, tiny_reid_root, tmp_
     bundle, index = deployed
     pb2, pb2_grpc = _proto_only_stubs(tmp_path)
     service = build_service(ServeConfig(bundle=bundle, index=index, port=0))
+    assert service.engine.describe()["intra_op_spinning"] is False  # ServeConfig.engine_spin reaches ONNX Runtime
     server, port = create_server(service, port=0)
     server.start()
     try:

@@ -30,25 +30,29 @@ _MANIFEST_KEY = {
 """Backend name -> the ``manifest.backends`` key naming its model file."""
 
 
-def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
+def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+                ) -> Engine:
     from serving.backends.tensorrt_backend import TensorRTEngine
 
     return TensorRTEngine(bundle, manifest)
 
 
-def _onnxruntime_cuda(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
+def _onnxruntime_cuda(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+                ) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(bundle, manifest, device="cuda")
+    return OnnxRuntimeEngine(bundle, manifest, device="cuda", spin=spin)
 
 
-def _onnxruntime_cpu(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
+def _onnxruntime_cpu(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+                ) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(bundle, manifest, device="cpu", threads=threads)
+    return OnnxRuntimeEngine(bundle, manifest, device="cpu", threads=threads, spin=spin)
 
 
-def _torch(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None) -> Engine:
+def _torch(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+                ) -> Engine:
     from serving.backends.torch_backend import TorchEngine
 
     return TorchEngine(bundle, manifest, compile=torch_compile)
@@ -70,13 +74,16 @@ def create_engine(
     *,
     torch_compile: bool = False,
     threads: int | None = None,
+    spin: bool = True,
 ) -> Engine:
     """Open the bundle at ``bundle_dir`` with ``backend`` (one of BACKENDS) or, for "auto", the first of
     BACKENDS that works here, logging (INFO) why each earlier one was skipped.
 
     ``manifest``: an already loaded manifest (else it is read and its files verified). ``torch_compile``
     applies ``torch.compile`` in the torch backend; ``threads`` sets ONNX Runtime CPU intra-op threads
-    (None = its default, one per core; the other backends ignore it). Raises BackendUnavailable (explicit
+    (None = its default, one per core; the other backends ignore it); ``spin`` whether ONNX Runtime's idle
+    intra-op threads spin-wait (its default; cdd-serve turns it off, see ServeConfig). Raises
+    BackendUnavailable (explicit
     backend cannot run, or no backend can, with every reason), ValueError for an unknown backend name,
     BundleError."""
     log = log or _LOG
@@ -86,7 +93,7 @@ def create_engine(
     if backend != "auto":
         if backend not in _FACTORIES:
             raise ValueError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
-        engine = _FACTORIES[backend](bundle, manifest, torch_compile, threads)
+        engine = _FACTORIES[backend](bundle, manifest, torch_compile, threads, spin)
         log.info("backend %s on %s", engine.name, engine.device)
         return engine
     reasons: list[str] = []
@@ -96,7 +103,7 @@ def create_engine(
             log.info("backend %s skipped: the bundle has no %s model file", name, _MANIFEST_KEY[name])
             continue
         try:
-            engine = _FACTORIES[name](bundle, manifest, torch_compile, threads)
+            engine = _FACTORIES[name](bundle, manifest, torch_compile, threads, spin)
         except BackendUnavailable as exc:
             reasons.append(f"{name}: {exc}")
             log.info("backend %s skipped: %s", name, exc)

@@ -160,13 +160,14 @@ def _torch_threads(threads: int) -> int:
     return int(torch.get_num_threads())
 
 
-def open_engine(bundle: Path, manifest: Manifest, backend: str, threads: int) -> Engine:
-    """An engine for one benchmark backend name; raises BackendUnavailable (with the reason), ValueError."""
+def open_engine(bundle: Path, manifest: Manifest, backend: str, threads: int, spin: bool = True) -> Engine:
+    """An engine for one benchmark backend name (``spin``: ONNX Runtime's intra-op spin-waiting); raises
+    BackendUnavailable (with the reason), ValueError."""
     if backend.startswith("onnxruntime-"):
         from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(
-            bundle, manifest, device=backend.removeprefix("onnxruntime-"), threads=threads
+            bundle, manifest, device=backend.removeprefix("onnxruntime-"), threads=threads, spin=spin
         )
     if backend.startswith("torch-"):
         try:
@@ -183,14 +184,14 @@ def open_engine(bundle: Path, manifest: Manifest, backend: str, threads: int) ->
 
 
 def open_first(
-    bundle: Path, manifest: Manifest, backends: Sequence[str], threads: int
+    bundle: Path, manifest: Manifest, backends: Sequence[str], threads: int, spin: bool = True
 ) -> tuple[Engine, str, list[dict[str, str]]]:
     """The first of ``backends`` that opens: (engine, its benchmark name, [{backend, reason}] skipped).
     Raises BackendUnavailable listing every reason when none opens."""
     skipped: list[dict[str, str]] = []
     for name in backends:
         try:
-            return open_engine(bundle, manifest, name, threads), name, skipped
+            return open_engine(bundle, manifest, name, threads, spin), name, skipped
         except BackendUnavailable as exc:
             skipped.append({"backend": name, "reason": str(exc)})
             _LOG.info("backend %s skipped: %s", name, exc)

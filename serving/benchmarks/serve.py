@@ -39,6 +39,7 @@ from serving.benchmarks.engine import measure_point, open_first
 from serving.benchmarks.load_generator import LoadSpec, run_load
 from serving.benchmarks.server_process import ServerProcess
 from serving.bundle import Manifest, load_bundle
+from serving.config import ServeConfig
 from serving.index.gallery import GalleryIndex
 
 __all__ = ["ServeBenchConfig", "bench_serve", "bench_target", "query_jpegs"]
@@ -214,7 +215,9 @@ def _overload_probe(bundle: Path, index: Path, payloads: Sequence[bytes], cfg: S
 
 
 def _offline(bundle: Path, manifest: Manifest, backend: str, threads: int, cfg: ServeBenchConfig) -> dict:
-    engine, _, _ = open_first(bundle, manifest, [backend], threads)
+    # The engine as cdd-serve runs it (ServeConfig.engine_spin), so the ratio measures the server, not a
+    # different engine setting.
+    engine, _, _ = open_first(bundle, manifest, [backend], threads, spin=ServeConfig.engine_spin)
     batch = min(cfg.max_batch, manifest.batch.max)
     return measure_point(engine, batch, warmup=2, seconds=cfg.offline_seconds, seed=cfg.seed)
 

@@ -59,6 +59,21 @@ def test_auto_logs_why_earlier_backends_were_skipped(tiny_bundle, tiny_manifest,
         assert "no CUDAExecutionProvider" in skipped[1] and "onnxruntime-gpu" in skipped[1]
 
 
+def test_intra_op_spinning_is_what_the_server_asks_for(tiny_bundle, tiny_manifest, gallery_images):
+    """ONNX Runtime's default (spin) for benchmarks of the engine alone; off for cdd-serve by default, read back
+    from the running session; same embeddings either way."""
+    from serving.server import _config, _parser
+
+    images = _images(gallery_images, tiny_manifest)[:4]
+    spinning = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
+    quiet = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu", spin=False)
+    assert spinning.describe()["intra_op_spinning"] is True and quiet.describe()["intra_op_spinning"] is False
+    np.testing.assert_array_equal(spinning.embed(images), quiet.embed(images))
+    args = ["--bundle", str(tiny_bundle), "--index", "unused"]
+    assert _config(_parser().parse_args(args)).engine_spin is False
+    assert _config(_parser().parse_args([*args, "--engine-spin"])).engine_spin is True
+
+
 def test_explicit_backend_errors(tiny_bundle, tiny_manifest):
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         create_engine(tiny_bundle, tiny_manifest, backend="nope")
