@@ -1,8 +1,11 @@
 """Choose the int8 format by measurement: time the fp32 graph and each quantised candidate on the same batch.
 
 Rounds interleave the candidates (one timed call of each per round) so a machine that gets busier or quieter
-during the measurement affects all of them alike; the median per candidate is compared. Sessions use ONNX
-Runtime's default thread count, as ``cdd-serve`` does.
+during the measurement affects all of them alike; the median per candidate is compared. Sessions are
+configured as ``cdd-serve`` runs its engine: ONNX Runtime's default thread count, intra-op spin-waiting as
+``ServeConfig.engine_spin`` says (off). Spinning sessions would also distort interleaved rounds: the
+idle session's spinning threads take the cores the timed one needs (measured with two spinning 2-thread
+sessions on 2 cores: the fp32 demo student fell from 8,500 to 3,700 images/s).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import onnxruntime as ort
 
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from export.parity import take_batch
+from serving.config import ServeConfig
 
 __all__ = ["time_models"]
 
@@ -25,7 +29,9 @@ _WARMUP = 2
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ServeConfig.engine_spin else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def time_models(models: Mapping[str, Path], images: np.ndarray, batch: int, seconds: float) -> dict[str, Any]:

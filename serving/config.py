@@ -34,6 +34,8 @@ class ServeConfig:
     between operators: off by default here, because in a server the spinning threads take the cores the
     RPC threads need (measured on the 2-core machine, demo bundle, 16 callers: 387 QPS with spinning,
     631 without; the engine alone loses 5% at 256x128 and 27-33% on the 64x32 demo without it).
+    ``engine_threads`` ONNX Runtime CPU intra-op threads per engine call (0 = its default, one per core);
+    with ``instances`` engine workers, instances x engine_threads should not exceed the cores.
 
     Overload (serving/admission.py, serving/batcher.py): ``max_concurrent_rpcs`` Retrieval calls in flight
     (Stats and health exempt; more get RESOURCE_EXHAUSTED at once; must be below ``max_workers`` so health
@@ -67,6 +69,7 @@ class ServeConfig:
     grace_s: float = 10.0
     index_threads: int = 1
     engine_spin: bool = False
+    engine_threads: int = 0
     index_device: str = "cpu"
     snapshot_interval_s: float = 300.0
     max_concurrent_rpcs: int = 32
@@ -90,6 +93,8 @@ class ServeConfig:
             raise ValueError(f"--index-device must be cpu, cuda or auto, got {self.index_device!r}")
         if self.snapshot_interval_s < 0:
             raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
+        if self.engine_threads < 0:
+            raise ValueError(f"--engine-threads must be >= 0 (0 = one per core), got {self.engine_threads}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
             raise ValueError("--max-message-mb must be > 0, --max-wait-ms and --grace-s >= 0")
         for name in ("max_concurrent_rpcs", "max_queue_images", "instances"):

@@ -161,7 +161,8 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         snapshot_interval_s=config.snapshot_interval_s,
     )
     try:
-        engine = create_engine(config.bundle, manifest, backend=config.backend, spin=config.engine_spin)
+        engine = create_engine(config.bundle, manifest, backend=config.backend, spin=config.engine_spin,
+                               threads=config.engine_threads or None)
     except BaseException:
         index.close()
         raise
@@ -286,6 +287,7 @@ _FLAG_HELP = {
     "max_queue_images": "images waiting for the engine; more get RESOURCE_EXHAUSTED",
     "max_deadline_s": "deadline of a call that carries none (or a longer one)",
     "instances": "engine worker threads",
+    "engine_threads": "ONNX Runtime CPU intra-op threads per engine call (0 = one per core)",
     "watchdog_s": "health NOT_SERVING after this long without engine progress (0 = off)",
 }
 """ServeConfig fields that are flags of the same name (``max_batch`` -> ``--max-batch``), typed and

@@ -81,8 +81,9 @@ def test_deployed_map_equals_pytorch_map(deployed, student_run, tiny_reid_root, 
 def test_proto_only_client_searches_a_real_server(deployed, tiny_reid_root, tmp_path):
     bundle, index = deployed
     pb2, pb2_grpc = _proto_only_stubs(tmp_path)
-    service = build_service(ServeConfig(bundle=bundle, index=index, port=0))
-    assert service.engine.describe()["intra_op_spinning"] is False  # ServeConfig.engine_spin reaches ONNX Runtime
+    service = build_service(ServeConfig(bundle=bundle, index=index, port=0, engine_threads=1))
+    described = service.engine.describe()  # ServeConfig's engine settings reach the ONNX Runtime session
+    assert (described["intra_op_spinning"], described["intra_op_threads"]) == (False, 1)
     server, port = create_server(service, port=0)
     server.start()
     try:

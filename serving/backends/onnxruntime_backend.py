@@ -114,4 +114,5 @@ class OnnxRuntimeEngine(Engine):
             "model": self.manifest.backends.get("onnxruntime"),
             # Read back from the session: what runs, not what was asked for.
             "intra_op_spinning": self._session.get_session_options().get_session_config_entry(_SPIN_KEY) == "1",
+            "intra_op_threads": self._session.get_session_options().intra_op_num_threads,
         }

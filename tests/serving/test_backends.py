@@ -72,6 +72,11 @@ def test_intra_op_spinning_is_what_the_server_asks_for(tiny_bundle, tiny_manifes
     args = ["--bundle", str(tiny_bundle), "--index", "unused"]
     assert _config(_parser().parse_args(args)).engine_spin is False
     assert _config(_parser().parse_args([*args, "--engine-spin"])).engine_spin is True
+    assert _config(_parser().parse_args([*args, "--engine-threads", "1"])).engine_threads == 1
+    with pytest.raises(ValueError, match=r"--engine-threads must be >= 0 \(0 = one per core\), got -1"):
+        _config(_parser().parse_args([*args, "--engine-threads", "-1"]))
+    one = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu", threads=1, spin=False)
+    assert one.describe()["intra_op_threads"] == 1 and spinning.describe()["intra_op_threads"] == 0
 
 
 def test_explicit_backend_errors(tiny_bundle, tiny_manifest):
