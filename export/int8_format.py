@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from export.parity import take_batch
+from serving.backends.onnxruntime_backend import INTRA_OP_SPIN_KEY
 from serving.config import ServeConfig
 
 __all__ = ["time_models"]
@@ -30,7 +31,7 @@ _WARMUP = 2
 
 def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ServeConfig.engine_spin else "0")
+    options.add_session_config_entry(INTRA_OP_SPIN_KEY, "1" if ServeConfig.engine_spin else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -30,29 +30,33 @@ _MANIFEST_KEY = {
 """Backend name -> the ``manifest.backends`` key naming its model file."""
 
 
-def _tensorrt(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
-                ) -> Engine:
+def _tensorrt(
+    bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+) -> Engine:
     from serving.backends.tensorrt_backend import TensorRTEngine
 
     return TensorRTEngine(bundle, manifest)
 
 
-def _onnxruntime_cuda(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
-                ) -> Engine:
+def _onnxruntime_cuda(
+    bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(bundle, manifest, device="cuda", spin=spin)
 
 
-def _onnxruntime_cpu(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
-                ) -> Engine:
+def _onnxruntime_cpu(
+    bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+) -> Engine:
     from serving.backends.onnxruntime_backend import OnnxRuntimeEngine
 
     return OnnxRuntimeEngine(bundle, manifest, device="cpu", threads=threads, spin=spin)
 
 
-def _torch(bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
-                ) -> Engine:
+def _torch(
+    bundle: Path, manifest: Manifest, torch_compile: bool, threads: int | None, spin: bool
+) -> Engine:
     from serving.backends.torch_backend import TorchEngine
 
     return TorchEngine(bundle, manifest, compile=torch_compile)

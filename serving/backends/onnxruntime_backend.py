@@ -15,10 +15,11 @@ from serving.backends.base import BackendUnavailable, Engine
 from serving.bundle import Manifest
 from serving.bundle_files import read_checked_file
 
-__all__ = ["OnnxRuntimeEngine"]
+__all__ = ["INTRA_OP_SPIN_KEY", "OnnxRuntimeEngine"]
 
 _PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_SPIN_KEY = "session.intra_op.allow_spinning"
+INTRA_OP_SPIN_KEY = "session.intra_op.allow_spinning"
+"""ONNX Runtime session config entry: "1" lets idle intra-op threads spin-wait, "0" makes them sleep."""
 
 
 def _import_onnxruntime(device: str) -> Any:
@@ -61,7 +62,7 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
-        options.add_session_config_entry(_SPIN_KEY, "1" if spin else "0")
+        options.add_session_config_entry(INTRA_OP_SPIN_KEY, "1" if spin else "0")
         providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
         try:
             # The checked bytes, not the path: what was hashed is what runs.
@@ -106,6 +107,7 @@ class OnnxRuntimeEngine(Engine):
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
     def describe(self) -> dict[str, Any]:
+        session_options = self._session.get_session_options()
         return {
             "backend": self.name,
             "device": self.device,
@@ -113,6 +115,6 @@ class OnnxRuntimeEngine(Engine):
             "onnxruntime": self._ort_version,
             "model": self.manifest.backends.get("onnxruntime"),
             # Read back from the session: what runs, not what was asked for.
-            "intra_op_spinning": self._session.get_session_options().get_session_config_entry(_SPIN_KEY) == "1",
-            "intra_op_threads": self._session.get_session_options().intra_op_num_threads,
+            "intra_op_spinning": session_options.get_session_config_entry(INTRA_OP_SPIN_KEY) == "1",
+            "intra_op_threads": session_options.intra_op_num_threads,
         }
