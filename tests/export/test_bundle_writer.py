@@ -68,7 +68,7 @@ def test_leaving_without_commit_leaves_nothing(tmp_path: Path) -> None:
 def test_existing_bundle_replaced_on_commit_untouched_on_failure(tmp_path: Path) -> None:
     out = _write_bundle(tmp_path / "bundle", b"old")
     old_manifest = (out / "manifest.json").read_bytes()
-    with pytest.raises(RuntimeError), BundleStage(out) as stage:
+    with pytest.raises(RuntimeError, match="gate failed"), BundleStage(out) as stage:
         (stage.path / "model.onnx").write_bytes(b"new")
         stage.record("model.onnx", "onnxruntime")
         raise RuntimeError("gate failed")

@@ -55,13 +55,19 @@ def test_search_embed_and_batch(client: RetrievalClient, gallery_images: Path) -
 
 
 def test_gallery_management_stats_and_health(client: RetrievalClient, gallery_images: Path) -> None:
+    before = client.stats()["batching"]
     vector = client.embed(gallery_images / QUERY)
     assert client.add_items([{"id": "copy", "vector": vector, "metadata": {"label": "dup"}}]) == 1
     assert client.add_items([{"id": "img", "image": gallery_images / QUERY}]) == 1
     assert {h.id for h in client.search(gallery_images / QUERY, k=3)} == {"copy", "img", QUERY}
     stats = client.stats()
     assert stats["count"] == 22 and stats["dim"] == 16 and stats["bundle_name"] == "tiny"
-    assert stats["batching"]["max_batch"] == 8 and isinstance(stats["batching"]["mean_batch_size"], float)
+    batching = stats["batching"]
+    assert batching["max_batch"] == 8
+    # three one-image calls, one after another (embed, add by image, search): three batches of one
+    assert (batching["images"] - before["images"], batching["batches"] - before["batches"]) == (3, 3)
+    assert batching["mean_batch_size"] == pytest.approx(batching["images"] / batching["batches"])
+    assert 1.0 <= batching["mean_batch_size"] <= batching["largest_batch"] <= 8
     assert client.remove_items(["copy", "img"]) == 2 and client.stats()["count"] == 20
     assert client.health() == "SERVING" and client.health("cdd.v1.Retrieval") == "SERVING"
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -166,11 +167,15 @@ def test_a_flood_of_garbage_does_not_flood_the_log(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.RetrievalStub(channel)
+            start = time.monotonic()
             for _ in range(100):
                 with pytest.raises(grpc.RpcError):
                     stub.Search(pb.SearchRequest(image=b"garbage", k=1), timeout=10)
+            elapsed = time.monotonic() - start
     finally:
         server.stop(None)
         service.close()
     logged = [r for r in caplog.records if r.name == "serving.grpc" and "INVALID_ARGUMENT" in r.getMessage()]
-    assert 1 <= len(logged) < 100  # some get through, the flood does not
+    # serving.grpc_servicer's client-error log: a bucket of burst 20 refilled at 5 lines/s, so at most
+    # 20 + 5/s x the flood's duration lines get through (the bucket may start partly drained, never fuller)
+    assert 1 <= len(logged) <= 20 + 5.0 * elapsed, (len(logged), elapsed)

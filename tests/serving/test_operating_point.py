@@ -5,6 +5,7 @@ refused on a folder a running server owns."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +67,22 @@ def test_cdd_index_add_is_refused_while_a_server_owns_the_folder(
     out = tmp_path / "index"
     assert cdd_index(["build", "--bundle", str(tiny_bundle), "--images", str(gallery_images), "--out", str(out),
                       "--quiet"]) == 0
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(gallery_images / "0001_c1s1_000001_00.jpg", extra / "0009_c1s1_000001_00.jpg")
+    add = ["add", "--index", str(out), "--bundle", str(tiny_bundle), "--images", str(extra), "--quiet"]
     server = ServerProcess(tiny_bundle, out)
     try:
         capsys.readouterr()
+        code = cdd_index(add)
+        err = capsys.readouterr().err
+        assert code == 2 and f"index {out} is served by a running process (cdd-serve pid" in err
+        assert "AddItems / RemoveItems RPCs" in err
         code = cdd_index(["remove", "--index", str(out), "--ids", "0001_c1s1_000001_00.jpg"])
         err = capsys.readouterr().err
         assert code == 2 and "served by a running process (cdd-serve pid" in err and "RemoveItems" in err
     finally:
         assert server.terminate() == 0
+    assert GalleryIndex.read_info(out)["count"] == 20  # nothing was added or removed while served
+    assert cdd_index(add) == 0 and GalleryIndex.read_info(out)["count"] == 21
     assert cdd_index(["remove", "--index", str(out), "--ids", "0001_c1s1_000001_00.jpg"]) == 0

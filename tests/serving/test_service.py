@@ -73,10 +73,17 @@ def test_search_returns_the_right_identity_first(service: RetrievalService, gall
     assert scores == sorted(scores, reverse=True) and 0.95 < scores[0] <= 1.0001
 
 
-def test_k_larger_than_gallery_returns_everything(service: RetrievalService, gallery_images: Path) -> None:
-    hits = service.search((gallery_images / QUERY).read_bytes(), k=10)
-    small = RetrievalService(service.engine, GalleryIndex(16), service.manifest, batcher=service.batcher)
-    assert len(hits) == 10 and small.search((gallery_images / QUERY).read_bytes(), k=3) == []
+def test_k_larger_than_gallery_returns_everything(service: RetrievalService, gallery: tuple,
+                                                  gallery_images: Path) -> None:
+    ids, vectors, metadata = gallery
+    three = GalleryIndex(16)
+    three.add(ids[:3], vectors[:3], metadata[:3])
+    small = RetrievalService(service.engine, three, service.manifest, limits=ServiceLimits(max_k=10),
+                             batcher=service.batcher)
+    hits = small.search((gallery_images / QUERY).read_bytes(), k=10)
+    assert len(hits) == 3 and sorted(h.id for h in hits) == sorted(ids[:3])
+    empty = RetrievalService(service.engine, GalleryIndex(16), service.manifest, batcher=service.batcher)
+    assert empty.search((gallery_images / QUERY).read_bytes(), k=3) == []
 
 
 def test_filters_compare_with_the_string_form(service: RetrievalService, gallery_images: Path) -> None:

@@ -1,9 +1,10 @@
 """Asymmetric retrieval in serving: a bundle searches an index built with another bundle only when its
 manifest declares compatibility with that bundle; Stats names both bundles.
 
-The "teacher" is the tiny fixture bundle; the "student" is a copy of it under another name (the same graph,
-so its vectors do live in the teacher's space), with or without a declaration in its manifest. The
-gallery index is built with the teacher, as `cdd-index build` does. Real ONNX Runtime, FAISS and gRPC."""
+The "teacher" is the tiny fixture bundle; a "student" is a copy of it under another name, with or without a
+declaration in its manifest. Where results must show which bundle embedded the queries, the student's graph
+ends in y = -x, so its queries rank the teacher's gallery in reverse. The gallery index is built with the
+teacher, as `cdd-index build` does. Real ONNX Runtime, FAISS and gRPC."""
 
 from __future__ import annotations
 
@@ -13,18 +14,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import helper
 
 from serving import server as server_module
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.backends import create_engine
-from serving.bundle import BundleError, Manifest, load_bundle, write_manifest
+from serving.bundle import BundleError, Manifest, load_bundle, sha256_file, write_manifest
 from serving.compatibility import declared_compatibility, gallery_bundle_for
 from serving.config import ServeConfig
 from serving.index.build import build_index, items_from_folder
 from serving.index.errors import IndexBundleMismatch
+from serving.preprocess import load_image_file
 from serving.server import build_service, create_server
+from training.data.layouts import load_dataset
+from training.metrics import evaluate_retrieval
 
 QUERY = "0003_c1s1_000001_00.jpg"
 
@@ -49,6 +57,32 @@ def _student(tiny_bundle: Path, out: Path, declarations: list[dict]) -> Path:
     return out
 
 
+def _negated_student(tiny_bundle: Path, out: Path, declarations: list[dict]) -> Path:
+    """A student (ONNX only) whose graph is the teacher's followed by y = -x: its vectors are the teacher's,
+    negated, so every ranking against the teacher's gallery is reversed."""
+    out.mkdir()
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    original = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_pre_neg" if name == original else name for name in node.output]
+    model.graph.node.append(helper.make_node("Neg", [f"{original}_pre_neg"], [original]))
+    onnx.save(model, str(out / "model.onnx"))
+    files = {"model.onnx": {"sha256": sha256_file(out / "model.onnx"), "bytes": (out / "model.onnx").stat().st_size,
+                            "role": "onnxruntime"}}
+    manifest = _with_declarations(load_bundle(tiny_bundle), declarations, name=out.name, files=files,
+                                  backends={"onnxruntime": "model.onnx"})
+    write_manifest(out, manifest)
+    return out
+
+
+def _embed(bundle: Path, paths: list[Path]) -> np.ndarray:
+    """Plain ONNX Runtime on serving's preprocessing: the vectors of ``paths`` by ``bundle``."""
+    manifest = load_bundle(bundle)
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.stack([load_image_file(p, manifest) for p in paths])
+    return session.run(None, {session.get_inputs()[0].name: pixels})[0]
+
+
 @pytest.fixture(scope="module")
 def teacher_index(tiny_bundle: Path, tiny_manifest: Manifest, gallery_images: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -62,7 +96,7 @@ def teacher_index(tiny_bundle: Path, tiny_manifest: Manifest, gallery_images: Pa
 @pytest.fixture
 def served_student(tiny_bundle: Path, tiny_manifest: Manifest, teacher_index: Path,
                    tmp_path: Path) -> Iterator[tuple[grpc.Channel, Path]]:
-    student = _student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
+    student = _negated_student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
     service = build_service(ServeConfig(bundle=student, index=teacher_index, backend="onnxruntime-cpu"))
     server, port = create_server(service, port=0)
     server.start()
@@ -75,12 +109,18 @@ def served_student(tiny_bundle: Path, tiny_manifest: Manifest, teacher_index: Pa
 
 
 def test_a_declared_student_serves_a_teacher_index_and_stats_name_both_bundles(
-        served_student: tuple[grpc.Channel, Path], tiny_manifest: Manifest, gallery_images: Path) -> None:
+        served_student: tuple[grpc.Channel, Path], tiny_bundle: Path, tiny_manifest: Manifest,
+        gallery_images: Path) -> None:
     channel, student = served_student
     stub = pb_grpc.RetrievalStub(channel)
     hits = stub.Search(pb.SearchRequest(image=(gallery_images / QUERY).read_bytes(), k=3), timeout=10).items
-    assert hits[0].id == QUERY and hits[0].score == pytest.approx(1.0, abs=1e-4)
-    assert {h.metadata["label"] for h in hits[:2]} == {"3"}
+    # expected: the student's query vector against the teacher's gallery vectors, here with plain ONNX Runtime
+    paths = sorted(gallery_images.glob("*.jpg"))
+    scores = _embed(tiny_bundle, paths) @ _embed(student, [gallery_images / QUERY])[0]
+    order = np.argsort(-scores, kind="stable")[:3]
+    assert [h.id for h in hits] == [paths[i].name for i in order]
+    np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-4)
+    assert hits[0].id != QUERY and hits[-1].score < 0  # teacher-embedded queries would find QUERY itself at 1.0
     stats = stub.Stats(pb.StatsRequest(), timeout=10)
     assert (stats.bundle_name, stats.bundle_sha256) == ("tiny-student", load_bundle(student).sha256())
     assert (stats.gallery_bundle_name, stats.gallery_bundle_sha256) == ("tiny", tiny_manifest.sha256())
@@ -133,10 +173,19 @@ def test_index_eval_scores_student_queries_on_a_teacher_index(tiny_bundle: Path,
     assert index_main(["build", "--bundle", str(tiny_bundle), "--layout", "market1501", "--root", str(market_root),
                        "--split", "gallery", "--out", str(index), "--quiet"]) == 0
     capsys.readouterr()
-    student = _student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
+    student = _negated_student(tiny_bundle, tmp_path / "tiny-student", [_declaration(tiny_manifest.sha256(), "tiny")])
     evaluate = ["eval", "--index", str(index), "--layout", "market1501", "--root", str(market_root), "--quiet"]
     assert index_main([*evaluate, "--bundle", str(student)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["mAP"] == pytest.approx(1.0)  # the same graph on both sides: the symmetric known answer
+    # expected: student queries on the teacher's gallery, with plain ONNX Runtime (no junk in this layout)
+    splits = load_dataset("market1501", market_root)
+    queries = _embed(student, [Path(r.path) for r in splits.query])
+    gallery = _embed(tiny_bundle, [Path(r.path) for r in splits.gallery])
+    expected = evaluate_retrieval(queries, gallery, [r.pid for r in splits.query], [r.pid for r in splits.gallery],
+                                  [r.camid for r in splits.query], [r.camid for r in splits.gallery])
+    symmetric = evaluate_retrieval(-queries, gallery, [r.pid for r in splits.query], [r.pid for r in splits.gallery],
+                                   [r.camid for r in splits.query], [r.camid for r in splits.gallery])
+    assert out["mAP"] == pytest.approx(expected.mAP, abs=1e-6) and out["rank1"] == pytest.approx(expected.rank1)
+    assert symmetric.mAP == pytest.approx(1.0) and expected.mAP < 0.5  # which bundle embeds the queries shows
     plain = _student(tiny_bundle, tmp_path / "plain-student", [])
     assert index_main([*evaluate, "--bundle", str(plain)]) == 2

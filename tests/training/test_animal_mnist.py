@@ -52,7 +52,8 @@ def test_small_subset_is_an_unseen_class_retrieval_set(tmp_path: Path) -> None:
     marker = json.loads((out / COMPLETE_MARKER).read_text())
     assert marker["counts"] == {"train": 25, "test": 25}
     assert materialize_animal_mnist(out, limit_per_class=5) == out
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="exists and is not this animal-mnist set; remove it or pass "
+                                              "overwrite=True"):
         materialize_animal_mnist(out, limit_per_class=6)
 
 

@@ -175,14 +175,19 @@ def test_three_way_evaluation_tells_a_compatible_student_from_a_rotated_one() ->
 
 def test_three_way_evaluation_class_protocol_removes_each_query_from_its_own_ranking() -> None:
     query, _ = _reid_sets()
-    points = np.concatenate([query.points.numpy().reshape(6, 2)] * 2)
-    both = _Points(points, list(range(6)) * 2, [0] * 12)  # every identity twice, identical points
+    first = query.points.numpy().reshape(6, 2)
+    angles = np.arctan2(first[:, 1], first[:, 0]) + np.radians(20)
+    points = np.concatenate([first, np.stack([np.cos(angles), np.sin(angles)], 1)])
+    # Identity i at a_i = 30i and its twin at a_i + 20 degrees, so 0, 20, 30, 50, ..., 150, 170: every item
+    # but the two at the ends has an item of another identity 10 degrees away, nearer than its twin.
+    both = _Points(points, list(range(6)) * 2, [0] * 12)
     evaluator = AsymmetricEvaluator(_Linear([[1.0, 0.0], [0.0, 1.0]]), both, None, "cpu", "class")
     result = evaluator(_Linear([[2.0, 0.0], [0.0, 2.0]]))
-    # Without removing itself, each query's copy in the teacher gallery is tied with its twin: both match,
-    # so mAP stays 100 here only if the self-match was removed and the twin found (1 true match left).
-    assert result["asymmetric"]["mAP"] == pytest.approx(100.0)
-    assert result["teacher"]["mAP"] == pytest.approx(100.0)
+    # Self removed: the end items (0 and 170) find their twin first (AP 1), the ten others second (AP 1/2):
+    # mAP = (2 + 10 / 2) / 12 = 7/12. Self kept (ranked first) it would be (2 + 10 * (1 + 2/3) / 2) / 12 = 31/36.
+    assert result["asymmetric"]["mAP"] == pytest.approx(100 * 7 / 12, abs=1e-3)
+    assert result["asymmetric"]["rank1"] == pytest.approx(100 * 2 / 12, abs=1e-3)
+    assert result["teacher"]["mAP"] == pytest.approx(100 * 7 / 12, abs=1e-3)
     with pytest.raises(ValueError, match='protocol "reid" needs'):
         AsymmetricEvaluator(_Linear([[1.0, 0.0], [0.0, 1.0]]), both, None, "cpu", "reid")(
             _Linear([[1.0, 0.0], [0.0, 1.0]]))

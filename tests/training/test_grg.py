@@ -5,7 +5,13 @@ import torch
 from training.arch_spec import ArchSpec
 from training.budget import FlopsBudget
 from training.cost import deployed_cost
-from training.grg import DescriptorMemory, GradientResetter, reset_indicator_gradients, step_reset_mask
+from training.grg import (
+    DescriptorMemory,
+    GradientResetter,
+    reset_indicator_gradients,
+    step_reset_mask,
+    step_reset_proposal,
+)
 
 
 def test_memory_is_fifo_and_wraps():
@@ -78,8 +84,18 @@ def test_first_proposal_crossing_the_budget_still_resets_channels():
     added = resetter.update(teacher, student)
     assert added > 0 and not resetter.growing
     assert budget.flops(resetter.masks) <= budget.limit
-    # minimal: un-resetting the last admitted channel would be over the budget again
     assert "FLOPs budget met" in resetter.stop_note
+    # the step's proposal and scores, recomputed (the memory holds only this batch's teacher descriptors)
+    proposal = [step_reset_proposal(t, s, t, 1, 0.99) for t, s in zip(teacher, student, strict=True)]
+    admitted = [(float(score[c]), b, c) for b, (m, (_, score)) in enumerate(zip(resetter.masks, proposal, strict=True))
+                for c in m.nonzero().flatten().tolist()]
+    assert all(bool(proposal[b][0][c]) for _, b, c in admitted)  # only proposed channels
+    assert added == len(admitted) < sum(int(m.sum()) for m, _ in proposal)  # part of the proposal, not all
+    # minimal: un-resetting the last admitted channel (the highest score) would be over the budget again
+    _, b, c = max(admitted)
+    fewer = [m.clone() for m in resetter.masks]
+    fewer[b][c] = False
+    assert budget.flops(fewer) > budget.limit
     assert resetter.update(teacher, student) == 0  # frozen
 
 
@@ -144,12 +160,15 @@ def test_reference_rule_leaves_reset_rows_bouncing_above_the_threshold():
 
 
 def test_resetter_state_round_trip():
+    generator = torch.Generator().manual_seed(0)
     a = GradientResetter([3, 2], memory_size=8, topk=1, ratio=0.5)
-    a.update([torch.rand(2, 3), torch.rand(2, 2)], [torch.rand(2, 3), torch.rand(2, 2)])
+    a.update(*[[torch.rand(2, p, generator=generator) for p in (3, 2)] for _ in range(2)])
+    a.masks[0].copy_(torch.tensor([True, False, True]))
+    a.masks[1].copy_(torch.tensor([False, True]))
     a.reset_norms[0][0] = 0.5
     b = GradientResetter([3, 2], memory_size=8, topk=1, ratio=0.5)
     b.load_state_dict(a.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks, strict=True))
+    assert [m.tolist() for m in b.masks] == [[True, False, True], [False, True]]
     assert torch.equal(a.memories[0].contents(), b.memories[0].contents()) and a.memories[0].count == 2
     assert float(b.reset_norms[0][0]) == 0.5
     assert a.state_dict(with_memory=False)["memories"] is None

@@ -37,7 +37,9 @@ def test_student_with_identity_indicators_equals_plain_network_at_step0(depth):
     a, b = plain.forward_train(x), student.forward_train(x)
     assert torch.allclose(a.embedding, b.embedding, atol=1e-6)
     # the post-indicator descriptor equals the pre-indicator one at identity init
-    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(b.pre_descriptors, b.post_descriptors, strict=False))
+    blocks = len(student.backbone.blocks())
+    assert blocks > 0 and len(b.pre_descriptors) == len(b.post_descriptors) == blocks
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(b.pre_descriptors, b.post_descriptors, strict=True))
 
 
 def test_indicator_sits_after_bn_before_relu():

@@ -6,7 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from training.data.layouts import load_dataset
 from training.data.synthetic import (
@@ -83,9 +85,35 @@ def test_existing_folders_are_reused_or_refused(tiny_root: Path, tmp_path: Path)
     assert not (replaced / "keep.txt").exists() and _digest(replaced) == _digest(tiny_root)
 
 
-def test_raw_pixel_baseline_scores_are_fractions(tiny_root: Path) -> None:
+def _reference_reid_scores(query, gallery, qids, gids, qcams, gcams) -> tuple[float, float]:
+    """mAP and rank-1 of cosine retrieval, re-ID protocol (same id and camera removed), written out plainly."""
+    query = query / np.linalg.norm(query, axis=1, keepdims=True)
+    gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    aps, firsts = [], []
+    for q, qid, qcam in zip(query, qids, qcams, strict=True):
+        order = np.argsort(-(gallery @ q), kind="stable")
+        kept = [g for g in order if not (gids[g] == qid and gcams[g] == qcam)]
+        hits = np.array([gids[g] == qid for g in kept])
+        ranks = np.flatnonzero(hits) + 1
+        aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+        firsts.append(ranks[0] == 1)
+    return float(np.mean(aps)), float(np.mean(firsts))
+
+
+def test_raw_pixel_baseline_is_nearest_neighbour_on_resized_pixels(tiny_root: Path) -> None:
     scores = raw_pixel_baseline(tiny_root, size_hw=(16, 8))
-    assert set(scores) == {"mAP", "rank1"} and 0.0 < scores["mAP"] <= 1.0 and 0.0 <= scores["rank1"] <= 1.0
+    splits = load_dataset("market1501", tiny_root)
+
+    def pixels(records) -> np.ndarray:  # (w, h) = (8, 16) bilinear, flattened
+        return np.stack([np.asarray(Image.open(r.path).convert("RGB").resize((8, 16), Image.Resampling.BILINEAR),
+                                    np.float64).ravel() for r in records])
+
+    expected = _reference_reid_scores(pixels(splits.query), pixels(splits.gallery),
+                                      [r.pid for r in splits.query], [r.pid for r in splits.gallery],
+                                      [r.camid for r in splits.query], [r.camid for r in splits.gallery])
+    assert set(scores) == {"mAP", "rank1"}
+    assert (scores["mAP"], scores["rank1"]) == pytest.approx(expected, abs=1e-6)
+    assert 0.0 < expected[0] < 1.0  # not a trivial set: a wrong feature or protocol would show
 
 
 def test_cli_writes_the_set_and_prints_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

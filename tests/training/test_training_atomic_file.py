@@ -17,7 +17,7 @@ def test_write_replaces_and_is_world_readable(tmp_path):
 def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "file.bin"
     write_text_atomic(target, "old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError, match="killed mid-write"), atomic_path(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed mid-write")
     assert target.read_text() == "old"
