@@ -12,47 +12,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from derived_bundles import derived_bundle, embed_onnxruntime
 from tiny_runs import TinyRuns
 
 from export.__main__ import main as export_main
 from export.compatibility_gate import CompatibilityGateError, TeacherBundleError
 from export.config import load_export_config
 from export.pipeline import ExportResult, export_bundle
-from serving.bundle import load_bundle, sha256_file, write_manifest
+from serving.bundle import load_bundle
 from serving.compatibility import declared_compatibility
-from serving.preprocess import load_image_file
 from training.data.layouts import load_dataset
 from training.metrics import RetrievalMetrics, evaluate_retrieval
 
 _FAST = ["tensorrt.mode=off"]
-
-
-def _derived_teacher(source: Path, out: Path, negate: bool, project: np.ndarray | None = None) -> Path:
-    """A copy of bundle ``source`` (ONNX only) named ``out.name``; ``negate`` appends y = -x to the graph,
-    ``project`` (a (dim, dim) matrix) appends y = x @ project."""
-    out.mkdir(parents=True)
-    model = onnx.load(str(source / "model.onnx"))
-    if negate or project is not None:
-        graph = model.graph
-        original = graph.output[0].name
-        for node in graph.node:
-            node.output[:] = [f"{name}_pre" if name == original else name for name in node.output]
-        if negate:
-            graph.node.append(helper.make_node("Neg", [f"{original}_pre"], [original]))
-        else:
-            graph.initializer.append(numpy_helper.from_array(project.astype(np.float32), "test_projection"))
-            graph.node.append(helper.make_node("MatMul", [f"{original}_pre", "test_projection"], [original]))
-    onnx.save(model, str(out / "model.onnx"))
-    manifest = load_bundle(source)
-    files = {"model.onnx": {"sha256": sha256_file(out / "model.onnx"), "bytes": (out / "model.onnx").stat().st_size,
-                            "role": "onnxruntime"}}
-    data = manifest.to_dict() | {"name": out.name, "files": files, "backends": {"onnxruntime": "model.onnx"}}
-    write_manifest(out, type(manifest).from_dict(data))
-    return out
 
 
 def _export(run: Path, out: Path, teacher: Path, tolerance: float = 1.0) -> ExportResult:
@@ -62,7 +35,7 @@ def _export(run: Path, out: Path, teacher: Path, tolerance: float = 1.0) -> Expo
 
 @pytest.fixture(scope="module")
 def copy_teacher(student_bundle: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _derived_teacher(student_bundle.bundle, tmp_path_factory.mktemp("derived") / "copy-teacher", False)
+    return derived_bundle(student_bundle.bundle, tmp_path_factory.mktemp("derived") / "copy-teacher")
 
 
 def test_a_teacher_in_the_same_space_is_declared_with_the_numbers(copy_teacher: Path, tiny_run_dir: TinyRuns,
@@ -77,19 +50,17 @@ def test_a_teacher_in_the_same_space_is_declared_with_the_numbers(copy_teacher: 
     assert declaration.tolerance_map_points == 0.0
 
 
+def _embed(bundle: Path, records) -> np.ndarray:
+    return embed_onnxruntime(bundle, [Path(r.path) for r in records])
+
+
 def _independent_scores(student: Path, teacher: Path, data_root: Path) -> dict[str, RetrievalMetrics]:
     """The declaration's three retrievals scored with plain ONNX Runtime sessions, serving's preprocessing and
     the metrics module: student queries on the teacher's gallery, teacher/teacher and student/student."""
     splits = load_dataset("market1501", str(data_root))
 
-    def embed(bundle: Path, records) -> np.ndarray:
-        manifest = load_bundle(bundle)
-        session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-        pixels = np.stack([load_image_file(r.path, manifest) for r in records])
-        return session.run(None, {session.get_inputs()[0].name: pixels})[0]
-
     def score(query_bundle: Path, gallery_bundle: Path) -> RetrievalMetrics:
-        return evaluate_retrieval(embed(query_bundle, splits.query), embed(gallery_bundle, splits.gallery),
+        return evaluate_retrieval(_embed(query_bundle, splits.query), _embed(gallery_bundle, splits.gallery),
                                   [r.pid for r in splits.query], [r.pid for r in splits.gallery],
                                   [r.camid for r in splits.query], [r.camid for r in splits.gallery])
 
@@ -119,7 +90,7 @@ def test_each_declared_number_comes_from_its_own_pair_of_models(
     teacher/teacher and student/student are both 100% on this tiny set)."""
     rng = np.random.default_rng(6)
     projection = rng.normal(size=(16, 2)) @ rng.normal(size=(2, 16))
-    teacher = _derived_teacher(student_bundle.bundle, tmp_path / "projected-teacher", False, projection)
+    teacher = derived_bundle(student_bundle.bundle, tmp_path / "projected-teacher", project=projection)
     student = _export(tiny_run_dir.student50, tmp_path / "student", teacher, tolerance=100.0).bundle
     (declaration,) = declared_compatibility(load_bundle(student))
     expected = _independent_scores(student, teacher, tiny_run_dir.data_root)
@@ -132,7 +103,7 @@ def test_each_declared_number_comes_from_its_own_pair_of_models(
 
 def test_an_incompatible_teacher_fails_the_gate_and_writes_nothing(student_bundle: ExportResult,
                                                                    tiny_run_dir: TinyRuns, tmp_path: Path) -> None:
-    negated = _derived_teacher(student_bundle.bundle, tmp_path / "negated-teacher", True)
+    negated = derived_bundle(student_bundle.bundle, tmp_path / "negated-teacher", negate=True)
     with pytest.raises(CompatibilityGateError, match="compatibility gate failed") as failure:
         _export(tiny_run_dir.student50, tmp_path / "student", negated)
     assert "loss.compat_weight" in str(failure.value)
@@ -149,7 +120,7 @@ def test_cli_flag_and_exit_codes(copy_teacher: Path, student_bundle: ExportResul
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compatible_with"] == [load_bundle(copy_teacher).sha256()]
     assert manifest["parity"]["compatibility"][0]["bundle_name"] == "copy-teacher"
-    negated = _derived_teacher(student_bundle.bundle, tmp_path / "negated", True)
+    negated = derived_bundle(student_bundle.bundle, tmp_path / "negated", negate=True)
     assert export_main(["--run", str(tiny_run_dir.student50), "--out", str(tmp_path / "s2"), "--tensorrt", "off",
                         "--compatible-with", str(negated)]) == 3
     assert "compatibility gate failed" in capsys.readouterr().err

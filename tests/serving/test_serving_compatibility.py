@@ -15,21 +15,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import helper
+from derived_bundles import derived_bundle, embed_onnxruntime
 
 from serving import server as server_module
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.backends import create_engine
-from serving.bundle import BundleError, Manifest, load_bundle, sha256_file, write_manifest
+from serving.bundle import BundleError, Manifest, load_bundle, write_manifest
 from serving.compatibility import declared_compatibility, gallery_bundle_for
 from serving.config import ServeConfig
 from serving.index.build import build_index, items_from_folder
 from serving.index.errors import IndexBundleMismatch
-from serving.preprocess import load_image_file
 from serving.server import build_service, create_server
 from training.data.layouts import load_dataset
 from training.metrics import evaluate_retrieval
@@ -60,27 +57,9 @@ def _student(tiny_bundle: Path, out: Path, declarations: list[dict]) -> Path:
 def _negated_student(tiny_bundle: Path, out: Path, declarations: list[dict]) -> Path:
     """A student (ONNX only) whose graph is the teacher's followed by y = -x: its vectors are the teacher's,
     negated, so every ranking against the teacher's gallery is reversed."""
-    out.mkdir()
-    model = onnx.load(str(tiny_bundle / "model.onnx"))
-    original = model.graph.output[0].name
-    for node in model.graph.node:
-        node.output[:] = [f"{name}_pre_neg" if name == original else name for name in node.output]
-    model.graph.node.append(helper.make_node("Neg", [f"{original}_pre_neg"], [original]))
-    onnx.save(model, str(out / "model.onnx"))
-    files = {"model.onnx": {"sha256": sha256_file(out / "model.onnx"), "bytes": (out / "model.onnx").stat().st_size,
-                            "role": "onnxruntime"}}
-    manifest = _with_declarations(load_bundle(tiny_bundle), declarations, name=out.name, files=files,
-                                  backends={"onnxruntime": "model.onnx"})
-    write_manifest(out, manifest)
-    return out
-
-
-def _embed(bundle: Path, paths: list[Path]) -> np.ndarray:
-    """Plain ONNX Runtime on serving's preprocessing: the vectors of ``paths`` by ``bundle``."""
-    manifest = load_bundle(bundle)
-    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    pixels = np.stack([load_image_file(p, manifest) for p in paths])
-    return session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    declared = _with_declarations(load_bundle(tiny_bundle), declarations).to_dict()
+    return derived_bundle(tiny_bundle, out, negate=True, compatible_with=declared["compatible_with"],
+                          parity=declared["parity"])
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +95,7 @@ def test_a_declared_student_serves_a_teacher_index_and_stats_name_both_bundles(
     hits = stub.Search(pb.SearchRequest(image=(gallery_images / QUERY).read_bytes(), k=3), timeout=10).items
     # expected: the student's query vector against the teacher's gallery vectors, here with plain ONNX Runtime
     paths = sorted(gallery_images.glob("*.jpg"))
-    scores = _embed(tiny_bundle, paths) @ _embed(student, [gallery_images / QUERY])[0]
+    scores = embed_onnxruntime(tiny_bundle, paths) @ embed_onnxruntime(student, [gallery_images / QUERY])[0]
     order = np.argsort(-scores, kind="stable")[:3]
     assert [h.id for h in hits] == [paths[i].name for i in order]
     np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-4)
@@ -179,8 +158,8 @@ def test_index_eval_scores_student_queries_on_a_teacher_index(tiny_bundle: Path,
     out = json.loads(capsys.readouterr().out)
     # expected: student queries on the teacher's gallery, with plain ONNX Runtime (no junk in this layout)
     splits = load_dataset("market1501", market_root)
-    queries = _embed(student, [Path(r.path) for r in splits.query])
-    gallery = _embed(tiny_bundle, [Path(r.path) for r in splits.gallery])
+    queries = embed_onnxruntime(student, [Path(r.path) for r in splits.query])
+    gallery = embed_onnxruntime(tiny_bundle, [Path(r.path) for r in splits.gallery])
     expected = evaluate_retrieval(queries, gallery, [r.pid for r in splits.query], [r.pid for r in splits.gallery],
                                   [r.camid for r in splits.query], [r.camid for r in splits.gallery])
     symmetric = evaluate_retrieval(-queries, gallery, [r.pid for r in splits.query], [r.pid for r in splits.gallery],
