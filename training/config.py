@@ -94,7 +94,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """SGD; lr schedule: linear warm-up from warmup_factor*lr over warmup_epochs, flat until flat_until
-    (epoch), cosine to min_lr at the end. head_lr_mult scales the head's lr; indicator_lr_mult the indicators'."""
+    (epoch), cosine to min_lr at the end. head_lr_mult scales the head's lr; indicator_lr_mult the indicators'.
+    average_last: fraction of the run's last epochs whose end-of-epoch weights are averaged into the final
+    model (stochastic weight averaging, `training.weight_averaging`; 0 = off, the last step's weights)."""
 
     lr: float = 0.01
     head_lr_mult: float = 1.5
@@ -106,6 +108,12 @@ class OptimConfig:
     flat_until: float = 40
     min_lr: float = 1e-7
     grad_clip: float = 0.0
+    average_last: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.average_last <= 1.0:
+            raise ConfigError(f"optim.average_last must be a fraction of the run in [0, 1] (0 = off), "
+                              f"found {self.average_last}")
 
 
 @dataclass(frozen=True)

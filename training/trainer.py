@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
 from training.schedule import lr_factor
 from training.step import build_step
+from training.weight_averaging import BN_RECALIBRATION_BATCHES, WeightAverage
 
 __all__ = ["Trainer", "build_trainer", "write_json_atomic"]
 
@@ -99,6 +101,7 @@ class Trainer:
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.weight_average = WeightAverage(cfg.optim.average_last, cfg.run.epochs)
         # Students: every evaluation also scores teacher/teacher and student queries on the teacher's gallery.
         self.asymmetric_eval = (AsymmetricEvaluator(self.teacher, self.query_set, self.gallery_set, ctx.device,
                                                     self.splits.protocol, cfg.data.eval_batch_size)
@@ -210,10 +213,26 @@ class Trainer:
             if self.cfg.run.eval_every and ((epoch + 1) % self.cfg.run.eval_every == 0) and not last:
                 entry["eval"] = self._evaluate(self._deploy_net()[0]) if self.ctx.is_main else None
             self.history.append(entry)
+            self.weight_average.update(self.net, epoch + 1)
             self._save(epoch + 1)
+        if self.weight_average.count and not self.weight_average.applied:
+            self._apply_weight_average()
+            self._save(self.cfg.run.epochs)
         final = self._final() if self.ctx.is_main else {}
         self._barrier()
         return final
+
+    def _apply_weight_average(self) -> None:
+        """Final weights = mean of the averaged epoch ends, reset rows zeroed, BatchNorm recomputed."""
+        def batches() -> Iterator[torch.Tensor]:
+            for step, (images, _, _, _) in enumerate(self.loader):
+                if step >= BN_RECALIBRATION_BATCHES:
+                    return
+                yield images.to(self.ctx.device, non_blocking=True)
+
+        decay = self.resetter is not None and self.resetter.rule == "decay"
+        self.weight_average.apply(self.net, batches(), [m.weight for m in self.net.indicators()],
+                                  self.resetter.masks if decay else None)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.sampler.set_epoch(epoch)
@@ -341,7 +360,8 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": next_epoch, "history": self.history, "config": self.cfg.to_dict(),
                  "grg": (self.resetter.state_dict(with_memory=next_epoch < self.cfg.run.epochs)
-                         if self.resetter else None)}
+                         if self.resetter else None),
+                 "weight_average": self.weight_average.state_dict() if self.weight_average.enabled else None}
         save_checkpoint(self.out / "checkpoint.pt", state)
         self._slim_spec().save(self.out / "arch.json")
         self._write_metrics(None)
@@ -364,6 +384,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.resetter is not None and state.get("grg") is not None:
             self.resetter.load_state_dict(state["grg"])
+        if self.weight_average.enabled and state.get("weight_average") is not None:
+            self.weight_average.load_state_dict(state["weight_average"])
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         log.info("resumed %s at epoch %d", self.out, self.start_epoch)
