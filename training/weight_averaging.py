@@ -7,10 +7,10 @@ student the channels of the reset set are zeroed in the mean as well, so the exp
 complement of the reset set and slim == full width holds exactly (a row reset inside the averaging window
 is zero only in its later snapshots).
 
-Why a CDD student wants it (docs/ablation.md): initialised from the teacher, it trains as long again, and
-on the unseen-class animal-mnist protocol its mAP peaks mid-run and falls over the last low-learning-rate
-epochs; the mean of the last epochs keeps more of what the single last step loses. Off by default
-(``optim.average_last = 0``); the demo student preset turns it on.
+Measured (docs/ablation.md, animal-mnist and synthetic, the same training runs with and without it): a
+small, mixed effect on CDD students (animal-mnist +0.64 mAP over seeds 0-2 but +0.23 over seeds 0-4,
+synthetic -0.11) and +0.78 on animal-mnist teachers; so it is off by default (``optim.average_last = 0``)
+and in every preset.
 """
 
 from __future__ import annotations
