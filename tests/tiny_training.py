@@ -1,6 +1,12 @@
-"""Config overrides for seconds-long CPU training runs in tests."""
+"""Config overrides for seconds-long CPU training runs in tests, and a check on their exported networks."""
 
 from __future__ import annotations
+
+import torch
+
+from training.arch_spec import ArchSpec
+from training.models.network import ReIDNet
+from training.pruning import slice_state_dict
 
 
 def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> list[str]:
@@ -16,3 +22,14 @@ def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> l
                       "cdd.memory_size=64", "loss.lasso_lambda=0.05", "cdd.ratio=0.7",
                       "cdd.reset_decay_steps=3"]
     return overrides
+
+
+def assert_slim_equals_full(model_state: dict, spec: ArchSpec) -> None:
+    """The slim network rebuilt from ``spec`` computes what the full-width network with ``model_state``
+    computes (true when every pruned row is exactly zero; no tolerance beyond float reordering)."""
+    full = ReIDNet(ArchSpec(**{**spec.__dict__, "kept_channels": None}))
+    full.load_state_dict(model_state)
+    slim = ReIDNet(spec)
+    slim.load_state_dict(slice_state_dict(model_state, spec))
+    x = torch.randn(3, 3, 64, 32)
+    assert torch.allclose(full.eval()(x), slim.eval()(x), atol=1e-5)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tiny_training import tiny_overrides
+from tiny_training import assert_slim_equals_full, tiny_overrides
 from training.arch_spec import ArchSpec
 from training.checkpoint import load_checkpoint
 from training.config import load_config
@@ -15,9 +15,8 @@ from training.data.layouts import load_dataset
 from training.data.transforms import build_eval_transform
 from training.distributed import init_distributed
 from training.evaluate import evaluate_model
-from training.models.network import ReIDNet
 from training.models.teacher import TeacherError, load_teacher
-from training.pruning import block_prefixes, slice_state_dict
+from training.pruning import block_prefixes
 from training.trainer import Trainer
 
 
@@ -79,12 +78,7 @@ def test_reset_rows_are_exactly_zero_and_the_exported_arch_prunes_exactly_them(t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"][-1]["pruning"]["reset_channels"] == sum(int(m.sum()) for m in masks)
     # slim == full width, because the pruned rows are exactly zero (no tolerance beyond float reordering)
-    full = ReIDNet(ArchSpec(**{**spec.__dict__, "kept_channels": None}))
-    full.load_state_dict(state["model"])
-    slim = ReIDNet(spec)
-    slim.load_state_dict(slice_state_dict(state["model"], spec))
-    x = torch.randn(3, 3, 64, 32)
-    assert torch.allclose(full.eval()(x), slim.eval()(x), atol=1e-5)
+    assert_slim_equals_full(state["model"], spec)
 
 
 def test_lasso_is_in_the_loss_before_resetting_and_applied_once_during_it(tiny_student):
