@@ -120,7 +120,9 @@ class OptimConfig:
 class LossConfig:
     """Loss weights (0 disables a term). compat_weight / compat_form: the compatibility loss of asymmetric
     retrieval (student embedding pulled towards the frozen teacher's, `training.compatibility`; off by
-    default and in the paper preset; ignored by teacher runs, which have no teacher)."""
+    default and in the paper preset; ignored by teacher runs, which have no teacher).
+    distill_mixup_alpha: > 0 adds a mixed copy of each batch on which only the distillation terms are taken
+    (`training.distill_mixup`; off by default and in the paper preset; ignored by teacher runs)."""
 
     id_weight: float = 1.0
     label_smoothing: float = 0.1
@@ -132,8 +134,12 @@ class LossConfig:
     lasso_lambda: float = 0.004
     compat_weight: float = 0.0
     compat_form: str = "cosine"
+    distill_mixup_alpha: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.distill_mixup_alpha < 0:
+            raise ConfigError(f"loss.distill_mixup_alpha must be >= 0 (0 = off; 1 = mixing weight uniform in "
+                              f"[0, 1]), found {self.distill_mixup_alpha}")
         if self.compat_form not in COMPAT_FORMS:
             raise ConfigError(f"loss.compat_form must be one of {COMPAT_FORMS}, found {self.compat_form!r}")
         if self.compat_weight < 0:

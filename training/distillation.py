@@ -2,7 +2,8 @@
 
 ID (label-smoothed CE) + batch-hard triplet on the pooled feature + logit KL (T^2-scaled) + per-block
 feature distillation on pooled pre-indicator descriptors + group lasso on the indicators; optionally the
-compatibility term of asymmetric retrieval (`training.compatibility`). During gradient
+compatibility term of asymmetric retrieval (`training.compatibility`); with `training.distill_mixup` the
+distillation terms also cover a mixed, unlabelled copy of the batch. During gradient
 resetting the lasso is applied by hand to the gradients (see training/grg.py), so it leaves the loss.
 """
 
@@ -38,14 +39,18 @@ def compute_losses(student: TrainOutput, labels: torch.Tensor, weights: LossConf
     ``teacher_channels`` (per block index tensors) selects teacher descriptor channels when the student's
     inner width is smaller than the teacher's (static slim students). ``student_head``: the student's head,
     to compare its embedding with the eval-mode teacher's on running BatchNorm statistics (compat term;
-    without it the train-mode embedding is used)."""
+    without it the train-mode embedding is used).
+
+    Rows of the outputs past ``len(labels)`` are unlabelled images (the mixed copy of
+    `training.distill_mixup`): they enter the distillation terms only."""
     losses: dict[str, torch.Tensor] = {}
-    if weights.id_weight and student.logits is not None:
+    labelled = student.first(labels.shape[0])
+    if weights.id_weight and labelled.logits is not None:
         losses["id"] = weights.id_weight * cross_entropy_label_smooth(
-            student.logits.float(), labels, weights.label_smoothing)
+            labelled.logits.float(), labels, weights.label_smoothing)
     if weights.triplet_weight:
         losses["triplet"] = weights.triplet_weight * batch_hard_triplet(
-            student.pooled.float(), labels, weights.triplet_margin)
+            labelled.pooled.float(), labels, weights.triplet_margin)
     if teacher is not None:
         if weights.kd_weight and student.logits is not None and teacher.logits is not None:
             losses["kd"] = weights.kd_weight * logit_distillation(

@@ -1,6 +1,7 @@
 """One optimisation step of teacher or CDD-student training, as the method reads:
 teacher forward -> student forward -> named losses -> backward -> (AMP unscale) -> gradient resetting ->
-optimizer step. The trainer and the step-time benchmark share it.
+optimizer step (with `training.distill_mixup`, both forwards also see a mixed copy of the batch). The
+trainer and the step-time benchmark share it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from training.config import LossConfig, OptimConfig, TrainConfig
+from training.distill_mixup import DistillMixup
 from training.distillation import compute_losses
 from training.grg import GradientResetter, build_resetter
 from training.latency_table import LatencyTable
@@ -51,12 +53,16 @@ class DistillationStep:
     teacher_channels: Sequence[torch.Tensor] | None = None
     amp: bool = False
     grad_clip: float = 0.0
+    mixup: DistillMixup | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
-                 steps_left: int | None = None) -> dict[str, float]:
+                 steps_left: int | None = None, step_index: int = 0) -> dict[str, float]:
         """Run one step; returns the named loss values, "total", and "reset_added" while resetting.
-        ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time)."""
+        ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time);
+        ``step_index``: the step's number in the run (draws the mixing of ``mixup``)."""
         indicator_weights = [m.weight for m in self.net.indicators()]
+        if self.mixup is not None and self.teacher is not None:
+            images = self.mixup(images, step_index)
         with torch.autocast(images.device.type, enabled=self.amp):
             teacher_out = None
             if self.teacher is not None:
@@ -72,9 +78,10 @@ class DistillationStep:
         self.scaler.unscale_(self.optimizer)
         stats = {name: float(v.detach()) for name, v in losses.items()}
         resetting = grg_active and self.resetter is not None and teacher_out is not None
-        if resetting:
-            stats["reset_added"] = self.resetter.update(teacher_out.pre_descriptors, student_out.post_descriptors,
-                                                        steps_left)
+        if resetting:  # on the labelled training images only, as the method reads
+            clean = labels.shape[0]
+            stats["reset_added"] = self.resetter.update(teacher_out.first(clean).pre_descriptors,
+                                                        student_out.first(clean).post_descriptors, steps_left)
             self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
@@ -90,15 +97,19 @@ def build_step(cfg: TrainConfig, net: ReIDNet, device: torch.device, teacher: Re
                teacher_flops: int = 0,
                forward: Callable[[torch.Tensor], TrainOutput] | None = None,
                teacher_channels: Sequence[torch.Tensor] | None = None,
-               latency_table: LatencyTable | None = None) -> DistillationStep:
+               latency_table: LatencyTable | None = None, rank: int = 0) -> DistillationStep:
     """The step of the run ``cfg`` for ``net`` on ``device``, built one way for the trainer and the
     step-time benchmark: optimizer groups, AMP scaler, and, for a CDD student (indicators, gradient_reset
     on), the gradient resetter with its FLOPs budget (``cfg.cdd.flops_budget`` x ``teacher_flops``) and
-    latency budget (``cfg.cdd.latency_budget_ms``, priced by ``latency_table``)."""
+    latency budget (``cfg.cdd.latency_budget_ms``, priced by ``latency_table``), and, for any student with
+    ``cfg.loss.distill_mixup_alpha`` > 0, the mixed copy of each batch (drawn from run.seed and ``rank``)."""
     amp = cfg.run.amp and device.type == "cuda"
     optimizer = build_optimizer(net, cfg.optim)
     resetter = None
     if teacher is not None and net.indicators() and cfg.cdd.gradient_reset:
         resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device, latency_table)
+    mixup = None
+    if teacher is not None and cfg.loss.distill_mixup_alpha > 0:
+        mixup = DistillMixup(cfg.loss.distill_mixup_alpha, cfg.run.seed, rank)
     return DistillationStep(net, forward or net.forward_train, optimizer, torch.amp.GradScaler("cuda", enabled=amp),
-                            cfg.loss, teacher, resetter, teacher_channels, amp, cfg.optim.grad_clip)
+                            cfg.loss, teacher, resetter, teacher_channels, amp, cfg.optim.grad_clip, mixup)

@@ -97,7 +97,7 @@ class Trainer:
                         if cfg.cdd.flops_budget or cfg.cdd.latency_budget_ms else "")
         self.latency_table = self._latency_table()
         self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
-                               self.teacher_channels, self.latency_table)
+                               self.teacher_channels, self.latency_table, ctx.rank)
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -178,9 +178,9 @@ class Trainer:
         return self.resetter is not None and epoch >= self.cfg.cdd.grg_start_epoch
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
-                   steps_left: int | None = None) -> dict[str, float]:
+                   steps_left: int | None = None, step_index: int = 0) -> dict[str, float]:
         """One optimisation step (see training/step.py); returns the named loss values."""
-        return self.step(images, labels, grg_active, steps_left)
+        return self.step(images, labels, grg_active, steps_left, step_index)
 
     def steps_per_epoch(self) -> int:
         steps = len(self.loader)
@@ -252,7 +252,8 @@ class Trainer:
             lr = self._set_lr(progress)
             images = images.to(self.ctx.device, non_blocking=True)
             labels = labels.to(self.ctx.device, non_blocking=True)
-            stats = self.train_step(images, labels, self._grg_active(progress), total - (epoch * steps + step) - 1)
+            index = epoch * steps + step
+            stats = self.train_step(images, labels, self._grg_active(progress), total - index - 1, index)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             seen += images.shape[0] * self.ctx.world_size

@@ -28,6 +28,15 @@ class TrainOutput:
     pre_descriptors: list[torch.Tensor]
     post_descriptors: list[torch.Tensor | None]
 
+    def first(self, rows: int) -> TrainOutput:
+        """The outputs of the first ``rows`` images of the batch (self when that is all of them)."""
+        if rows == self.pooled.shape[0]:
+            return self
+        return TrainOutput(self.pooled[:rows], self.embedding[:rows],
+                           None if self.logits is None else self.logits[:rows],
+                           [d[:rows] for d in self.pre_descriptors],
+                           [None if d is None else d[:rows] for d in self.post_descriptors])
+
 
 class ReIDNet(nn.Module):
     """``forward`` maps normalised images (B, 3, H, W) to embeddings (B, D) (not L2-normalised);
