@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 
 from training.arch_spec import ArchSpec
+from training.config import load_config
+from training.distributed import init_distributed
 from training.models.network import ReIDNet
 from training.pruning import slice_state_dict
+from training.trainer import Trainer
 
 
 def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> list[str]:
@@ -22,6 +25,16 @@ def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> l
                       "cdd.memory_size=64", "loss.lasso_lambda=0.05", "cdd.ratio=0.7",
                       "cdd.reset_decay_steps=3"]
     return overrides
+
+
+def fit_tiny_student(root, out_dir, teacher_run, epochs, extra=(), resume=False, **fit):
+    """A tiny `demo-student` run of 3 steps per epoch without evaluation, plus the overrides ``extra``;
+    ``resume`` continues from the run dir's checkpoint, ``fit`` goes to `Trainer.fit`. Returns (trainer,
+    final metrics)."""
+    overrides = tiny_overrides(root, out_dir, "student", teacher_run, epochs=epochs) + [
+        "run.max_steps_per_epoch=3", "run.eval_every=0", *extra]
+    trainer = Trainer(load_config("demo-student", overrides), init_distributed("cpu"), resume=resume)
+    return trainer, trainer.fit(**fit)
 
 
 def assert_slim_equals_full(model_state: dict, spec: ArchSpec) -> None:

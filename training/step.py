@@ -61,7 +61,7 @@ class DistillationStep:
         ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time);
         ``step_index``: the step's number in the run (draws the mixing of ``mixup``)."""
         indicator_weights = [m.weight for m in self.net.indicators()]
-        if self.mixup is not None and self.teacher is not None:
+        if self.mixup is not None:
             images = self.mixup(images, step_index)
         with torch.autocast(images.device.type, enabled=self.amp):
             teacher_out = None

@@ -4,13 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from tiny_training import assert_slim_equals_full
+from tiny_training import assert_slim_equals_full, fit_tiny_student
 from training.arch_spec import ArchSpec
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, load_config
-from training.distributed import init_distributed
 from training.pruning import block_prefixes
-from training.trainer import Trainer
 from training.weight_averaging import WeightAverage, recalibrate_batchnorm
 
 
@@ -70,24 +68,21 @@ def test_average_last_out_of_range_is_a_config_error():
         load_config("demo-student", ["optim.average_last=-0.2"])
 
 
-def _student(root, out, teacher_run, overrides_for, average_last, **fit):
-    overrides = overrides_for(root, out, "student", teacher_run, epochs=3) + [
-        "run.max_steps_per_epoch=3", "run.eval_every=0", f"optim.average_last={average_last}"]
-    trainer = Trainer(load_config("demo-student", overrides), init_distributed("cpu"), resume=fit.pop("resume", False))
-    return trainer, trainer.fit(**fit)
+def _student(root, out, teacher_run, average_last, **fit):
+    return fit_tiny_student(root, out, teacher_run, 3, [f"optim.average_last={average_last}"], **fit)
 
 
-def test_tiny_run_deploys_the_mean_of_its_last_two_epochs_and_resumes_exactly(tiny_reid_root, teacher_run, tmp_path,
-                                                                           overrides_for):
+def test_tiny_run_deploys_the_mean_of_its_last_two_epochs_and_resumes_exactly(tiny_reid_root, teacher_run,
+                                                                           tmp_path):
     # plain run, stopped after epoch 2 and resumed: its checkpoints hold the epoch-2 and epoch-3 weights
     plain = tmp_path / "plain"
-    _student(tiny_reid_root, plain, teacher_run, overrides_for, 0.0, stop_after_epochs=2)
+    _student(tiny_reid_root, plain, teacher_run, 0.0, stop_after_epochs=2)
     epoch2 = load_checkpoint(plain / "checkpoint.pt")["model"]
-    _student(tiny_reid_root, plain, teacher_run, overrides_for, 0.0, resume=True)
+    _student(tiny_reid_root, plain, teacher_run, 0.0, resume=True)
     epoch3 = load_checkpoint(plain / "checkpoint.pt")["model"]
 
     averaged = tmp_path / "averaged"  # same training, final weights = mean of the epoch-2 and -3 ends
-    trainer, final = _student(tiny_reid_root, averaged, teacher_run, overrides_for, 0.67)
+    trainer, final = _student(tiny_reid_root, averaged, teacher_run, 0.67)
     state = load_checkpoint(averaged / "checkpoint.pt")
     assert state["weight_average"]["applied"] and state["weight_average"]["count"] == 2
     masks = [m.cpu() for m in trainer.resetter.masks]
@@ -111,10 +106,10 @@ def test_tiny_run_deploys_the_mean_of_its_last_two_epochs_and_resumes_exactly(ti
     assert_slim_equals_full(state["model"], spec)
 
     resumed = tmp_path / "resumed"  # killed after epoch 2, with one snapshot in the mean
-    _student(tiny_reid_root, resumed, teacher_run, overrides_for, 0.67, stop_after_epochs=2)
+    _student(tiny_reid_root, resumed, teacher_run, 0.67, stop_after_epochs=2)
     mid = load_checkpoint(resumed / "checkpoint.pt")["weight_average"]
     assert mid["count"] == 1 and not mid["applied"]
-    _, resumed_final = _student(tiny_reid_root, resumed, teacher_run, overrides_for, 0.67, resume=True)
+    _, resumed_final = _student(tiny_reid_root, resumed, teacher_run, 0.67, resume=True)
     for key, value in load_checkpoint(resumed / "checkpoint.pt")["model"].items():
         assert torch.equal(value, state["model"][key]), key
     assert resumed_final["mAP"] == final["mAP"]
