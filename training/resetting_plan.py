@@ -31,7 +31,7 @@ def check_resetting_plan(cdd: CDDConfig, epochs: int, steps_per_epoch: int, budg
         raise ConfigError(
             f"cdd.shrink_end = {cdd.shrink_end:g} of the run is not after resetting starts (cdd.grg_start_epoch = "
             f"{cdd.grg_start_epoch:g} of {epochs} epochs = {cdd.grg_start_epoch / epochs:.3f}); set "
-            f"cdd.shrink_end to about {min(1.0, cdd.grg_start_epoch / epochs + 0.5):.2f}")
+            f"cdd.grg_start_epoch to about {epochs / 10:g} (a tenth of the run)")
     if cdd.reset_rule != "decay":
         return
     if paced:
