@@ -367,7 +367,8 @@ class Trainer:
         if self.is_student and self.net.indicators():
             final["compression"] = self._compression_report(cost.flops)
             teacher_map = next((h["eval"]["teacher"]["mAP"] for h in self.history
-                                if isinstance((h.get("eval") or {}).get("teacher"), dict)), None)
+                                if isinstance((h.get("eval") or {}).get("teacher"), dict)),
+                               (final.get("teacher") or {}).get("mAP"))
             collapse = lowest_eval_ratio(self.history, self.cfg.cdd.grg_start_epoch, teacher_map,
                                          (self.cfg.run.epochs, final["mAP"]))
             final["compression"]["collapse_check"] = collapse
