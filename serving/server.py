@@ -111,7 +111,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s), server)
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)

@@ -102,6 +102,7 @@ class WriteLog:
         self._fd: int | None = None
         self._good_end: int | None = None
         self._broken: str | None = None
+        self._folder_synced = True
 
     def replay(self) -> list[LogRecord]:
         """The records in the file, oldest first. Cuts a torn tail (logged); rewrites an old-format log in
@@ -140,15 +141,16 @@ class WriteLog:
             raise StorageFailed(self._broken)
         if self._good_end is None:
             self.replay()
-        created = self._fd is None and not self.path.exists()
         try:
             if self._fd is None:
+                self._folder_synced = self._folder_synced and self.path.exists()
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             data = (FILE_MAGIC if self._good_end == 0 else b"") + encode_frame(self.records, record.encode())
             _write_all(self._fd, data)
             os.fsync(self._fd)
-            if created:
+            if not self._folder_synced:  # a new file: its name must survive a power loss too
                 fsync_dir(self.path.parent)
+                self._folder_synced = True
         except OSError as exc:
             self._roll_back(exc)
             raise storage_error(exc, "the change") from exc
