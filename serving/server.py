@@ -179,7 +179,8 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         observer=metrics.observe_batch if metrics is not None else None,
     )
     limits = ServiceLimits(
-        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items,
+        max_k=config.max_k, max_pixels=config.max_pixels, max_call_pixels=config.max_call_pixels,
+        max_queries=config.max_queries, max_items=config.max_items,
         max_id_bytes=config.max_id_bytes, max_metadata_bytes=config.max_metadata_bytes,
     )
     try:
@@ -276,6 +277,7 @@ _FLAG_HELP = {
     "max_wait_ms": "batch window after 1st image",
     "max_k": "largest k a search may ask for",
     "max_pixels": "largest image (w*h)",
+    "max_call_pixels": "declared pixels (w*h) summed over the images of one call",
     "max_id_bytes": "longest gallery id (UTF-8 bytes)",
     "max_metadata_bytes": "largest metadata per item / filters per query (UTF-8 bytes)",
     "max_workers": "RPC handler threads",
