@@ -196,6 +196,8 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
     if not config.allow_plaintext_remote:  # refuse before loading anything (create_server checks again)
         check_bind(config.host, tls=config.tls_cert is not None)
+    if config.tls_cert is not None and config.tls_key is not None:  # a bad TLS file: say which, before loading
+        server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics() if config.metrics_port is not None else None
     service = build_service(config, metrics)
     health_servicer = health.HealthServicer()
