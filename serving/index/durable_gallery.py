@@ -175,8 +175,8 @@ class DurableGallery:
                 version = self.persist()
                 if version is not None:
                     _LOG.info("snapshot %s written; log folded", version.name)
-            except ServiceError as exc:  # a full disk: one line; the log keeps every change, the next try folds it
-                _LOG.warning("periodic snapshot of %s failed: %s", self.directory, exc)
+            except ServiceError:  # a full disk: `persist` logged one line; the log keeps every change
+                pass
             except Exception:  # logged; the log keeps every change, the next try folds it
                 _LOG.exception("periodic snapshot of %s failed", self.directory)
 
