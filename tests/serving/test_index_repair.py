@@ -144,3 +144,29 @@ def _row_changed(text: str) -> bool:
         return True
     return not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("label"), int)
                 and not isinstance(row.get("label"), bool) and isinstance(row.get("metadata"), dict))
+
+
+def test_cdd_serve_refuses_to_start_on_a_damaged_log(
+    tiny_bundle: Path, tiny_manifest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from serving import server as server_module
+
+    dim = tiny_manifest.output.dim
+    folder = tmp_path / "idx"
+    index = GalleryIndex(dim, bundle_sha256=tiny_manifest.sha256())
+    rows = np.random.default_rng(0).normal(size=(3, dim))
+    index.add(["a", "b", "c"], (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32))
+    index.save(folder)
+    log = journal_path(folder, resolve(folder).name)
+    writer = WriteLog(log, dim)
+    for i in range(3):
+        writer.append(LogRecord("remove", [f"x{i}"]))
+    writer.close()
+    data = bytearray(log.read_bytes())
+    data[-3] ^= 0x10  # the payload of the last record: damage, not a torn tail
+    log.write_bytes(bytes(data))
+    code = server_module.main(["--bundle", str(tiny_bundle), "--index", str(folder), "--port", "0",
+                               "--backend", "onnxruntime-cpu"])
+    assert code == 2
+    assert f"{log}: the write log is damaged at byte" in caplog.text and "payload of record #2" in caplog.text
+    assert f"cdd-index repair --index {folder}" in caplog.text and log.read_bytes() == bytes(data)
