@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from serving._proto import retrieval_pb2 as pb
@@ -164,7 +165,7 @@ def test_every_write_of_a_snapshot_can_fail_and_the_live_snapshot_stays_good(
 
 @pytest.fixture
 def served_durable(tmp_path: Path, tiny_bundle: Path, tiny_manifest: Manifest) -> Iterator[tuple]:
-    """A real gRPC server on loopback over a DurableGallery; yields (stub, metrics)."""
+    """A real gRPC server on loopback over a DurableGallery; yields (stub, metrics, channel)."""
     folder = _new_index(tmp_path / "idx", dim=tiny_manifest.output.dim, sha=tiny_manifest.sha256())
     engine = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
     service = RetrievalService(engine, DurableGallery.open(folder, tiny_manifest.sha256()), tiny_manifest)
@@ -173,7 +174,7 @@ def served_durable(tmp_path: Path, tiny_bundle: Path, tiny_manifest: Manifest) -
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield pb_grpc.RetrievalStub(channel), metrics
+        yield pb_grpc.RetrievalStub(channel), metrics, channel
     finally:
         channel.close()
         server.stop(None)
@@ -186,7 +187,7 @@ def _vector_item(item_id: str, dim: int, seed: int) -> pb.NewItem:
 
 
 def test_grpc_answers_a_full_disk_in_one_line_and_keeps_reading(served_durable: tuple, synthetic: object) -> None:
-    stub, metrics = served_durable
+    stub, metrics, channel = served_durable
     dim = synthetic.dim
     image = io.BytesIO()
     Image.fromarray(synthetic.image(1, 0)).save(image, format="PNG")
@@ -203,6 +204,8 @@ def test_grpc_answers_a_full_disk_in_one_line_and_keeps_reading(served_durable: 
                 assert refused.value.code() == status and words in details, details
                 assert "\n" not in details and "Traceback" not in details and "nothing was changed" in details
             assert len(stub.Search(pb.SearchRequest(image=image.getvalue(), k=3), timeout=20).items) == 3
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=20)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
     sample = metrics.registry.get_sample_value
     assert sample("cdd_write_failures_total", {"reason": "disk_full"}) == 4
     assert sample("cdd_write_failures_total", {"reason": "io_error"}) == 2
