@@ -75,6 +75,9 @@ def _check_pem(
         raise ValueError(f"{cert_name}: no PEM certificate in it (expected a -----BEGIN CERTIFICATE----- block)")
     if b"PRIVATE KEY-----" not in key:
         raise ValueError(f"{key_name}: no PEM private key in it (expected a -----BEGIN ... PRIVATE KEY----- block)")
+    if b"ENCRYPTED" in key:
+        raise ValueError(f"{key_name}: the private key is encrypted (a passphrase is needed, and the server has "
+                         "none); decrypt it: openssl pkey -in KEY -out KEY.plain, and keep that file private")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_verify_locations(cadata=cert.decode("ascii", "replace"))

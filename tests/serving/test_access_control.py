@@ -178,7 +178,10 @@ def test_tls_file_problems_name_the_file(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
     missing = tmp_path / "missing.pem"
+    encrypted = tmp_path / "encrypted-key.pem"
+    _openssl("pkey", "-in", str(pki["server-key"]), "-out", str(encrypted), "-aes256", "-passout", "pass:secret")
     cases = [
+        (pki["server"], encrypted, None, rf"{encrypted} \(the TLS private key\): the private key is encrypted"),
         (pki["server"], pki["rogue-key"], None, rf"{pki['rogue-key']} \(the TLS private key\) does not belong to "
                                                  rf"the certificate {pki['server']}"),
         (pki["server"], pki["server"], None, rf"{pki['server']} \(the TLS private key\): no PEM private key"),
