@@ -147,7 +147,10 @@ class DurableGallery:
             old = self._log
             self._log = WriteLog(journal_path(self.directory, version.name), self.index.dim)
             old.close()
-            old.path.unlink(missing_ok=True)
+            try:
+                old.path.unlink(missing_ok=True)
+            except OSError as exc:  # harmless: a log of a version that is not live is deleted at the next open
+                _LOG.warning("could not delete the folded log %s (%s)", old.path, exc)
             return version
 
     def stats(self) -> dict[str, Any]:
