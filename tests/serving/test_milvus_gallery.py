@@ -120,6 +120,45 @@ def test_any_unicode_id_key_and_value_round_trips_and_matches_only_itself(tmp_pa
         gallery.close()
 
 
+def test_grpc_add_search_and_remove_with_non_ascii_text(
+    tiny_bundle: Path, tiny_manifest, synthetic, tmp_path: Path
+) -> None:
+    """The issue's reproduction over a real gRPC server: AddItems with id café, a Search filtered on
+    city = Zürich, and an upserted id that is removed again."""
+    import io
+
+    from PIL import Image
+
+    from serving.backends import create_engine
+    from serving.server import create_server
+    from serving.service import RetrievalService
+
+    dim = tiny_manifest.output.dim
+    gallery = MilvusGallery.create(str(tmp_path / "milvus.db"), "grpc", dim, bundle_sha256=tiny_manifest.sha256())
+    engine = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
+    service = RetrievalService(engine, gallery, tiny_manifest)
+    server, port = create_server(service, port=0)
+    server.start()
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic.image(3, 0)).save(buffer, format="PNG")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RetrievalStub(channel)
+            items = [pb.NewItem(id=name, image=buffer.getvalue(), metadata={"city": city})
+                     for name, city in (("café", "Zürich"), ("cafe", "Zurich"), ('שלום"\\', "Zürich\n"))]
+            assert stub.AddItems(pb.AddItemsRequest(items=items), timeout=30).count == 3
+            found = stub.Search(pb.SearchRequest(image=buffer.getvalue(), k=5, filters={"city": "Zürich"}), timeout=30)
+            assert [item.id for item in found.items] == ["café"]
+            upsert = pb.AddItemsRequest(items=[pb.NewItem(id="naïve ☃", image=buffer.getvalue())], upsert=True)
+            assert stub.AddItems(upsert, timeout=30).count == 4
+            assert stub.RemoveItems(pb.RemoveItemsRequest(ids=["naïve ☃", 'שלום"\\']), timeout=30).count == 2
+            assert {h.id for h in stub.Search(pb.SearchRequest(image=buffer.getvalue(), k=5), timeout=30).items} == {
+                "café", "cafe"}
+    finally:
+        server.stop(None)
+        service.close()
+
+
 def _milvus_server(data: Path, port: int) -> subprocess.Popen:
     milvus_lite = Path(sys.executable).with_name("milvus-lite")
     command = [str(milvus_lite), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
