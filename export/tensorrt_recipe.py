@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.backends.tensorrt_stamp import SUPPORTED_TENSORRT_MAJORS
+
 __all__ = ["SUPPORTED_MAJORS", "BuildRecipe", "UnsupportedTensorRT", "build_recipe", "tensorrt_major"]
 
-SUPPORTED_MAJORS = (10, 11)
+SUPPORTED_MAJORS = SUPPORTED_TENSORRT_MAJORS
 
 
 class UnsupportedTensorRT(ValueError):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["STAMP_KEYS", "machine_stamp", "plan_entry", "stamp_mismatch"]
+__all__ = ["STAMP_KEYS", "SUPPORTED_TENSORRT_MAJORS", "machine_stamp", "plan_entry", "stamp_mismatch"]
+
+SUPPORTED_TENSORRT_MAJORS = (10, 11)
+"""TensorRT major versions plans are built and served with (the exporter's recipes, ``cdd-serve --check-gpu``)."""
 
 STAMP_KEYS = ("gpu", "compute_capability", "tensorrt")
 """The keys of a machine stamp: GPU name, compute capability "major.minor", TensorRT version."""
