@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,11 @@ from pathlib import Path
 __all__ = ["Step", "main", "results_markdown", "write_results"]
 
 ROOT = Path(__file__).resolve().parents[2]
+BUDGET_S = 450.0
+"""Seconds all steps may take together (each also has its own limit), so the check ends within 8 minutes."""
 RESULTS_MARK = "<!-- results: written by `make gpu-check` below this line -->"
 BACKENDS = "tensorrt,onnxruntime-cuda,onnxruntime-cpu"
+_PYTEST_COUNTS = re.compile(r"\d+ (passed|failed|skipped|deselected|error)")
 
 
 @dataclass
@@ -47,9 +51,14 @@ class Step:
     tail: list[str] = field(default_factory=list)
 
 
+_DEADLINE = [time.monotonic() + BUDGET_S]
+
+
 def _run(step: Step, command: Sequence[str], timeout: float) -> subprocess.CompletedProcess | None:
-    """Run ``command`` from the repository root for ``step``; None (and the step failed) on a timeout."""
+    """Run ``command`` from the repository root for ``step`` for at most ``timeout`` seconds and what is left
+    of the budget; None (and the step failed) on a timeout."""
     start = time.monotonic()
+    timeout = max(1.0, min(timeout, _DEADLINE[0] - start))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     try:
@@ -200,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu-check: no CUDA device ({why}); nothing was run and {args.doc} is unchanged", file=sys.stderr)
         return 2
     print(f"gpu-check: {device}", flush=True)
+    _DEADLINE[0] = time.monotonic() + BUDGET_S
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -211,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     done = _run(tests, [sys.executable, "-m", "pytest", "-m", "gpu or tensorrt", "-q", "-rs", "-p", "no:cacheprovider",
                         "tests"], timeout=240)
     if done is not None:
-        tests.summary = next((line for line in reversed(tests.tail) if " in " in line), tests.summary)
+        counts = [line for line in done.stdout.splitlines() if _PYTEST_COUNTS.search(line)]
+        tests.summary = counts[-1].strip("= ") if counts else tests.summary
     run, images, what = _student(args.run, work)
     tensorrt, serve, backends = ("off", "onnxruntime-cpu", "onnxruntime-cpu") if args.rehearse_on_cpu else (
         "required", "tensorrt", BACKENDS)

@@ -38,6 +38,7 @@ _SMALL = ["batch.max=8", "batch.opt=4", "gates.odd_batch=3"]
 @needs_tensorrt
 def test_plan_is_stamped_and_matches_onnxruntime(student_bundle: ExportResult, tiny_run_dir: TinyRuns) -> None:
     manifest = load_bundle(student_bundle.bundle)
+    assert "tensorrt" in manifest.backends, f"no plan was built: {manifest.provenance['tensorrt']}"
     stamp = manifest.backends["tensorrt"]
     assert stamp["file"] == "model.plan" and stamp["precision"] == "fp16"
     assert stamp["gpu"] and stamp["tensorrt"] and "." in stamp["compute_capability"]

@@ -164,3 +164,32 @@ def test_every_gpu_use_holds_the_lock_and_concurrent_searches_copy_once():
     assert not errors and len(gpu.copies) == 1 and gpu.copies[0]["lock_held"]
     assert [c[0] for c in gpu.calls] == ["search"] * 4 + ["add", "remove"]
     assert all(held for _, held in gpu.calls)
+
+
+@pytest.mark.gpu
+def test_real_faiss_gpu_filters_and_ivfpq_decisions(caplog):
+    """On a machine where faiss sees a GPU: the same decisions with the detected capability."""
+    from serving.index.faiss_searcher import faiss_gpu_count
+
+    if faiss_gpu_count() == 0:
+        pytest.skip("faiss sees no GPU (faiss-cpu, or no CUDA device)")
+    vectors, queries, allowed = _unit(2000, 0), _unit(4, 1), np.arange(0, 2000, 13, dtype=np.int64)
+    for index_type in ("flat", "ivf"):
+        searcher = FaissSearcher(index_type, DIM, {"nlist": 8, "nprobe": 8}, use_gpu=True)
+        if index_type != "flat":
+            searcher.train(vectors)
+        searcher.add(vectors, np.arange(2000, dtype=np.int64))
+        scores, labels = searcher.search(queries, 10, allowed=allowed)
+        exact = (queries @ vectors[allowed].T).argsort(axis=1)[:, ::-1][:, :10]
+        np.testing.assert_array_equal(labels, allowed[exact])
+        _, unfiltered = searcher.search(queries, 10)
+        np.testing.assert_array_equal(unfiltered, (queries @ vectors.T).argsort(axis=1)[:, ::-1][:, :10])
+        assert searcher.describe()["engine"] == "faiss-gpu" and searcher._gpu is not None
+    caplog.set_level(logging.WARNING, logger="serving.index")
+    pq = FaissSearcher("ivfpq", DIM, {"nlist": 8, "nprobe": 8, "pq_m": 8, "pq_nbits": 6}, use_gpu=True)
+    pq.train(vectors)
+    pq.add(vectors, np.arange(2000, dtype=np.int64))
+    _, labels = pq.search(queries, 10)
+    expected = None if FaissGpu.detect().cuvs else "GPU IVF-PQ needs pq_nbits=8 (found 6)"  # cuVS takes 6 bits
+    assert (labels >= 0).all() and pq.describe().get("gpu_refused") == expected
+    assert (pq._gpu is None) == (expected is not None)
