@@ -46,11 +46,11 @@ def _choose_nlist(n: int) -> int:
 
 
 def _choose_pq(dim: int, n: int, options: dict[str, Any], gpu: FaissGpu | None = None) -> tuple[int, int]:
-    """(m, nbits): the options' values, else a GPU-searchable choice when ``gpu`` is given and has one,
-    else the CPU default (largest divisor of dim <= dim / 4, bits from the training size)."""
+    """(m, nbits): the options' values where given; the rest a GPU-searchable choice when ``gpu`` is given
+    and has one, else the CPU default (largest divisor of dim <= dim / 4, bits from the training size)."""
     choice = gpu_pq_choice(gpu, dim, n) if gpu is not None and not options.get("pq_m") else None
-    if choice is not None and not options.get("pq_nbits"):
-        return choice
+    if choice is not None:
+        return choice[0], int(options.get("pq_nbits") or choice[1])
     m = options.get("pq_m") or max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"ivfpq: pq_m={m} must divide the embedding dim {dim}")
