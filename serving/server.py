@@ -351,9 +351,9 @@ def _config(args: argparse.Namespace) -> ServeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend.
-    ``cdd-serve --check-gpu``: `serving.gpu_check` (exit 0 ready, 1 not)."""
+    ``cdd-serve --check-gpu``: `serving.gpu_environment` (exit 0 ready, 1 not)."""
     if "--check-gpu" in (sys.argv[1:] if argv is None else argv):
-        from serving.gpu_check import check_gpu_main
+        from serving.gpu_environment import check_gpu_main
 
         return check_gpu_main()
     args = _parser().parse_args(argv)
