@@ -128,7 +128,8 @@ def quantise(prepared: Path, out_path: Path, fmt: str, images: np.ndarray, metho
             activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=[*preprocessing_nodes(prepared), *exclude],
             calibrate_method=_METHODS[method], calibration_cache_path=str(ranges_cache),
-            extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True, "QuantizeBias": not signed},
+            extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True,
+                           **({"QuantizeBias": False} if signed else {})},  # TensorRT has no int32 Q/DQ
         )
     except Exception as exc:  # the quantiser raises many types (calibration, graph rewriting, onnx)
         raise QuantisationError(f"ONNX Runtime {fmt} quantisation with {method} calibration failed: "
