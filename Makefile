@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help gpu-check
+.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export the teacher, student and int8 student"
@@ -91,6 +91,7 @@ proto: $(STAMP)
 # with its parity gate, Search through cdd-serve on TensorRT, cdd-bench engine TensorRT vs ONNX Runtime CUDA vs
 # CPU; results written to docs/gpu.md. GPU_PYTHON: a Python with the GPU packages (docs/gpu.md, "Installing").
 GPU_PYTHON ?= $(PY)
+.PHONY: gpu-check
 gpu-check:
 	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
