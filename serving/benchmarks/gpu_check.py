@@ -132,7 +132,7 @@ def _search(bundle: Path, images: Path, work: Path, backend: str) -> Step:
     args = ["--bundle", str(bundle), "--index", str(index), "--backend", backend, "--host", "127.0.0.1",
             "--port", "0"]
     try:
-        with ServerProcess("serving.server", args, "cdd-serve").start(timeout=120) as server:
+        with ServerProcess("serving.server", args, "cdd-serve") as server:  # started by the with, stopped after
             with RetrievalClient(f"127.0.0.1:{server.port}", timeout=30) as client:
                 hits, stats = client.search(query, k=5), client.stats()
     except Exception as exc:  # a server that does not start, or an RPC error: reported, not raised
