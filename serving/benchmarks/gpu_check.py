@@ -1,7 +1,8 @@
 """``make gpu-check`` / ``python -m serving.benchmarks.gpu_check``: the GPU paths, run once on a GPU, written to
 docs/gpu.md with the device named.
 
-Steps, each a subprocess with its own time limit (420 s in all at most, so the check ends within 8 minutes), in one work folder:
+Steps, each a subprocess with its own time limit (420 s in all at most, so the check ends within 8 minutes),
+in one work folder:
 1. the environment: ``cdd-serve --check-gpu``;
 2. the GPU-marked tests: ``pytest -m "gpu or tensorrt"``;
 3. an fp16 TensorRT export of the demo student (``runs/demo/student``; the tests' tiny student when that run
