@@ -10,7 +10,8 @@ in one work folder:
 4. the served path on TensorRT: a flat index of gallery images, ``cdd-serve --backend tensorrt`` on a loopback
    port, and Search for a gallery image, which must find itself first;
 5. ``cdd-bench engine`` with TensorRT, ONNX Runtime CUDA and ONNX Runtime CPU.
-A step that fails is reported with its output tail and the next steps that need it are skipped. Without a
+A step that fails is reported with its output tail (a skipped GPU test counts as failed: a GPU path that did
+not run) and the next steps that need it are skipped. Without a
 CUDA device nothing runs: the exit status is 2 and the results in docs/gpu.md are left as they are.
 Exit status: 0 every step passed, 1 a step failed, 2 no CUDA device.
 """
@@ -227,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if done is not None:
         counts = [line for line in done.stdout.splitlines() if _PYTEST_COUNTS.search(line)]
         tests.summary = counts[-1].strip("= ") if counts else tests.summary
+        skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+        if skipped and not args.rehearse_on_cpu:  # on a GPU, a skipped GPU test is a GPU path that did not run
+            tests.status, tests.tail = "failed", skipped
     run, images, what = _student(args.run, work)
     tensorrt, serve, backends = ("off", "onnxruntime-cpu", "onnxruntime-cpu") if args.rehearse_on_cpu else (
         "required", "tensorrt", BACKENDS)
