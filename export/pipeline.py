@@ -191,7 +191,7 @@ def _tensorrt_plan_or_note(stage: BundleStage, wrapper: DeployWrapper, run: RunD
             raise TensorRTBuildError(f"the TensorRT build failed: {type(exc).__name__}: {exc}") from exc
         (stage.path / PLAN_FILE).unlink(missing_ok=True)
         stage.files.pop(PLAN_FILE, None)
-        return (f"skipped: the TensorRT build failed ({type(exc).__name__}: {str(exc)[:300]}); the bundle has "
+        return (f"skipped: no TensorRT plan ({type(exc).__name__}: {str(exc)[:300]}); the bundle has "
                 "the ONNX Runtime and torch backends")
     return None
 

@@ -117,7 +117,7 @@ def test_auto_turns_any_build_error_into_the_skip_note(tiny_run_dir: TinyRuns, t
     message = _break_the_build(monkeypatch)
     args = ["--run", str(tiny_run_dir.student18), "--out", str(tmp_path / "b"), "--tensorrt", "auto"]
     assert main([*args, *[a for s in _SMALL for a in ("--set", s)]]) == 0
-    note = f"skipped: the TensorRT build failed (AttributeError: {message}); the bundle has the ONNX Runtime and " \
+    note = f"skipped: no TensorRT plan (AttributeError: {message}); the bundle has the ONNX Runtime and " \
            "torch backends"
     assert f"  tensorrt: {note}" in capsys.readouterr().out.splitlines()
     manifest = load_bundle(tmp_path / "b")
