@@ -87,6 +87,14 @@ step-time: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m serving.proto_build
 
+# The GPU paths run once on a GPU (docs/gpu.md): GPU-marked tests, an fp16 TensorRT export of the demo student
+# with its parity gate, Search through cdd-serve on TensorRT, cdd-bench engine TensorRT vs ONNX Runtime CUDA vs
+# CPU; results written to docs/gpu.md. GPU_PYTHON: a Python with the GPU packages (docs/gpu.md, "Installing").
+GPU_PYTHON ?= $(PY)
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check training export serving tests
 
