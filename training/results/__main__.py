@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
     collect = commands.add_parser("collect", help="copy a finished run's metrics, config and stamp to a file")
     collect.add_argument("--run", type=Path, required=True, help="run folder (metrics.json, config.json)")
-    collect.add_argument("--out", type=Path, required=True, help="results file to write, e.g. docs/results/x.json")
+    collect.add_argument("--out", type=Path, required=True,
+                         help="results file to write, e.g. docs/results/demo-student.json")
     collect.add_argument("--stamp-now", action="store_true",
                          help="stamp with now, HEAD and this machine when the run folder has no stamp.json")
     stamp = commands.add_parser("stamp", help="add a stamp (now, HEAD, this machine) to a results file")

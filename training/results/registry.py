@@ -70,4 +70,4 @@ def render_table(name: str, root: str | Path = ".") -> str:
     table = table_for(name)
     data = [_load(Path(root), relative) for relative in table.files]
     stamps = [stamp_line(d.get("stamp"), relative) for d, relative in zip(data, table.files, strict=True)]
-    return "\n".join([table.render(data), "", "  \n".join(stamps)])
+    return "\n".join([table.render(data), "", "\n\n".join(stamps)])
