@@ -2,7 +2,8 @@
 
 NAMEs: ``demo`` (teacher vs CDD student of ``make train``), ``demo-epochs`` (the student per epoch),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
-(``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``).
+(``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
+``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32).
 Paths are relative to the repository root.
 """
 
@@ -15,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from training.results.ablation_tables import per_seed_table, summary_table
+from training.results.engine_tables import engine_table
 from training.results.stamp import stamp_line
 from training.results.tables import ResultsError, epochs_table, targets_table, teacher_student_table
 
 __all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
 
 DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
-NAMES_HELP = "demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds"
+NAMES_HELP = "demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, engine-<name>"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ def table_for(name: str) -> Table:
         source = f"docs/ablation-{dataset}.json"
         table = per_seed_table if name.endswith("-seeds") else summary_table
         return Table((source,), lambda d: table(d[0], dataset, source))
+    if name.startswith("engine-"):
+        source = f"docs/{name}/engine.json"
+        return Table((source,), lambda d: engine_table(d[0], source))
     raise ResultsError(f"unknown results table {name!r}; valid: {NAMES_HELP}")
 
 
