@@ -100,6 +100,8 @@ results-collect: $(STAMP)
 
 step-time: $(STAMP)
 	$(PY) -m training.bench_step --preset demo-student --steps 20 --out docs/step_time.json
+	$(PY) -m training.results stamp --force docs/step_time.json
+	$(PY) -m training.results render
 
 proto: $(STAMP)
 	$(PY) -m serving.proto_build

@@ -3,7 +3,8 @@
 NAMEs: ``demo`` (teacher vs CDD student of ``make train``), ``demo-epochs`` (the student per epoch),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
-``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32).
+``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
+``step-time`` (``make step-time`` and its 24,000-entry variant).
 Paths are relative to the repository root.
 """
 
@@ -18,12 +19,15 @@ from typing import Any
 from training.results.ablation_tables import per_seed_table, summary_table
 from training.results.engine_tables import engine_table
 from training.results.stamp import stamp_line
+from training.results.step_time_tables import step_time_table
 from training.results.tables import ResultsError, epochs_table, targets_table, teacher_student_table
 
 __all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
 
 DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
-NAMES_HELP = "demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, engine-<name>"
+NAMES_HELP = ("demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, engine-<name>, "
+              "step-time")
+STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ def table_for(name: str) -> Table:
                                                                                    (DEMO_TEACHER, DEMO_STUDENT))),
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
+        "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
     }
     if name in fixed:
         return fixed[name]
