@@ -15,8 +15,8 @@ help:
 	@echo "make bench-bundle   a realistic-cost bundle (ResNet-50, 256x128, short run) in fp32 and int8"
 	@echo "make test           install and run the whole test suite"
 	@echo "make results        render the README's and docs' results tables from the committed results files"
-	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 	@echo "make results-collect   copy the finished demo runs' metrics to docs/results/ (then make results)"
+	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
