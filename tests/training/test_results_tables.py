@@ -62,8 +62,8 @@ def test_a_number_edited_by_hand_or_a_changed_results_file_is_caught_and_rendere
     ("a\n<!-- results:x -->\nb\n", "doc.md:2: results:x is never closed"),
     ("<!-- results:x -->\n<!-- results:y -->\n", "doc.md:2: results:y opens inside results:x"),
     ("a\n\n<!-- /results:x -->\n", "doc.md:3: <!-- /results:x --> closes a block that is not open"),
-    ("<!-- results:x --><!-- /results:x -->\n<!-- results:x --><!-- /results:x -->",
-     "doc.md:2: results:x appears twice"),
+    ("<!-- results:x -->\n<!-- /results:x -->\n<!-- results:x -->\n<!-- /results:x -->",
+     "doc.md:4: results:x appears twice"),
 ])
 def test_broken_markers_are_refused_naming_the_line(text: str, message: str) -> None:
     with pytest.raises(MarkerError, match="^doc.md:") as error:
@@ -72,10 +72,11 @@ def test_broken_markers_are_refused_naming_the_line(text: str, message: str) -> 
 
 
 def test_only_the_text_between_markers_is_replaced() -> None:
-    text = "head\n<!-- results:a -->\nold a\n<!-- /results:a -->\nmiddle\n<!-- results:b --><!-- /results:b -->\ntail"
+    text = ("head `<!-- results:a -->` quoted\n<!-- results:a -->\nold a\n<!-- /results:a -->\nmiddle\n"
+            "<!-- results:b -->\n<!-- /results:b -->\ntail")
     out = replace_blocks(text, lambda name: f"  new {name}\n\n")
-    assert out == ("head\n<!-- results:a -->\nnew a\n<!-- /results:a -->\nmiddle\n<!-- results:b -->\nnew b\n"
-                   "<!-- /results:b -->\ntail")
+    assert out == ("head `<!-- results:a -->` quoted\n<!-- results:a -->\nnew a\n<!-- /results:a -->\nmiddle\n"
+                   "<!-- results:b -->\nnew b\n<!-- /results:b -->\ntail")
 
 
 def test_stamp_line_names_date_commit_cpu_and_simd_families() -> None:

@@ -1,4 +1,5 @@
-"""Results blocks in markdown: ``<!-- results:NAME -->``, the rendered table, ``<!-- /results:NAME -->``.
+"""Results blocks in markdown: a line ``<!-- results:NAME -->``, the rendered table, a line
+``<!-- /results:NAME -->``. A marker counts only on a line of its own, so prose may quote one.
 
 Everything between an opening and its closing marker belongs to the renderer: `replace_blocks` swaps it for
 what the render function gives for NAME, keeping the markers and the text around them as they are.
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 __all__ = ["Block", "MarkerError", "find_blocks", "replace_blocks"]
 
-_MARKER = re.compile(r"<!-- (/?)results:([A-Za-z0-9_.-]+) -->")
+_MARKER = re.compile(r"^<!-- (/?)results:([A-Za-z0-9_.-]+) -->[ \t]*$", re.MULTILINE)
 
 
 class MarkerError(ValueError):
