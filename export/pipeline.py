@@ -201,8 +201,10 @@ def _compatibility(onnx_path: Path, run: RunDir, config: ExportConfig) -> list[d
     compat = config.compatibility
     if not compat.teacher_bundle:
         return []
+    compat_weight = float((run.config.get("loss") or {}).get("compat_weight", 0.0))
     return [compatibility_declaration(onnx_path, run.spec.input_size, run.spec.embedding_dim, run.dataset,
-                                      run.data_root, compat.teacher_bundle, compat.max_map_drop, config.batch.max)]
+                                      run.data_root, compat.teacher_bundle, compat.max_map_drop, config.batch.max,
+                                      compat_weight=compat_weight, teacher_run=run.teacher_run)]
 
 
 def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -> ExportResult:

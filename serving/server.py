@@ -10,8 +10,9 @@ concurrent Retrieval calls (`Admission`, RESOURCE_EXHAUSTED beyond) and feeds `S
 (``--metrics-port``); `EngineWatchdog` turns health NOT_SERVING while the engine is stuck.
 
 Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval". Reflection lists the
-Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) live in memory only;
-rebuild or re-save the index with `cdd-index` to make them permanent.
+Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) are durable when
+acknowledged: the FAISS store appends them to the index folder's fsynced write log before replying
+(`serving.index.durable_gallery`), Milvus keeps them in its own log.
 """
 
 from __future__ import annotations
