@@ -1,4 +1,4 @@
-"""Retrieval-guided gradient resetting (GRG), as in METHOD.md.
+"""Retrieval-guided gradient resetting (GRG), as docs/method.md describes it.
 
 Pure pieces, each tested on its own:
 - :class:`DescriptorMemory`: per-block FIFO of teacher descriptors, kept on the training device.
