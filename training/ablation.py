@@ -44,18 +44,19 @@ DATASETS: dict[str, list[str]] = {
                   "run.eval_every=0", "optim.flat_until=5"],
     "animal-mnist": ['data.dataset="folder"', 'data.root="data/animal-mnist"', "data.height=32", "data.width=32",
                      "data.p=5", "data.k=8", "data.pad=4", "run.epochs=8", "run.eval_every=0",
-                     "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=1",
-                     "cdd.reset_decay_steps=40"],
+                     "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=1"],
 }
 VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again")
 # CDD study variants: the CDD student with one setting changed (same teacher, seed and data).
 STUDIES: dict[str, list[str]] = {
-    "cdd-no-schedule": ['cdd.shrink_curve="none"'],
-    "cdd-linear": ['cdd.shrink_curve="linear"'],
-    "cdd-shrink-end-0.4": ["cdd.shrink_end=0.4"],
-    "cdd-shrink-end-0.8": ["cdd.shrink_end=0.8"],
+    "cdd-no-schedule": ['cdd.shrink_curve="none"', "cdd.fill_to_schedule=false"],
+    "cdd-cubic": ['cdd.shrink_curve="cubic"'],
+    "cdd-no-fill": ["cdd.fill_to_schedule=false"],
+    "cdd-shrink-end-0.5": ["cdd.shrink_end=0.5"],
+    "cdd-shrink-end-0.9": ["cdd.shrink_end=0.9", "cdd.reset_decay_steps=5"],
     "cdd-scratch": ['model.init="scratch"'],
     "cdd-ratio-0.5": ["cdd.ratio=0.5"],
+    "cdd-ratio-0.5-no-fill": ["cdd.ratio=0.5", "cdd.fill_to_schedule=false"],
 }
 _NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill")
 

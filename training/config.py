@@ -167,7 +167,10 @@ class CDDConfig:
     shrink_curve ("cubic", "linear" or "none"; `training.shrink_schedule`) paces that growth: from
     grg_start_epoch the reset set may only grow up to a scheduled limit that falls from the full network to
     the budget at shrink_end (a fraction of the run), so the student shrinks gradually; "none" lets the
-    budget alone stop growth (the network may be cut to the budget within a few steps)."""
+    budget alone stop growth (the network may be cut to the budget within a few steps). fill_to_schedule:
+    when the batch's proposal (channels unimportant for every sample) leaves the reset set short of the
+    scheduled limit, the other channels are admitted by their contribution score, smallest first (our
+    extension: the schedule sets how many channels go, GRG which; off = the reset set may lag)."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20
@@ -187,6 +190,7 @@ class CDDConfig:
     latency_threads: int = 1
     shrink_curve: str = "none"
     shrink_end: float = 0.6
+    fill_to_schedule: bool = False
 
     def __post_init__(self) -> None:
         if self.shrink_curve not in SHRINK_CURVES:

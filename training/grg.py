@@ -85,7 +85,7 @@ def step_reset_proposal(teacher: torch.Tensor, student: torch.Tensor, memory: to
     contribution over every (sample, neighbour) pair, the order in which a budget admits channels."""
     p = teacher.shape[1]
     n_candidates = int(ratio * p)
-    if n_candidates <= 0 or memory.shape[0] == 0:
+    if memory.shape[0] == 0:
         return (torch.zeros(p, dtype=torch.bool, device=teacher.device),
                 torch.zeros(p, dtype=torch.float32, device=teacher.device))
     t = torch.nn.functional.normalize(teacher.float(), dim=1)
@@ -94,9 +94,12 @@ def step_reset_proposal(teacher: torch.Tensor, student: torch.Tensor, memory: to
     k = min(topk, g.shape[0])
     neighbours = (t @ g.T).topk(k, dim=1).indices  # (B, k)
     contributions = (g[neighbours] * s[:, None, :]).abs()  # (B, k, p)
+    scores = contributions.flatten(0, 1).amax(dim=0)
+    if n_candidates <= 0:
+        return torch.zeros(p, dtype=torch.bool, device=teacher.device), scores
     smallest = contributions.topk(n_candidates, dim=2, largest=False).indices
     candidate = torch.zeros_like(contributions, dtype=torch.bool).scatter_(2, smallest, True)
-    return candidate.flatten(0, 1).all(dim=0), contributions.flatten(0, 1).amax(dim=0)
+    return candidate.flatten(0, 1).all(dim=0), scores
 
 
 def step_reset_mask(teacher: torch.Tensor, student: torch.Tensor, memory: torch.Tensor, topk: int,
@@ -143,11 +146,15 @@ class GradientResetter:
     (partially admitting the step that crosses it), then stops; see training/budget.py (a
     :class:`~training.budget.Budgets` holds FLOPs and latency budgets: growth stops when all are met).
     ``schedule``, with a budget, paces growth: at each step the reset set grows only up to the scheduled
-    limit of that point of the run (never beyond it), reaching the budget itself at the schedule's end."""
+    limit of that point of the run (never beyond it), reaching the budget itself at the schedule's end.
+    ``fill_to_schedule``: when the step's proposal (the intersection over the batch) leaves the reset set short
+    of the scheduled limit, the other channels are admitted too, smallest contribution score first, so the
+    network follows the schedule (GRG then decides which channels go, the schedule how many)."""
 
     def __init__(self, widths: Sequence[int], memory_size: int, topk: int, ratio: float,
                  device: torch.device | str = "cpu", budget: FlopsBudget | Budgets | None = None,
-                 rule: str = "decay", decay_steps: int = 1000, schedule: ShrinkSchedule | None = None) -> None:
+                 rule: str = "decay", decay_steps: int = 1000, schedule: ShrinkSchedule | None = None,
+                 fill_to_schedule: bool = False) -> None:
         if rule not in RESET_RULES:
             raise ValueError(f"cdd.reset_rule must be one of {RESET_RULES}, found {rule!r}")
         if decay_steps < 1:
@@ -158,6 +165,7 @@ class GradientResetter:
         self.topk, self.ratio = topk, ratio
         self.budget, self.rule, self.decay_steps = budget, rule, decay_steps
         self.schedule = schedule if schedule is not None and schedule.paced else None
+        self.fill_to_schedule = fill_to_schedule
         self.growing = True
         self.steps = 0
         self.stop_note = ""
@@ -186,11 +194,13 @@ class GradientResetter:
         scores = _all_max(scores)
         if self.budget is None:
             grown = [m | s for m, s in zip(self.masks, step_masks, strict=True)]
-        elif self.schedule is not None and run_fraction is not None and self.schedule.progress(run_fraction) < 1:
-            grown = self.budget.scheduled(self.schedule, run_fraction).fill(self.masks, step_masks, scores,
-                                                                            cross=False)
         else:
-            grown = self.budget.fill(self.masks, step_masks, scores)
+            paced = self.schedule is not None and run_fraction is not None and self.schedule.progress(run_fraction) < 1
+            target = self.budget.scheduled(self.schedule, run_fraction) if paced else self.budget
+            grown = target.fill(self.masks, step_masks, scores, cross=not paced)
+            if self.fill_to_schedule and self.schedule is not None and not target.met(grown):
+                rest = [~g for g in grown]  # behind the schedule: the other channels, smallest score first
+                grown = target.fill(grown, rest, scores, cross=not paced)
         added = sum(int((g & ~m).sum()) for g, m in zip(grown, self.masks, strict=True))
         self.masks = grown
         if self.budget is not None and self.budget.met(grown):
@@ -285,7 +295,7 @@ def build_resetter(cdd: CDDConfig, spec: ArchSpec, teacher_flops: int, device: t
     if cdd.shrink_curve != "none" and budget is not None and epochs:
         schedule = ShrinkSchedule(cdd.shrink_curve, cdd.grg_start_epoch / epochs, cdd.shrink_end)
     return GradientResetter([p for _, p in spec.blocks()], cdd.memory_size, cdd.topk, cdd.ratio, device, budget,
-                            cdd.reset_rule, cdd.reset_decay_steps, schedule)
+                            cdd.reset_rule, cdd.reset_decay_steps, schedule, cdd.fill_to_schedule)
 
 
 def _distributed() -> bool:

@@ -166,3 +166,26 @@ def test_a_run_too_short_for_its_resetting_is_refused_with_a_working_value():
     with pytest.raises(ConfigError, match=r"no channel could be reset and reach zero; set cdd.reset_decay_steps = 3"):
         check_resetting_plan(unpaced, 3, 10, budgeted=True)
     check_resetting_plan(unpaced, 10, 40, budgeted=True)
+
+
+def test_fill_to_schedule_keeps_the_curve_when_proposals_run_dry():
+    """ratio 0.05 proposes nothing (no channel is in every pair's bottom 5%): without filling the reset set
+    never grows; with it the network follows the schedule exactly and meets the budget at its end."""
+    teacher_flops = FlopsModel.for_spec(SPEC).flops(WIDTHS)
+    budget = FlopsBudget.for_spec(SPEC, teacher_flops, 0.3)
+    schedule = ShrinkSchedule("linear", 0.1, 0.6)
+
+    def resetter(fill):
+        return GradientResetter(WIDTHS, 64, 2, 0.05, budget=budget, rule="reference", schedule=schedule,
+                                fill_to_schedule=fill)
+
+    assert all(int(m.sum()) == 0 for _, masks in _run(resetter(False), 50) for m in masks)
+    filled = _run(resetter(True), 50)
+    for fraction, masks in filled:
+        limit = budget.scheduled(schedule, fraction).limit
+        if fraction < 0.6:
+            assert limit <= budget.flops(masks)  # never ahead of the schedule
+            if fraction >= 0.2:
+                assert budget.flops(masks) < limit + FlopsModel.for_spec(SPEC).max_step()  # and not behind it
+        else:
+            assert budget.met(masks)
