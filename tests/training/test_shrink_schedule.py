@@ -156,13 +156,15 @@ def test_a_run_too_short_for_its_resetting_is_refused_with_a_working_value():
     with pytest.raises(ConfigError, match=r"cdd.grg_start_epoch = 2 is not before the end of the run \(run.epochs "
                                           r"= 2\).*set cdd.grg_start_epoch to about 0.2"):
         check_resetting_plan(demo, 2, 29, budgeted=True)
+    early_end = load_config("demo-student", ["cdd.shrink_end=0.6"]).cdd
     with pytest.raises(ConfigError, match=r"cdd.shrink_end = 0.6 of the run is not after resetting starts.*"
                                           r"set cdd.grg_start_epoch to about 0.3 \(a tenth"):
-        check_resetting_plan(demo, 3, 29, budgeted=True)  # the demo capped at 3 epochs
-    with pytest.raises(ConfigError, match=r"cdd.reset_decay_steps = 60 is longer than the 46 step\(s\) left.*"
-                                          r"set cdd.reset_decay_steps = 23"):
-        check_resetting_plan(demo, 4, 29, budgeted=True)
-    unpaced = load_config("demo-student", ['cdd.shrink_curve="none"']).cdd
+        check_resetting_plan(early_end, 3, 29, budgeted=True)  # a demo capped at 3 epochs
+    slow_decay = load_config("demo-student", ["cdd.reset_decay_steps=60"]).cdd
+    with pytest.raises(ConfigError, match=r"cdd.reset_decay_steps = 60 is longer than the 34 step\(s\) left.*"
+                                          r"set cdd.reset_decay_steps = 17"):
+        check_resetting_plan(slow_decay, 4, 29, budgeted=True)
+    unpaced = load_config("demo-student", ['cdd.shrink_curve="none"', "cdd.reset_decay_steps=60"]).cdd
     with pytest.raises(ConfigError, match=r"no channel could be reset and reach zero; set cdd.reset_decay_steps = 3"):
         check_resetting_plan(unpaced, 3, 10, budgeted=True)
     check_resetting_plan(unpaced, 10, 40, budgeted=True)
