@@ -3,6 +3,7 @@
     cdd-train --preset demo-teacher
     cdd-train --config my.toml --set optim.lr=0.02 --set run.epochs=60 --resume
     torchrun --nproc_per_node=2 -m training --preset demo-teacher
+    cdd-train import-teacher --checkpoint FILE --format torchvision|timm|fast-reid ...   (see --help)
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["import-teacher"]:  # a model trained elsewhere as a teacher run dir
+        from training.teacher_import import main as import_teacher
+
+        return import_teacher(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from training.config import ConfigError, load_config
