@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from export.config import PRECISIONS, TENSORRT_MODES, load_export_config
 from export.errors import ExportError
-from export.parity import ParityGateError
-from export.pipeline import ExportResult, export_bundle
 from serving.bundle_cli import add_triton_arguments, triton_options
+from serving.extras import missing_extra
 from serving.triton_repository import write_triton_model
-from training.cost import Cost, reduction_percent
+
+if TYPE_CHECKING:
+    from export.pipeline import ExportResult
 
 __all__ = ["main"]
 
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(result: ExportResult) -> list[str]:
+    from training.cost import Cost, reduction_percent
+
     manifest = result.manifest
     lines = [f"cdd-export: {manifest.provenance['run_kind']} run {manifest.provenance['run_dir']} "
              f"({manifest.precision})"]
@@ -101,6 +105,12 @@ def _summary(result: ExportResult) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if (message := missing_extra("cdd-export", "export")) is not None:
+        print(message, file=sys.stderr)
+        return 1
+    from export.parity import ParityGateError
+    from export.pipeline import export_bundle
+
     overrides = list(args.set)
     if args.tensorrt is not None:
         overrides.append(f"tensorrt.mode={args.tensorrt}")

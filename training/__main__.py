@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    missing = [name for name in ("torch", "onnx", "matplotlib", "tqdm") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"cdd-train: needs the [train] extra ({', '.join(missing)} not installed); install it with "
+              "pip install 'cdd-retrieval[train]' (from a checkout: pip install -e '.[train]')", file=sys.stderr)
+        return 2
     if argv[:1] == ["import-teacher"]:  # a model trained elsewhere as a teacher run dir
         from training.teacher_import import main as import_teacher
 
