@@ -21,6 +21,8 @@ class ServeConfig:
     ``max_batch`` images per engine call (1 = no batching), ``max_wait_ms`` batch window after the first
     image; ``max_k`` results, ``max_pixels`` (width x height) per decoded image (larger declared sizes are
     refused before any pixel is decoded; 16 MP fits re-ID and product crops with room to spare),
+    ``max_call_pixels`` declared pixels summed over all images of one call (so a SearchBatch or AddItems of
+    many large images is refused before it takes minutes of CPU),
     ``max_id_bytes`` per gallery id and ``max_metadata_bytes`` per item's metadata or a query's filters
     (keys plus values, UTF-8), ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems;
     ``max_message_bytes`` per request / response; ``max_workers`` RPC threads.
@@ -54,6 +56,7 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     max_k: int = 100
     max_pixels: int = 16_000_000
+    max_call_pixels: int = 128_000_000
     max_id_bytes: int = 256
     max_metadata_bytes: int = 4096
     max_queries: int = 64
@@ -85,8 +88,8 @@ class ServeConfig:
             raise ValueError("--tls-cert and --tls-key go together; give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-        for name in ("max_batch", "max_k", "max_pixels", "max_id_bytes", "max_metadata_bytes", "max_queries",
-                     "max_items", "max_workers"):
+        for name in ("max_batch", "max_k", "max_pixels", "max_call_pixels", "max_id_bytes", "max_metadata_bytes",
+                     "max_queries", "max_items", "max_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.index_device not in ("cpu", "cuda", "auto"):

@@ -16,6 +16,8 @@ __all__ = [
     "Unavailable",
     "Overloaded",
     "Cancelled",
+    "StorageFull",
+    "StorageFailed",
 ]
 
 
@@ -45,3 +47,12 @@ class Overloaded(ServiceError, RuntimeError):
 
 class Cancelled(ServiceError, RuntimeError):
     """The client cancelled the call; its queued work was dropped."""
+
+
+class StorageFull(ServiceError, RuntimeError):
+    """A change could not be made durable because the disk (or quota) is full; nothing was changed, reads
+    keep working, and the same change succeeds once space is freed."""
+
+
+class StorageFailed(Unavailable):
+    """A change could not be made durable because of an I/O error; nothing was changed; retry later."""

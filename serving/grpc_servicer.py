@@ -22,10 +22,20 @@ import numpy as np
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.config import ServeConfig
-from serving.errors import Cancelled, DeadlineExceeded, InvalidInput, Overloaded, TooLarge, Unavailable
+from serving.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    StorageFailed,
+    StorageFull,
+    TooLarge,
+    Unavailable,
+)
 from serving.index.errors import DuplicateIdError, UnknownIdError
 from serving.index.item_table import metadata_text
 from serving.log_rate import RateLimitedLog
+from serving.metrics import ServerMetrics
 from serving.service import NewItem, Query, RetrievalService
 
 __all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wire_metadata"]
@@ -42,6 +52,7 @@ StatusCode = grpc.StatusCode
 # errors are TooLarge / InvalidInput; gallery-index errors are InvalidInput, but for unknown and duplicate ids.
 STATUS_FOR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TooLarge, StatusCode.RESOURCE_EXHAUSTED),
+    (StorageFull, StatusCode.RESOURCE_EXHAUSTED),
     (UnknownIdError, StatusCode.NOT_FOUND),
     (DuplicateIdError, StatusCode.ALREADY_EXISTS),
     (InvalidInput, StatusCode.INVALID_ARGUMENT),
@@ -93,9 +104,11 @@ def _new_item(message: pb.NewItem) -> NewItem:
 class RetrievalServicer(pb_grpc.RetrievalServicer):
     """cdd.v1.Retrieval over a `RetrievalService`; every method goes through `_call`."""
 
-    def __init__(self, service: RetrievalService, max_deadline_s: float = ServeConfig.max_deadline_s) -> None:
+    def __init__(self, service: RetrievalService, max_deadline_s: float = ServeConfig.max_deadline_s,
+                 metrics: ServerMetrics | None = None) -> None:
         self._service = service
         self._max_deadline_s = max_deadline_s
+        self._metrics = metrics
 
     def _call(self, context: grpc.ServicerContext, work: Callable[[float | None], _T]) -> _T:
         try:
@@ -103,8 +116,10 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
         except Exception as exc:  # every failure becomes a status; the server keeps serving
             self._abort(context, exc)
 
-    @staticmethod
-    def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    def _abort(self, context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+        if self._metrics is not None and isinstance(exc, StorageFull | StorageFailed):
+            reason = "disk_full" if isinstance(exc, StorageFull) else "io_error"
+            self._metrics.write_failures.labels(reason=reason).inc()
         code = status_for(exc)
         if code is None:
             _LOG.exception("unexpected error in a Retrieval call")

@@ -9,6 +9,8 @@ Names follow Prometheus conventions (base units, ``_total`` counters, histograms
 - ``cdd_batch_size``: images per engine call;
 - ``cdd_in_flight_requests``: Retrieval calls being served now;
 - ``cdd_gallery_items``: items in the gallery (read at scrape time);
+- ``cdd_write_failures_total{reason}``: gallery changes refused because the disk could not take them
+  (``disk_full``: ENOSPC / EDQUOT, ``io_error``: any other I/O error);
 - ``cdd_build_info{bundle_sha256,bundle_name,backend,version}``: always 1, labels describe the server.
 
 Each `ServerMetrics` has its own registry, so several servers in one process (tests) do not collide.
@@ -52,6 +54,8 @@ class ServerMetrics:
         self.batch_size = Histogram("cdd_batch_size", "Images per engine call", buckets=_BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge("cdd_in_flight_requests", "Retrieval calls being served now", registry=r)
         self.gallery_items = Gauge("cdd_gallery_items", "Items in the gallery", registry=r)
+        self.write_failures = Counter("cdd_write_failures", "Gallery changes the disk could not take",
+                                      ["reason"], registry=r)
         self.build_info = Gauge("cdd_build_info", "Always 1; the labels describe the server",
                                 ["bundle_sha256", "bundle_name", "backend", "version"], registry=r)
         self._http = None

@@ -9,6 +9,8 @@ PIL bilinear stretch). Mean/std normalisation happens inside the exported graph 
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "decode_image",
+    "declared_pixels",
     "image_to_model_input",
     "load_image_file",
     "to_model_input",
@@ -68,6 +71,19 @@ def decode_image(
         raise ImageTooLargeError(str(exc)) from exc
     except UndecodableImage as exc:
         raise ImageDecodeError(str(exc)) from exc
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height that encoded ``data`` declares in its header, read without decoding a pixel; None when
+    the header cannot be read (decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable header: `decode_image` reports it precisely
+        return None
+    return int(width) * int(height)
 
 
 def image_to_model_input(data: bytes, manifest: Manifest, max_pixels: int = ServeConfig.max_pixels) -> np.ndarray:

@@ -4,8 +4,9 @@ For every unary call: the request id is the client's ``x-request-id`` metadata (
 or a new one, returned in the trailing metadata and put in the call's `RequestContext` (so its log lines
 carry it). Retrieval calls other than Stats pass `Admission` first: over the cap they get
 RESOURCE_EXHAUSTED at once. A client cancel cancels the context (the batcher drops the queued work).
-`ServerMetrics` counts every call by method and status code. Streaming calls (health Watch,
-reflection) pass through untouched.
+`ServerMetrics` counts every call by method and status code. A request whose bytes do not parse gets
+INVALID_ARGUMENT with the reason (`serving.request_decoding`), before admission. Streaming calls (health
+Watch, reflection) pass through untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from serving.errors import Overloaded
 from serving.log_rate import RateLimitedLog
 from serving.metrics import ServerMetrics
 from serving.request_context import RequestContext, request_scope
+from serving.request_decoding import Undecodable, lenient
 
 __all__ = ["REQUEST_ID_KEY", "RequestInterceptor"]
 
@@ -72,7 +74,7 @@ class RequestInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -87,6 +89,8 @@ class RequestInterceptor(grpc.ServerInterceptor):
         code = "OK"
         with request_scope(call):
             try:
+                if isinstance(request, Undecodable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(call.method))
                 if gated:
                     self._admit(context, call)
                 try:

@@ -111,7 +111,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s), server)
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -179,7 +179,8 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         observer=metrics.observe_batch if metrics is not None else None,
     )
     limits = ServiceLimits(
-        max_k=config.max_k, max_pixels=config.max_pixels, max_queries=config.max_queries, max_items=config.max_items,
+        max_k=config.max_k, max_pixels=config.max_pixels, max_call_pixels=config.max_call_pixels,
+        max_queries=config.max_queries, max_items=config.max_items,
         max_id_bytes=config.max_id_bytes, max_metadata_bytes=config.max_metadata_bytes,
     )
     try:
@@ -195,6 +196,8 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
     if not config.allow_plaintext_remote:  # refuse before loading anything (create_server checks again)
         check_bind(config.host, tls=config.tls_cert is not None)
+    if config.tls_cert is not None and config.tls_key is not None:  # a bad TLS file: say which, before loading
+        server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     metrics = ServerMetrics() if config.metrics_port is not None else None
     service = build_service(config, metrics)
     health_servicer = health.HealthServicer()
@@ -276,6 +279,7 @@ _FLAG_HELP = {
     "max_wait_ms": "batch window after 1st image",
     "max_k": "largest k a search may ask for",
     "max_pixels": "largest image (w*h)",
+    "max_call_pixels": "declared pixels (w*h) summed over the images of one call",
     "max_id_bytes": "longest gallery id (UTF-8 bytes)",
     "max_metadata_bytes": "largest metadata per item / filters per query (UTF-8 bytes)",
     "max_workers": "RPC handler threads",

@@ -2,7 +2,10 @@
 
 Built from an engine, a gallery index and the bundle manifest. Image decoding and preprocessing run in
 the calling thread; only the engine call goes through the `DynamicBatcher`. Deadlines are absolute
-``time.monotonic()`` seconds: checked before the queue wait, by the batcher while queued, and after.
+``time.monotonic()`` seconds. Each call gets a `CallBudget`: before every image it decodes the service
+checks the deadline and the call's cancellation and charges the image's declared pixels against the
+per-call budget (``max_call_pixels``), so a call whose client has gone stops within one image's decode;
+the batcher checks again before each engine chunk, while queued, and after.
 
 Raises the domain errors of `serving.errors`, `serving.preprocess` (ImageDecodeError, ImageTooLargeError)
 and `serving.index.errors`; the gRPC servicer maps each to a status code.
@@ -11,7 +14,7 @@ and `serving.index.errors`; the gRPC servicer maps each to a status code.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,12 +23,13 @@ import numpy as np
 from serving.backends import Engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
+from serving.call_budget import CallBudget
 from serving.compatibility import GalleryBundle
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
 from serving.index.gallery import Hit
 from serving.index.gallery_backend import GalleryBackend
-from serving.preprocess import ImageDecodeError, ImageTooLargeError, image_to_model_input
+from serving.preprocess import ImageDecodeError, ImageTooLargeError, declared_pixels, image_to_model_input
 from serving.request_limits import check_id, check_metadata
 
 __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
@@ -34,18 +38,21 @@ __all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
 @dataclass(frozen=True)
 class ServiceLimits:
     """Per-call limits: ``max_k`` results, ``max_pixels`` per decoded image (width x height),
-    ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems, ``max_id_bytes`` per id,
-    ``max_metadata_bytes`` per item's metadata or query's filters (see `serving.request_limits`)."""
+    ``max_call_pixels`` summed over the images of one call, ``max_queries`` per SearchBatch, ``max_items``
+    per AddItems / RemoveItems, ``max_id_bytes`` per id, ``max_metadata_bytes`` per item's metadata or
+    query's filters (see `serving.request_limits`)."""
 
     max_k: int = ServeConfig.max_k
     max_pixels: int = ServeConfig.max_pixels
+    max_call_pixels: int = ServeConfig.max_call_pixels
     max_queries: int = ServeConfig.max_queries
     max_items: int = ServeConfig.max_items
     max_id_bytes: int = ServeConfig.max_id_bytes
     max_metadata_bytes: int = ServeConfig.max_metadata_bytes
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_pixels", "max_queries", "max_items", "max_id_bytes", "max_metadata_bytes"):
+        for name in ("max_k", "max_pixels", "max_call_pixels", "max_queries", "max_items", "max_id_bytes",
+                     "max_metadata_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServiceLimits.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -74,7 +81,8 @@ class RetrievalService:
     the batcher lock). ``batcher`` defaults to a DynamicBatcher over ``engine.embed`` (ServeConfig's
     max_batch, capped at manifest.batch.max, and window); the service closes it in `close`.
     ``gallery_bundle``: the bundle the index was built with when it is not ``manifest``'s own (asymmetric
-    retrieval, `serving.compatibility.gallery_bundle_for`); None means the same bundle."""
+    retrieval, `serving.compatibility.gallery_bundle_for`); None means the same bundle. ``clock`` is what
+    deadlines are measured on (time.monotonic; tests inject one)."""
 
     def __init__(
         self,
@@ -84,6 +92,7 @@ class RetrievalService:
         limits: ServiceLimits | None = None,
         batcher: DynamicBatcher | None = None,
         gallery_bundle: GalleryBundle | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         dim = manifest.output.dim
         if index.dim != dim:
@@ -99,6 +108,7 @@ class RetrievalService:
         self._bundle_sha256 = manifest.sha256()
         self.gallery_bundle = gallery_bundle or GalleryBundle(self._bundle_sha256, manifest.name, asymmetric=False)
         self._closed = False
+        self._clock = clock
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -119,7 +129,8 @@ class RetrievalService:
 
     def embed(self, image: bytes, deadline: float | None = None) -> np.ndarray:
         """float32 (D,) embedding of ``image`` (unit L2 norm when the manifest says ``normalized``)."""
-        return self._embed(self._pixels(image, "")[None], deadline)[0]
+        budget = self._budget(deadline)
+        return self._embed(self._pixels(image, "", budget)[None], budget)[0]
 
     # -- gallery management ---------------------------------------------------------------------------
 
@@ -130,6 +141,7 @@ class RetrievalService:
         self._check_count(len(items), "AddItems", "items")
         if not items:
             return 0
+        budget = self._budget(deadline)
         vectors = np.zeros((len(items), self.index.dim), dtype=np.float32)
         image_rows: list[int] = []
         images: list[np.ndarray] = []
@@ -143,9 +155,10 @@ class RetrievalService:
                 vectors[i] = self._unit_vector(item.vector, where)
             else:
                 image_rows.append(i)
-                images.append(self._pixels(item.image, where))
+                images.append(self._pixels(item.image, where, budget))
         if images:
-            vectors[image_rows] = self._embed(np.stack(images), deadline)
+            vectors[image_rows] = self._embed(np.stack(images), budget)
+        budget.check("the gallery change")
         metadata = [dict(item.metadata) for item in items]
         self.index.add([item.id for item in items], vectors, metadata, upsert=upsert)
         return len(items)
@@ -218,8 +231,9 @@ class RetrievalService:
         for i, query in enumerate(queries):
             self._check_k(query.k, _label(where, i))
             check_metadata(query.filters, _label(where, i) or "search", self.limits.max_metadata_bytes, "filters")
-        pixels = np.stack([self._pixels(q.image, _label(where, i)) for i, q in enumerate(queries)])
-        vectors = self._embed(pixels, deadline)
+        budget = self._budget(deadline)
+        pixels = np.stack([self._pixels(q.image, _label(where, i), budget) for i, q in enumerate(queries)])
+        vectors = self._embed(pixels, budget)
         # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
         groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
         for i, q in enumerate(queries):
@@ -232,7 +246,15 @@ class RetrievalService:
                 results[i] = hits[: int(queries[i].k)]
         return results
 
-    def _pixels(self, data: Any, where: str) -> np.ndarray:
+    def _budget(self, deadline: float | None) -> CallBudget:
+        return CallBudget(deadline, self.limits.max_call_pixels, self._clock)
+
+    def _pixels(self, data: Any, where: str, budget: CallBudget) -> np.ndarray:
+        """Decode one image of a call: check the call is still wanted, charge its declared pixels, decode."""
+        budget.check(f"decoding {where or 'the image'}")
+        declared = declared_pixels(data) if isinstance(data, bytes | bytearray) else None
+        if declared is not None and declared <= self.limits.max_pixels:  # a larger one is refused by decoding
+            budget.charge(declared, where or "image")
         try:
             return image_to_model_input(data, self.manifest, self.limits.max_pixels)
         except (ImageDecodeError, ImageTooLargeError) as exc:
@@ -240,9 +262,10 @@ class RetrievalService:
                 raise type(exc)(f"{where}: {exc}") from exc
             raise
 
-    def _embed(self, pixels: np.ndarray, deadline: float | None) -> np.ndarray:
-        vectors = self.batcher.run(pixels, deadline=deadline)
-        if deadline is not None and time.monotonic() >= deadline:
+    def _embed(self, pixels: np.ndarray, budget: CallBudget) -> np.ndarray:
+        budget.check("embedding")
+        vectors = self.batcher.run(pixels, deadline=budget.deadline)
+        if budget.deadline is not None and self._clock() >= budget.deadline:
             raise DeadlineExceeded("the deadline passed while the image was embedded; use a longer deadline")
         return vectors
 

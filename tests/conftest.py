@@ -61,5 +61,8 @@ def student_bundles(student_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("student-bundles")
     fast = ["--set", "batch.max=16", "--set", "int8.timing_seconds=0.2"]
     assert export_main(["--run", str(student_run), "--out", str(out / "fp32"), "--tensorrt", "off", *fast]) == 0
-    assert export_main(["--run", str(student_run), "--out", str(out / "int8"), "--precision", "int8", *fast]) == 0
+    # The tiny student's mAP moves by about a point under int8 on any machine; the gate itself is tested in
+    # tests/export/test_int8.py, here it must not decide whether the benchmark fixtures exist.
+    assert export_main(["--run", str(student_run), "--out", str(out / "int8"), "--precision", "int8", *fast,
+                        "--set", "gates.int8.max_map_drop=5"]) == 0
     return SimpleNamespace(fp32=out / "fp32", int8=out / "int8")

@@ -23,7 +23,7 @@ def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> l
     if kind == "student":
         overrides += [f'cdd.teacher_run="{teacher_run}"', 'model.init="teacher"', "cdd.grg_start_epoch=0.5",
                       "cdd.memory_size=64", "loss.lasso_lambda=0.05", "cdd.ratio=0.7",
-                      "cdd.reset_decay_steps=3"]
+                      "cdd.reset_decay_steps=3", "cdd.shrink_end=0.5"]
     return overrides
 
 

@@ -1,18 +1,24 @@
-"""Ablation benchmark: teacher vs CDD student vs static students vs CDD without gradient resetting.
+"""Ablation benchmark: the CDD student against every baseline a reviewer asks for, paired by seed.
 
 For each dataset and seed it trains
   (a) the teacher,
-  (b) the CDD student (indicators + lasso + retrieval-guided gradient resetting, initialised from (a)),
+  (b) the CDD student (indicators + lasso + retrieval-guided gradient resetting, paced by the shrink
+      schedule, initialised from (a)),
   (c) a static student with exactly (b)'s final architecture, trained from scratch with the same
       distillation losses from the start (the paper's baseline),
   (d) CDD without gradient resetting (lasso + threshold only),
   (e) prune-then-distill: a static student with (b)'s final architecture, initialised from (a)'s weights
       sliced to it, distilled with the same losses and schedule (the baseline a practitioner would use),
-then writes mean and spread of mAP / rank-1 with params and FLOPs to ``OUT/ablation-<datasets>.{json,md}``,
-rewritten after every finished run, so a partial benchmark still reports what it measured. Runs resume
-(each run dir is skipped once complete), so a killed benchmark continues where it stopped.
+  (f) standard pruning, then distill: (b)'s widths, but the channels a standard criterion picks from the
+      teacher (largest filter L1 norms), initialised from the sliced teacher, same losses and schedule,
+  (g) born-again: the teacher's full architecture initialised from it, same losses, mixed copy and schedule
+      (the reference for any "better than its teacher" claim),
+plus any named CDD study variant (:data:`STUDIES`: shrink schedule, initialisation, ratio), then writes
+every run, per-seed differences CDD minus each variant (mean and sample sd) and mean/spread tables to
+``OUT/ablation-<datasets>.{json,md}``, rewritten after every finished run, so a partial benchmark still
+reports what it measured. Runs resume (each run dir is skipped once complete).
 
-    python -m training.ablation --datasets synthetic animal-mnist --seeds 0 1 2 --out docs
+    python -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs [--variants ...]
 """
 
 from __future__ import annotations
@@ -20,16 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from training.ablation_report import NAMES, format_markdown, summarise
 from training.atomic_file import write_text_atomic
 from training.pipeline import run_stage
 
-__all__ = ["DATASETS", "VARIANTS", "NAMES", "run_ablation", "summarise", "format_markdown", "main"]
+__all__ = ["DATASETS", "VARIANTS", "STUDIES", "NAMES", "run_ablation", "summarise", "format_markdown",
+           "write_l1_arch", "main"]
 
 # Dataset presets: overrides applied to demo-teacher / demo-student. Sized for a 2-core CPU.
 DATASETS: dict[str, list[str]] = {
@@ -37,11 +44,34 @@ DATASETS: dict[str, list[str]] = {
                   "run.eval_every=0", "optim.flat_until=5"],
     "animal-mnist": ['data.dataset="folder"', 'data.root="data/animal-mnist"', "data.height=32", "data.width=32",
                      "data.p=5", "data.k=8", "data.pad=4", "run.epochs=8", "run.eval_every=0",
-                     "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=2"],
+                     "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=1",
+                     "cdd.reset_decay_steps=40"],
 }
-VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill")
-NAMES = {"teacher": "(a) teacher", "cdd": "(b) CDD student", "static": "(c) static student, same arch, scratch",
-         "no-grg": "(d) CDD without gradient resetting", "prune-distill": "(e) prune-then-distill, same arch"}
+VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again")
+# CDD study variants: the CDD student with one setting changed (same teacher, seed and data).
+STUDIES: dict[str, list[str]] = {
+    "cdd-no-schedule": ['cdd.shrink_curve="none"'],
+    "cdd-linear": ['cdd.shrink_curve="linear"'],
+    "cdd-shrink-end-0.4": ["cdd.shrink_end=0.4"],
+    "cdd-shrink-end-0.8": ["cdd.shrink_end=0.8"],
+    "cdd-scratch": ['model.init="scratch"'],
+    "cdd-ratio-0.5": ["cdd.ratio=0.5"],
+}
+_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill")
+
+
+def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
+    """The (f) baseline's arch.json: ``cdd_arch``'s kept counts, channels chosen by filter L1 norm from the
+    teacher checkpoint in ``teacher_run`` (`training.pruning.l1_kept_channels`)."""
+    from training.arch_spec import ArchSpec
+    from training.checkpoint import load_checkpoint
+    from training.pruning import l1_kept_channels
+
+    spec = ArchSpec.load(cdd_arch)
+    teacher = load_checkpoint(teacher_run / "checkpoint.pt", kind="teacher")["model"]
+    kept = l1_kept_channels(teacher, spec, spec.kept_counts())
+    spec.with_kept(kept).save(out)
+    return out
 
 
 def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
@@ -53,91 +83,55 @@ def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
     common = [f'cdd.teacher_run="{teacher}"', f'run.out_dir="{run_root / variant}"', "loss.compat_weight=0"]
     if variant == "cdd":
         return "demo-student", common
+    if variant in STUDIES:
+        return "demo-student", common + STUDIES[variant]
     if variant == "no-grg":
         return "demo-student", common + ["cdd.gradient_reset=false"]
     if variant in ("static", "prune-distill"):
         init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
                                          f'model.init="{init}"']
-    raise ValueError(f"unknown variant {variant!r}; valid: {VARIANTS}")
+    if variant == "l1-distill":
+        return "demo-student", common + [f'cdd.static_arch="{run_root / "l1-arch.json"}"', 'model.init="teacher"']
+    if variant == "born-again":
+        return "demo-student", common + [f'cdd.static_arch="{teacher / "arch.json"}"', 'model.init="teacher"']
+    raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS) + list(STUDIES)}")
+
+
+def _with_prerequisites(variants: Sequence[str]) -> list[str]:
+    """``variants`` in run order, with the teacher and the CDD student added when another variant needs them."""
+    wanted = set(variants) | {"teacher"}
+    if wanted & set(_NEEDS_CDD_ARCH):
+        wanted.add("cdd")
+    known = list(VARIANTS) + list(STUDIES)
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; valid: {known}")
+    return [v for v in known if v in wanted]
 
 
 def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
                  on_result: Callable[[dict[str, dict[str, list[dict[str, Any]]]]], None] | None = None,
-                 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics per seed].
+                 variants: Sequence[str] = VARIANTS) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics + "seed"].
     ``on_result`` sees the results so far after every finished run."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    order = _with_prerequisites(variants)
     for dataset in datasets:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(DATASETS)}")
         for seed in seeds:
             run_root = runs_dir / dataset / f"seed{seed}"
-            for variant in VARIANTS:
+            for variant in order:
+                if variant == "l1-distill":
+                    write_l1_arch(run_root / "cdd" / "arch.json", run_root / "teacher", run_root / "l1-arch.json")
                 preset, overrides = _variant_overrides(variant, run_root)
                 final = run_stage(preset, DATASETS[dataset] + [f"run.seed={seed}", "run.progress=false"]
                                   + overrides + list(extra))
-                results.setdefault(dataset, {}).setdefault(variant, []).append(final)
+                results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})
                 if on_result is not None:
                     on_result(results)
     return results
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
-
-
-def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Mean / std / min / max of mAP and rank-1, mean params and FLOPs, per dataset and variant."""
-    out: dict[str, Any] = {}
-    for dataset, variants in results.items():
-        for variant, finals in variants.items():
-            out.setdefault(dataset, {})[variant] = {
-                "seeds": len(finals),
-                "mAP": _spread([f["mAP"] for f in finals]),
-                "rank1": _spread([f["rank1"] for f in finals]),
-                "params": statistics.fmean(f["params"] for f in finals),
-                "flops": statistics.fmean(f["flops"] for f in finals),
-                "flops_reduction": statistics.fmean(f["flops_reduction"] for f in finals),
-            }
-    return out
-
-
-def _verdict(variants: dict[str, Any], other: str) -> str:
-    b, o = variants["cdd"]["mAP"], variants[other]["mAP"]
-    diff = b["mean"] - o["mean"]
-    spread = b["std"] + o["std"]
-    if min(variants["cdd"]["seeds"], variants[other]["seeds"]) < 2:
-        return (f"CDD vs {NAMES[other]}: {diff:+.2f} mAP points on a single seed (no spread, so no verdict)")
-    if abs(diff) <= spread:
-        word = "ties with"
-    else:
-        word = "beats" if diff > 0 else "loses to"
-    return (f"CDD {word} {NAMES[other]}: {diff:+.2f} mAP points (means over {variants['cdd']['seeds']} vs "
-            f"{variants[other]['seeds']} seeds; the two stds add up to {spread:.2f})")
-
-
-def format_markdown(summary: dict[str, Any]) -> str:
-    """One table per dataset: variant, mAP mean ± std, rank-1 mean ± std, params, FLOPs, FLOPs reduction;
-    then a plain sentence comparing CDD with (c) and (e)."""
-    lines = []
-    for dataset, variants in summary.items():
-        lines += [f"### {dataset}", "", "| variant | seeds | mAP % | rank-1 % | params | FLOPs (MACs) | FLOPs cut |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for variant in VARIANTS:
-            if variant not in variants:
-                continue
-            v = variants[variant]
-            lines.append(f"| {NAMES[variant]} | {v['seeds']} | {v['mAP']['mean']:.2f} ± {v['mAP']['std']:.2f} | "
-                         f"{v['rank1']['mean']:.2f} ± {v['rank1']['std']:.2f} | {v['params']:,.0f} | "
-                         f"{v['flops']:,.0f} | {v['flops_reduction']:.1f}% |")
-        lines.append("")
-        for other in ("static", "prune-distill"):
-            if "cdd" in variants and other in variants:
-                lines += [f"- {_verdict(variants, other)}"]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,9 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(STUDIES),
+                        help="variants to run (the teacher and, for static baselines, the CDD student are added)")
+    parser.add_argument("--name", default="", help="suffix of the results files (ablation-<datasets>[-NAME])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    stem = "ablation-" + "-".join(args.datasets)
+    stem = "ablation-" + "-".join(args.datasets) + (f"-{args.name}" if args.name else "")
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
@@ -158,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text_atomic(args.out / f"{stem}.json", json.dumps({"summary": summary, "runs": results}, indent=2))
         write_text_atomic(args.out / f"{stem}.md", format_markdown(summary))
 
-    results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides, on_result=write)
+    results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides, on_result=write,
+                           variants=args.variants)
     print(format_markdown(summarise(results)))
     return 0
 

@@ -6,19 +6,23 @@ exactly that way, so "the budget is met" means the exported network costs at mos
 latency budget (`training.latency_budget`) prices the same kept counts with a measured latency table.
 :func:`fill_budgets` grows a reset set by a step's proposal: all of it while some budget is not reached
 with it, else only the proposal's channels of smallest contribution, one at a time, until every budget is
-met. :class:`Budgets` applies several budgets at once (growth stops when all are met).
+met (or, while a shrink schedule paces growth, until the next channel would take the network below every
+scheduled limit: the reset set never runs ahead of the schedule). Every budget can be ``scheduled``: the same
+budget with its limit moved along a `training.shrink_schedule.ShrinkSchedule`. :class:`Budgets` applies
+several budgets at once (growth stops when all are met).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 
 from training.arch_spec import ArchSpec
 from training.cost import FlopsModel
+from training.shrink_schedule import ShrinkSchedule
 
 __all__ = ["Budget", "Budgets", "FlopsBudget", "fill_budgets", "rounded_kept"]
 
@@ -39,15 +43,19 @@ class Budget(Protocol):
 
     def describe_resets(self, resets: Sequence[int]) -> str: ...
 
+    def scheduled(self, schedule: ShrinkSchedule, run_fraction: float) -> Budget: ...
+
 
 def _resets(masks: Sequence[torch.Tensor]) -> list[int]:
     return [int(m.sum()) for m in masks]
 
 
 def fill_budgets(budgets: Sequence[Budget], masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
-                 scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                 scores: Sequence[torch.Tensor], cross: bool = True) -> list[torch.Tensor]:
     """``masks`` grown by ``proposal``: entirely if some budget is still not met with it, else channel by
-    channel in order of increasing ``scores`` (the channel's contribution) until every budget is met."""
+    channel in order of increasing ``scores`` (the channel's contribution) until every budget is met.
+    ``cross`` False (a scheduled, intermediate limit) stops one channel earlier: the channel that would meet
+    every budget is not admitted, so the network never goes below the schedule."""
     merged = [m | p for m, p in zip(masks, proposal, strict=True)]
     if not all(b.met_resets(_resets(merged)) for b in budgets):
         return merged
@@ -60,6 +68,11 @@ def fill_budgets(budgets: Sequence[Budget], masks: Sequence[torch.Tensor], propo
     for _, b, c in sorted(candidates):
         if all(budget.met_resets(resets) for budget in budgets):
             break
+        if not cross:
+            trial = list(resets)
+            trial[b] += 1
+            if all(budget.met_resets(trial) for budget in budgets):
+                break
         grown[b][c] = True
         resets[b] += 1
     return grown
@@ -75,8 +88,11 @@ class Budgets:
         return all(b.met_resets(_resets(masks)) for b in self.budgets)
 
     def fill(self, masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
-             scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return fill_budgets(self.budgets, masks, proposal, scores)
+             scores: Sequence[torch.Tensor], cross: bool = True) -> list[torch.Tensor]:
+        return fill_budgets(self.budgets, masks, proposal, scores, cross)
+
+    def scheduled(self, schedule: ShrinkSchedule, run_fraction: float) -> Budgets:
+        return Budgets(tuple(b.scheduled(schedule, run_fraction) for b in self.budgets))
 
     def describe(self, masks: Sequence[torch.Tensor]) -> str:
         """One clause per budget, e.g. "FLOPs budget met: ...; latency budget met: ..."."""
@@ -130,6 +146,17 @@ class FlopsBudget:
         return self.describe_resets(_resets(masks))
 
     def fill(self, masks: Sequence[torch.Tensor], proposal: Sequence[torch.Tensor],
-             scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+             scores: Sequence[torch.Tensor], cross: bool = True) -> list[torch.Tensor]:
         """``masks`` grown by ``proposal`` within this budget alone (see :func:`fill_budgets`)."""
-        return fill_budgets((self,), masks, proposal, scores)
+        return fill_budgets((self,), masks, proposal, scores, cross)
+
+    @property
+    def full_flops(self) -> int:
+        """MACs of the unpruned network (nothing reset)."""
+        return self.model.flops(list(self.widths))
+
+    def scheduled(self, schedule: ShrinkSchedule, run_fraction: float) -> FlopsBudget:
+        """This budget with its limit where ``schedule`` puts it at ``run_fraction`` (between the full network
+        and this budget's limit)."""
+        limit = schedule.allowed(self.full_flops, self.limit, run_fraction)
+        return replace(self, fraction=limit / self.teacher_flops)

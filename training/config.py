@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config_overrides import apply_overrides
+from training.shrink_schedule import SHRINK_CURVES
 
 __all__ = [
     "ConfigError",
@@ -162,7 +163,11 @@ class CDDConfig:
     latency_budget_ms (0 = off; our extension) caps the estimated latency of the exported network on
     latency_runtime (only "onnxruntime-cpu"), priced by a per-block table the trainer measures at start on
     this machine at latency_batch images per call with latency_threads intra-op threads (docs/latency_budget.md);
-    with flops_budget too, the reset set grows until both are met."""
+    with flops_budget too, the reset set grows until both are met.
+    shrink_curve ("cubic", "linear" or "none"; `training.shrink_schedule`) paces that growth: from
+    grg_start_epoch the reset set may only grow up to a scheduled limit that falls from the full network to
+    the budget at shrink_end (a fraction of the run), so the student shrinks gradually; "none" lets the
+    budget alone stop growth (the network may be cut to the budget within a few steps)."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20
@@ -180,8 +185,15 @@ class CDDConfig:
     latency_runtime: str = "onnxruntime-cpu"
     latency_batch: int = 16
     latency_threads: int = 1
+    shrink_curve: str = "none"
+    shrink_end: float = 0.6
 
     def __post_init__(self) -> None:
+        if self.shrink_curve not in SHRINK_CURVES:
+            raise ConfigError(f"cdd.shrink_curve must be one of {SHRINK_CURVES}, found {self.shrink_curve!r}")
+        if not 0 < self.shrink_end <= 1:
+            raise ConfigError(f"cdd.shrink_end must be a fraction of the run in (0, 1] (when the schedule reaches "
+                              f"the budget), found {self.shrink_end}")
         if self.latency_budget_ms < 0:
             raise ConfigError(f"cdd.latency_budget_ms must be >= 0 (milliseconds per call of latency_batch "
                               f"images; 0 = off), found {self.latency_budget_ms}")

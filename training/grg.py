@@ -8,7 +8,8 @@ Pure pieces, each tested on its own:
   subgradient ``lambda * W[i,:] / ||W[i,:]||`` (to every row in the reference rule).
 - :class:`GradientResetter`: the per-step driver holding memories and the cumulative reset masks,
   with data-parallel agreement (memory holds every rank's descriptors; step masks are intersected),
-  the FLOPs and latency budgets, and the reset rule (``decay``: reset rows reach exact zero on their own schedule).
+  the FLOPs and latency budgets paced by the shrink schedule (`training.shrink_schedule`), and the reset rule
+  (``decay``: reset rows reach exact zero on their own schedule).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from training.config import CDDConfig
 from training.latency_budget import LatencyBudget
 from training.latency_table import LatencyTable
 from training.losses import group_lasso_subgradient
+from training.shrink_schedule import ShrinkSchedule
 
 __all__ = ["DescriptorMemory", "RESET_RULES", "build_resetter", "step_reset_proposal", "step_reset_mask",
            "reset_indicator_gradients", "GradientResetter"]
@@ -139,11 +141,13 @@ class GradientResetter:
     at the end). ``rule`` "reference": the paper's update (lasso subgradient + weight decay on reset rows).
     ``budget``, when given, caps the reset set: it grows until the network without it meets the budget
     (partially admitting the step that crosses it), then stops; see training/budget.py (a
-    :class:`~training.budget.Budgets` holds FLOPs and latency budgets: growth stops when all are met)."""
+    :class:`~training.budget.Budgets` holds FLOPs and latency budgets: growth stops when all are met).
+    ``schedule``, with a budget, paces growth: at each step the reset set grows only up to the scheduled
+    limit of that point of the run (never beyond it), reaching the budget itself at the schedule's end."""
 
     def __init__(self, widths: Sequence[int], memory_size: int, topk: int, ratio: float,
                  device: torch.device | str = "cpu", budget: FlopsBudget | Budgets | None = None,
-                 rule: str = "decay", decay_steps: int = 1000) -> None:
+                 rule: str = "decay", decay_steps: int = 1000, schedule: ShrinkSchedule | None = None) -> None:
         if rule not in RESET_RULES:
             raise ValueError(f"cdd.reset_rule must be one of {RESET_RULES}, found {rule!r}")
         if decay_steps < 1:
@@ -153,15 +157,17 @@ class GradientResetter:
         self.reset_norms = [torch.zeros(p, device=device) for p in widths]
         self.topk, self.ratio = topk, ratio
         self.budget, self.rule, self.decay_steps = budget, rule, decay_steps
+        self.schedule = schedule if schedule is not None and schedule.paced else None
         self.growing = True
         self.steps = 0
         self.stop_note = ""
         self._before: list[torch.Tensor] = []
 
     def update(self, teacher_descs: Sequence[torch.Tensor], student_descs: Sequence[torch.Tensor],
-               steps_left: int | None = None) -> int:
+               steps_left: int | None = None, run_fraction: float | None = None) -> int:
         """Push the batch's teacher descriptors (gathered from every rank), compute this step's masks
-        (intersected across ranks) and merge them into the cumulative masks, within the budget.
+        (intersected across ranks) and merge them into the cumulative masks, within the budget as scheduled
+        at ``run_fraction`` (the share of the run elapsed; None = the budget itself).
         ``steps_left`` (optimizer steps after this one) closes the reset set in time for the decay rule.
         Returns the channels added."""
         self.steps += 1
@@ -180,6 +186,9 @@ class GradientResetter:
         scores = _all_max(scores)
         if self.budget is None:
             grown = [m | s for m, s in zip(self.masks, step_masks, strict=True)]
+        elif self.schedule is not None and run_fraction is not None and self.schedule.progress(run_fraction) < 1:
+            grown = self.budget.scheduled(self.schedule, run_fraction).fill(self.masks, step_masks, scores,
+                                                                            cross=False)
         else:
             grown = self.budget.fill(self.masks, step_masks, scores)
         added = sum(int((g & ~m).sum()) for g, m in zip(grown, self.masks, strict=True))
@@ -252,11 +261,13 @@ class GradientResetter:
 
 
 def build_resetter(cdd: CDDConfig, spec: ArchSpec, teacher_flops: int, device: torch.device | str = "cpu",
-                   latency_table: LatencyTable | None = None) -> GradientResetter:
+                   latency_table: LatencyTable | None = None, epochs: float | None = None) -> GradientResetter:
     """The resetter of a full-width CDD student ``spec`` from its config, with the FLOPs budget (a fraction of
     ``teacher_flops``, rounding included) when ``cdd.flops_budget`` > 0 and the latency budget (priced by
     ``latency_table``, measured by `training.latency_measure`) when ``cdd.latency_budget_ms`` > 0; with both,
-    the reset set grows until both are met. Used by the trainer and the step-time benchmark alike."""
+    the reset set grows until both are met; ``cdd.shrink_curve`` paces that growth over the run of ``epochs``
+    epochs (resetting starts at ``cdd.grg_start_epoch``, the budget is reached at ``cdd.shrink_end``). Used by
+    the trainer and the step-time benchmark alike."""
     budgets: list[FlopsBudget | LatencyBudget] = []
     if cdd.flops_budget > 0:
         budgets.append(FlopsBudget.for_spec(spec, teacher_flops, cdd.flops_budget, cdd.round_to))
@@ -270,8 +281,11 @@ def build_resetter(cdd: CDDConfig, spec: ArchSpec, teacher_flops: int, device: t
         budget = budgets[0]
     elif budgets:
         budget = Budgets(tuple(budgets))
+    schedule = None
+    if cdd.shrink_curve != "none" and budget is not None and epochs:
+        schedule = ShrinkSchedule(cdd.shrink_curve, cdd.grg_start_epoch / epochs, cdd.shrink_end)
     return GradientResetter([p for _, p in spec.blocks()], cdd.memory_size, cdd.topk, cdd.ratio, device, budget,
-                            cdd.reset_rule, cdd.reset_decay_steps)
+                            cdd.reset_rule, cdd.reset_decay_steps, schedule)
 
 
 def _distributed() -> bool:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from training.budget import rounded_kept
 from training.latency_table import LatencyTable
+from training.shrink_schedule import ShrinkSchedule
 
 __all__ = ["LatencyBudget", "latency_report", "warn_if_latency_missed"]
 
@@ -70,6 +71,11 @@ class LatencyBudget:
 
     def met_resets(self, resets: Sequence[int]) -> bool:
         return self.table.estimate_ms(self.kept(resets)) <= self.limit_ms
+
+    def scheduled(self, schedule: ShrinkSchedule, run_fraction: float) -> LatencyBudget:
+        """This budget with its limit where ``schedule`` puts it at ``run_fraction`` (between the full-width
+        estimate and ``limit_ms``)."""
+        return replace(self, limit_ms=schedule.allowed(self.table.full_ms(), self.limit_ms, run_fraction))
 
     def describe_resets(self, resets: Sequence[int]) -> str:
         ms = self.table.estimate_ms(self.kept(resets))

@@ -42,6 +42,11 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
                      label="kept channels %")
         axes[2].plot([h["epoch"] for h in pruned], [100 - h["pruning"]["flops_reduction"] for h in pruned],
                      label="FLOPs % of teacher")
+        scheduled = [h for h in pruned if "scheduled_flops_fraction" in h["pruning"]]
+        if scheduled:
+            axes[2].plot([h["epoch"] for h in scheduled],
+                         [100 * h["pruning"]["scheduled_flops_fraction"] for h in scheduled], ":",
+                         label="scheduled FLOPs % (shrink schedule)")
         axes[2].plot([h["epoch"] for h in pruned],
                      [100 * h["pruning"]["reset_channels"] * h["pruning"]["kept_fraction"]
                       / max(h["pruning"]["kept_channels"], 1) for h in pruned], "--", label="reset channels %")

@@ -11,8 +11,8 @@ import torch
 
 from training.arch_spec import ArchSpec
 
-__all__ = ["kept_from_norms", "kept_channels", "slice_state_dict", "slice_teacher_state", "block_prefixes",
-           "zero_pruned_rows"]
+__all__ = ["kept_from_norms", "kept_channels", "l1_kept_channels", "slice_state_dict", "slice_teacher_state",
+           "block_prefixes", "zero_pruned_rows"]
 
 
 def kept_from_norms(norms: torch.Tensor, threshold: float = 1e-5, multiple_of: int = 1,
@@ -110,3 +110,20 @@ def slice_teacher_state(teacher_state: dict[str, torch.Tensor], spec: ArchSpec) 
             out[key] = teacher_state[key].index_select(0, index).clone()
         out[prefix + f"{nxt}.weight"] = teacher_state[prefix + f"{nxt}.weight"].index_select(1, index).clone()
     return out
+
+
+def l1_kept_channels(teacher_state: dict[str, torch.Tensor], spec: ArchSpec, counts: list[int]) -> list[list[int]]:
+    """Per block, the ``counts[b]`` inner channels a standard criterion keeps: the largest L1 norms of the
+    teacher's filters that produce them (the conv before the indicator slot: conv2 of a bottleneck, conv1 of a
+    basic block), as sorted indices (ties broken by the lower index). The "standard pruning" baseline."""
+    before = "conv2" if spec.block_type == "bottleneck" else "conv1"
+    kept = []
+    for prefix, (name, p), count in zip(block_prefixes(spec), spec.blocks(), counts, strict=True):
+        weight = teacher_state[prefix + f"{before}.weight"]
+        if weight.shape[0] != p or not 1 <= count <= p:
+            raise ValueError(f"block {name}: cannot keep {count} of the teacher's {weight.shape[0]} filters "
+                             f"(full inner width {p}); the counts must come from a spec of the same architecture")
+        norms = weight.detach().float().abs().flatten(1).sum(dim=1)
+        order = sorted(range(p), key=lambda c: (-float(norms[c]), c))
+        kept.append(sorted(order[:count]))
+    return kept

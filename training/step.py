@@ -59,7 +59,8 @@ class DistillationStep:
                  steps_left: int | None = None, step_index: int = 0) -> dict[str, float]:
         """Run one step; returns the named loss values, "total", and "reset_added" while resetting.
         ``steps_left``: optimizer steps of the run after this one (lets the reset set close in time);
-        ``step_index``: the step's number in the run (draws the mixing of ``mixup``)."""
+        ``step_index``: the step's number in the run (draws the mixing of ``mixup``; with ``steps_left``, the
+        run fraction that the shrink schedule is read at)."""
         indicator_weights = [m.weight for m in self.net.indicators()]
         if self.mixup is not None:
             images = self.mixup(images, step_index)
@@ -80,8 +81,10 @@ class DistillationStep:
         resetting = grg_active and self.resetter is not None and teacher_out is not None
         if resetting:  # on the labelled training images only, as the method reads
             clean = labels.shape[0]
+            fraction = step_index / (step_index + steps_left + 1) if steps_left is not None else None
             stats["reset_added"] = self.resetter.update(teacher_out.first(clean).pre_descriptors,
-                                                        student_out.first(clean).post_descriptors, steps_left)
+                                                        student_out.first(clean).post_descriptors, steps_left,
+                                                        fraction)
             self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
@@ -107,7 +110,7 @@ def build_step(cfg: TrainConfig, net: ReIDNet, device: torch.device, teacher: Re
     optimizer = build_optimizer(net, cfg.optim)
     resetter = None
     if teacher is not None and net.indicators() and cfg.cdd.gradient_reset:
-        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device, latency_table)
+        resetter = build_resetter(cfg.cdd, net.spec, teacher_flops, device, latency_table, cfg.run.epochs)
     mixup = None
     if teacher is not None and cfg.loss.distill_mixup_alpha > 0:
         mixup = DistillMixup(cfg.loss.distill_mixup_alpha, cfg.run.seed, rank)

@@ -25,6 +25,7 @@ from training.arch_spec import ArchSpec
 from training.asymmetric_eval import AsymmetricEvaluator
 from training.atomic_file import write_text_atomic
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.collapse_check import lowest_eval_ratio
 from training.config import TrainConfig
 from training.cost import FlopsModel, deployed_cost, reduction_percent
 from training.data.dataset import ImageDataset
@@ -42,6 +43,7 @@ from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
 from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
+from training.resetting_plan import check_resetting_plan
 from training.schedule import lr_factor
 from training.step import build_step
 from training.weight_averaging import BN_RECALIBRATION_BATCHES, WeightAverage
@@ -99,6 +101,8 @@ class Trainer:
         self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
                                self.teacher_channels, self.latency_table, ctx.rank)
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
+        if self.resetter is not None:
+            check_resetting_plan(cfg.cdd, cfg.run.epochs, self.steps_per_epoch(), self.resetter.budget is not None)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.weight_average = WeightAverage(cfg.optim.average_last, cfg.run.epochs)
@@ -265,20 +269,35 @@ class Trainer:
         entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": elapsed, "images_per_s": seen / elapsed}
         entry["loss"] = {k: v / max(steps, 1) for k, v in sums.items() if k != "reset_added"}
         if self.is_student and self.net.indicators():
-            entry["pruning"] = self._pruning_state(sums.get("reset_added", 0.0))
+            entry["pruning"] = self._pruning_state(sums.get("reset_added", 0.0), epoch + 1)
         if self.ctx.is_main:
             log.info("epoch %d/%d loss %.4f %.0f img/s%s", epoch + 1, self.cfg.run.epochs,
                      entry["loss"].get("total", 0.0), entry["images_per_s"],
                      f" kept {entry['pruning']['kept_fraction']:.1%}" if "pruning" in entry else "")
         return entry
 
-    def _pruning_state(self, added: float) -> dict[str, Any]:
+    def _scheduled_flops_fraction(self, run_fraction: float) -> float | None:
+        """The FLOPs (fraction of the teacher's) the shrink schedule allows at ``run_fraction``; None without
+        a FLOPs budget. Without a schedule it is the budget itself once resetting has started."""
+        c = self.cfg.cdd
+        if self.resetter is None or c.flops_budget <= 0:
+            return None
+        full = FlopsModel.for_spec(self.spec).flops([p for _, p in self.spec.blocks()]) / self.teacher_cost.flops
+        if run_fraction * self.cfg.run.epochs <= c.grg_start_epoch:
+            return full
+        schedule = self.resetter.schedule
+        return c.flops_budget if schedule is None else schedule.allowed(full, c.flops_budget, run_fraction)
+
+    def _pruning_state(self, added: float, epoch_end: int) -> dict[str, Any]:
         spec = self._slim_spec()
         cost = deployed_cost(spec)
         total = sum(p for _, p in self.spec.blocks())
         reset = sum(int(m.sum()) for m in self.resetter.masks) if self.resetter else 0
+        scheduled = self._scheduled_flops_fraction(epoch_end / self.cfg.run.epochs)
         return {"kept_channels": sum(spec.kept_counts()), "kept_fraction": sum(spec.kept_counts()) / total,
                 "reset_channels": reset, "reset_added": int(added), "flops": cost.flops, "params": cost.params,
+                "flops_fraction": cost.flops / self.teacher_cost.flops,
+                **({"scheduled_flops_fraction": round(scheduled, 6)} if scheduled is not None else {}),
                 "flops_reduction": reduction_percent(self.teacher_cost, cost)["flops"],
                 **({"estimated_latency_ms": round(self.latency_table.estimate_ms(spec.kept_counts()), 4)}
                    if self.latency_table else {})}
@@ -347,6 +366,14 @@ class Trainer:
                       "flops_reduction": round(reduction["flops"], 2)})
         if self.is_student and self.net.indicators():
             final["compression"] = self._compression_report(cost.flops)
+            teacher_map = next((h["eval"]["teacher"]["mAP"] for h in self.history
+                                if isinstance((h.get("eval") or {}).get("teacher"), dict)),
+                               (final.get("teacher") or {}).get("mAP"))
+            collapse = lowest_eval_ratio(self.history, self.cfg.cdd.grg_start_epoch, teacher_map,
+                                         (self.cfg.run.epochs, final["mAP"]))
+            final["compression"]["collapse_check"] = collapse
+            log.info("after resetting started: %d evaluation(s), lowest mAP / best before it = %s (epoch %s)",
+                     collapse["evaluations_after_reset_start"], collapse["lowest_ratio"], collapse["at_epoch"])
         spec.save(self.out / "arch.json")
         self._write_metrics(final)
         log.info("final %s", json.dumps(final))

@@ -2,7 +2,8 @@
 
 - `gallery_backend`: the `GalleryBackend` interface the service uses and `open_gallery` (the store the
   index manifest names): `durable_gallery` (FAISS + `write_log`, the fsynced log replayed at start and
-  folded into snapshots; `index_lock`: one server per folder, cdd-index writers serialised) and
+  folded into snapshots, its bytes in `log_frames`, checked and salvaged offline by `log_repair`;
+  `index_lock`: one server per folder, cdd-index writers serialised) and
   `milvus_gallery` (Milvus via pymilvus: embedded milvus-lite or a server / cluster by URI).
 - `gallery`: `GalleryIndex` (the in-memory FAISS gallery: add / upsert / remove / search / save / load,
   a read-write lock `rw_lock`, background rebuilds) and `Hit`; `table_search`: exact and structure

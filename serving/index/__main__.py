@@ -9,11 +9,16 @@
     cdd-index info   --index DIR [--recall [--queries N] [--k K]]
     cdd-index verify --index DIR --bundle DIR [--images DIR [--sample N]]
     cdd-index eval   --index DIR --bundle DIR --layout market1501 --root DIR
+    cdd-index check  --index DIR
+    cdd-index repair --index DIR [--backup DIR]
 
 ``add`` and ``remove`` take the index folder's writer lock from load to publish, so concurrent runs
 apply one after the other and keep every change; on a folder a running cdd-serve has open they are
 refused (change the gallery through the server instead). Approximate indexes are built at the operating
 point (nprobe / ef_search) that reaches recall@10 >= 0.95, stored in the index manifest.
+``check`` verifies the live snapshot and its write log offline (exit 1 when damaged); ``repair`` salvages
+the intact records of a damaged log into a new snapshot after copying the old state to a backup folder
+(`serving.index.log_repair`, docs/durability.md).
 Results go to stdout as JSON, progress (done/total, images/s, ETA) and logs to stderr. Errors print one
 message and exit with 2. ``build`` commits its work in chunks to ``OUT.partial/``
 (`serving.index.build_journal`): run the same command again after a kill and it resumes there.
@@ -34,6 +39,7 @@ import numpy as np
 
 from serving.backends import BACKENDS, BackendUnavailable, Engine, create_engine
 from serving.bundle import BundleError, Manifest, load_bundle
+from serving.errors import ServiceError
 from serving.index.build import (
     IngestStats,
     ItemSpec,
@@ -48,6 +54,7 @@ from serving.index.errors import GalleryIndexError
 from serving.index.faiss_factory import check_factory
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 from serving.index.gallery_backend import STORES, open_gallery
+from serving.index.log_repair import check_index, repair_index
 from serving.index.recall import recall_at_k_vs_exact
 from serving.index.store_build import build_store
 
@@ -131,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine(evaluate)
     evaluate.add_argument("--layout", required=True)
     evaluate.add_argument("--root", type=Path, required=True)
+    check = commands.add_parser("check", help="verify the snapshot and write log offline (exit 1 if damaged)")
+    check.add_argument("--index", type=Path, required=True)
+    repair = commands.add_parser("repair", help="salvage a damaged write log into a new snapshot (keeps a backup)")
+    repair.add_argument("--index", type=Path, required=True)
+    repair.add_argument("--backup", type=Path, help="folder for the backup (default: INDEX.backup-<utc time>)")
     return parser
 
 
@@ -357,20 +369,23 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-_COMMANDS = {"build": _build, "add": _add, "remove": _remove, "info": _info, "verify": _verify, "eval": _eval}
+_COMMANDS = {
+    "build": _build, "add": _add, "remove": _remove, "info": _info, "verify": _verify, "eval": _eval,
+    "check": lambda args: check_index(args.index), "repair": lambda args: repair_index(args.index, args.backup),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one cdd-index command; returns 0, or 2 after printing the error to stderr."""
+    """Run one cdd-index command; returns 0, 1 when ``check`` found damage, or 2 after printing the error."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         result = _COMMANDS[args.command](args)
-    except (GalleryIndexError, BundleError, BackendUnavailable, ValueError, OSError) as exc:
+    except (GalleryIndexError, BundleError, BackendUnavailable, ValueError, OSError, ServiceError) as exc:
         print(f"cdd-index {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, sort_keys=True))
-    return 0
+    return 1 if result.get("ok") is False else 0
 
 
 if __name__ == "__main__":

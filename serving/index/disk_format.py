@@ -54,30 +54,65 @@ def read_info(folder: Path) -> dict[str, Any]:
     missing = [key for key in needed if key not in info]
     if missing:
         raise IndexCorruptError(f"{path}: missing field(s) {missing}; rebuild the index")
+    for key in ("dim", "count", *faiss_only):
+        value = info[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "dim" else 0):
+            raise IndexCorruptError(f"{path}: {key} is {value!r}, expected a non-negative integer; rebuild the index")
     return info
 
 
 def read_rows(folder: Path, info: dict[str, Any]) -> tuple[list[str], np.ndarray, list[dict], np.ndarray]:
+    """(ids, labels, metadata, vectors) of a version folder; IndexCorruptError naming the file (and line) of
+    anything malformed."""
     count, dim = int(info["count"]), int(info["dim"])
-    vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+    path = folder / "vectors.npy"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise IndexCorruptError(f"{path}: not a readable .npy array ({exc}); rebuild the index") from exc
     if vectors.shape != (count, dim) or vectors.dtype != np.float32:
         raise IndexCorruptError(
-            f"{folder / 'vectors.npy'}: {vectors.dtype} {vectors.shape}, index.json expects float32 "
-            f"({count}, {dim}); rebuild the index"
+            f"{path}: {vectors.dtype} {vectors.shape}, index.json expects float32 ({count}, {dim}); rebuild the index"
         )
     ids, labels, metadata = [], [], []
-    with open(folder / "items.jsonl") as handle:
-        for line in handle:
-            row = json.loads(line)
-            ids.append(row["id"])
-            labels.append(row["label"])
-            metadata.append(row["metadata"])
+    path = folder / "items.jsonl"
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            for number, line in enumerate(handle, start=1):
+                item_id, label, meta = _row(line, f"{path}:{number}")
+                ids.append(item_id)
+                labels.append(label)
+                metadata.append(meta)
+        except UnicodeDecodeError as exc:
+            raise IndexCorruptError(f"{path}: not UTF-8 text ({exc}); rebuild the index") from exc
     if len(ids) != count:
+        raise IndexCorruptError(f"{path}: {len(ids)} items, index.json expects {count}; rebuild the index")
+    if len(set(ids)) != len(ids) or len(set(labels)) != len(labels):
+        raise IndexCorruptError(f"{path}: ids or labels repeat; rebuild the index")
+    if labels and "next_label" in info and max(labels) >= int(info["next_label"]):
         raise IndexCorruptError(
-            f"{folder / 'items.jsonl'}: {len(ids)} items, index.json expects {count}; rebuild the index"
+            f"{path}: label {max(labels)} is not below index.json's next_label {info['next_label']}; rebuild the index"
         )
     return ids, np.asarray(labels, dtype=np.int64).reshape(-1), metadata, vectors
 
+
+def _row(line: str, where: str) -> tuple[str, int, dict[str, Any]]:
+    """One items.jsonl row: {"id": non-empty str, "label": int >= 0, "metadata": object}."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise IndexCorruptError(f"{where}: not a JSON row ({exc.msg}); rebuild the index") from exc
+    expected = 'expected {"id": non-empty string, "label": integer >= 0, "metadata": object}'
+    if not isinstance(row, dict):
+        raise IndexCorruptError(f"{where}: found {type(row).__name__}, {expected}; rebuild the index")
+    item_id, label, meta = row.get("id"), row.get("label"), row.get("metadata")
+    if not isinstance(item_id, str) or not item_id:
+        raise IndexCorruptError(f"{where}: id is {item_id!r}, {expected}; rebuild the index")
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise IndexCorruptError(f"{where}: label is {label!r}, {expected}; rebuild the index")
+    if not isinstance(meta, dict):
+        raise IndexCorruptError(f"{where}: metadata is {meta!r}, {expected}; rebuild the index")
+    return item_id, label, meta
 
 
 def check_bundle(info: dict[str, Any], expected_bundle_sha256: str | None, directory: str | Path,

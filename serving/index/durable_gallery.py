@@ -2,9 +2,12 @@
 
 A `GalleryIndex` snapshot (the live version of the index folder) plus a `WriteLog` of every change made
 since. A change is validated, appended to the log and fsynced, and only then applied in memory and
-acknowledged. At open the log of the live version is replayed. `persist` folds the log into a new snapshot
-(a new version folder, then a new empty log, then the old log is deleted); the server calls it
-periodically and at shutdown (SIGTERM). An `IndexLock` keeps other servers and `cdd-index` writers out
+acknowledged. At open the log of the live version is replayed (a torn tail is cut and reported, damage
+refuses the start: see `serving.index.write_log`). `persist` folds the log into a new snapshot (a new
+version folder, then a new empty log, then the old log is deleted); the server calls it periodically and at
+shutdown (SIGTERM). A change or a snapshot that cannot reach the disk (full, I/O error) raises StorageFull /
+StorageFailed and leaves the log and the live snapshot as they were; the gallery keeps serving reads and
+takes changes again once the disk has room. An `IndexLock` keeps other servers and `cdd-index` writers out
 of a folder a server has open, and serialises `cdd-index` writers among themselves.
 """
 
@@ -18,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import ServiceError
 from serving.index.atomic_dir import resolve
+from serving.index.errors import GalleryIndexError, LogDamagedError, storage_error
 from serving.index.gallery import GalleryIndex, Hit
 from serving.index.index_lock import IndexLock
 from serving.index.write_log import JOURNAL_PREFIX, LogRecord, WriteLog, journal_path
@@ -62,8 +67,8 @@ class DurableGallery:
             index = GalleryIndex.load(directory, expected_bundle_sha256, device=device)
             version = resolve(directory).name
             log = WriteLog(journal_path(directory, version), index.dim)
-            for record in log.replay():
-                _apply(index, record)
+            for seq, record in enumerate(log.replay()):
+                _apply(index, record, log.path, seq)
             _delete_stale_logs(directory, keep=log.path)
         except BaseException:
             lock.release()
@@ -123,15 +128,29 @@ class DurableGallery:
             return self.index.remove(unique)
 
     def persist(self) -> Path | None:
-        """Fold the log into a new snapshot; returns its version folder, or None when nothing was logged."""
+        """Fold the log into a new snapshot; returns its version folder, or None when nothing was logged.
+        Raises StorageFull / StorageFailed when the snapshot cannot be written; the previous snapshot and the
+        log then stay live (a snapshot that became live before a late step failed is kept)."""
         with self._mutex:
             if self._log.records == 0:
                 return None
-            version = self.index.save(self.directory)
+            live = resolve(self.directory).name
+            try:
+                version = self.index.save(self.directory)
+            except OSError as exc:
+                version = resolve(self.directory)
+                if version.name == live:
+                    _LOG.warning("snapshot of %s failed (%s); the previous snapshot and the write log stay live",
+                                 self.directory, exc)
+                    raise storage_error(exc, "the snapshot") from exc
+                _LOG.warning("snapshot %s became live, but a later step failed (%s)", version.name, exc)
             old = self._log
             self._log = WriteLog(journal_path(self.directory, version.name), self.index.dim)
             old.close()
-            old.path.unlink(missing_ok=True)
+            try:
+                old.path.unlink(missing_ok=True)
+            except OSError as exc:  # harmless: a log of a version that is not live is deleted at the next open
+                _LOG.warning("could not delete the folded log %s (%s)", old.path, exc)
             return version
 
     def stats(self) -> dict[str, Any]:
@@ -145,6 +164,9 @@ class DurableGallery:
             self._timer = None
         try:
             self.persist()
+        except ServiceError as exc:  # the log keeps every change; the next start replays it
+            _LOG.error("snapshot of %s at close failed: %s; the write log keeps every change and is replayed at "
+                       "the next start", self.directory, exc)
         finally:
             self._log.close()
             self.index.close()
@@ -156,15 +178,24 @@ class DurableGallery:
                 version = self.persist()
                 if version is not None:
                     _LOG.info("snapshot %s written; log folded", version.name)
+            except ServiceError:  # a full disk: `persist` logged one line; the log keeps every change
+                pass
             except Exception:  # logged; the log keeps every change, the next try folds it
                 _LOG.exception("periodic snapshot of %s failed", self.directory)
 
 
-def _apply(index: GalleryIndex, record: LogRecord) -> None:
-    if record.op == "add":
-        index.add(record.ids, record.vectors, record.metadata, upsert=record.upsert)
-    elif record.op == "remove":
-        index.remove(record.ids)
+def _apply(index: GalleryIndex, record: LogRecord, path: Path, seq: int) -> None:
+    """Apply one replayed record; a record the snapshot cannot take means the log and snapshot disagree."""
+    try:
+        if record.op == "add":
+            index.add(record.ids, record.vectors, record.metadata, upsert=record.upsert)
+        else:
+            index.remove(record.ids)
+    except GalleryIndexError as exc:
+        raise LogDamagedError(
+            f"{path}: record #{seq} ({record.op} of {len(record.ids)} id(s)) does not apply to the snapshot: {exc}; "
+            f"the log does not belong to this snapshot; see `cdd-index check --index {path.parent}`"
+        ) from exc
 
 
 def _delete_stale_logs(directory: Path, keep: Path) -> None:

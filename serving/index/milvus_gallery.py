@@ -8,14 +8,16 @@ is in its write-ahead log (milvus-lite: on disk) before the call returns.
 One collection per index: ``id`` VARCHAR primary key, ``vector`` FLOAT_VECTOR(dim) with an inner-product
 index (flat -> FLAT, ivf -> IVF_FLAT, hnsw -> HNSW), ``metadata`` JSON (values as given) and ``attrs``
 JSON (every value's `metadata_text`, what filters compare). Filters become Milvus boolean expressions
-(``attrs["camera"] == "3" and ...``), evaluated inside Milvus. Adds are written with upsert after a
+(``attrs["camera"] == "3" and ...``), evaluated inside Milvus; every id, key and value in an expression is a
+`milvus_string` literal, so any Unicode text (quotes, backslashes, newlines, control characters, RTL marks)
+matches exactly itself. (milvus-lite does not take pymilvus' ``filter_params`` templates, and pymilvus'
+``delete(ids=...)`` quotes ids naively, so deletes go through the same expression.) Adds are written with upsert after a
 duplicate check, so two replicas adding the same id never leave two rows.
 pymilvus is optional (``pip install -e '.[milvus]'``) and imported only here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from serving.index.gallery import Hit
 from serving.index.item_table import metadata_text
 from serving.index.vector_checks import check_items, check_k, check_queries, check_vectors
 
-__all__ = ["EMBEDDED_DB", "MILVUS_INDEX", "TOKEN_ENV", "MilvusGallery", "filter_expression"]
+__all__ = ["EMBEDDED_DB", "MILVUS_INDEX", "TOKEN_ENV", "MilvusGallery", "filter_expression", "milvus_string"]
 
 EMBEDDED_DB = "milvus.db"
 """File name of the embedded milvus-lite database inside an index folder."""
@@ -38,6 +40,7 @@ MILVUS_INDEX = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
 """Our index types -> Milvus index types (ivfpq has no milvus-lite implementation)."""
 _MAX_ID = 1024
 _BATCH = 1000
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 
 
 def _client(uri: str) -> Any:
@@ -60,11 +63,18 @@ def _client(uri: str) -> Any:
         raise GalleryIndexError(f"cannot connect to Milvus at {uri}: {exc}; is it running and reachable?") from exc
 
 
+def milvus_string(value: str) -> str:
+    """A double-quoted Milvus expression literal of any Unicode ``value``: backslash, double quote, newline
+    and carriage return escaped with a backslash, every other character as it is (the Milvus lexer takes
+    them raw and knows no backslash-u escapes)."""
+    return '"' + "".join(_ESCAPES.get(char, char) for char in value) + '"'
+
+
 def filter_expression(filter: dict[str, Any]) -> str:
-    """A Milvus boolean expression matching ``filter`` on the ``attrs`` text forms (keys and values escaped
-    as JSON strings): {"camera": 3} -> ``attrs["camera"] == "3"``."""
+    """A Milvus boolean expression matching ``filter`` on the ``attrs`` text forms (keys and values as
+    `milvus_string` literals): {"camera": 3} -> ``attrs["camera"] == "3"``."""
     return " and ".join(
-        f"attrs[{json.dumps(str(key))}] == {json.dumps(metadata_text(value))}" for key, value in filter.items()
+        f"attrs[{milvus_string(str(key))}] == {milvus_string(metadata_text(value))}" for key, value in filter.items()
     )
 
 
@@ -74,7 +84,7 @@ def _is_embedded(uri: str) -> bool:
 
 
 def _id_list(ids: Sequence[str]) -> str:
-    return "[" + ", ".join(json.dumps(item_id) for item_id in ids) + "]"
+    return "[" + ", ".join(milvus_string(item_id) for item_id in ids) + "]"
 
 
 class MilvusGallery:
@@ -210,7 +220,8 @@ class MilvusGallery:
         unknown = [i for i in unique if i not in present]
         if unknown:
             raise UnknownIdError(f"{len(unknown)} id(s) not in the gallery, e.g. {unknown[:5]}; nothing was removed")
-        self._client.delete(self.collection, ids=unique)
+        for start in range(0, len(unique), _BATCH):
+            self._client.delete(self.collection, filter=f"id in {_id_list(unique[start : start + _BATCH])}")
         return len(unique)
 
     def persist(self) -> None:

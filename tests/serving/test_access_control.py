@@ -22,7 +22,7 @@ from serving.index.build import build_index, items_from_folder
 from serving.retry_policy import RetryPolicy
 from serving.server import create_server
 from serving.service import RetrievalService
-from serving.tls import PlaintextBindRefused, check_bind, is_loopback
+from serving.tls import PlaintextBindRefused, check_bind, is_loopback, server_credentials
 
 ADMIN, READ = "admin-secret", "read-secret"
 QUERY = "0003_c1s1_000001_00.jpg"
@@ -172,3 +172,28 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(service, gallery_i
                 assert caught.value.code() == CODE.UNAVAILABLE  # the handshake fails before any RPC
     finally:
         server.stop(None)
+
+
+def test_tls_file_problems_name_the_file(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make throwaway certificates")
+    pki = _make_pki(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    missing = tmp_path / "missing.pem"
+    encrypted = tmp_path / "encrypted-key.pem"
+    _openssl("pkey", "-in", str(pki["server-key"]), "-out", str(encrypted), "-aes256", "-passout", "pass:secret")
+    cases = [
+        (pki["server"], encrypted, None, rf"{encrypted} \(the TLS private key\): the private key is encrypted"),
+        (pki["server"], pki["rogue-key"], None, rf"{pki['rogue-key']} \(the TLS private key\) does not belong to "
+                                                 rf"the certificate {pki['server']}"),
+        (pki["server"], pki["server"], None, rf"{pki['server']} \(the TLS private key\): no PEM private key"),
+        (pki["server-key"], pki["server-key"], None, rf"{pki['server-key']} \(the TLS certificate\): no PEM cert"),
+        (garbage, pki["server-key"], None, rf"{garbage} \(the TLS certificate\): not a valid PEM certificate"),
+        (pki["server"], missing, None, rf"{missing}: cannot read the TLS private key \(No such file"),
+        (pki["server"], pki["server-key"], garbage, rf"{garbage} \(the client CA certificate\): not a valid PEM"),
+    ]
+    for cert, key, ca, message in cases:
+        with pytest.raises(ValueError, match=message):
+            server_credentials(cert, key, ca)
+    server_credentials(pki["server"], pki["server-key"], pki["ca"])  # the good files pass

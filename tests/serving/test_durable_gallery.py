@@ -1,10 +1,11 @@
-"""The FAISS store's durability and locking: the fsynced write log (torn tails, replay, folding into
-snapshots), one server per index folder, and `cdd-index add` writers that run concurrently as real
-processes without losing each other's items."""
+"""The FAISS store's durability and locking: a crash between append and fold (a real SIGKILL) replayed
+by `DurableGallery.open`, a damaged log refused at open, one server per index folder, and `cdd-index add`
+writers that run concurrently as real processes without losing each other's items."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ import pytest
 from serving.index import GalleryIndex
 from serving.index.atomic_dir import resolve
 from serving.index.durable_gallery import DurableGallery
-from serving.index.errors import DuplicateIdError, IndexCorruptError, UnknownIdError
+from serving.index.errors import DuplicateIdError, LogDamagedError, UnknownIdError
 from serving.index.index_lock import IndexInUse, IndexLock
-from serving.index.write_log import LogRecord, WriteLog, journal_path
+from serving.index.write_log import journal_path
 
 DIM = 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,59 +40,68 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path / "idx"
 
 
-def test_log_round_trip_and_torn_tail_is_cut(tmp_path: Path) -> None:
-    log = WriteLog(tmp_path / "j.log", DIM)
-    vectors = _vectors(2)
-    log.append(LogRecord("add", ["a", "b"], vectors, [{"x": 1}, {}], upsert=True))
-    log.append(LogRecord("remove", ["a"]))
-    log.close()
-    whole = (tmp_path / "j.log").stat().st_size
-    with open(tmp_path / "j.log", "ab") as handle:
-        handle.write(b"\x40\x00\x00\x00\x00\x00")  # a frame cut short by a crash
-    records = list(WriteLog(tmp_path / "j.log", DIM).replay())
-    assert [(r.op, r.ids) for r in records] == [("add", ["a", "b"]), ("remove", ["a"])]
-    assert np.array_equal(records[0].vectors, vectors) and records[0].metadata == [{"x": 1}, {}]
-    assert records[0].upsert and (tmp_path / "j.log").stat().st_size == whole
+_CRASHING_WRITER = """
+import sys
+import numpy as np
+from serving.index.durable_gallery import DurableGallery
+
+def unit(seed):
+    row = np.random.default_rng(seed).normal(size=(1, DIM))
+    return (row / np.linalg.norm(row)).astype(np.float32)
+
+gallery = DurableGallery.open(sys.argv[1], "b" * 64)
+gallery.add(["new"], unit(9), [{"camera": 1}])
+gallery.remove(["base0"])
+gallery.add(["base1"], unit(10), [{"camera": 7}], upsert=True)
+print("acknowledged", flush=True)
+sys.stdin.read()  # killed here, between the appends and any fold into a snapshot
+""".replace("DIM", str(DIM))
 
 
-def test_damaged_record_before_the_tail_is_refused(tmp_path: Path) -> None:
-    log = WriteLog(tmp_path / "j.log", DIM)
-    log.append(LogRecord("remove", ["a"]))
-    log.append(LogRecord("remove", ["b"]))
-    log.close()
-    data = bytearray((tmp_path / "j.log").read_bytes())
-    data[10] ^= 0xFF
-    (tmp_path / "j.log").write_bytes(bytes(data))
-    with pytest.raises(IndexCorruptError, match="crc32"):
-        list(WriteLog(tmp_path / "j.log", DIM).replay())
-
-
-def test_changes_are_logged_before_the_reply_and_replayed_at_open(folder: Path) -> None:
-    gallery = DurableGallery.open(folder, "b" * 64)
+def test_a_crash_between_append_and_fold_is_replayed_by_open(folder: Path) -> None:
     version = resolve(folder).name
-    gallery.add(["new"], _vectors(1, seed=9), [{"camera": 1}])
-    gallery.remove(["base0"])
-    gallery.add(["base1"], _vectors(1, seed=10), [{"camera": 7}], upsert=True)
-    log = journal_path(folder, version)
-    records = list(WriteLog(log, DIM).replay())  # what a crash right now would leave on disk
-    assert [(r.op, r.ids, r.upsert) for r in records] == [
-        ("add", ["new"], False), ("remove", ["base0"], False), ("add", ["base1"], True)
-    ]
-    replica = GalleryIndex.load(folder)  # the snapshot alone does not have them
-    for record in records:
-        if record.op == "add":
-            replica.add(record.ids, record.vectors, record.metadata, upsert=record.upsert)
-        else:
-            replica.remove(record.ids)
-    assert sorted(replica.snapshot()[0]) == sorted(gallery.index.snapshot()[0])
-    assert replica.get("base1")[1] == {"camera": 7}
-    gallery.close()  # folds the log into a new snapshot
-    assert resolve(folder).name != version and not log.exists()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    writer = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(folder)], cwd=ROOT, env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "acknowledged", writer.stderr
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate(timeout=60)
+    assert writer.returncode == -signal.SIGKILL
+    assert resolve(folder).name == version and len(GalleryIndex.load(folder)) == 5  # nothing was folded
+    gallery = DurableGallery.open(folder, "b" * 64)
+    try:
+        assert gallery.replayed == 3 and len(gallery) == 5
+        assert "new" in gallery and "base0" not in gallery
+        vector, meta = gallery.index.get("base1")
+        assert meta == {"camera": 7} and np.allclose(vector, _vectors(1, seed=10)[0])
+        assert gallery.index.get("new")[1] == {"camera": 1}
+    finally:
+        gallery.close()  # folds the log into a new snapshot
+    assert resolve(folder).name != version and not journal_path(folder, version).exists()
     reopened = DurableGallery.open(folder, "b" * 64)
     try:
-        assert reopened.replayed == 0 and len(reopened) == 5 and "new" in reopened and "base0" not in reopened
+        assert reopened.replayed == 0 and sorted(reopened.index.snapshot()[0]) == sorted(gallery.index.snapshot()[0])
     finally:
         reopened.close()
+
+
+def test_a_damaged_log_refuses_the_open_and_releases_the_folder(folder: Path) -> None:
+    gallery = DurableGallery.open(folder)
+    version = resolve(folder).name
+    for i in range(3):
+        gallery.add([f"n{i}"], _vectors(1, seed=20 + i))
+    gallery._log.close()  # what a kill leaves: the log, no snapshot (the lock goes with the process)
+    gallery._lock.release()
+    log = journal_path(folder, version)
+    data = bytearray(log.read_bytes())
+    data[20] ^= 0x01  # inside record #0's header
+    log.write_bytes(bytes(data))
+    with pytest.raises(LogDamagedError, match=r"at byte 8 .*2 intact record\(s\) follow it .*cdd-index repair"):
+        DurableGallery.open(folder)
+    assert log.read_bytes() == bytes(data)  # nothing was cut
+    IndexLock(folder, "writer").release()  # the refused open released the folder
 
 
 def test_refused_changes_are_not_logged(folder: Path) -> None:

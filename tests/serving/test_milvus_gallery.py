@@ -82,6 +82,83 @@ def test_add_remove_upsert_are_all_or_nothing(gallery: MilvusGallery, vectors: n
     assert gallery.remove(["item7"]) == 1 and "item7" not in gallery and len(gallery) == N - 1
 
 
+TRICKY = [
+    "café", "Zürich", "é", "\\u00e9", 'q"uote', "back\\slash", "\\", '"', '\\"', "x\ny", "x\\ny", "cr\r\nlf",
+    "tab\there", "\x00nul", "\x01ctl", "שלום\u200f", "مرحبا", "\u202eoverride", "emoji😀", "a'b",
+    'id" or id != "', "line\u2028sep",
+]
+"""Ids, metadata keys and values that a naive or JSON-style quoting gets wrong: non-ASCII (which JSON turns
+into backslash-u escapes Milvus refuses), quotes, backslashes (a value with a backslash-u in it must not
+match the accented letter), newlines, control characters, RTL text, an injection attempt."""
+
+
+def test_any_unicode_id_key_and_value_round_trips_and_matches_only_itself(tmp_path: Path) -> None:
+    gallery = MilvusGallery.create(str(tmp_path / "milvus.db"), "unicode", DIM)
+    vectors = _unit(np.random.default_rng(5).normal(size=(len(TRICKY), DIM)))
+    try:
+        half = len(TRICKY) // 2
+        metadata = [{"city": text, text: "key"} for text in TRICKY]
+        assert gallery.add(TRICKY[:half], vectors[:half], metadata[:half]) == half
+        assert gallery.add(TRICKY[half:], vectors[half:], metadata[half:], upsert=True) == len(TRICKY) - half
+        assert len(gallery) == len(TRICKY)
+        for i, text in enumerate(TRICKY):
+            assert text in gallery and text + "!" not in gallery
+            with pytest.raises(DuplicateIdError):
+                gallery.add([text], vectors[i : i + 1])
+            for field in ({"city": text}, {text: "key"}):
+                hits = gallery.search(vectors[i : i + 1], k=len(TRICKY), filter=field)[0]
+                assert [h.id for h in hits] == [text] and hits[0].metadata == metadata[i], (text, field)
+        gallery.add(TRICKY, vectors, [{"city": text + "2"} for text in TRICKY], upsert=True)
+        assert len(gallery) == len(TRICKY)
+        assert [h.id for h in gallery.search(vectors[:1], k=3, filter={"city": TRICKY[3] + "2"})[0]] == [TRICKY[3]]
+        for removed, text in enumerate(TRICKY, start=1):
+            assert gallery.remove([text]) == 1 and text not in gallery
+            assert len(gallery) == len(TRICKY) - removed
+        with pytest.raises(UnknownIdError):
+            gallery.remove([TRICKY[0]])
+    finally:
+        gallery.close()
+
+
+def test_grpc_add_search_and_remove_with_non_ascii_text(
+    tiny_bundle: Path, tiny_manifest, synthetic, tmp_path: Path
+) -> None:
+    """The issue's reproduction over a real gRPC server: AddItems with id café, a Search filtered on
+    city = Zürich, and an upserted id that is removed again."""
+    import io
+
+    from PIL import Image
+
+    from serving.backends import create_engine
+    from serving.server import create_server
+    from serving.service import RetrievalService
+
+    dim = tiny_manifest.output.dim
+    gallery = MilvusGallery.create(str(tmp_path / "milvus.db"), "grpc", dim, bundle_sha256=tiny_manifest.sha256())
+    engine = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
+    service = RetrievalService(engine, gallery, tiny_manifest)
+    server, port = create_server(service, port=0)
+    server.start()
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic.image(3, 0)).save(buffer, format="PNG")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RetrievalStub(channel)
+            items = [pb.NewItem(id=name, image=buffer.getvalue(), metadata={"city": city})
+                     for name, city in (("café", "Zürich"), ("cafe", "Zurich"), ('שלום"\\', "Zürich\n"))]
+            assert stub.AddItems(pb.AddItemsRequest(items=items), timeout=30).count == 3
+            found = stub.Search(pb.SearchRequest(image=buffer.getvalue(), k=5, filters={"city": "Zürich"}), timeout=30)
+            assert [item.id for item in found.items] == ["café"]
+            upsert = pb.AddItemsRequest(items=[pb.NewItem(id="naïve ☃", image=buffer.getvalue())], upsert=True)
+            assert stub.AddItems(upsert, timeout=30).count == 4
+            assert stub.RemoveItems(pb.RemoveItemsRequest(ids=["naïve ☃", 'שלום"\\']), timeout=30).count == 2
+            assert {h.id for h in stub.Search(pb.SearchRequest(image=buffer.getvalue(), k=5), timeout=30).items} == {
+                "café", "cafe"}
+    finally:
+        server.stop(None)
+        service.close()
+
+
 def _milvus_server(data: Path, port: int) -> subprocess.Popen:
     milvus_lite = Path(sys.executable).with_name("milvus-lite")
     command = [str(milvus_lite), "server", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]

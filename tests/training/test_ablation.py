@@ -1,8 +1,11 @@
-"""Ablation bookkeeping: the prune-then-distill variant's wiring and the plain verdict sentences."""
+"""Ablation bookkeeping: each baseline's wiring, paired-by-seed differences and the plain verdict sentences."""
 
 from pathlib import Path
 
-from training.ablation import _variant_overrides, format_markdown, summarise
+import pytest
+
+from training.ablation import STUDIES, _variant_overrides, _with_prerequisites
+from training.ablation_report import format_markdown, paired, summarise
 
 
 def test_prune_then_distill_is_the_cdd_arch_initialised_from_the_teacher():
@@ -14,23 +17,49 @@ def test_prune_then_distill_is_the_cdd_arch_initialised_from_the_teacher():
     assert 'model.init="scratch"' in static
 
 
-def _final(mAP, flops=100):
-    return {"mAP": mAP, "rank1": mAP + 10, "params": 10, "flops": flops, "flops_reduction": 80.0}
+def test_standard_pruning_and_born_again_baselines_start_from_the_teacher():
+    _, l1 = _variant_overrides("l1-distill", Path("r"))
+    assert f'cdd.static_arch="{Path("r") / "l1-arch.json"}"' in l1 and 'model.init="teacher"' in l1
+    _, born = _variant_overrides("born-again", Path("r"))
+    assert f'cdd.static_arch="{Path("r") / "teacher" / "arch.json"}"' in born and 'model.init="teacher"' in born
+    _, study = _variant_overrides("cdd-no-schedule", Path("r"))
+    assert STUDIES["cdd-no-schedule"][0] in study and f'run.out_dir="{Path("r") / "cdd-no-schedule"}"' in study
 
 
-def test_markdown_says_whether_cdd_beats_the_baselines():
-    results = {"synthetic": {"cdd": [_final(50), _final(51), _final(52)],
-                             "static": [_final(40), _final(41), _final(42)],
-                             "prune-distill": [_final(50.5), _final(51.5), _final(49.5)]}}
+def test_baselines_pull_in_the_runs_they_need_in_order():
+    assert _with_prerequisites(["l1-distill"]) == ["teacher", "cdd", "l1-distill"]
+    assert _with_prerequisites(["born-again"]) == ["teacher", "born-again"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        _with_prerequisites(["cdd-typo"])
+
+
+def _final(mAP, seed, flops=100):
+    return {"mAP": mAP, "rank1": mAP + 10, "params": 10, "flops": flops, "flops_reduction": 80.0, "seed": seed}
+
+
+def test_differences_are_paired_by_seed_not_by_position():
+    cdd = [_final(50, 0), _final(40, 1), _final(60, 2)]
+    other = [_final(59, 2), _final(48, 0)]  # another order, seed 1 missing
+    diff = paired(cdd, other)
+    assert diff["seeds"] == [0, 2] and diff["diffs"] == [2.0, 1.0] and diff["wins"] == 2
+    assert diff["mean"] == pytest.approx(1.5) and diff["std"] == pytest.approx(0.7071, abs=1e-4)
+
+
+def test_markdown_says_whether_cdd_beats_each_baseline_seed_by_seed():
+    results = {"synthetic": {"cdd": [_final(50, 0), _final(51, 1), _final(52, 2)],
+                             "static": [_final(40, 0), _final(41, 1), _final(42, 2)],
+                             "prune-distill": [_final(50.5, 0), _final(50.5, 1), _final(51.5, 2)]}}
     text = format_markdown(summarise(results))
-    assert "CDD beats (c) static student, same arch, scratch: +10.00 mAP points" in text
-    assert "CDD ties with (e) prune-then-distill, same arch: +0.50 mAP points" in text
-    results["synthetic"]["prune-distill"] = [_final(60), _final(60.5), _final(61)]
+    assert ("CDD beats (c) static student, same arch, scratch: paired by seed +10.00, +10.00, +10.00; "
+            "mean +10.00, sd 0.00") in text
+    assert "CDD is ahead on 2 of 3 seeds against (e) prune-then-distill" in text
+    assert "| -0.50 / +0.50 / +0.50 | +0.17 ± 0.58 |" in text
+    results["synthetic"]["prune-distill"] = [_final(60, 0), _final(60.5, 1), _final(61, 2)]
     assert "CDD loses to (e)" in format_markdown(summarise(results))
 
 
 def test_a_single_seed_gives_no_verdict():
-    results = {"synthetic": {"cdd": [_final(50)], "static": [_final(40)]}}
+    results = {"synthetic": {"cdd": [_final(50, 0)], "static": [_final(40, 0)]}}
     text = format_markdown(summarise(results))
-    assert "CDD vs (c) static student, same arch, scratch: +10.00 mAP points on a single seed" in text
+    assert "CDD vs (c) static student, same arch, scratch: +10.00 on a single seed" in text
     assert "beats" not in text

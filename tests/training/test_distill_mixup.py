@@ -89,7 +89,7 @@ def test_teacher_and_student_see_the_mixed_copy_and_resetting_the_clean_batch_on
     teacher.forward_train = recording("teacher", teacher.forward_train)
     step.forward = recording("student", step.forward)
     update = step.resetter.update
-    step.resetter.update = lambda pre, post, left: (rows.append((pre[0].shape[0], post[0].shape[0])),
+    step.resetter.update = lambda pre, post, left, *_: (rows.append((pre[0].shape[0], post[0].shape[0])),
                                                     update(pre, post, left))[1]
     images, labels = torch.randn(4, 3, 32, 16), torch.tensor([0, 0, 1, 1])
     step(images, labels, grg_active=True, steps_left=10, step_index=2)

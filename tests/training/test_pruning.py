@@ -66,3 +66,24 @@ def test_slice_rejects_a_state_dict_of_another_architecture():
     slim = spec.with_kept([[0]] * len(spec.blocks()))
     with pytest.raises(ValueError, match="expected full-width indicator"):
         slice_state_dict(other, slim)
+
+
+def test_standard_pruning_keeps_the_largest_l1_filters_of_the_teacher():
+    import numpy as np
+
+    from training.arch_spec import ArchSpec
+    from training.models.network import ReIDNet
+    from training.pruning import l1_kept_channels
+
+    spec = ArchSpec(depth=18, width=0.25, input_size=(64, 32))
+    torch.manual_seed(3)
+    state = ReIDNet(spec).state_dict()
+    counts = [3, 5, 2, 7, 9, 1, 16, 4]
+    kept = l1_kept_channels(state, spec, counts)
+    for (name, _), count, chosen in zip(spec.blocks(), counts, kept, strict=True):
+        filters = state[f"backbone.{name}.conv1.weight"].numpy()  # basic block: conv1 makes the inner channels
+        l1 = np.abs(filters.reshape(filters.shape[0], -1)).sum(axis=1)
+        expected = sorted(np.argsort(-l1, kind="stable")[:count].tolist())
+        assert chosen == expected
+    with pytest.raises(ValueError, match="cannot keep 99"):
+        l1_kept_channels(state, spec, [99] + counts[1:])

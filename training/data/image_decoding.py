@@ -23,6 +23,7 @@ Two identical copies exist: ``serving/image_decoding.py`` and ``training/data/im
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -87,9 +88,17 @@ def decode_rgb8(
     except MemoryError as exc:
         raise ImageTooLarge(f"decoding the image ran out of memory ({len(data)} bytes); send a smaller image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image is too large to decode: {exc}") from exc
+        raise ImageTooLarge(_bomb_reason(exc, max_pixels)) from exc
     except Exception as exc:  # noqa: BLE001 - Pillow reports damaged files with many exception types
         raise UndecodableImage(_reason(exc, len(data))) from exc
+
+
+def _bomb_reason(exc: Exception, max_pixels: int | None) -> str:
+    """Pillow refused the header before our own check ran (its limit is far above ours): say ours."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    declared = f"{found.group(1)} pixels" if found else "more pixels than Pillow's decompression-bomb limit"
+    limit = f"the limit is {max_pixels}" if max_pixels is not None else "Pillow refuses images that large"
+    return f"image declares {declared}, {limit}; downscale it before sending"
 
 
 def _reason(exc: Exception, size: int) -> str:

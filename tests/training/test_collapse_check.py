@@ -1,0 +1,25 @@
+"""The collapse check: each evaluation after resetting starts against the best before it (teacher first)."""
+
+from training.collapse_check import lowest_eval_ratio
+
+
+def _history(maps):
+    return [{"epoch": e, "eval": {"mAP": m}} if m is not None else {"epoch": e} for e, m in maps]
+
+
+def test_lowest_ratio_is_against_the_best_before_including_the_teacher():
+    history = _history([(1, 40.0), (2, None), (3, 45.0), (4, 20.0), (5, 44.0)])
+    check = lowest_eval_ratio(history, grg_start_epoch=2, teacher_map=50.0, final=(6, 49.0))
+    # after resetting (epoch > 2): 45/50, 20/50, 44/50, 49/50 -> lowest 0.4 at epoch 4
+    assert check == {"evaluations_after_reset_start": 4, "lowest_ratio": 0.4, "at_epoch": 4}
+
+
+def test_best_before_rises_with_the_students_own_evaluations():
+    history = _history([(1, 60.0), (3, 55.0)])
+    check = lowest_eval_ratio(history, grg_start_epoch=2, teacher_map=50.0)
+    assert check["lowest_ratio"] == round(55 / 60, 4) and check["at_epoch"] == 3
+
+
+def test_no_evaluation_after_the_start_gives_no_ratio():
+    check = lowest_eval_ratio(_history([(1, 40.0)]), grg_start_epoch=2, teacher_map=None)
+    assert check == {"evaluations_after_reset_start": 0, "lowest_ratio": None, "at_epoch": None}

@@ -1,0 +1,168 @@
+"""The shrink schedule: the reset set never runs ahead of it, reaches the budget exactly at its end, and
+"none" is the unpaced growth; the run-length checks refuse runs that could not meet their budget."""
+
+import pytest
+import torch
+
+from tiny_training import fit_tiny_student
+from training.arch_spec import ArchSpec
+from training.budget import FlopsBudget, fill_budgets
+from training.config import ConfigError, load_config
+from training.cost import FlopsModel
+from training.grg import GradientResetter
+from training.resetting_plan import check_resetting_plan
+from training.shrink_schedule import ShrinkSchedule
+
+SPEC = ArchSpec(depth=18, width=0.25, input_size=(64, 32), indicators=True)
+WIDTHS = [p for _, p in SPEC.blocks()]
+
+
+def test_cubic_and_linear_curves_start_full_and_end_exactly_at_the_budget():
+    cubic, linear = ShrinkSchedule("cubic", 0.1, 0.6), ShrinkSchedule("linear", 0.1, 0.6)
+    assert cubic.progress(0.0) == 0.0 and cubic.progress(0.1) == 0.0
+    assert cubic.progress(0.35) == pytest.approx(1 - 0.5 ** 3)  # halfway through the shrink phase
+    assert linear.progress(0.35) == pytest.approx(0.5)
+    assert cubic.progress(0.6) == 1.0 and cubic.progress(0.9) == 1.0
+    assert cubic.allowed(100.0, 20.0, 0.6) == 20.0 and cubic.allowed(100.0, 20.0, 0.1) == 100.0
+    values = [cubic.progress(f / 100) for f in range(101)]
+    assert values == sorted(values)
+    assert ShrinkSchedule("none", 0.5, 0.1).progress(0.0) == 1.0  # unpaced: the budget from the start
+
+
+def test_a_shrink_phase_that_ends_before_it_starts_is_refused():
+    with pytest.raises(ValueError, match="cdd.shrink_end = 0.1"):
+        ShrinkSchedule("cubic", 0.2, 0.1)
+    with pytest.raises(ValueError, match="cdd.shrink_curve must be one of"):
+        ShrinkSchedule("exponential", 0.0, 0.5)
+    with pytest.raises(ConfigError, match="cdd.shrink_curve"):
+        load_config("demo-student", ['cdd.shrink_curve="step"'])
+    with pytest.raises(ConfigError, match=r"cdd.shrink_end must be a fraction of the run in \(0, 1\]"):
+        load_config("demo-student", ["cdd.shrink_end=1.5"])
+
+
+def test_scheduled_flops_budget_is_the_full_network_at_the_start_and_the_budget_at_the_end():
+    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.2, round_to=4)
+    schedule = ShrinkSchedule("cubic", 0.0, 0.5)
+    assert budget.scheduled(schedule, 0.0).limit == pytest.approx(budget.full_flops)
+    assert budget.scheduled(schedule, 0.5).limit == budget.limit  # exactly, rounding of the count included
+    mid = budget.scheduled(schedule, 0.25).limit
+    assert mid == pytest.approx(budget.full_flops - (1 - 0.5 ** 3) * (budget.full_flops - budget.limit))
+
+
+def _descriptors(generator, batch=8):
+    teacher = [torch.randn(batch, p, generator=generator) for p in WIDTHS]
+    student = [torch.randn(batch, p, generator=generator) for p in WIDTHS]
+    return teacher, student
+
+
+def _run(resetter, steps, seed=0, start=0):
+    """Drive ``resetter`` for ``steps`` steps of a ``steps``-step run; returns per-step (fraction, masks)."""
+    generator = torch.Generator().manual_seed(seed)
+    trace = []
+    for index in range(steps):
+        teacher, student = _descriptors(generator)
+        if index < start:
+            continue
+        fraction = index / steps
+        resetter.update(teacher, student, steps_left=steps - index - 1, run_fraction=fraction)
+        trace.append((fraction, [m.clone() for m in resetter.masks]))
+    return trace
+
+
+def _resetter(curve, budget, start=0.1, end=0.6, rule="reference"):
+    schedule = ShrinkSchedule(curve, start, end)
+    return GradientResetter(WIDTHS, 64, 2, 0.99, budget=budget, rule=rule, schedule=schedule)
+
+
+def test_reset_set_never_exceeds_the_schedule_and_meets_the_budget_at_its_end():
+    teacher_flops = FlopsModel.for_spec(SPEC).flops(WIDTHS)
+    budget = FlopsBudget.for_spec(SPEC, teacher_flops, 0.25, round_to=1)
+    schedule = ShrinkSchedule("cubic", 0.1, 0.6)
+    trace = _run(_resetter("cubic", budget), 100)
+    reached = None
+    for fraction, masks in trace:
+        if schedule.progress(fraction) < 1:
+            assert budget.flops(masks) >= budget.scheduled(schedule, fraction).limit  # never ahead
+            assert not budget.met(masks)
+        elif reached is None:
+            reached = fraction
+            assert budget.met(masks)
+    assert reached == 0.6  # the first step at shrink_end meets the budget
+    flops = [budget.flops(m) for _, m in trace]
+    assert flops == sorted(flops, reverse=True)
+    # gradual: at a quarter of the shrink phase the network is still well above the budget, below full
+    quarter = next(m for f, m in trace if f >= 0.225)
+    assert budget.limit < budget.flops(quarter) < teacher_flops
+
+
+def test_unpaced_growth_is_the_budget_alone():
+    """'none' grows exactly as a resetter without schedule (today's behaviour): whole proposals admitted
+    until the budget is crossed, within a few steps."""
+    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.25)
+    paced_none = _run(_resetter("none", budget), 30)
+    plain = GradientResetter(WIDTHS, 64, 2, 0.99, budget=budget, rule="reference")
+    generator = torch.Generator().manual_seed(0)
+    for _, masks in paced_none:
+        plain.update(*_descriptors(generator))
+        assert all(torch.equal(a, b) for a, b in zip(masks, plain.masks, strict=True))
+    assert budget.met(paced_none[5][1])  # cut to the budget within a few steps, unlike the schedule
+
+
+def test_resuming_mid_schedule_continues_the_same_curve():
+    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.25)
+    whole = _run(_resetter("cubic", budget), 60)
+    first = _resetter("cubic", budget)
+    _run(first, 60)  # state at the end is not what we want: replay the first 25 steps only
+    first = _resetter("cubic", budget)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(25):
+        first.update(*_descriptors(generator), steps_left=60 - index - 1, run_fraction=index / 60)
+    resumed = _resetter("cubic", budget)
+    resumed.load_state_dict(first.state_dict())
+    rest = _run(resumed, 60, start=25)
+    for (fraction, masks), (fraction2, masks2) in zip(whole[25:], rest, strict=True):
+        assert fraction == fraction2
+        assert all(torch.equal(a, b) for a, b in zip(masks, masks2, strict=True))
+
+
+def test_intermediate_limits_stop_one_channel_short_and_the_final_limit_crosses():
+    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.5)
+    masks = [torch.zeros(p, dtype=torch.bool) for p in WIDTHS]
+    proposal = [torch.ones(p, dtype=torch.bool) for p in WIDTHS]
+    scores = [torch.arange(p, dtype=torch.float32) for p in WIDTHS]
+    short = fill_budgets((budget,), masks, proposal, scores, cross=False)
+    crossed = fill_budgets((budget,), masks, proposal, scores, cross=True)
+    assert not budget.met(short) and budget.met(crossed)
+    assert sum(int(m.sum()) for m in crossed) == sum(int(m.sum()) for m in short) + 1
+
+
+def test_a_real_run_records_the_schedule_and_shrinks_no_faster(tiny_reid_root, teacher_run, tmp_path):
+    extra = ["cdd.flops_budget=0.6", "cdd.round_to=1", "cdd.ratio=0.95", 'cdd.shrink_curve="cubic"',
+             "cdd.shrink_end=0.5", "run.eval_every=1"]
+    trainer, final = fit_tiny_student(tiny_reid_root, tmp_path / "paced", teacher_run, 4, extra)
+    epochs = trainer.history
+    scheduled = [e["pruning"]["scheduled_flops_fraction"] for e in epochs]
+    kept = [e["pruning"]["flops_fraction"] for e in epochs]
+    assert scheduled[0] < 1 and scheduled[1:] == [0.6, 0.6, 0.6]  # ends of epochs 1-4; shrink ends at epoch 2
+    assert all(k >= s for k, s in zip(kept[:1], scheduled[:1], strict=True))
+    assert kept[-1] <= 0.6 and final["compression"]["met"]
+    check = final["compression"]["collapse_check"]
+    assert check["evaluations_after_reset_start"] == 4 and check["lowest_ratio"] is not None
+
+
+def test_a_run_too_short_for_its_resetting_is_refused_with_a_working_value():
+    demo = load_config("demo-student").cdd
+    check_resetting_plan(demo, 20, 29, budgeted=True)  # the demo as shipped fits
+    with pytest.raises(ConfigError, match=r"cdd.grg_start_epoch = 2 is not before the end of the run \(run.epochs "
+                                          r"= 2\).*set cdd.grg_start_epoch to about 0.2"):
+        check_resetting_plan(demo, 2, 29, budgeted=True)
+    with pytest.raises(ConfigError, match=r"cdd.shrink_end = 0.6 of the run is not after resetting starts.*"
+                                          r"set cdd.grg_start_epoch to about 0.3 \(a tenth"):
+        check_resetting_plan(demo, 3, 29, budgeted=True)  # the demo capped at 3 epochs
+    with pytest.raises(ConfigError, match=r"cdd.reset_decay_steps = 60 is longer than the 46 step\(s\) left.*"
+                                          r"set cdd.reset_decay_steps = 23"):
+        check_resetting_plan(demo, 4, 29, budgeted=True)
+    unpaced = load_config("demo-student", ['cdd.shrink_curve="none"']).cdd
+    with pytest.raises(ConfigError, match=r"no channel could be reset and reach zero; set cdd.reset_decay_steps = 3"):
+        check_resetting_plan(unpaced, 3, 10, budgeted=True)
+    check_resetting_plan(unpaced, 10, 40, budgeted=True)
