@@ -64,6 +64,7 @@ class FaissSearcher:
         self._gpu: Any = None
         self._gpu_resources: Any = None
         self._cpu: Any = None
+        # Whether the structure is trained on the gallery first: ivf / ivfpq, and factory strings FAISS says need it.
         self.needs_training = index_type in ("ivf", "ivfpq")
         if index_type == "flat":
             self._cpu = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -75,9 +76,6 @@ class FaissSearcher:
             if not self.needs_training:
                 self._cpu = fresh
                 self._apply_knob()
-
-    # needs_training: whether the structure is trained on the gallery first (ivf / ivfpq, and factory
-    # strings FAISS says need it).
 
     @property
     def filters_in_structure(self) -> bool:
@@ -94,7 +92,8 @@ class FaissSearcher:
         return 0 if self._cpu is None else int(self._cpu.ntotal) - len(self._dead)
 
     def train(self, vectors: np.ndarray) -> None:
-        """Build and train an ivf / ivfpq index on ``vectors`` (N, dim); N >= 1."""
+        """Build and train an ivf / ivfpq / factory index on ``vectors`` (N, dim); N >= 1 (an IVF factory
+        string needs N >= its number of lists: ValueError naming both)."""
         if self.index_type == "factory":
             self._train_factory(vectors)
             return

@@ -128,7 +128,7 @@ def test_a_bnneck_only_fast_reid_model_and_a_student_trained_from_it(tiny_reid_r
     assert teacher.spec.embedding_dim == model.backbone.out_channels == 64
     run = load_run_dir(out)  # what cdd-export reads
     assert run.kind == "teacher" and run.metrics["mAP"] > 0 and run.mean == MEAN
-    trainer, final = fit_tiny_student(tiny_reid_root, tmp_path / "student", out, epochs=1,
+    trainer, final = fit_tiny_student(tiny_reid_root, tmp_path / "student", out, epochs=2,
                                       extra=["model.embedding_dim=64"])
     assert final["teacher_flops"] == json.loads((out / "metrics.json").read_text())["final"]["flops"]
     losses = trainer.history[-1]["loss"]  # distilled from the imported teacher: its logits and descriptors
