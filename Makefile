@@ -7,12 +7,15 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help
+.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help \
+	results results-collect
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export the teacher, student and int8 student"
 	@echo "make bench-bundle   a realistic-cost bundle (ResNet-50, 256x128, short run) in fp32 and int8"
 	@echo "make test           install and run the whole test suite"
+	@echo "make results        render the README's and docs' results tables from the committed results files"
+	@echo "make results-collect   copy the finished demo runs' metrics to docs/results/ (then make results)"
 	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -58,7 +61,7 @@ $(BENCH_RUN)/metrics.json: $(BENCH_DATA)/.complete
 	$(PY) -m training --preset demo-teacher --set 'run.out_dir="$(BENCH_RUN)"' --set 'data.root="$(BENCH_DATA)"' \
 		--set data.height=256 --set data.width=128 --set model.depth=50 --set model.width=1.0 \
 		--set run.epochs=1 --set run.max_steps_per_epoch=2 --set run.eval_every=1 --set data.p=8 --set data.k=4 \
-		--set run.progress=false
+		--set run.progress=false --resume
 
 bench-bundle: $(BENCH_RUN)/metrics.json
 	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench --tensorrt off --set batch.max=32
@@ -74,18 +77,42 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m serving.benchmarks all --out docs
+	$(PY) -m training.results stamp --force docs/benchmarks.json
+	$(PY) -m training.results render
 
 # (a) teacher, (b) CDD, (c) static from scratch, (d) CDD without resetting, (e) prune-then-distill;
 # 3 seeds, both datasets (resumable; docs/ablation-*.{md,json} rewritten after every finished run).
 ablation: data data/animal-mnist/.complete
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist --seeds 0 1 2 --out docs
+	$(PY) -m training.results stamp --force docs/ablation-synthetic.json
+	$(PY) -m training.results stamp --force docs/ablation-animal-mnist.json
+	$(PY) -m training.results render
+
+# README.md and docs/*.md tables between <!-- results:NAME --> markers, from committed results files
+# (training/results/registry.py names them); tests/training/test_results_tables.py fails when one is stale.
+results: $(STAMP)
+	$(PY) -m training.results render
+
+results-collect: $(STAMP)
+	$(PY) -m training.results collect --run runs/$(PRESET)/teacher --out docs/results/$(PRESET)-teacher.json
+	$(PY) -m training.results collect --run runs/$(PRESET)/student --out docs/results/$(PRESET)-student.json
 
 step-time: $(STAMP)
 	$(PY) -m training.bench_step --preset demo-student --steps 20 --out docs/step_time.json
+	$(PY) -m training.results stamp --force docs/step_time.json
+	$(PY) -m training.results render
 
 proto: $(STAMP)
 	$(PY) -m serving.proto_build
+
+# The GPU paths run once on a GPU (docs/gpu.md): GPU-marked tests, an fp16 TensorRT export of the demo student
+# with its parity gate, Search through cdd-serve on TensorRT, cdd-bench engine TensorRT vs ONNX Runtime CUDA vs
+# CPU; results written to docs/gpu.md. GPU_PYTHON: a Python with the GPU packages (docs/gpu.md, "Installing").
+GPU_PYTHON ?= $(PY)
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check training export serving tests

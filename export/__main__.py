@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                         "metrics.json)")
     parser.add_argument("--out", required=True, help="bundle directory to create (an existing bundle is replaced)")
     parser.add_argument("--tensorrt", choices=TENSORRT_MODES, default=None,
-                        help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default), off, required")
+                        help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default; a failed build is "
+                             "left out, its reason printed and kept as provenance.tensorrt), off, required (fail "
+                             "instead)")
     parser.add_argument("--compatible-with", metavar="TEACHER_BUNDLE", default=None,
                         help="declare the bundle compatible with TEACHER_BUNDLE (asymmetric retrieval: its queries "
                              "search galleries that bundle embedded) after measuring it; fails the export when the "

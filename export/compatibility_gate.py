@@ -27,7 +27,7 @@ from training.data.layouts import load_dataset
 from training.data.records import DatasetSplits, Record
 from training.metrics import RetrievalMetrics, evaluate_retrieval
 
-__all__ = ["CompatibilityGateError", "TeacherBundleError", "compatibility_declaration"]
+__all__ = ["CompatibilityGateError", "TeacherBundleError", "compatibility_declaration", "gate_advice"]
 
 
 class CompatibilityGateError(ParityGateError):
@@ -83,11 +83,26 @@ def _load_teacher(path: Path, dim: int) -> Manifest:
     return manifest
 
 
+def gate_advice(compat_weight: float, teacher_run: str | Path | None, teacher_bundle: str | Path) -> str:
+    """What to do after a failed compatibility gate, checked against the run's own settings: train with the
+    compatibility loss when the run had none (``compat_weight`` 0), otherwise check the teacher pairing and the
+    loss's weight."""
+    if compat_weight <= 0:
+        return ("Train the student with the compatibility loss (--set loss.compat_weight=10, the demo student's "
+                "setting; this run had loss.compat_weight = 0) or export without --compatible-with")
+    pairing = (f"check that {teacher_bundle} was exported from the run this student was distilled from "
+               f"({teacher_run})" if teacher_run else f"check that {teacher_bundle} is this student's teacher")
+    return (f"This run already trains with the compatibility loss (loss.compat_weight = {compat_weight:g}): "
+            f"{pairing}, train the student with a larger loss.compat_weight, or export without --compatible-with")
+
+
 def compatibility_declaration(student_onnx: Path, input_size: tuple[int, int], dim: int, dataset: str,
                               data_root: str, teacher_bundle: str | Path, max_map_drop: float,
-                              batch: int) -> dict[str, Any]:
+                              batch: int, compat_weight: float = 0.0,
+                              teacher_run: str | Path | None = None) -> dict[str, Any]:
     """Measure the student graph at ``student_onnx`` against the teacher bundle and return the declaration
-    for ``Manifest.compatible_with`` (layout in `serving.compatibility`). ``batch``: images per ONNX call.
+    for ``Manifest.compatible_with`` (layout in `serving.compatibility`). ``batch``: images per ONNX call;
+    ``compat_weight`` and ``teacher_run``: the run's own settings, for the advice of a failed gate.
     Raises CompatibilityGateError when asymmetric mAP < teacher mAP - ``max_map_drop`` (percent points),
     TeacherBundleError for an unusable teacher bundle, RunDirError for unreadable images."""
     teacher_path = Path(teacher_bundle)
@@ -120,9 +135,8 @@ def compatibility_declaration(student_onnx: Path, input_size: tuple[int, int], d
             f"compatibility gate failed: student queries on the gallery embedded by {teacher.name!r} reach "
             f"{declaration['mAP']['asymmetric']:.2f}% mAP, {drop:.2f} points below its own "
             f"{declaration['mAP']['gallery_bundle']:.2f}% (tolerance {max_map_drop:g}; student/student "
-            f"{declaration['mAP']['this_bundle']:.2f}%). Train the student with the compatibility loss "
-            "(--set loss.compat_weight=1) or export without --compatible-with; the tolerance is "
-            "compatibility.max_map_drop"
+            f"{declaration['mAP']['this_bundle']:.2f}%). {gate_advice(compat_weight, teacher_run, teacher_path)}; "
+            "the tolerance is compatibility.max_map_drop"
         )
     return declaration
 

@@ -112,20 +112,24 @@ def preprocessing_nodes(model_path: Path) -> tuple[str, ...]:
 
 
 def quantise(prepared: Path, out_path: Path, fmt: str, images: np.ndarray, method: str, per_channel: bool,
-             reduce_range: bool, exclude: tuple[str, ...], ranges_cache: Path) -> QuantisedModel:
+             reduce_range: bool, exclude: tuple[str, ...], ranges_cache: Path,
+             activations: str = "uint8") -> QuantisedModel:
     """Quantise ``prepared`` (from ``prepare``) into ``out_path`` in format ``fmt``, calibrating activation
     ranges with ``method`` on ``images`` (uint8 (M, H, W, 3)). The ranges are saved to ``ranges_cache``, or
-    read from it when it exists (so a second format reuses the first one's calibration).
-    Raises QuantisationError when it fails."""
+    read from it when it exists (so a second format reuses the first one's calibration). ``activations``:
+    "uint8" (asymmetric, for ONNX Runtime on CPUs) or "int8-symmetric" (zero points 0, what TensorRT's
+    explicit quantisation accepts). Raises QuantisationError when it fails."""
+    signed = {"uint8": False, "int8-symmetric": True}[activations]
     logging.getLogger("export").info("quantising (%s, %s calibration on %d images)", fmt, method, len(images))
     try:
         quantize_static(
             str(prepared), str(out_path), _ImageReader(images, _CALIBRATION_BATCH), quant_format=FORMATS[fmt],
             op_types_to_quantize=list(OP_TYPES), per_channel=per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=[*preprocessing_nodes(prepared), *exclude],
             calibrate_method=_METHODS[method], calibration_cache_path=str(ranges_cache),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": signed, "WeightSymmetric": True,
+                           **({"QuantizeBias": False} if signed else {})},  # TensorRT has no int32 Q/DQ
         )
     except Exception as exc:  # the quantiser raises many types (calibration, graph rewriting, onnx)
         raise QuantisationError(f"ONNX Runtime {fmt} quantisation with {method} calibration failed: "

@@ -29,7 +29,7 @@ from export.bundle_writer import BundleStage, make_manifest
 from export.compatibility_gate import compatibility_declaration
 from export.config import ExportConfig
 from export.deploy_wrapper import DeployWrapper
-from export.errors import RunDirError
+from export.errors import ExportError, RunDirError
 from export.fold import fold_network
 from export.gate_images import calibration_images, gate_images
 from export.int8_export import int8_model_files
@@ -38,7 +38,13 @@ from export.onnx_flops import check_flops
 from export.parity import run_gate
 from export.rebuild import build_reference, build_slim
 from export.run_dir import RunDir, load_run_dir
-from export.tensorrt_build import TensorRTUnavailable, build_engine, tensorrt_embedder, tensorrt_unavailable_reason
+from export.tensorrt_build import (
+    TensorRTBuildError,
+    TensorRTUnavailable,
+    build_engine,
+    tensorrt_embedder,
+    tensorrt_unavailable_reason,
+)
 from export.torch_program import export_program, program_embedder
 from serving.bundle import Manifest
 from training.arch_spec import ArchSpec, ArchSpecError
@@ -104,7 +110,8 @@ def _costs(run: RunDir) -> dict[str, Any]:
     return {"student": student, "teacher": deployed_cost(teacher_spec).to_dict()}
 
 
-def _provenance(run: RunDir, config: ExportConfig) -> dict[str, Any]:
+def _provenance(run: RunDir, config: ExportConfig, tensorrt_note: str | None) -> dict[str, Any]:
+    """Where the bundle came from; ``tensorrt`` says "built" or why the bundle has no plan."""
     return {
         "run_dir": str(run.path),
         "run_kind": run.kind,
@@ -119,6 +126,7 @@ def _provenance(run: RunDir, config: ExportConfig) -> dict[str, Any]:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tensorrt": "built" if tensorrt_note is None else tensorrt_note,
     }
 
 
@@ -168,13 +176,35 @@ def _tensorrt_files(stage: BundleStage, wrapper: DeployWrapper, run: RunDir, con
     return stamp, parity
 
 
+def _tensorrt_plan_or_note(stage: BundleStage, wrapper: DeployWrapper, run: RunDir, config: ExportConfig,
+                           images: np.ndarray, backends: dict[str, Any], parity: dict[str, Any]) -> str | None:
+    """Build and gate the plan into ``backends`` / ``parity``; None when it was built. In "auto" mode any
+    failure (unsupported TensorRT, parse or build error, a failed TensorRT gate) becomes the returned skip
+    note and the plan is left out; in "required" mode it is raised (as TensorRTBuildError unless it is
+    already an ExportError, such as ParityGateError)."""
+    try:
+        backends["tensorrt"], parity["tensorrt"] = _tensorrt_files(stage, wrapper, run, config, images)
+    except Exception as exc:  # TensorRT, its graph converters and the gate fail in many ways
+        if config.tensorrt.mode == "required":
+            if isinstance(exc, ExportError):
+                raise
+            raise TensorRTBuildError(f"the TensorRT build failed: {type(exc).__name__}: {exc}") from exc
+        (stage.path / PLAN_FILE).unlink(missing_ok=True)
+        stage.files.pop(PLAN_FILE, None)
+        return (f"skipped: no TensorRT plan ({type(exc).__name__}: {str(exc)[:300]}); the bundle has "
+                "the ONNX Runtime and torch backends")
+    return None
+
+
 def _compatibility(onnx_path: Path, run: RunDir, config: ExportConfig) -> list[dict[str, Any]]:
     """The compatibility declaration (asymmetric retrieval) when ``compatibility.teacher_bundle`` is set."""
     compat = config.compatibility
     if not compat.teacher_bundle:
         return []
+    compat_weight = float((run.config.get("loss") or {}).get("compat_weight", 0.0))
     return [compatibility_declaration(onnx_path, run.spec.input_size, run.spec.embedding_dim, run.dataset,
-                                      run.data_root, compat.teacher_bundle, compat.max_map_drop, config.batch.max)]
+                                      run.data_root, compat.teacher_bundle, compat.max_map_drop, config.batch.max,
+                                      compat_weight=compat_weight, teacher_run=run.teacher_run)]
 
 
 def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -> ExportResult:
@@ -202,7 +232,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
             parity.update(_model_files(stage, wrapper, run, config, images, cost["student"]["flops"]))
             backends = {"onnxruntime": ONNX_FILE, "torch": PROGRAM_FILE}
         if tensorrt_note is None:
-            backends["tensorrt"], parity["tensorrt"] = _tensorrt_files(stage, wrapper, run, config, images)
+            tensorrt_note = _tensorrt_plan_or_note(stage, wrapper, run, config, images, backends, parity)
         batch = config.batch
         declarations = _compatibility(stage.path / ONNX_FILE, run, config)
         if declarations:  # asymmetric retrieval: the teacher's sha256 accepted, the measured numbers kept
@@ -211,7 +241,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         manifest = make_manifest(
             name=Path(out_dir).resolve().name, input_size=run.spec.input_size, dim=run.spec.embedding_dim,
             mean=run.mean, std=run.std, batch=(batch.min, batch.opt, batch.max), files=stage.files,
-            backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config),
+            backends=backends, cost=cost, parity=parity, provenance=_provenance(run, config, tensorrt_note),
             precision=config.precision, quantization=quantization, compatible_with=compatible,
         )
         bundle = stage.commit(manifest)

@@ -34,8 +34,7 @@ class ServeConfig:
     index searches (cpu, cuda, auto); ``snapshot_interval_s`` how often the FAISS write log is folded into
     a snapshot (0 = only at shutdown). ``engine_spin`` lets ONNX Runtime's idle intra-op threads spin-wait
     between operators: off by default here, because in a server the spinning threads take the cores the
-    RPC threads need (measured on the 2-core machine, demo bundle, 16 callers: 387 QPS with spinning,
-    631 without; the engine alone loses 5% at 256x128 and 27-33% on the 64x32 demo without it).
+    RPC threads need (docs/performance-notes.md has the measurements).
     ``engine_threads`` ONNX Runtime CPU intra-op threads per engine call (0 = its default, one per core);
     with ``instances`` engine workers, instances x engine_threads should not exceed the cores.
 

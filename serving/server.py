@@ -10,8 +10,9 @@ concurrent Retrieval calls (`Admission`, RESOURCE_EXHAUSTED beyond) and feeds `S
 (``--metrics-port``); `EngineWatchdog` turns health NOT_SERVING while the engine is stuck.
 
 Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval". Reflection lists the
-Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) live in memory only;
-rebuild or re-save the index with `cdd-index` to make them permanent.
+Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) are durable when
+acknowledged: the FAISS store appends them to the index folder's fsynced write log before replying
+(`serving.index.durable_gallery`), Milvus keeps them in its own log.
 """
 
 from __future__ import annotations
@@ -329,6 +330,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--log-format", default=ServeConfig.log_format, choices=("text", "json"))
+    parser.add_argument("--check-gpu", action="store_true",
+                        help="check this environment for GPU serving (onnxruntime-gpu without onnxruntime, the CUDA "
+                             "provider, TensorRT, faiss) and exit 0 when ready, 1 with the fixes; needs no --bundle")
     return parser
 
 
@@ -351,7 +355,12 @@ def _config(args: argparse.Namespace) -> ServeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend."""
+    """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend.
+    ``cdd-serve --check-gpu``: `serving.gpu_environment` (exit 0 ready, 1 not)."""
+    if "--check-gpu" in (sys.argv[1:] if argv is None else argv):
+        from serving.gpu_environment import check_gpu_main
+
+        return check_gpu_main()
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     stop = threading.Event()

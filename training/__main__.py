@@ -4,6 +4,9 @@
     cdd-train --config my.toml --set optim.lr=0.02 --set run.epochs=60 --resume
     torchrun --nproc_per_node=2 -m training --preset demo-teacher
     cdd-train import-teacher --checkpoint FILE --format torchvision|timm|fast-reid ...   (see --help)
+
+A run folder (run.out_dir) that already holds a run is refused unless --resume continues it or --force
+starts over. The first log lines say which classes or identities went to training and which to test.
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdd-train", description=__doc__,
+    from training.presets_help import preset_lines, preset_names
+
+    parser = argparse.ArgumentParser(prog="cdd-train", description=__doc__, epilog="presets:\n" + preset_lines(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", help="preset in training/presets (demo-teacher, demo-student, paper-student)")
+    source.add_argument("--preset", help=f"preset in training/presets: {', '.join(preset_names())}")
     source.add_argument("--config", help="TOML config file (may `extends = \"<preset>\"`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value; repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt if present")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in a run folder that holds an earlier run (its run files are deleted)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -55,9 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from training.trainer import build_trainer
+    from training.data.split_summary import log_split
+    from training.run_folder import claim_run_folder
 
     try:
+        log_split(cfg.data.dataset, cfg.data.root)
+        claim_run_folder(cfg.run.out_dir, args.resume, args.force)
+        from training.trainer import build_trainer
+
         trainer = build_trainer(cfg, resume=args.resume)
         ctx = trainer.ctx
         final = trainer.fit()

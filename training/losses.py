@@ -1,4 +1,4 @@
-"""Loss terms of Capacity Dynamic Distillation (METHOD.md, "Losses").
+"""Loss terms of Capacity Dynamic Distillation (docs/method.md, "Losses").
 
 Every function is pure and returns a 0-dim tensor (except `group_lasso_subgradient`). Weights (the
 0.5 on feature distillation, lambda on the lasso, ...) are applied by the caller, so each term can be

@@ -2,7 +2,7 @@
 
 NumPy only: the serving CLI imports this module lazily and must not pull in torch.
 
-Protocol (METHOD.md, "Evaluation protocol"):
+Protocol (docs/method.md, "Evaluation"):
 - Similarity is cosine: features are L2-normalised here, then compared with a float32 dot product.
 - Re-ID (cameras given): for each query, gallery items with the same identity AND the same camera are
   removed from its ranking. Class protocol (`query_is_gallery=True`): only the query itself is removed.

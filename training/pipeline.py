@@ -25,30 +25,30 @@ def _completed(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_stage(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Train ``preset`` (resuming) unless its run dir already holds final metrics; returns them."""
+    """Train ``preset`` (resuming an interrupted run) unless its run dir already holds final metrics; returns
+    them."""
     from training.config import load_config
-    from training.trainer import build_trainer
+    from training.data.split_summary import log_split
+    from training.run_folder import claim_run_folder
 
     cfg = load_config(preset, list(overrides))
     done = _completed(Path(cfg.run.out_dir))
     if done is not None:
         logging.getLogger("training").info("%s already trained in %s; skipping", preset, cfg.run.out_dir)
         return done
+    log_split(cfg.data.dataset, cfg.data.root)
+    claim_run_folder(cfg.run.out_dir, resume=True, force=False)
+    from training.trainer import build_trainer
+
     return build_trainer(cfg, resume=True).fit()
 
 
 def format_table(teacher: dict[str, Any], student: dict[str, Any]) -> str:
-    """Markdown table: params, FLOPs (MACs), mAP, rank-1 of teacher and student, plus reductions."""
-    rows = [
-        ("params", f"{teacher['params']:,}", f"{student['params']:,}", f"-{student['params_reduction']:.1f}%"),
-        ("FLOPs (MACs)", f"{teacher['flops']:,}", f"{student['flops']:,}", f"-{student['flops_reduction']:.1f}%"),
-        ("mAP %", f"{teacher['mAP']:.2f}", f"{student['mAP']:.2f}", f"{student['mAP'] - teacher['mAP']:+.2f}"),
-        ("rank-1 %", f"{teacher['rank1']:.2f}", f"{student['rank1']:.2f}",
-         f"{student['rank1'] - teacher['rank1']:+.2f}"),
-    ]
-    lines = ["| | teacher | CDD student | change |", "|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
+    """Markdown table of the two runs' final metrics: params, FLOPs (MACs), mAP, rank-1 and the change (the
+    README's results table, `training.results.tables.teacher_student_table`)."""
+    from training.results.tables import teacher_student_table
+
+    return teacher_student_table({"final": teacher}, {"final": student})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from training.data.transforms import build_eval_transform
 from training.distributed import resolve_device
 from training.evaluate import evaluate_model, extract_features
 from training.models.network import ReIDNet
+from training.run_folder import RUN_FILES, RunFolderInUse, claim_run_folder
 from training.teacher_layouts import FORMATS, HeadLayout, ImportError_, infer_backbone, map_weights, unwrap_state
 from training.trainer import write_json_atomic
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="TOML config file naming the data (as for cdd-train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", help="teacher run dir to write (default: the config's run.out_dir)")
+    p.add_argument("--force", action="store_true", help="replace a run already in the run dir (its files are deleted)")
     return p
 
 
@@ -171,6 +173,10 @@ def import_teacher(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Arch
     splits = load_dataset(probe.data.dataset, probe.data.root)
     num_classes = len(train_labels(splits.train)[1])
     spec, cfg = _spec_and_config(args, settings, depth, width, num_classes)
+    earlier = [name for name in RUN_FILES if (Path(cfg.run.out_dir) / name).exists()]
+    if earlier and not args.force:  # refused before the work, not after
+        raise ImportError_(f"{cfg.run.out_dir} already holds a run ({', '.join(earlier)}); pass --force to replace "
+                           "it or --out NEW to write another folder")
     net = ReIDNet(spec)
     shapes = {k: v.shape for k, v in net.state_dict().items() if k.startswith("backbone.")}
     mapped = map_weights(state, settings.format, settings.head, shapes, depth, width, str(source))
@@ -194,6 +200,10 @@ def import_teacher(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Arch
              "flops": cost.flops, "teacher_params": cost.params, "teacher_flops": cost.flops,
              "params_reduction": 0.0, "flops_reduction": 0.0, "imported": imported}
     out = Path(cfg.run.out_dir)
+    try:
+        claim_run_folder(out, resume=False, force=args.force)
+    except RunFolderInUse as exc:
+        raise ImportError_(str(exc).replace("--resume to continue it, ", "")) from exc
     _write_run_dir(out, net.cpu(), spec, cfg, final, imported)
     return final, out, spec
 

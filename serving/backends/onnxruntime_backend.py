@@ -53,7 +53,8 @@ class OnnxRuntimeEngine(Engine):
         available = ort.get_available_providers()
         if wanted not in available:
             hint = (
-                "pip install onnxruntime-gpu (and uninstall onnxruntime)" if device == "cuda" else "reinstall"
+                "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (both installed hide the "
+                "CUDA provider; cdd-serve --check-gpu checks)" if device == "cuda" else "reinstall"
             )
             raise BackendUnavailable(
                 f"onnxruntime {ort.__version__} has no {wanted} (available: {', '.join(available)}); {hint}"

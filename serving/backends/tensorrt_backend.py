@@ -1,11 +1,13 @@
-"""TensorRT backend: the bundle's ``model.plan`` (TensorRT 10 named-tensor API), torch CUDA buffers.
+"""TensorRT backend: the bundle's ``model.plan`` (the TensorRT 10 and 11 named-tensor API: ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``), torch CUDA buffers.
 
 A plan only runs on the GPU model, compute capability and TensorRT version it was built with, so the
-manifest entry carries that stamp and the backend refuses a plan stamped for another machine. Accepted
-manifest entries for ``backends["tensorrt"]``::
+manifest entry carries that stamp (`serving.backends.tensorrt_stamp`, the definition the exporter writes
+with) and the backend refuses a plan stamped for another machine. Accepted manifest entries for
+``backends["tensorrt"]``::
 
-    {"file": "model.plan", "stamp": {"gpu": ..., "compute_capability": "8.9", "tensorrt": "10.3.0"}}
-    {"file": "model.plan", "gpu": ..., "compute_capability": "8.9", "tensorrt": "10.3.0"}   (flat)
+    {"file": "model.plan", "gpu": ..., "compute_capability": "8.9", "tensorrt": "11.4.0", ...}   (the exporter's)
+    {"file": "model.plan", "stamp": {"gpu": ..., "compute_capability": "8.9", "tensorrt": "11.4.0"}}
 """
 
 from __future__ import annotations
@@ -17,49 +19,30 @@ from typing import Any
 import numpy as np
 
 from serving.backends.base import BackendUnavailable, Engine
+from serving.backends.tensorrt_stamp import STAMP_KEYS, machine_stamp, plan_entry, stamp_mismatch
 from serving.bundle import Manifest
 from serving.bundle_files import read_checked_file
 
-__all__ = ["STAMP_KEYS", "TensorRTEngine", "current_stamp", "stamp_mismatch"]
-
-STAMP_KEYS = ("gpu", "compute_capability", "tensorrt")
-
-
-def _normalise(key: str, value: Any) -> str:
-    if key == "compute_capability" and isinstance(value, list | tuple):
-        return ".".join(str(part) for part in value)
-    return str(value)
-
-
-def stamp_mismatch(plan: dict[str, Any], here: dict[str, Any]) -> str | None:
-    """None when the plan's stamp matches this machine's, else a sentence naming each difference."""
-    problems = []
-    for key in STAMP_KEYS:
-        if key not in plan:
-            problems.append(f"the plan's stamp is missing {key!r}")
-        elif _normalise(key, plan[key]) != _normalise(key, here.get(key)):
-            problems.append(f"{key} is {_normalise(key, plan[key])!r} in the plan, {here.get(key)!r} here")
-    return "; ".join(problems) or None
+__all__ = ["STAMP_KEYS", "TensorRTEngine", "current_stamp", "plan_refusal", "stamp_mismatch"]
 
 
 def current_stamp(trt: Any, torch: Any, device_index: int = 0) -> dict[str, str]:
-    """This machine's stamp: GPU name, compute capability "major.minor", TensorRT version."""
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return {
-        "gpu": torch.cuda.get_device_name(device_index),
-        "compute_capability": f"{major}.{minor}",
-        "tensorrt": trt.__version__,
-    }
+    """This machine's stamp (`serving.backends.tensorrt_stamp.machine_stamp`) for CUDA device ``device_index``."""
+    return machine_stamp(torch.cuda.get_device_name(device_index), torch.cuda.get_device_capability(device_index),
+                         trt.__version__)
 
 
-def _plan_entry(entry: Any) -> tuple[str, dict[str, Any]]:
-    if isinstance(entry, dict):
-        stamp = entry.get("stamp", entry)
-        return str(entry.get("file", "model.plan")), dict(stamp)
-    raise BackendUnavailable(
-        f"manifest backends['tensorrt'] is {entry!r}; expected {{'file': ..., 'stamp': {{...}}}} with "
-        f"{', '.join(STAMP_KEYS)}; re-export the bundle on the serving machine"
-    )
+def plan_refusal(entry: Any, here: dict[str, Any]) -> tuple[str, str | None]:
+    """(plan file, None) when the ``manifest.backends["tensorrt"]`` ``entry`` was stamped for the machine whose
+    stamp is ``here``, else (plan file, why not). Raises BackendUnavailable for an entry of the wrong shape."""
+    try:
+        file, stamp = plan_entry(entry)
+    except ValueError as exc:
+        raise BackendUnavailable(str(exc)) from exc
+    reason = stamp_mismatch(stamp, here)
+    if reason is None:
+        return file, None
+    return file, f"{file} was built for another machine: {reason}; re-export on this machine"
 
 
 def _imports() -> tuple[Any, Any]:
@@ -91,14 +74,15 @@ class TensorRTEngine(Engine):
             raise BackendUnavailable(
                 "the bundle has no TensorRT plan (export on a machine with TensorRT adds one)"
             )
-        file, stamp = _plan_entry(entry)
+        try:
+            plan_entry(entry)  # the entry's shape is checked before importing tensorrt or torch
+        except ValueError as exc:
+            raise BackendUnavailable(str(exc)) from exc
         trt, torch = _imports()
         here = current_stamp(trt, torch, device_index)
-        reason = stamp_mismatch(stamp, here)
+        file, reason = plan_refusal(entry, here)
         if reason:
-            raise BackendUnavailable(
-                f"{file} was built for another machine: {reason}; re-export on this machine"
-            )
+            raise BackendUnavailable(reason)
         path = Path(bundle_dir) / file
         plan = read_checked_file(bundle_dir, manifest.files, file)  # the checked bytes are what runs
         self._trt, self._torch, self._stamp = trt, torch, here
@@ -157,5 +141,5 @@ class TensorRTEngine(Engine):
             "backend": self.name,
             "device": self.device,
             **self._stamp,
-            "model": _plan_entry(self.manifest.backends["tensorrt"])[0],
+            "model": plan_entry(self.manifest.backends["tensorrt"])[0],
         }

@@ -273,7 +273,10 @@ def _all_markdown(result: dict[str, Any]) -> str:
             *_header("Benchmarks", result["machine"], result["commands"]),
             "## Targets",
             "",
+            # `make results` (training/results) renders this block again from benchmarks.json with its stamp
+            "<!-- results:benchmark-targets -->",
             report.targets_markdown(result["targets"]),
+            "<!-- /results:benchmark-targets -->",
             "## Engine: student vs teacher",
             "",
             report.engine_markdown(result["engine"], "benchmarks-engine.png"),

@@ -18,7 +18,11 @@
   per store; `__main__`: ``cdd-index``.
 
 Importing this package does not import faiss or torch; the search structure is created on first use.
+It quiets the ``faiss.loader`` logger to warnings: faiss logs at INFO every optional SIMD build it could not
+load ("Could not load library with AVX2 support") before loading one that works, which is harmless.
 """
+
+import logging
 
 from serving.index.errors import (
     DimensionError,
@@ -31,6 +35,8 @@ from serving.index.errors import (
 )
 from serving.index.gallery import DEVICES, INDEX_TYPES, GalleryIndex, Hit
 from serving.index.recall import recall_at_k_vs_exact
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 __all__ = [
     "DEVICES",

@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--images", type=Path, help="folder the items' 'path' metadata is relative to")
     verify.add_argument("--sample", type=int, default=8, help="items to re-embed (with --images)")
     verify.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
-    evaluate = commands.add_parser("eval", help="mAP / CMC of a dataset's queries against the index")
+    evaluate = commands.add_parser("eval", help="mAP / CMC (percent) of a dataset's queries against the index")
     evaluate.add_argument("--index", type=Path, required=True)
     _add_engine(evaluate)
     evaluate.add_argument("--layout", required=True)
@@ -360,12 +360,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
         "gallery_items_evaluated": int(len(gallery_ids)),
         "layout_gallery_records": len(splits.gallery),
         "similarity": "exact over stored vectors",
-        "mAP": metrics.mAP,
-        "rank1": metrics.rank1,
-        "rank5": metrics.rank5,
-        "rank10": metrics.rank10,
-        "num_queries": metrics.num_queries,
-        "num_valid_queries": metrics.num_valid_queries,
+        **metrics.as_percent(),  # mAP and rank-k in percent, as cdd-train reports them
     }
 
 

@@ -10,27 +10,34 @@ Inner product on unit vectors (= cosine). Items are FAISS ids (the table's int64
 - factory: any FAISS index factory string (``options["factory"]``, see `serving.index.faiss_factory`);
   trained on the gallery when FAISS says it needs training; removals FAISS cannot do become tombstones.
   Filtered searches of a factory index are answered exactly by the gallery (``filters_in_structure``):
-  not every FAISS structure honours an ID selector.
+  not every FAISS structure honours an ID selector. Factory structures search on the CPU.
 Metadata filters arrive as the allowed labels and go to FAISS as an ``IDSelectorBatch`` in the search
 parameters (with ``nprobe`` / ``efSearch``), so FAISS skips the other items itself. Searches only read
 the index, so several threads may search at once; `add` / `remove` need the caller's write lock.
 With ``use_gpu`` (faiss built with GPU support) flat / ivf / ivfpq searches run on a GPU replica of the
-CPU index; the CPU index stays the master (serialisation); adds and removals are applied to both copies.
+CPU index, made lazily; the CPU index stays the master (serialisation); adds and removals are applied to both
+copies. The rules of `serving.index.faiss_gpu` decide what may run there: filtered searches go to the CPU
+index unless the GPU indexes apply selectors (cuVS), an IVF-PQ index the GPU cannot hold stays on the CPU
+(logged once), and one lock serialises every use of the GPU copy (GPU indexes are not thread-safe).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from typing import Any
 
 import faiss
 import numpy as np
 
 from serving.index import faiss_factory
+from serving.index.faiss_gpu import FLOAT16_TABLE_PQ_M, FaissGpu, gpu_pq_choice, ivfpq_gpu_problem
 
 __all__ = ["FaissSearcher", "faiss_gpu_count"]
 
 _TOMBSTONE_REBUILD_FRACTION = 0.25
+_LOG = logging.getLogger("serving.index")
 
 
 def faiss_gpu_count() -> int:
@@ -43,7 +50,12 @@ def _choose_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def _choose_pq(dim: int, n: int, options: dict[str, Any]) -> tuple[int, int]:
+def _choose_pq(dim: int, n: int, options: dict[str, Any], gpu: FaissGpu | None = None) -> tuple[int, int]:
+    """(m, nbits): the options' values where given; the rest a GPU-searchable choice when ``gpu`` is given
+    and has one, else the CPU default (largest divisor of dim <= dim / 4, bits from the training size)."""
+    choice = gpu_pq_choice(gpu, dim, n) if gpu is not None and not options.get("pq_m") else None
+    if choice is not None:
+        return choice[0], int(options.get("pq_nbits") or choice[1])
     m = options.get("pq_m") or max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"ivfpq: pq_m={m} must divide the embedding dim {dim}")
@@ -53,13 +65,21 @@ def _choose_pq(dim: int, n: int, options: dict[str, Any]) -> tuple[int, int]:
 
 class FaissSearcher:
     """A `serving.index.searcher.Searcher` over one FAISS index, plus the bookkeeping FAISS lacks
-    (tombstones, GPU replica). Not thread-safe."""
+    (tombstones, GPU replica). Searches may run concurrently; `add` / `remove` / `train` need the caller's
+    write lock. ``gpu``: the GPU capability (detected when None and ``use_gpu``)."""
 
-    def __init__(self, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False) -> None:
+    def __init__(self, index_type: str, dim: int, options: dict[str, Any], use_gpu: bool = False,
+                 gpu: FaissGpu | None = None) -> None:
         self.index_type = index_type
         self.dim = dim
         self.options = dict(options)
-        self.use_gpu = use_gpu and index_type not in ("hnsw", "factory") and faiss_gpu_count() > 0
+        cpu_only = index_type in ("hnsw", "factory")
+        if use_gpu and not cpu_only and gpu is None:
+            gpu = FaissGpu.detect(int(self.options.get("gpu", 0)))
+        self.use_gpu = use_gpu and not cpu_only and gpu is not None and gpu.devices > 0
+        self._gpu_support = gpu if self.use_gpu else None
+        self._gpu_lock = threading.Lock()  # around every use of the GPU copy (GPU indexes are not thread-safe)
+        self._gpu_refusal: str | None = None
         self._dead: set[int] = set()
         self._gpu: Any = None
         self._gpu_resources: Any = None
@@ -103,7 +123,7 @@ class FaissSearcher:
         if self.index_type == "ivf":
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            m, nbits = _choose_pq(self.dim, n, self.options)
+            m, nbits = _choose_pq(self.dim, n, self.options, self._gpu_support)
             index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
             self.options.update(pq_m=m, pq_nbits=nbits)
         index.cp.seed = int(self.options.get("seed", 1234))
@@ -111,7 +131,8 @@ class FaissSearcher:
         index.nprobe = int(self.options.get("nprobe") or max(1, min(nlist, 16)))
         self.options.update(nlist=nlist, nprobe=index.nprobe)
         self._cpu = index
-        self._gpu = None
+        with self._gpu_lock:
+            self._gpu, self._gpu_refusal = None, None
 
     def _train_factory(self, vectors: np.ndarray) -> None:
         index = faiss_factory.new_factory_index(self.options["factory"], self.dim)
@@ -125,7 +146,6 @@ class FaissSearcher:
                 )
         index.train(np.ascontiguousarray(vectors, dtype=np.float32))
         self._cpu = index
-        self._gpu = None
         self._apply_knob()
 
     def _apply_knob(self) -> None:
@@ -153,8 +173,9 @@ class FaissSearcher:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         self._cpu.add_with_ids(vectors, labels)
-        if self._gpu is not None:
-            self._gpu.add_with_ids(vectors, labels)
+        with self._gpu_lock:
+            if self._gpu is not None:
+                self._gpu.add_with_ids(vectors, labels)
 
     def remove(self, labels: np.ndarray) -> None:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
@@ -168,11 +189,12 @@ class FaissSearcher:
                 self._dead.update(int(label) for label in labels)
             return
         self._cpu.remove_ids(labels)
-        if self._gpu is not None:
-            try:
-                self._gpu.remove_ids(labels)
-            except RuntimeError:  # a GPU index type without remove_ids: re-clone lazily
-                self._gpu = None
+        with self._gpu_lock:
+            if self._gpu is not None:
+                try:
+                    self._gpu.remove_ids(labels)
+                except RuntimeError:  # a GPU index type without remove_ids: re-clone lazily
+                    self._gpu = None
 
     @property
     def needs_rebuild(self) -> bool:
@@ -183,18 +205,20 @@ class FaissSearcher:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores (Q, k) float32, labels (Q, k) int64); missing slots have label -1. With
-        ``allowed`` (int64 labels) only those items are considered (a FAISS ID selector)."""
+        ``allowed`` (int64 labels) only those items are considered (a FAISS ID selector, applied on the GPU
+        copy only where the GPU indexes honour it, else the search runs on the CPU index)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         q = queries.shape[0]
         if self._cpu is None or self.ntotal == 0 or k <= 0:
             return np.full((q, max(k, 0)), -np.inf, np.float32), np.full((q, max(k, 0)), -1, np.int64)
         dead = 0 if allowed is not None else len(self._dead)
         fetch = min(k + dead, int(self._cpu.ntotal))
-        if allowed is None:
-            scores, labels = self._search_index().search(queries, fetch)
-        else:
+        params = None
+        if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            scores, labels = self._search_index().search(queries, fetch, params=self._params(selector))
+            params = self._params(selector)
+        found = self._gpu_search(queries, fetch, params) if self._on_gpu(allowed is not None, fetch) else None
+        scores, labels = found if found is not None else self._cpu.search(queries, fetch, params=params)
         if dead:
             scores, labels = self._drop_dead(scores, labels, k)
         if labels.shape[1] < k:
@@ -234,8 +258,9 @@ class FaissSearcher:
         options: dict[str, Any],
         use_gpu: bool = False,
         tombstones: list[int] | None = None,
+        gpu: FaissGpu | None = None,
     ) -> FaissSearcher:
-        searcher = cls(index_type, dim, options, use_gpu)
+        searcher = cls(index_type, dim, options, use_gpu, gpu)
         searcher._dead = {int(label) for label in tombstones or ()}
         searcher._cpu = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if int(searcher._cpu.d) != dim:
@@ -256,7 +281,8 @@ class FaissSearcher:
             faiss_factory.set_search_knob(self._cpu, name, value)
         elif name == "nprobe" and self.index_type in ("ivf", "ivfpq"):
             self._cpu.nprobe = int(value)
-            self._gpu = None
+            with self._gpu_lock:
+                self._gpu = None
         elif name == "ef_search" and self.index_type == "hnsw":
             faiss.downcast_index(self._cpu.index).hnsw.efSearch = int(value)
         else:
@@ -274,6 +300,7 @@ class FaissSearcher:
     def describe(self) -> dict[str, Any]:
         return {
             "engine": "faiss-gpu" if self.use_gpu else "faiss-cpu",
+            **({"gpu_refused": self._gpu_refusal} if self._gpu_refusal else {}),
             "faiss": faiss.__version__,
             "tombstones": len(self._dead),
             "factory": self.options["factory"] if self.index_type == "factory"
@@ -287,15 +314,40 @@ class FaissSearcher:
         inner.hnsw.efSearch = int(self.options.get("ef_search", 64))
         return faiss.IndexIDMap2(inner)
 
-    def _search_index(self) -> Any:
-        if not self.use_gpu:
-            return self._cpu
-        if self._gpu is None:
-            if self._gpu_resources is None:
-                self._gpu_resources = faiss.StandardGpuResources()
-            self._gpu = faiss.index_cpu_to_gpu(
-                self._gpu_resources, int(self.options.get("gpu", 0)), self._cpu
-            )
+    def _on_gpu(self, filtered: bool, fetch: int) -> bool:
+        """Whether a search of ``fetch`` results (``filtered`` by a selector) may use the GPU copy."""
+        gpu = self._gpu_support
+        return gpu is not None and fetch <= gpu.max_k and (not filtered or gpu.filtered_search)
+
+    def _gpu_search(self, queries: np.ndarray, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search the GPU copy (made on first use) under the GPU lock; None when the index stays on the CPU."""
+        with self._gpu_lock:
+            gpu = self._gpu_index()
+            return None if gpu is None else gpu.search(queries, fetch, params=params)
+
+    def _gpu_problem(self) -> str | None:
+        if self.index_type != "ivfpq":
+            return None
+        pq = faiss.downcast_index(self._cpu).pq
+        return ivfpq_gpu_problem(self._gpu_support, self.dim, int(pq.M), int(pq.nbits))
+
+    def _gpu_index(self) -> Any:
+        """The GPU copy, made now if missing; None (logged once) when this index cannot go to the GPU.
+        The caller holds ``_gpu_lock``."""
+        if self._gpu is not None or self._gpu_refusal is not None:
+            return self._gpu
+        gpu = self._gpu_support
+        problem = self._gpu_problem()
+        if problem is None:
+            m = int(faiss.downcast_index(self._cpu).pq.M) if self.index_type == "ivfpq" else 0
+            float16 = not gpu.cuvs and m in FLOAT16_TABLE_PQ_M  # fp16 lookup tables: larger m fit on the GPU
+            try:
+                self._gpu_resources, self._gpu = gpu.copy(self._cpu, int(self.options.get("gpu", 0)), float16)
+            except RuntimeError as exc:  # faiss reports unsupported GPU settings as RuntimeError
+                problem = f"faiss could not copy it to the GPU: {exc}"
+        if problem is not None:
+            self._gpu_refusal = problem
+            _LOG.warning("%s index stays on the CPU: %s", self.index_type, problem)
         return self._gpu
 
     def _drop_dead(self, scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

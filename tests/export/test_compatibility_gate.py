@@ -17,7 +17,7 @@ from derived_bundles import derived_bundle, embed_onnxruntime
 from tiny_runs import TinyRuns
 
 from export.__main__ import main as export_main
-from export.compatibility_gate import CompatibilityGateError, TeacherBundleError
+from export.compatibility_gate import CompatibilityGateError, TeacherBundleError, gate_advice
 from export.config import load_export_config
 from export.pipeline import ExportResult, export_bundle
 from serving.bundle import load_bundle
@@ -106,9 +106,16 @@ def test_an_incompatible_teacher_fails_the_gate_and_writes_nothing(student_bundl
     negated = derived_bundle(student_bundle.bundle, tmp_path / "negated-teacher", negate=True)
     with pytest.raises(CompatibilityGateError, match="compatibility gate failed") as failure:
         _export(tiny_run_dir.student50, tmp_path / "student", negated)
-    assert "loss.compat_weight" in str(failure.value)
+    assert "this run had loss.compat_weight = 0" in str(failure.value)  # the tiny run's config has no loss
     assert not (tmp_path / "student").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["negated-teacher"]  # no staging dir left behind
+    trained = shutil.copytree(tiny_run_dir.student50, tmp_path / "trained-with-the-loss")
+    config = json.loads((trained / "config.json").read_text())
+    (trained / "config.json").write_text(json.dumps({**config, "loss": {"compat_weight": 10.0}}))
+    with pytest.raises(CompatibilityGateError) as failure:
+        _export(trained, tmp_path / "student", negated)
+    assert "This run already trains with the compatibility loss (loss.compat_weight = 10)" in str(failure.value)
+    assert "--set loss.compat_weight=" not in str(failure.value)
 
 
 def test_cli_flag_and_exit_codes(copy_teacher: Path, student_bundle: ExportResult, tiny_run_dir: TinyRuns,
@@ -136,3 +143,14 @@ def test_unusable_teacher_bundles_are_named(copy_teacher: Path, tiny_run_dir: Ti
     with pytest.raises(TeacherBundleError, match="sha256"):
         _export(tiny_run_dir.student50, tmp_path / "s", tampered)
     assert not (tmp_path / "s").exists()
+
+
+def test_gate_advice_follows_the_runs_own_compatibility_weight() -> None:
+    without = gate_advice(0.0, "runs/demo/teacher", "bundles/demo-teacher")
+    assert without.startswith("Train the student with the compatibility loss (--set loss.compat_weight=10")
+    assert "this run had loss.compat_weight = 0" in without
+    trained = gate_advice(10.0, "runs/demo/teacher", "bundles/demo-teacher")
+    assert trained.startswith("This run already trains with the compatibility loss (loss.compat_weight = 10)")
+    assert "bundles/demo-teacher was exported from the run this student was distilled from (runs/demo/teacher)" in (
+        trained)
+    assert "--set loss.compat_weight=" not in trained

@@ -1,4 +1,4 @@
-"""The serving/training import rule (ARCHITECTURE.md): serving never imports export, imports from training only
+"""The serving/training import rule (docs/architecture.md): serving never imports export, imports from training only
 its torch-free data layouts, records and metrics, lazily; a server on ONNX Runtime never imports torch."""
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def test_layout_build_then_eval_gives_the_known_answer(tiny_bundle, market_root,
         "--quiet",
     )
     assert code == 0 and out["num_valid_queries"] == synthetic.market_ids
-    assert out["mAP"] == pytest.approx(1.0) and out["rank1"] == pytest.approx(1.0)
+    assert out["mAP"] == pytest.approx(100.0) and out["rank1"] == pytest.approx(100.0)  # percent
 
 
 def test_errors_exit_with_2(tiny_bundle, tmp_path, capsys):

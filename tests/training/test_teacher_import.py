@@ -180,3 +180,19 @@ def test_the_head_can_come_from_toml(tiny_reid_root: Path, tmp_path: Path) -> No
         assert (load_teacher(out, num_classes=8)(images) - model(images)).abs().max().item() <= 1e-5
     (tmp_path / "bad.toml").write_text('[teacher]\nformat = "timm"\nneck = true\n')
     assert cdd_train(["import-teacher", "--head", str(tmp_path / "bad.toml"), *_data_args(tiny_reid_root, out)]) == 2
+
+
+def test_an_existing_run_is_kept_unless_forced(tiny_reid_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    kwargs, write, flags = CASES["timm"]
+    first, second = _ForeignModel(seed=5, **kwargs), _ForeignModel(seed=6, **kwargs)
+    code, out = _import(tmp_path, tiny_reid_root, "timm", write(first), flags)
+    assert code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    code, _ = _import(tmp_path, tiny_reid_root, "timm", write(second), flags)
+    assert code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    code, _ = _import(tmp_path, tiny_reid_root, "timm", write(second), [*flags, "--force"])
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert code == 0 and (load_teacher(out, num_classes=8)(images) - second(images)).abs().max().item() <= 1e-5

@@ -1,0 +1,158 @@
+"""Results tables in README.md and docs/: rendered from committed results files, never typed by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.ablation_report import summarise
+from training.results.__main__ import documents, main, render_documents
+from training.results.ablation_tables import per_seed_table
+from training.results.markers import MarkerError, find_blocks, replace_blocks
+from training.results.run_files import collect_run, stamp_file
+from training.results.stamp import StampError, simd_summary, stamp_line
+
+ROOT = Path(__file__).resolve().parents[2]
+STAMP = {"date": "2026-12-01T10:00:00Z", "commit": "0123456789abcdef", "dirty": False,
+         "machine": {"cpu": "Test CPU", "cpu_flags": ["avx2", "fma", "avx512f", "avx512_vnni"], "cores": 4}}
+
+
+def test_every_committed_results_table_is_what_its_files_render() -> None:
+    blocks = [b.name for path in documents(ROOT) for b in find_blocks(path.read_text(), str(path))]
+    assert {"demo", "demo-epochs", "benchmark-targets", "ablation-synthetic", "ablation-animal-mnist-seeds",
+            "engine-demo", "step-time"} <= set(blocks)
+    assert render_documents(ROOT, check=True) == [], "run `make results` and commit the rewritten tables"
+
+
+def _copy_docs(tmp_path: Path) -> Path:
+    for name in ("README.md", "docs"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
+        else:
+            shutil.copy(source, tmp_path / name)
+    return tmp_path
+
+
+def test_a_number_edited_by_hand_or_a_changed_results_file_is_caught_and_rendered_back(tmp_path: Path) -> None:
+    root = _copy_docs(tmp_path)
+    ablation = root / "docs" / "ablation.md"
+    committed = ablation.read_text()
+    assert "| (b) CDD student | 48.43 |" in committed
+    ablation.write_text(committed.replace("| (b) CDD student | 48.43 |", "| (b) CDD student | 49.43 |"))
+    assert render_documents(root, check=True) == ["docs/ablation.md"]
+    assert main(["render", "--check", "--root", str(root)]) == 1
+    assert render_documents(root, check=False) == ["docs/ablation.md"]
+    assert ablation.read_text() == committed
+    bench = root / "docs" / "benchmarks.json"
+    data = json.loads(bench.read_text())
+    data["targets"][0]["measured"] = 1.5
+    bench.write_text(json.dumps(data))
+    assert render_documents(root, check=True) == ["docs/benchmarks.md"]
+    render_documents(root, check=False)
+    assert "| 1.50 | 2.50 | met |" in (root / "docs" / "benchmarks.md").read_text()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a\n<!-- results:x -->\nb\n", "doc.md:2: results:x is never closed"),
+    ("<!-- results:x -->\n<!-- results:y -->\n", "doc.md:2: results:y opens inside results:x"),
+    ("a\n\n<!-- /results:x -->\n", "doc.md:3: <!-- /results:x --> closes a block that is not open"),
+    ("<!-- results:x -->\n<!-- /results:x -->\n<!-- results:x -->\n<!-- /results:x -->",
+     "doc.md:4: results:x appears twice"),
+])
+def test_broken_markers_are_refused_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(MarkerError, match="^doc.md:") as error:
+        find_blocks(text, "doc.md")
+    assert message in str(error.value)
+
+
+def test_only_the_text_between_markers_is_replaced() -> None:
+    text = ("head `<!-- results:a -->` quoted\n<!-- results:a -->\nold a\n<!-- /results:a -->\nmiddle\n"
+            "<!-- results:b -->\n<!-- /results:b -->\ntail")
+    out = replace_blocks(text, lambda name: f"  new {name}\n\n")
+    assert out == ("head `<!-- results:a -->` quoted\n<!-- results:a -->\nnew a\n<!-- /results:a -->\nmiddle\n"
+                   "<!-- results:b -->\nnew b\n<!-- /results:b -->\ntail")
+
+
+def test_stamp_line_names_date_commit_cpu_and_simd_families() -> None:
+    line = stamp_line({**STAMP, "dirty": True}, "docs/x.json")
+    assert line == ("*From `docs/x.json`: 2026-12-01, commit 0123456789 + local changes, Test CPU, 4 cores "
+                    "(avx2 yes, avx512 yes, vnni yes, amx no).*")
+    assert simd_summary(["avx2", "amx_tile"]) == "avx2 yes, avx512 no, vnni no, amx yes"
+    with pytest.raises(StampError, match=r"docs/x.json: no \"stamp\".*python -m training.results stamp docs/x.json"):
+        stamp_line(None, "docs/x.json")
+    with pytest.raises(StampError, match="stamp lacks commit"):
+        stamp_line({"date": "2026-12-01", "machine": STAMP["machine"]}, "docs/x.json")
+
+
+def _final(seed: int, m: float) -> dict:
+    return {"seed": seed, "mAP": m, "rank1": m + 10, "params": 100, "flops": 1000, "flops_reduction": 75.0}
+
+
+def test_per_seed_table_pairs_by_seed_and_leaves_missing_seeds_blank() -> None:
+    runs = {"toy": {"cdd": [_final(0, 50.0), _final(1, 40.0), _final(2, 45.0)],
+                    "teacher": [_final(2, 44.0), _final(0, 47.0), _final(1, 41.0)],
+                    "static": [_final(0, 52.0), _final(2, 45.5)]}}
+    table = per_seed_table({"summary": summarise(runs), "runs": runs}, "toy", "toy.json").splitlines()
+    assert table[0] == ("| variant | mAP %, seed 0 | mAP %, seed 1 | mAP %, seed 2 | CDD minus it, seed 0 | "
+                        "CDD minus it, seed 1 | CDD minus it, seed 2 | mean ± sd |")
+    assert table[2] == "| (a) teacher | 47.00 | 41.00 | 44.00 | +3.00 | -1.00 | +1.00 | +1.00 ± 2.00 |"
+    assert table[3] == "| (b) CDD student | 50.00 | 40.00 | 45.00 |  |  |  |  |"
+    assert table[4] == "| (c) static student, same arch, scratch | 52.00 |  | 45.50 | -2.00 |  | -0.50 | -1.25 ± 1.06 |"
+
+
+def test_ablation_runs_without_seeds_are_refused() -> None:
+    runs = {"toy": {"cdd": [{"mAP": 1.0}]}}
+    with pytest.raises(ValueError, match=r"toy.json: runs of toy/cdd lack \"seed\""):
+        per_seed_table({"summary": {"toy": {}}, "runs": runs}, "toy", "toy.json")
+
+
+def _run_dir(tmp_path: Path, final: bool = True) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    metrics = {"kind": "student", "epochs": [{"epoch": 1}], **({"final": {"mAP": 50.0}} if final else {})}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.json").write_text(json.dumps({"data": {"height": 64, "width": 32}}))
+    return run
+
+
+def test_collect_copies_metrics_config_and_the_runs_stamp(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    with pytest.raises(StampError, match=r"run/stamp.json: not found .*--stamp-now"):
+        collect_run(run)
+    now = collect_run(run, stamp_now=True)
+    assert now["stamp"]["note"] == "stamped when collected, not when the run started"
+    (run / "stamp.json").write_text(json.dumps(STAMP))
+    result = collect_run(run)
+    assert result == {"kind": "student", "epochs": [{"epoch": 1}], "final": {"mAP": 50.0},
+                      "config": {"data": {"height": 64, "width": 32}}, "stamp": STAMP}
+    unfinished = _run_dir(tmp_path / "other")
+    (unfinished / "metrics.json").write_text(json.dumps({"kind": "student", "epochs": []}))
+    with pytest.raises(ValueError, match="the run has not finished"):
+        collect_run(unfinished, stamp_now=True)
+
+
+def test_stamp_keeps_a_benchmarks_own_machine_and_refuses_a_second_stamp(tmp_path: Path) -> None:
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"machine": {"cpu": "Bench CPU", "cpu_flags": ["avx2"], "usable_cores": 7}}))
+    stamp_file(path)
+    stamp = json.loads(path.read_text())["stamp"]
+    assert stamp["machine"]["cpu"] == "Bench CPU" and stamp["machine"]["cores"] == 7
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert stamp["commit"] == (head or None)
+    with pytest.raises(StampError, match="already stamped"):
+        stamp_file(path)
+
+
+def test_rendering_the_docs_never_imports_torch() -> None:
+    code = ("import sys; from pathlib import Path; from training.results.__main__ import render_documents; "
+            f"render_documents(Path({str(ROOT)!r}), check=True); print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

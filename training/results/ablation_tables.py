@@ -1,0 +1,80 @@
+"""Markdown tables of an ablation results file (``python -m training.ablation`` writes it): per variant the
+mean and spread over seeds, and per seed every variant's mAP with CDD minus it on the same seed.
+
+The file holds ``runs[dataset][variant]`` (final metrics of each run, with its ``seed``) and
+``summary[dataset][variant]`` (spread over seeds; ``cdd_minus``: CDD minus the variant, paired by seed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.ablation_report import NAMES
+from training.results.tables import ResultsError, markdown_table
+
+__all__ = ["variant_order", "summary_table", "per_seed_table"]
+
+_REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
+
+
+def _dataset(result: dict[str, Any], dataset: str, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    summary, runs = (result.get("summary") or {}).get(dataset), (result.get("runs") or {}).get(dataset)
+    if not isinstance(summary, dict) or not isinstance(runs, dict):
+        raise ResultsError(f"{source}: no summary/runs for dataset {dataset!r} (has "
+                           f"{sorted(result.get('summary') or {})}); {_REGENERATE}")
+    if "cdd" not in runs:
+        raise ResultsError(f"{source}: dataset {dataset!r} has no CDD student runs (variant \"cdd\"); {_REGENERATE}")
+    for variant, finals in runs.items():
+        if any("seed" not in f for f in finals):
+            raise ResultsError(f"{source}: runs of {dataset}/{variant} lack \"seed\"; the per-seed comparison "
+                               f"needs it; {_REGENERATE}")
+    return summary, runs
+
+
+def variant_order(variants: Any) -> list[str]:
+    """The lettered baselines in their order (a)-(g), then CDD study variants by name."""
+    return [v for v in NAMES if v in variants] + sorted(v for v in variants if v not in NAMES)
+
+
+def _label(variant: str) -> str:
+    return NAMES.get(variant, f"CDD study: {variant}")
+
+
+def _paired(entry: dict[str, Any]) -> str:
+    diff = entry.get("cdd_minus") or {}
+    if not diff.get("diffs"):
+        return ""
+    return f"{diff['mean']:+.2f} ± {diff['std']:.2f} ({diff['wins']} of {len(diff['diffs'])})"
+
+
+def summary_table(result: dict[str, Any], dataset: str, source: str = "ablation") -> str:
+    """Per variant: seeds, mAP and rank-1 (mean ± sample sd over seeds), params, FLOPs, FLOPs cut, and CDD minus
+    the variant paired by seed (mean ± sd, seeds where CDD is ahead)."""
+    summary, _ = _dataset(result, dataset, source)
+    rows = []
+    for variant in variant_order(summary):
+        v = summary[variant]
+        rows.append([_label(variant), str(v["seeds"]), f"{v['mAP']['mean']:.2f} ± {v['mAP']['std']:.2f}",
+                     f"{v['rank1']['mean']:.2f} ± {v['rank1']['std']:.2f}", f"{v['params']:,.0f}",
+                     f"{v['flops']:,.0f}", f"{v['flops_reduction']:.1f}%", _paired(v)])
+    header = ["variant", "seeds", "mAP %", "rank-1 %", "params", "FLOPs (MACs)", "FLOPs cut",
+              "CDD minus it, mAP (seeds ahead)"]
+    return "\n".join(markdown_table(header, rows))
+
+
+def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation") -> str:
+    """Per variant: its mAP on every seed, then CDD minus it on every seed and the mean ± sample sd of those
+    differences (from the file's ``cdd_minus``)."""
+    summary, runs = _dataset(result, dataset, source)
+    seeds = sorted({f["seed"] for finals in runs.values() for f in finals})
+    rows = []
+    for variant in variant_order(runs):
+        by_seed = {f["seed"]: f["mAP"] for f in runs[variant]}
+        diff = (summary.get(variant) or {}).get("cdd_minus") or {"seeds": [], "diffs": []}
+        diffs = dict(zip(diff["seeds"], diff["diffs"], strict=True))
+        rows.append([_label(variant), *(f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds),
+                     *(f"{diffs[s]:+.2f}" if s in diffs else "" for s in seeds),
+                     f"{diff['mean']:+.2f} ± {diff['std']:.2f}" if diff["diffs"] else ""])
+    header = ["variant", *(f"mAP %, seed {s}" for s in seeds), *(f"CDD minus it, seed {s}" for s in seeds),
+              "mean ± sd"]
+    return "\n".join(markdown_table(header, rows))

@@ -1,0 +1,83 @@
+"""Which results files each table NAME is rendered from, and how; the stamp lines under every table.
+
+NAMEs: ``demo`` (teacher vs CDD student of ``make train``), ``demo-epochs`` (the student per epoch),
+``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
+(``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
+``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
+``step-time`` (``make step-time`` and its 24,000-entry variant).
+Paths are relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.results.ablation_tables import per_seed_table, summary_table
+from training.results.engine_tables import engine_table
+from training.results.stamp import stamp_line
+from training.results.step_time_tables import step_time_table
+from training.results.tables import ResultsError, epochs_table, targets_table, teacher_student_table
+
+__all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
+
+DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
+NAMES_HELP = ("demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, engine-<name>, "
+              "step-time")
+STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table: the results files it reads (in order) and the function turning their contents into markdown."""
+
+    files: tuple[str, ...]
+    render: Callable[[list[dict[str, Any]]], str]
+
+
+def table_for(name: str) -> Table:
+    """The Table of results block NAME. Raises ResultsError listing the valid names for an unknown one."""
+    fixed = {
+        "demo": Table((DEMO_TEACHER, DEMO_STUDENT), lambda d: teacher_student_table(d[0], d[1],
+                                                                                   (DEMO_TEACHER, DEMO_STUDENT))),
+        "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
+        "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
+        "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("ablation-"):
+        dataset = name.removeprefix("ablation-").removesuffix("-seeds")
+        source = f"docs/ablation-{dataset}.json"
+        table = per_seed_table if name.endswith("-seeds") else summary_table
+        return Table((source,), lambda d: table(d[0], dataset, source))
+    if name.startswith("engine-"):
+        source = f"docs/{name}/engine.json"
+        return Table((source,), lambda d: engine_table(d[0], source))
+    raise ResultsError(f"unknown results table {name!r}; valid: {NAMES_HELP}")
+
+
+def _load(root: Path, relative: str) -> dict[str, Any]:
+    path = root / relative
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{relative}: results file not found; produce it (see training/results/registry.py) "
+                           "and commit it") from None
+    except ValueError as exc:
+        raise ResultsError(f"{relative}: not readable JSON ({exc}); produce it again") from exc
+    if not isinstance(data, dict):
+        raise ResultsError(f"{relative}: must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def render_table(name: str, root: str | Path = ".") -> str:
+    """Markdown for block NAME from the results files under ``root``: the table, a blank line, then one
+    stamp line per file (date, commit, machine)."""
+    table = table_for(name)
+    data = [_load(Path(root), relative) for relative in table.files]
+    stamps = [stamp_line(d.get("stamp"), relative) for d, relative in zip(data, table.files, strict=True)]
+    return "\n".join([table.render(data), "", "\n\n".join(stamps)])

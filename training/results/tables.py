@@ -1,0 +1,95 @@
+"""Markdown tables of training runs and benchmark targets, rendered from results files.
+
+A training results file (``collect``) is a run's ``metrics.json`` (``kind``, ``epochs``, ``final``) plus its
+resolved ``config`` and ``stamp``. A benchmark results file is what ``cdd-bench`` writes (``targets``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["ResultsError", "markdown_table", "teacher_student_table", "epochs_table", "targets_table"]
+
+
+class ResultsError(ValueError):
+    """A results file that lacks what a table needs."""
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
+    """A markdown table's lines; ``align`` has one letter per column, "l" (left) or "r" (right, the default
+    for every column after the first when ``align`` is empty)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _final(result: dict[str, Any], source: str) -> dict[str, Any]:
+    final = result.get("final")
+    if not isinstance(final, dict):
+        raise ResultsError(f"{source}: no \"final\" metrics: the run did not finish; finish it (cdd-train ... "
+                           "--resume) and copy it again with `python -m training.results collect`")
+    return final
+
+
+def _input_size(result: dict[str, Any]) -> str:
+    data = (result.get("config") or {}).get("data") or {}
+    return f", {data['height']}x{data['width']}" if "height" in data and "width" in data else ""
+
+
+def teacher_student_table(teacher: dict[str, Any], student: dict[str, Any], sources: Sequence[str] = ("teacher",
+                          "student")) -> str:
+    """Params, FLOPs (MACs), mAP and rank-1 of teacher and student with the change, plus the student's queries
+    on the teacher's gallery when the run measured them (compatibility loss)."""
+    t, s = _final(teacher, sources[0]), _final(student, sources[1])
+    rows = [
+        ["params", f"{t['params']:,}", f"{s['params']:,}", f"{-s['params_reduction']:+.1f}%"],
+        [f"FLOPs (MACs{_input_size(student)})", f"{t['flops']:,}", f"{s['flops']:,}",
+         f"{-s['flops_reduction']:+.1f}%"],
+        ["mAP %", f"{t['mAP']:.2f}", f"{s['mAP']:.2f}", f"{s['mAP'] - t['mAP']:+.2f}"],
+        ["rank-1 %", f"{t['rank1']:.2f}", f"{s['rank1']:.2f}", f"{s['rank1'] - t['rank1']:+.2f}"],
+    ]
+    if isinstance(s.get("asymmetric"), dict):
+        rows.append(["mAP %, student queries on the teacher's gallery", f"{t['mAP']:.2f}",
+                     f"{s['asymmetric']['mAP']:.2f}", f"{s['asymmetric']['mAP'] - t['mAP']:+.2f}"])
+    return "\n".join(markdown_table(["", "teacher", "CDD student", "change"], rows))
+
+
+def _cut(fraction: Any) -> str:
+    return f"{100 * (1 - fraction):.1f}%" if isinstance(fraction, (int, float)) else ""
+
+
+def epochs_table(result: dict[str, Any], source: str = "student") -> str:
+    """One row per epoch: learning rate, total loss, reset channels, FLOPs cut so far and scheduled (shrink
+    schedule), and the mAP of the epochs that were evaluated."""
+    epochs = result.get("epochs")
+    if not isinstance(epochs, list) or not epochs:
+        raise ResultsError(f"{source}: no \"epochs\" list; copy the run's metrics.json again with "
+                           "`python -m training.results collect`")
+    rows = []
+    for e in epochs:
+        pruning, evaluation = e.get("pruning") or {}, e.get("eval") or {}
+        rows.append([str(e["epoch"]), f"{e['lr']:.2e}", f"{e['loss']['total']:.3f}",
+                     str(pruning.get("reset_channels", "")), _cut(pruning.get("flops_fraction")),
+                     _cut(pruning.get("scheduled_flops_fraction")),
+                     f"{evaluation['mAP']:.2f}" if "mAP" in evaluation else ""])
+    header = ["epoch", "lr", "loss", "reset channels", "FLOPs cut", "FLOPs cut scheduled", "mAP %"]
+    return "\n".join(markdown_table(header, rows))
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:,.2f}"
+
+
+def targets_table(bench: dict[str, Any], source: str = "benchmarks") -> str:
+    """One row per benchmark target: what, measured, threshold, met / **not met** / not measured, detail."""
+    targets = bench.get("targets")
+    if not isinstance(targets, list):
+        raise ResultsError(f"{source}: no \"targets\" list; it is written by `python -m serving.benchmarks all`")
+    status = {True: "met", False: "**not met**", None: "not measured"}
+    rows = [[t["target"], _number(t["measured"]), _number(t["threshold"]), status[t["met"]], t["detail"]]
+            for t in targets]
+    return "\n".join(markdown_table(["target", "measured", "threshold", "status", "detail"], rows, "lrrll"))
