@@ -1,7 +1,7 @@
 """``cdd-export`` / ``python -m export``: turn a training run dir into a checked model bundle.
 
     cdd-export --run RUN --out DIR [--precision fp32|int8] [--tensorrt auto|off|required] [--int8]
-               [--set key=value ...]
+               [--set key=value ...] [--triton-repo REPO [--triton-name NAME] ...]
 
 ``--precision int8`` writes an ONNX Runtime int8 bundle for CPUs (static quantisation calibrated on the run's
 training images, gated on cosine and mAP against fp32; settings under ``int8.*`` and ``gates.int8.*``).
@@ -9,7 +9,8 @@ training images, gated on cosine and mAP against fp32; settings under ``int8.*``
 
 Exit codes: 0 bundle written; 1 bad input (run dir, config, output path, TensorRT required but missing,
 quantisation failed); 2 bad command line; 3 a parity or int8 gate failed. No bundle is written unless the
-exit code is 0.
+exit code is 0. ``--triton-repo`` also writes the new bundle as a Triton model repository entry
+(`serving.triton_repository`); if that fails the bundle stays and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from export.config import PRECISIONS, TENSORRT_MODES, load_export_config
 from export.errors import ExportError
-from export.parity import ParityGateError
-from export.pipeline import ExportResult, export_bundle
-from training.cost import Cost, reduction_percent
+from serving.bundle_cli import add_triton_arguments, triton_options
+from serving.extras import missing_extra
+from serving.triton_repository import write_triton_model
+
+if TYPE_CHECKING:
+    from export.pipeline import ExportResult
 
 __all__ = ["main"]
 
@@ -49,10 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an export config value, e.g. --set gates.onnxruntime.max_abs_err=1e-5 "
                              "--set batch.max=32 (repeatable)")
+    parser.add_argument("--triton-repo", metavar="REPO", default=None,
+                        help="also write the bundle into this Triton model repository (REPO/<name>/config.pbtxt, "
+                             "REPO/<name>/1/model.onnx); see docs/triton.md")
+    add_triton_arguments(parser, name_flag="--triton-name")
     return parser
 
 
 def _summary(result: ExportResult) -> list[str]:
+    from training.cost import Cost, reduction_percent
+
     manifest = result.manifest
     lines = [f"cdd-export: {manifest.provenance['run_kind']} run {manifest.provenance['run_dir']} "
              f"({manifest.precision})"]
@@ -96,6 +107,12 @@ def _summary(result: ExportResult) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if (message := missing_extra("cdd-export", "export")) is not None:
+        print(message, file=sys.stderr)
+        return 1
+    from export.parity import ParityGateError
+    from export.pipeline import export_bundle
+
     overrides = list(args.set)
     if args.tensorrt is not None:
         overrides.append(f"tensorrt.mode={args.tensorrt}")
@@ -106,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.precision is not None:
         overrides.append(f"precision={args.precision}")
     try:
+        triton = triton_options(args) if args.triton_repo is not None else None
+    except ValueError as exc:
+        print(f"cdd-export: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = export_bundle(args.run, args.out, load_export_config(overrides))
     except ParityGateError as exc:
         print(f"cdd-export: {exc}", file=sys.stderr)
@@ -114,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdd-export: error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(_summary(result)))
+    if triton is not None:
+        try:
+            model = write_triton_model(result.bundle, args.triton_repo, triton)
+        except (ExportError, ValueError, OSError) as exc:
+            print(f"cdd-export: the bundle is written, but not its Triton model: {exc}", file=sys.stderr)
+            return 1
+        print(f"  triton: model {model.name} in {model} (config.pbtxt, 1/model.onnx)")
     return 0
 
 

@@ -2,6 +2,9 @@
 
 Failed calls raise ``grpc.RpcError`` with the server's status code and message (``err.code()``,
 ``err.details()``). Metadata values come back as strings (non-strings JSON-encoded by the server).
+Calls that are safe to send twice are retried on UNAVAILABLE by gRPC itself, and calls wait for a
+restarting server within their deadline (`serving.retry_policy.RetryPolicy`; ``retry=RetryPolicy.off()``
+turns both off).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.auth import load_token
 from serving.config import ServeConfig
+from serving.retry_policy import RETRIED_METHODS, UPSERT_METHOD, RetryPolicy
 
 __all__ = ["SearchHit", "RetrievalClient", "main"]
 
@@ -65,7 +69,8 @@ def _hits(response: pb.SearchResponse) -> list[SearchHit]:
 class RetrievalClient:
     """A channel to ``target`` ("host:port"). ``token``: bearer token sent on every call; ``tls_ca``: PEM
     root certificate (path or bytes) to use TLS, else plaintext; ``tls_cert``/``tls_key``: this client's PEM
-    certificate and key for a server that requires them (mutual TLS); ``timeout``: default deadline (s)."""
+    certificate and key for a server that requires them (mutual TLS); ``timeout``: default deadline (s);
+    ``retry``: which failures are retried and whether calls wait for the server (see `RetryPolicy`)."""
 
     def __init__(
         self,
@@ -76,27 +81,42 @@ class RetrievalClient:
         max_message_bytes: int = ServeConfig.max_message_bytes,
         tls_cert: str | Path | bytes | None = None,
         tls_key: str | Path | bytes | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        options = [
+        if (tls_cert is None) != (tls_key is None) or (tls_cert is not None and tls_ca is None):
+            raise ValueError("a client certificate needs its key and the server's CA: give tls_ca, tls_cert, tls_key")
+        self.retry = RetryPolicy() if retry is None else retry
+        sizes = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if (tls_cert is None) != (tls_key is None) or (tls_cert is not None and tls_ca is None):
-            raise ValueError("a client certificate needs its key and the server's CA: give tls_ca, tls_cert, tls_key")
+        credentials = None
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert)
             )
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+
+        def channel(methods: tuple[str, ...]) -> grpc.Channel:
+            options = sizes + self.retry.channel_options(methods)
+            if credentials is not None:
+                return grpc.secure_channel(target, credentials, options=options)
+            return grpc.insecure_channel(target, options=options)
+
+        # Two channels: AddItems without upsert must never be sent twice, and a retry policy is per method.
+        self._channel = channel((*RETRIED_METHODS, UPSERT_METHOD))
+        self._once_channel = channel(())
         self._stub = pb_grpc.RetrievalStub(self._channel)
+        self._once_stub = pb_grpc.RetrievalStub(self._once_channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
     def _kwargs(self, timeout: float | None) -> dict[str, Any]:
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+        return {
+            "timeout": self.timeout if timeout is None else timeout,
+            "metadata": self._metadata,
+            "wait_for_ready": self.retry.wait_for_ready,
+        }
 
     def search(
         self,
@@ -126,9 +146,13 @@ class RetrievalClient:
         response = self._stub.Embed(pb.EmbedRequest(image=_image_bytes(image)), **self._kwargs(timeout))
         return np.asarray(response.vector, dtype=np.float32)
 
-    def add_items(self, items: Iterable[Mapping[str, Any]], timeout: float | None = None) -> int:
+    def add_items(
+        self, items: Iterable[Mapping[str, Any]], timeout: float | None = None, upsert: bool = False
+    ) -> int:
         """Add items given as mappings with "id", exactly one of "image" (bytes/path) or "vector"
-        (floats), and optional "metadata" (str -> str). All or nothing; returns how many were added."""
+        (floats), and optional "metadata" (str -> str). All or nothing; returns how many were added.
+        With ``upsert`` items whose id is present are replaced, and the call is retried on UNAVAILABLE;
+        without it an id already present fails the call (ALREADY_EXISTS) and the call is never retried."""
         messages = []
         for item in items:
             message = pb.NewItem(id=item["id"], metadata=dict(item.get("metadata") or {}))
@@ -137,11 +161,13 @@ class RetrievalClient:
             if item.get("vector") is not None:
                 message.vector.values.extend(np.asarray(item["vector"], dtype=np.float32).tolist())
             messages.append(message)
-        response = self._stub.AddItems(pb.AddItemsRequest(items=messages), **self._kwargs(timeout))
+        stub = self._stub if upsert else self._once_stub
+        response = stub.AddItems(pb.AddItemsRequest(items=messages, upsert=upsert), **self._kwargs(timeout))
         return response.added
 
     def remove_items(self, ids: Sequence[str], timeout: float | None = None) -> int:
-        """Remove items by id (all or nothing; NOT_FOUND if one is unknown); returns how many."""
+        """Remove items by id (all or nothing; NOT_FOUND if one is unknown); returns how many. Retried on
+        UNAVAILABLE: a retry of a removal the server applied before going away answers NOT_FOUND."""
         response = self._stub.RemoveItems(pb.RemoveItemsRequest(ids=list(ids)), **self._kwargs(timeout))
         return response.removed
 
@@ -156,6 +182,7 @@ class RetrievalClient:
 
     def close(self) -> None:
         self._channel.close()
+        self._once_channel.close()
 
     def __enter__(self) -> RetrievalClient:
         return self
@@ -175,6 +202,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS; with --tls-key)")
     parser.add_argument("--tls-key", type=Path, help="PEM client private key (mutual TLS)")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
+    parser.add_argument("--attempts", type=int, default=RetryPolicy.max_attempts,
+                        help="attempts per call on UNAVAILABLE, 1..5 (1 = no retries)")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="fail at once when the server is unreachable instead of waiting for it (up to --timeout)")
     return parser
 
 
@@ -208,16 +239,21 @@ def main(argv: list[str] | None = None) -> int:
         if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and args.tls_ca is None):
             raise ValueError("--tls-cert and --tls-key go together, with --tls-ca (mutual TLS)")
         payloads = [_image_bytes(path) for path in args.images]
+        retry = RetryPolicy(max_attempts=args.attempts, wait_for_ready=not args.fail_fast)
     except ValueError as exc:
         print(f"cdd-search: {exc}", file=sys.stderr)
         return 2
     with RetrievalClient(args.target, token=token, tls_ca=args.tls_ca, timeout=args.timeout,
-                         tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, retry=retry) as client:
         for path, payload in zip(args.images, payloads, strict=True):
             try:
                 hits = client.search(payload, k=args.k, filters=filters)
             except grpc.RpcError as exc:
-                print(f"cdd-search: {path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                hint = ""
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not args.fail_fast:
+                    hint = (f" (is cdd-serve running at {args.target}? calls wait up to --timeout for it; "
+                            "--fail-fast reports an unreachable server at once)")
+                print(f"cdd-search: {path}: {exc.code().name}: {exc.details()}{hint}", file=sys.stderr)
                 return 1
             print(_table(path, hits))
     return 0

@@ -3,6 +3,7 @@
     cdd-train --preset demo-teacher
     cdd-train --config my.toml --set optim.lr=0.02 --set run.epochs=60 --resume
     torchrun --nproc_per_node=2 -m training --preset demo-teacher
+    cdd-train import-teacher --checkpoint FILE --format torchvision|timm|fast-reid ...   (see --help)
 
 A run folder (run.out_dir) that already holds a run is refused unless --resume continues it or --force
 starts over. The first log lines say which classes or identities went to training and which to test.
@@ -11,6 +12,7 @@ starts over. The first log lines say which classes or identities went to trainin
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    missing = [name for name in ("torch", "onnx", "matplotlib", "tqdm") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"cdd-train: needs the [train] extra ({', '.join(missing)} not installed); install it with "
+              "pip install 'cdd-retrieval[train]' (from a checkout: pip install -e '.[train]')", file=sys.stderr)
+        return 2
+    if argv[:1] == ["import-teacher"]:  # a model trained elsewhere as a teacher run dir
+        from training.teacher_import import main as import_teacher
+
+        return import_teacher(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from training.config import ConfigError, load_config

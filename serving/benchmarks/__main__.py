@@ -35,6 +35,7 @@ from serving.benchmarks.machine import usable_cores
 from serving.benchmarks.serve import ServeBenchConfig
 from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_serve
 from serving.bundle import BundleError
+from serving.extras import missing_extra
 from serving.index.errors import GalleryIndexError
 
 __all__ = ["main"]
@@ -347,6 +348,9 @@ def _summary(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``cdd-bench``: 0 done, 1 a benchmark failed while running, 2 bad input (bundle, folder, option)."""
     args = _parser().parse_args(None if argv is None else list(argv))
+    if (message := missing_extra("cdd-bench", "train")) is not None:  # plots (matplotlib), torch engines
+        print(message, file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = _COMMANDS[args.command](args, [_resolved_command(args)])

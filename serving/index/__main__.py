@@ -51,6 +51,7 @@ from serving.index.build import (
 )
 from serving.index.build_journal import BuildJournal, journal_dir, plan_for
 from serving.index.errors import GalleryIndexError
+from serving.index.faiss_factory import check_factory
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 from serving.index.gallery_backend import STORES, open_gallery
 from serving.index.log_repair import check_index, repair_index
@@ -92,7 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine(build)
     _add_source(build)
     build.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
-    build.add_argument("--index-type", default="flat", choices=INDEX_TYPES)
+    build.add_argument("--index-type", default="flat", choices=[t for t in INDEX_TYPES if t != "factory"],
+                       help="flat = FAISS 'Flat', ivf = 'IVF<nlist>,Flat', ivfpq = 'IVF<nlist>,PQ<m>x<nbits>', "
+                            "hnsw = 'HNSW<hnsw_m>' (nlist, m, nbits chosen from the gallery unless given)")
+    build.add_argument("--factory", metavar="STRING",
+                       help="any FAISS index factory string for inner product, e.g. 'IVF256,PQ16x4fs' or 'HNSW32' "
+                            "(instead of --index-type; its nprobe / ef_search is tuned like theirs)")
     build.add_argument("--commit-every", type=int, default=1024,
                        help="images per chunk committed to OUT.partial/; a killed build resumes from there")
     build.add_argument("--restart", action="store_true", help="discard OUT.partial/ and start over")
@@ -181,8 +187,14 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
     items = _items(args)
     if args.store == "faiss" and (args.milvus_uri or args.collection != "cdd_gallery"):
         raise ValueError("--milvus-uri and --collection go with --store milvus")
-    manifest, engine = _engine(args)
     options = _options(args.option)
+    if args.factory is not None:
+        if args.index_type != "flat" or args.store != "faiss":
+            raise ValueError("--factory replaces --index-type and needs --store faiss; give one of them")
+        args.index_type, options["factory"] = "factory", args.factory
+    manifest, engine = _engine(args)
+    if args.factory is not None:
+        check_factory(args.factory, manifest.output.dim)
     plan = plan_for(manifest.sha256(), f"{args.store}:{args.index_type}", options,
                     [(i.id, str(i.path)) for i in items])
     journal = BuildJournal.open(journal_dir(args.out), plan, restart=args.restart)

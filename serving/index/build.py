@@ -217,9 +217,24 @@ def _decoded(
 _BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} images ({percentage:.0f}%) at {rate_fmt}, ETA {remaining} [{elapsed}]"
 
 
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
 def _progress(total: int | None, enabled: bool, desc: str) -> Any:
-    """A stderr progress bar: done / total, rate (images/s) and ETA."""
-    from tqdm import tqdm
+    """A stderr progress bar: done / total, rate (images/s) and ETA (none where tqdm is not installed: the
+    serving install does without it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
 
     return tqdm(total=total, unit="img", desc=desc, file=sys.stderr, disable=not enabled, leave=False,
                 bar_format=_BAR_FORMAT, mininterval=0.5)

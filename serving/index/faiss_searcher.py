@@ -1,4 +1,4 @@
-"""`FaissSearcher`: the FAISS search structure behind a gallery index (flat / ivf / ivfpq / hnsw).
+"""`FaissSearcher`: the FAISS search structure behind a gallery index (flat / ivf / ivfpq / hnsw / factory).
 
 Inner product on unit vectors (= cosine). Items are FAISS ids (the table's int64 labels).
 - flat: IndexIDMap2(IndexFlatIP), exact. Trained from the start.
@@ -7,6 +7,10 @@ Inner product on unit vectors (= cosine). Items are FAISS ids (the table's int64
 - hnsw: IndexIDMap2(IndexHNSWFlat). FAISS HNSW cannot remove, so removed labels become tombstones that
   searches skip; `needs_rebuild` says when they pass a quarter of the graph, and the gallery then rebuilds
   it in the background (never inside a request).
+- factory: any FAISS index factory string (``options["factory"]``, see `serving.index.faiss_factory`);
+  trained on the gallery when FAISS says it needs training; removals FAISS cannot do become tombstones.
+  Filtered searches of a factory index are answered exactly by the gallery (``filters_in_structure``):
+  not every FAISS structure honours an ID selector. Factory structures search on the CPU.
 Metadata filters arrive as the allowed labels and go to FAISS as an ``IDSelectorBatch`` in the search
 parameters (with ``nprobe`` / ``efSearch``), so FAISS skips the other items itself. Searches only read
 the index, so several threads may search at once; `add` / `remove` need the caller's write lock.
@@ -27,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from serving.index import faiss_factory
 from serving.index.faiss_gpu import FLOAT16_TABLE_PQ_M, FaissGpu, gpu_pq_choice, ivfpq_gpu_problem
 
 __all__ = ["FaissSearcher", "faiss_gpu_count"]
@@ -68,9 +73,10 @@ class FaissSearcher:
         self.index_type = index_type
         self.dim = dim
         self.options = dict(options)
-        if use_gpu and index_type != "hnsw" and gpu is None:
+        cpu_only = index_type in ("hnsw", "factory")
+        if use_gpu and not cpu_only and gpu is None:
             gpu = FaissGpu.detect(int(self.options.get("gpu", 0)))
-        self.use_gpu = use_gpu and index_type != "hnsw" and gpu is not None and gpu.devices > 0
+        self.use_gpu = use_gpu and not cpu_only and gpu is not None and gpu.devices > 0
         self._gpu_support = gpu if self.use_gpu else None
         self._gpu_lock = threading.Lock()  # around every use of the GPU copy (GPU indexes are not thread-safe)
         self._gpu_refusal: str | None = None
@@ -78,10 +84,23 @@ class FaissSearcher:
         self._gpu: Any = None
         self._gpu_resources: Any = None
         self._cpu: Any = None
+        # Whether the structure is trained on the gallery first: ivf / ivfpq, and factory strings FAISS says need it.
+        self.needs_training = index_type in ("ivf", "ivfpq")
         if index_type == "flat":
             self._cpu = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif index_type == "hnsw":
             self._cpu = self._new_hnsw()
+        elif index_type == "factory":
+            fresh = faiss_factory.new_factory_index(self.options["factory"], dim)
+            self.needs_training = not fresh.is_trained
+            if not self.needs_training:
+                self._cpu = fresh
+                self._apply_knob()
+
+    @property
+    def filters_in_structure(self) -> bool:
+        """Whether filtered searches go to FAISS as an ID selector (else the gallery searches exactly)."""
+        return self.index_type != "factory"
 
     @property
     def is_trained(self) -> bool:
@@ -93,7 +112,11 @@ class FaissSearcher:
         return 0 if self._cpu is None else int(self._cpu.ntotal) - len(self._dead)
 
     def train(self, vectors: np.ndarray) -> None:
-        """Build and train an ivf / ivfpq index on ``vectors`` (N, dim); N >= 1."""
+        """Build and train an ivf / ivfpq / factory index on ``vectors`` (N, dim); N >= 1 (an IVF factory
+        string needs N >= its number of lists: ValueError naming both)."""
+        if self.index_type == "factory":
+            self._train_factory(vectors)
+            return
         n = vectors.shape[0]
         nlist = int(self.options.get("nlist") or _choose_nlist(n))
         quantizer = faiss.IndexFlatIP(self.dim)
@@ -111,6 +134,41 @@ class FaissSearcher:
         with self._gpu_lock:
             self._gpu, self._gpu_refusal = None, None
 
+    def _train_factory(self, vectors: np.ndarray) -> None:
+        index = faiss_factory.new_factory_index(self.options["factory"], self.dim)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = int(self.options.get("seed", 1234))
+            if vectors.shape[0] < ivf.nlist:
+                raise ValueError(
+                    f"--factory {self.options['factory']!r}: {ivf.nlist} inverted lists need at least as many "
+                    f"gallery vectors to train on, found {vectors.shape[0]}; use fewer lists (IVF<n>)"
+                )
+        index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._cpu = index
+        self._apply_knob()
+
+    def _apply_knob(self) -> None:
+        """Factory index: set its knob from the options (default nprobe min(nlist, 16)) and record it."""
+        knob = faiss_factory.search_knob(self._cpu)
+        if knob == "nprobe":
+            nlist = faiss_factory.nlist_of(self._cpu)
+            value = int(self.options.get("nprobe") or max(1, min(nlist, 16)))
+            self.options.update(nlist=nlist)
+        elif knob == "ef_search":
+            value = int(self.options.get("ef_search") or 64)
+        else:
+            return
+        faiss_factory.set_search_knob(self._cpu, knob, value)
+        self.options[knob] = value
+
+    @property
+    def search_knob(self) -> str | None:
+        """The operating-point parameter of this structure (nprobe / ef_search), None for exact ones."""
+        if self.index_type == "factory":
+            return None if self._cpu is None else faiss_factory.search_knob(self._cpu)
+        return {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "ef_search"}.get(self.index_type)
+
     def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
@@ -123,6 +181,12 @@ class FaissSearcher:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.index_type == "hnsw":
             self._dead.update(int(label) for label in labels)
+            return
+        if self.index_type == "factory":
+            try:
+                self._cpu.remove_ids(labels)
+            except RuntimeError:  # this structure cannot remove: skip the labels until the next rebuild
+                self._dead.update(int(label) for label in labels)
             return
         self._cpu.remove_ids(labels)
         with self._gpu_lock:
@@ -207,11 +271,15 @@ class FaissSearcher:
             searcher.options.update(nlist=int(searcher._cpu.nlist), nprobe=int(searcher._cpu.nprobe))
         elif index_type == "hnsw" and "ef_search" in options:
             faiss.downcast_index(searcher._cpu.index).hnsw.efSearch = int(options["ef_search"])
+        elif index_type == "factory":
+            searcher._apply_knob()
         return searcher
 
     def set_search_param(self, name: str, value: int) -> None:
         """Set ``nprobe`` (ivf / ivfpq) or ``ef_search`` (hnsw) on the live index (an operating point)."""
-        if name == "nprobe" and self.index_type in ("ivf", "ivfpq"):
+        if self.index_type == "factory":
+            faiss_factory.set_search_knob(self._cpu, name, value)
+        elif name == "nprobe" and self.index_type in ("ivf", "ivfpq"):
             self._cpu.nprobe = int(value)
             with self._gpu_lock:
                 self._gpu = None
@@ -235,6 +303,8 @@ class FaissSearcher:
             **({"gpu_refused": self._gpu_refusal} if self._gpu_refusal else {}),
             "faiss": faiss.__version__,
             "tombstones": len(self._dead),
+            "factory": self.options["factory"] if self.index_type == "factory"
+            else faiss_factory.named_type_factory(self.index_type, self.options),
             **{key: value for key, value in self.options.items() if key != "seed"},
         }
 

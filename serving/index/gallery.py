@@ -53,10 +53,12 @@ from serving.index.vector_checks import check_items, check_k, check_queries, che
 
 __all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
 
-INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
-"""Index types: exact inner product, then the approximate ones for large galleries."""
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw", "factory")
+"""Index types: exact inner product, then the approximate ones for large galleries; "factory": any FAISS
+index factory string in ``options["factory"]`` (`serving.index.faiss_factory`)."""
 OPTION_KEYS = frozenset(
-    {"nlist", "nprobe", "pq_m", "pq_nbits", "refine", "hnsw_m", "ef_search", "ef_construction", "seed", "gpu"}
+    {"nlist", "nprobe", "pq_m", "pq_nbits", "refine", "hnsw_m", "ef_search", "ef_construction", "seed", "gpu",
+     "factory"}
 )
 """Tuning options: ivf/ivfpq ``nlist``, ``nprobe``; ivfpq ``pq_m``, ``pq_nbits``, ``refine`` (candidates per
 result re-ranked with exact vectors, default 4); hnsw ``hnsw_m``, ``ef_search``, ``ef_construction``;
@@ -111,6 +113,7 @@ class GalleryIndex:
         unknown = sorted(set(options or {}) - OPTION_KEYS)
         if unknown:
             raise GalleryIndexError(f"unknown index option(s) {unknown}; valid: {sorted(OPTION_KEYS)}")
+        _check_factory_option(index_type, options or {}, dim)
         self.dim = dim
         self.index_type = index_type
         self.metric = metric
@@ -237,10 +240,12 @@ class GalleryIndex:
             matching = n if allowed is None else int(allowed.size)
             if matching == 0:
                 return [[] for _ in range(array.shape[0])]
-            if exact or not self._searcher.is_trained or (allowed is not None and matching * 8 < n):
+            in_structure = getattr(self._searcher, "filters_in_structure", True)
+            few = allowed is not None and (matching * 8 < n or not in_structure)
+            if exact or not self._searcher.is_trained or few:
                 rows = None if allowed is None else self._table.rows_of_labels(allowed)
                 return self._to_hits(exact_rows(self._table, array, k, rows))
-            refine = int(self._options.get("refine", 4)) if self.index_type == "ivfpq" else 1
+            refine = int(self._options.get("refine", 4)) if self._lossy_codes() else 1
             return self._to_hits(structure_search(self._table, self._searcher, array, k, allowed, refine))
 
     # ------------------------------------------------------------------ maintenance
@@ -412,7 +417,7 @@ class GalleryIndex:
         hnsw: many tombstones."""
         with self._lock.read():
             n = len(self._table)
-            if self.index_type in ("ivf", "ivfpq"):
+            if self.index_type in ("ivf", "ivfpq") or getattr(self._searcher, "needs_training", False):
                 if not self._searcher.is_trained:
                     return n >= _MIN_TRAIN
                 return self._trained_on > 0 and n > _RETRAIN_GROWTH * self._trained_on
@@ -470,7 +475,32 @@ class GalleryIndex:
             self._searcher = searcher
             self._trained_on = int(labels.size) if searcher.is_trained else 0
 
+    def _lossy_codes(self) -> bool:
+        if self.index_type == "factory":
+            from serving.index.faiss_factory import lossy
+
+            return lossy(str(self._options["factory"]))
+        return self.index_type == "ivfpq"
+
+    def search_knob(self) -> str | None:
+        """The operating-point parameter of the current structure ("nprobe", "ef_search") or None."""
+        with self._lock.read():
+            return getattr(self._searcher, "search_knob", None)
+
     def _to_hits(self, found: list[list[tuple[int, float]]]) -> list[list[Hit]]:
         ids, meta = self._table.ids, self._table.metadata
         return [[Hit(ids[row], score, dict(meta[row])) for row, score in hits] for hits in found]
 
+
+def _check_factory_option(index_type: str, options: dict[str, Any], dim: int) -> None:
+    """A factory index needs ``options["factory"]`` that FAISS accepts; the named types take none."""
+    if index_type != "factory":
+        if "factory" in options:
+            raise GalleryIndexError(f"option 'factory' goes with index_type 'factory', found index_type {index_type!r}")
+        return
+    from serving.index.faiss_factory import FactoryError, check_factory
+
+    try:
+        check_factory(options.get("factory"), dim)
+    except FactoryError as exc:
+        raise GalleryIndexError(str(exc)) from None

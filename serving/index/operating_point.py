@@ -67,12 +67,14 @@ def tune_operating_point(
     k: int = 10,
     target: float = TARGET_RECALL,
     upper: int | None = None,
+    parameter: str | None = None,
 ) -> OperatingPoint:
     """Try increasing values of the type's parameter (``set_parameter(name, value)``, then ``search``
     returning hits with ``.id``) until recall@k of ``queries`` against ``truth`` reaches ``target``; the
     parameter is left at the chosen value (the largest tried when none reaches it). ``upper`` caps the
-    values (nlist for nprobe)."""
-    name = PARAMETER[index_type]
+    values (nlist for nprobe). ``parameter`` names the knob when ``index_type`` is not in PARAMETER (a
+    FAISS factory string's nprobe or ef_search)."""
+    name = parameter or PARAMETER[index_type]
     values = [v for v in _CANDIDATES[name] if upper is None or v <= upper] or [_CANDIDATES[name][0]]
     if upper is not None and values[-1] < upper:
         values.append(upper)

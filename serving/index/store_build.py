@@ -58,12 +58,13 @@ class _Recorder:
 
 
 def _tune(gallery: Any, index_type: str, ids: list[str], vectors: np.ndarray, upper: int | None) -> dict | None:
-    if index_type not in PARAMETER or len(ids) <= 10:
+    knob = PARAMETER.get(index_type) or (gallery.search_knob() if index_type == "factory" else None)
+    if knob is None or len(ids) <= 10:
         return None
     picks = np.random.default_rng(0).permutation(len(ids))[:_TUNE_QUERIES]
     truth = exact_neighbours(vectors[picks], vectors, ids, 10)
     point = tune_operating_point(
-        index_type, gallery.search, gallery.set_operating_point, vectors[picks], truth, upper=upper
+        index_type, gallery.search, gallery.set_operating_point, vectors[picks], truth, upper=upper, parameter=knob
     )
     if not point.reached:
         _LOG.warning(

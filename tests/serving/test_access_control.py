@@ -19,6 +19,7 @@ from serving.batcher import DynamicBatcher
 from serving.bundle import Manifest
 from serving.client import RetrievalClient
 from serving.index.build import build_index, items_from_folder
+from serving.retry_policy import RetryPolicy
 from serving.server import create_server
 from serving.service import RetrievalService
 from serving.tls import PlaintextBindRefused, check_bind, is_loopback, server_credentials
@@ -163,7 +164,9 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(service, gallery_i
         with RetrievalClient(target, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client-key"]) as ok:
             assert ok.search(image, k=1)[0].id == QUERY
         for cert, key in ((None, None), (pki["rogue"], pki["rogue-key"])):  # no certificate / another CA's
-            with RetrievalClient(target, tls_ca=pki["ca"], tls_cert=cert, tls_key=key, timeout=5) as refused:
+            # fail fast: a waiting client (the default) would report the refused handshake as its deadline
+            with RetrievalClient(target, tls_ca=pki["ca"], tls_cert=cert, tls_key=key, timeout=5,
+                                 retry=RetryPolicy(wait_for_ready=False)) as refused:
                 with pytest.raises(grpc.RpcError) as caught:
                     refused.search(image, k=1)
                 assert caught.value.code() == CODE.UNAVAILABLE  # the handshake fails before any RPC
