@@ -3,6 +3,7 @@
 NAMEs: ``demo`` (teacher vs CDD student of ``make train``), ``demo-epochs`` (the student per epoch),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
+``epochs-<name>`` (the per-epoch table of the student run collected as ``docs/results/<name>.json``),
 ``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
 ``step-time`` (``make step-time`` and its 24,000-entry variant).
 Paths are relative to the repository root.
@@ -25,8 +26,8 @@ from training.results.tables import ResultsError, epochs_table, targets_table, t
 __all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
 
 DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
-NAMES_HELP = ("demo, demo-epochs, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, engine-<name>, "
-              "step-time")
+NAMES_HELP = ("demo, demo-epochs, epochs-<name>, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, "
+              "engine-<name>, step-time")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
@@ -54,6 +55,9 @@ def table_for(name: str) -> Table:
         source = f"docs/ablation-{dataset}.json"
         table = per_seed_table if name.endswith("-seeds") else summary_table
         return Table((source,), lambda d: table(d[0], dataset, source))
+    if name.startswith("epochs-"):  # another student run's per-epoch table, docs/results/<name>.json
+        source = f"docs/results/{name.removeprefix('epochs-')}.json"
+        return Table((source,), lambda d: epochs_table(d[0], source))
     if name.startswith("engine-"):
         source = f"docs/{name}/engine.json"
         return Table((source,), lambda d: engine_table(d[0], source))
