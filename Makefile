@@ -7,12 +7,14 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench bench-bundle ablation step-time serve index data proto clean help
+.PHONY: install train export test test-loaded mutation lint bench bench-bundle ablation step-time serve index data proto clean help
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export the teacher, student and int8 student"
 	@echo "make bench-bundle   a realistic-cost bundle (ResNet-50, 256x128, short run) in fp32 and int8"
 	@echo "make test           install and run the whole test suite"
+	@echo "make test-loaded    make test while two CPU-bound processes keep the cores busy"
+	@echo "make mutation       targeted mutants of the mechanisms users rely on: killed / survived"
 	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -88,11 +90,20 @@ proto: $(STAMP)
 	$(PY) -m serving.proto_build
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check training export serving tests tools
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check training export serving tests tools
 	$(VENV)/bin/pytest
+
+# The suite must not depend on how fast or idle the machine is: the same run beside BUSY CPU-bound processes.
+BUSY ?= 2
+test-loaded: $(STAMP)
+	bash tools/test_loaded.sh $(BUSY)
+
+# Not part of `make test` (minutes): each mutant of tools/mutants.py applied in turn, its tests run.
+mutation: $(STAMP)
+	$(PY) tools/mutation.py $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf runs bundles indexes data build
