@@ -171,7 +171,7 @@ def test_gate_falls_back_to_the_next_fastest_candidate(int8_and_fp32: tuple[Path
     images = gate_images("market1501", str(tiny_reid_root), (64, 32), count=8, seed=0)
     config = load_export_config(["batch.max=16", "gates.int8.max_map_drop=2.0"])  # as TINY_INT8_EXPORT
     name, numbers, failures = _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data, config)
-    assert name == "same" and numbers["min_cosine"] >= 0.97
+    assert name == "same" and numbers["images"] == 8 and numbers["eval_queries"] == 15
     assert len(failures) == 1 and failures[0].startswith("other: int8 gate failed: cosine")
     with pytest.raises(Int8GateError, match=r"all 2 int8 candidates failed \(other, same\); the last one: .*cosine"):
         _gate_fastest(models, timing, onnxruntime_embedder(fp32), images, data,

@@ -163,7 +163,8 @@ def test_embed_is_the_unit_norm_engine_output(
 
 
 def test_add_remove_and_stats(
-    stub: pb_grpc.RetrievalStub, gallery_images: Path, tiny_manifest: Manifest
+    stub: pb_grpc.RetrievalStub, gallery_images: Path, tiny_manifest: Manifest,
+    served: tuple[int, RetrievalService],
 ) -> None:
     image = _png(np.asarray(Image.open(gallery_images / "0004_c1s1_000001_00.jpg"))[::-1].copy())
     vector = pb.Vector(values=[1.0] + [0.0] * 15)
@@ -177,8 +178,11 @@ def test_add_remove_and_stats(
     assert (stats.count, stats.dim, stats.index_type, stats.metric) == (22, 16, "flat", "cosine")
     assert (stats.bundle_name, stats.bundle_sha256) == ("tiny", tiny_manifest.sha256())
     assert (stats.backend, stats.max_k, stats.max_pixels) == ("onnxruntime-cpu", 10, 40000)
-    assert stats.batching.enabled and stats.batching.max_batch == 8 and stats.batching.requests > 0
-    assert stats.batching.batches > 0 and stats.batching.mean_batch_size >= 1.0
+    batching = served[1].stats()["batching"]  # what the service counted, read back over gRPC
+    assert stats.batching.enabled and stats.batching.max_batch == 8 and batching["requests"] >= 2
+    assert (stats.batching.requests, stats.batching.batches, stats.batching.images) == (
+        batching["requests"], batching["batches"], batching["images"])
+    assert stats.batching.mean_batch_size == pytest.approx(batching["images"] / batching["batches"])
     removed = stub.RemoveItems(pb.RemoveItemsRequest(ids=["srv-img", "srv-vec"]), timeout=10)
     assert (removed.removed, removed.count) == (2, 20)
 
