@@ -23,7 +23,7 @@ class Mutant:
     note: str
 
 
-_GRG = ("tests/training/test_grg.py",)
+_GRG = ("tests/training/test_grg.py", "tests/training/test_reset_decay_residue.py")
 _STEP = ("tests/training/test_distill_mixup.py", "-k", "step or clean_batch")
 _PRUNING = ("tests/training/test_pruning.py", "tests/export/test_rebuild.py")
 _ADMISSION = ("tests/serving/test_overload.py",)
@@ -42,7 +42,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "return candidate.flatten(0, 1).all(dim=0)", "return candidate.flatten(0, 1).any(dim=0)", _GRG,
            "a channel unimportant for one sample is reset for all"),
     Mutant("momentum of reset rows is kept", "gradient resetting", "training/grg.py",
-           "                buffer.view(buffer.shape[0], -1)[mask] = 0\n", "", _GRG,
+           "                buffer.view(buffer.shape[0], -1)[mask] = 0\n", "                pass\n", _GRG,
            "momentum moves reset rows after their gradient was cut"),
     Mutant("decayed rows never reach exact zero", "gradient resetting", "training/grg.py",
            "torch.where(norm > step * 1.001, before * factor, torch.zeros_like(before))", "before * factor", _GRG,
