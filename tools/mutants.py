@@ -72,7 +72,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "self.losses", _STEP, "mixed images trained with labels they do not have"),
     # the slim rebuild
     Mutant("reset rows survive the prune", "slim rebuild", "training/pruning.py",
-           "        alive &= ~reset.detach().cpu()\n", "", _PRUNING,
+           "        alive &= ~reset.detach().cpu()\n", "        pass\n", _PRUNING,
            "channels the budget paid for stay in the exported network"),
     Mutant("slim conv takes the first inputs, not the kept ones", "slim rebuild", "training/pruning.py",
            "out[conv_key] = conv.index_select(1, index).clone()", "out[conv_key] = conv[:, : len(kept)].clone()",

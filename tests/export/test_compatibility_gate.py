@@ -97,10 +97,12 @@ def test_each_declared_number_comes_from_its_own_pair_of_models(
     expected = _independent_scores(student, teacher, tiny_run_dir.data_root)
     # Each declared number equals its own pair's independent evaluation. The projection makes the three
     # differ (e.g. 100 / 83.3 / 34.4%), so a number filed under the wrong key or computed with the wrong model
-    # shows; their exact values depend on the tiny run's trained weights, which vary a little between
-    # machines, so only that they differ and the equality with the independent evaluation are asserted.
-    assert len({round(metrics.mAP, 4) for metrics in expected.values()}) == 3, expected
-    assert len({round(metrics.rank1, 4) for metrics in expected.values()}) >= 2, expected
+    # shows; their exact values depend on the tiny run's trained weights, which vary between machines and
+    # with the order the fixtures train in. Asserted: the cross-model number differs from both single-model
+    # ones (so scoring the wrong pair for it shows; on 3 queries those two may coincide, e.g. both 100%),
+    # and every number equals its independent evaluation.
+    cross = round(expected["asymmetric"].mAP, 4)
+    assert cross not in {round(expected[k].mAP, 4) for k in ("gallery_bundle", "this_bundle")}, expected
     _assert_declared(declaration, expected)
 
 

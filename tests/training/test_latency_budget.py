@@ -11,7 +11,7 @@ import torch
 from tiny_training import tiny_overrides
 from training import latency_measure
 from training.arch_spec import ArchSpec
-from training.budget import Budgets, FlopsBudget
+from training.budget import Budgets, FlopsBudget, rounded_kept
 from training.config import CDDConfig, load_config
 from training.cost import deployed_cost
 from training.distributed import init_distributed
@@ -32,6 +32,18 @@ def _only_last_block_costs_time(spec):
                                 (0.0, float(p - 1) if b == 7 else 0.0))
                    for b, (name, p) in enumerate(spec.blocks()))
     return LatencyTable({"runtime": "onnxruntime-cpu", "batch": 1, "threads": 1}, {"stem": 1.0, "head": 1.0}, blocks)
+
+
+def test_a_block_is_priced_with_at_least_one_channel_and_rounded_up():
+    """What a budget prices is what the export keeps: never an empty block, widths rounded up to round_to."""
+    assert [rounded_kept(8, reset, 1) for reset in (0, 3, 7, 8)] == [8, 5, 1, 1]
+    assert [rounded_kept(8, reset, 4) for reset in (0, 3, 5, 8)] == [8, 8, 4, 4]
+    assert rounded_kept(6, 6, 4) == 4 and rounded_kept(3, 3, 4) == 3  # capped at the block's width
+    table = _only_last_block_costs_time(SMALL)
+    widths = [p for _, p in SMALL.blocks()]
+    budget = LatencyBudget.for_table(table, 100.0, round_to=4)
+    assert budget.kept(widths) == [4] * 8  # every channel reset: each block still exports 4
+    assert table.estimate_ms(budget.kept(widths)) == 2.0 + 3.0  # the last block's 4 channels cost 3 ms, not 0
 
 
 def test_both_budgets_growth_continues_until_the_latency_budget_is_met_too():
