@@ -103,7 +103,7 @@ test-loaded: $(STAMP)
 
 # Not part of `make test` (minutes): each mutant of tools/mutants.py applied in turn, its tests run.
 mutation: $(STAMP)
-	$(PY) tools/mutation.py $(if $(ONLY),--only $(ONLY))
+	$(PY) tools/mutation.py $(if $(ONLY),--only "$(ONLY)")
 
 clean:
 	rm -rf runs bundles indexes data build

@@ -124,13 +124,15 @@ def summary(results: Sequence[dict[str, object]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="run the mutants whose name or mechanism contains this text")
+    parser.add_argument("--only", default="", help="comma-separated texts: run the mutants whose name or "
+                                                   "mechanism contains one of them (default: all)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run; longer = killed")
     parser.add_argument("--no-baseline", action="store_true", help="skip running each test list unmutated first")
     parser.add_argument("--list", action="store_true", help="print the mutants and whether each still applies")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "mutation.json", help="JSON results")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if args.only in m.name or args.only in m.mechanism]
+    terms = [t.strip() for t in args.only.split(",") if t.strip()] or [""]
+    chosen = [m for m in MUTANTS if any(t in m.name or t in m.mechanism for t in terms)]
     if args.list:
         for m in chosen:
             text = (ROOT / m.path).read_text() if (ROOT / m.path).is_file() else ""
