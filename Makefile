@@ -7,8 +7,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test lint bench bench-bundle ablation ablation-study step-time serve index data proto clean help \
-	results results-collect
+.PHONY: install train export test test-loaded mutation lint bench bench-bundle ablation ablation-study step-time serve \
+	index data proto clean help results results-collect
 
 help:
 	@echo "make train export   train the demo teacher + CDD student, export the teacher, student and int8 student"
@@ -16,6 +16,8 @@ help:
 	@echo "make test           install and run the whole test suite"
 	@echo "make results        render the README's and docs' results tables from the committed results files"
 	@echo "make results-collect   copy the finished demo runs' metrics to docs/results/ (then make results)"
+	@echo "make test-loaded    make test while two CPU-bound processes keep the cores busy"
+	@echo "make mutation       targeted mutants of the mechanisms users rely on: killed / survived"
 	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -127,11 +129,20 @@ gpu-check:
 	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check training export serving tests tools
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check training export serving tests tools
 	$(VENV)/bin/pytest
+
+# The suite must not depend on how fast or idle the machine is: the same run beside BUSY CPU-bound processes.
+BUSY ?= 2
+test-loaded: $(STAMP)
+	bash tools/test_loaded.sh $(BUSY)
+
+# Not part of `make test` (minutes): each mutant of tools/mutants.py applied in turn, its tests run.
+mutation: $(STAMP)
+	$(PY) tools/mutation.py $(if $(ONLY),--only "$(ONLY)")
 
 clean:
 	rm -rf runs bundles indexes data build

@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from export.__main__ import main as export_main
+from serving.bundle import load_bundle
 from serving.config import ServeConfig
 from serving.index.__main__ import main as index_main
 from serving.server import build_service, create_server
@@ -126,7 +127,7 @@ def test_proto_only_client_searches_a_real_server(deployed, tiny_reid_root, tmp_
         service.close()
 
 
-def test_serve_main_runs_with_the_documented_flags(deployed, tmp_path, caplog):
+def test_serve_main_runs_with_the_documented_flags(deployed, tiny_reid_root, tmp_path, caplog):
     from serving.server import _config, _parser, serve
 
     bundle, index = deployed
@@ -150,7 +151,9 @@ def test_serve_main_runs_with_the_documented_flags(deployed, tmp_path, caplog):
         port = int(re.search(r"serving cdd\.v1\.Retrieval on 127\.0\.0\.1:(\d+)", caplog.text).group(1))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # it serves while running ...
             stats = pb2_grpc.RetrievalStub(channel).Stats(pb2.StatsRequest(), timeout=10)
-            assert stats.bundle_name and stats.count > 0 and stats.backend == "onnxruntime-cpu"
+            gallery = len(load_dataset("market1501", tiny_reid_root).gallery)
+            expected = (load_bundle(bundle).name, gallery, "onnxruntime-cpu")
+            assert (stats.bundle_name, stats.count, stats.backend) == expected
     finally:
         stop.set()
         thread.join(30)

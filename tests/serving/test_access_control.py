@@ -116,7 +116,10 @@ def test_plaintext_beyond_loopback_is_refused_even_with_a_token(service, caplog)
         create_server(service, port=0, host="0.0.0.0", auth_token=ADMIN)
     check_bind("0.0.0.0", tls=False, allow_plaintext_remote=True)  # the explicit opt-out only warns
     assert "serving plaintext gRPC on 0.0.0.0 (--allow-plaintext-remote)" in caplog.text
-    check_bind("0.0.0.0", tls=True)  # TLS: fine
+    caplog.clear()
+    check_bind("0.0.0.0", tls=True)  # TLS: neither refused nor warned about
+    check_bind("0.0.0.0", tls=True, allow_plaintext_remote=True)
+    assert not [r for r in caplog.records if "plaintext" in r.getMessage()]
 
 
 def test_cdd_serve_exits_2_for_a_plaintext_remote_bind(tiny_bundle: Path, tmp_path: Path, caplog) -> None:

@@ -59,6 +59,14 @@ def test_a_listed_file_that_escapes_the_bundle_is_refused(tiny_bundle, tmp_path)
         load_bundle(bundle)
 
 
+def test_a_listed_file_that_is_missing_is_named(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path / "bundle")
+    (bundle / "model.onnx").unlink()
+    with pytest.raises(BundleError, match=r"manifest.json: lists 'model.onnx' but .*model.onnx is missing; re-export"):
+        load_bundle(bundle)
+    assert load_bundle(bundle, verify=False).files["model.onnx"]  # listed: the check, not the schema, refused it
+
+
 def test_tampered_file_is_refused_at_load(tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path / "bundle")
     data = bytearray((bundle / "model.onnx").read_bytes())

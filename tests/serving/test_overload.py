@@ -7,7 +7,6 @@ state (with a generous bound) and then checks status codes, counters and order.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,7 +151,7 @@ def test_a_cancelled_call_frees_its_slot_and_its_queued_work(
     victim.cancel()
     wait_for(lambda: _sample(metrics, "cdd_in_flight_requests") == 0, "the cancelled call to free its slot")
     with pytest.raises(grpc.RpcError) as later:  # the engine is still held: admitted, then times out
-        stub.Search(_search(gallery_images), timeout=0.5)
+        stub.Search(_search(gallery_images), timeout=3)  # long enough to be queued on a busy machine
     assert later.value.code() == CODE.DEADLINE_EXCEEDED
     gated.gate.set()
     occupier.result(timeout=30)
@@ -163,25 +162,19 @@ def test_a_cancelled_call_frees_its_slot_and_its_queued_work(
 def test_large_add_items_is_split_so_a_search_overtakes_it(
     engine: Engine, start: Callable[..., Any], gallery_images: Path
 ) -> None:
-    gated = GatedEngine(engine, delay=0.1)
+    gated = GatedEngine(engine)
     stub, service, _ = start(gated, max_batch=4)
-    image = (gallery_images / QUERY).read_bytes()
-    items = [pb.NewItem(id=f"bulk-{i}", image=image) for i in range(40)]  # 10 chunks of 4
-    done: dict[str, int] = {}
-
-    def add() -> None:
-        done["added"] = stub.AddItems(pb.AddItemsRequest(items=items), timeout=60).added
-
-    bulk = threading.Thread(target=add)
-    bulk.start()
-    wait_for(lambda: len(gated.calls) >= 1, "the first chunk to run")
-    assert stub.Search(_search(gallery_images), timeout=60).items[0].id in (QUERY, *[f"bulk-{i}" for i in range(40)])
-    calls_at_search = len(gated.calls)
-    bulk.join(60)
-    assert done["added"] == 40
-    assert gated.calls.count(4) == 10 and gated.calls.count(1) == 1
-    assert calls_at_search < len(gated.calls)  # chunks of the AddItems ran after the Search returned
-    assert gated.calls.index(1) < len(gated.calls) - 1
+    gated.gate.clear()
+    other = next(p for p in sorted(gallery_images.glob("*.jpg")) if p.name[:4] != QUERY[:4])  # not the query's id
+    items = [pb.NewItem(id=f"bulk-{i}", image=other.read_bytes()) for i in range(40)]  # 10 chunks of 4
+    bulk = stub.AddItems.future(pb.AddItemsRequest(items=items), timeout=60)
+    wait_for(lambda: gated.entered == 1, "the first chunk to hold the engine")
+    search = stub.Search.future(_search(gallery_images), timeout=60)
+    wait_for(lambda: service.batcher.queued_images == 1, "the search to queue behind the first chunk")
+    gated.gate.set()
+    assert search.result().items[0].id == QUERY  # its own best match, not one of the bulk items
+    assert bulk.result().added == 40
+    assert gated.calls == [4, 1] + [4] * 9  # the search ran right after the first chunk, before the other 9
 
 
 def test_instances_run_engine_calls_side_by_side(

@@ -13,6 +13,7 @@ from training.checkpoint import load_checkpoint
 from training.config import ConfigError, LossConfig, load_config
 from training.distill_mixup import DistillMixup
 from training.distillation import compute_losses
+from training.losses import batch_hard_triplet, cross_entropy_label_smooth
 from training.models.network import ReIDNet, TrainOutput
 from training.step import build_step
 
@@ -96,6 +97,36 @@ def test_teacher_and_student_see_the_mixed_copy_and_resetting_the_clean_batch_on
     expected = DistillMixup(1.0, cfg.run.seed)(images, 2)
     assert torch.equal(seen["teacher"], expected) and torch.equal(seen["student"], expected)
     assert rows == [(4, 4)]
+
+
+def test_a_real_step_gives_id_and_triplet_exactly_the_labelled_rows():
+    """The step hands ID and triplet the B labelled rows of the student's 2B-row forward with the B labels,
+    never the mixed half (with the labels repeated for it); the values it reports are those terms."""
+    cfg = load_config("demo-student", ["loss.distill_mixup_alpha=1", "cdd.memory_size=64", "data.height=32",
+                                       "data.width=16", "loss.id_weight=1", "loss.triplet_weight=1"])
+    spec = ArchSpec(depth=18, width=0.125, embedding_dim=16, num_classes=3, input_size=(32, 16))
+    torch.manual_seed(0)
+    teacher = ReIDNet(spec).eval()
+    student = ReIDNet(replace(spec, indicators=True)).train()
+    step = build_step(cfg, student, torch.device("cpu"), teacher, teacher_flops=10**9)
+    outputs = []
+    forward = step.forward
+    step.forward = lambda x: (outputs.append(forward(x)), outputs[-1])[1]
+    images, labels = torch.randn(6, 3, 32, 16), torch.tensor([0, 0, 1, 1, 2, 2])
+    stats = step(images, labels, grg_active=True, steps_left=10, step_index=1)
+    (out,) = outputs
+    assert out.logits.shape[0] == out.pooled.shape[0] == 12  # the student's forward covered the mixed copy
+    w = cfg.loss
+
+    def id_and_triplet(rows: TrainOutput, targets: torch.Tensor) -> tuple[float, float]:
+        logits, pooled = rows.logits.detach().float(), rows.pooled.detach().float()
+        return (w.id_weight * float(cross_entropy_label_smooth(logits, targets, w.label_smoothing)),
+                w.triplet_weight * float(batch_hard_triplet(pooled, targets, w.triplet_margin)))
+
+    labelled = id_and_triplet(out.first(6), labels)
+    assert (stats["id"], stats["triplet"]) == pytest.approx(labelled, rel=1e-6)
+    every_row = id_and_triplet(out, torch.cat([labels, labels]))  # what feeding the mixed half would report
+    assert every_row[0] != pytest.approx(labelled[0], rel=1e-3) and every_row[1] != pytest.approx(labelled[1], rel=1e-3)
 
 
 def _student(root, out, teacher_run, alpha, **fit):

@@ -1,24 +1,27 @@
 """The latency budget: admission by contribution with a latency price (alone and with the FLOPs budget), and a
-tiny CDD run whose exported network meets a latency budget priced by a table measured at start with ONNX
-Runtime, reused on resume."""
+tiny CDD run whose exported network meets a latency budget priced by the run's table (made for the test, so
+that no assertion depends on how fast or busy this machine is), written at start and reused on resume."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from tiny_training import tiny_overrides
+from training import latency_measure
 from training.arch_spec import ArchSpec
-from training.budget import Budgets, FlopsBudget
+from training.budget import Budgets, FlopsBudget, rounded_kept
 from training.config import CDDConfig, load_config
 from training.cost import deployed_cost
 from training.distributed import init_distributed
 from training.grg import GradientResetter, step_reset_proposal
 from training.latency_budget import LatencyBudget, latency_report, warn_if_latency_missed
-from training.latency_measure import measure_latency_table
+from training.latency_measure import kept_grid, latency_key
 from training.latency_table import LATENCY_TABLE_FILE, BlockLatency, LatencyTable, LatencyTableError
 from training.trainer import Trainer
 
+SPEC_BLOCKS = ArchSpec(depth=18, width=0.125).blocks()
 SMALL = ArchSpec(depth=18, width=1 / 16, embedding_dim=16, input_size=(64, 32), indicators=True)
 
 
@@ -29,6 +32,18 @@ def _only_last_block_costs_time(spec):
                                 (0.0, float(p - 1) if b == 7 else 0.0))
                    for b, (name, p) in enumerate(spec.blocks()))
     return LatencyTable({"runtime": "onnxruntime-cpu", "batch": 1, "threads": 1}, {"stem": 1.0, "head": 1.0}, blocks)
+
+
+def test_a_block_is_priced_with_at_least_one_channel_and_rounded_up():
+    """What a budget prices is what the export keeps: never an empty block, widths rounded up to round_to."""
+    assert [rounded_kept(8, reset, 1) for reset in (0, 3, 7, 8)] == [8, 5, 1, 1]
+    assert [rounded_kept(8, reset, 4) for reset in (0, 3, 5, 8)] == [8, 8, 4, 4]
+    assert rounded_kept(6, 6, 4) == 4 and rounded_kept(3, 3, 4) == 3  # capped at the block's width
+    table = _only_last_block_costs_time(SMALL)
+    widths = [p for _, p in SMALL.blocks()]
+    budget = LatencyBudget.for_table(table, 100.0, round_to=4)
+    assert budget.kept(widths) == [4] * 8  # every channel reset: each block still exports 4
+    assert table.estimate_ms(budget.kept(widths)) == 2.0 + 3.0  # the last block's 4 channels cost 3 ms, not 0
 
 
 def test_both_budgets_growth_continues_until_the_latency_budget_is_met_too():
@@ -83,26 +98,50 @@ def test_a_latency_budget_is_missed_when_over_or_when_below_and_no_flops_budget_
     assert not warn_if_latency_missed(below, False, "")  # the FLOPs budget bound the network: not a miss
 
 
+def _table_made_for(spec: ArchSpec, cdd: CDDConfig) -> LatencyTable:
+    """A latency table of ``spec`` made for the test, not measured: every block costs 0.01 ms per kept channel
+    times its position (1 for layer1.0 ... 8 for layer4.1) at the widths a measurement would use, plus a fixed
+    1.5 ms. What the trainer does with a table is under test here; measuring one is test_latency_table's."""
+    blocks = tuple(BlockLatency(name, p, tuple(grid), ms, ms)
+                   for b, (name, p) in enumerate(spec.blocks())
+                   for grid in [kept_grid(p, cdd.round_to)]
+                   for ms in [tuple(0.01 * (b + 1) * k for k in grid)])
+    table = LatencyTable(latency_key(spec, cdd), {"stem": 1.0, "head": 0.5}, blocks, {"cpu": "made for the test"},
+                         "made for the test")
+    return replace(table, whole_network={"measured_ms": table.full_ms(), "estimated_ms": table.full_ms()},
+                   measurement={"seconds": 0.0, "measured_at": "made for the test"})
+
+
 @pytest.fixture(scope="module")
 def latency_run(tiny_reid_root, teacher_run, tmp_path_factory):
-    """A tiny CDD run with a latency budget between the floor and the full width of a table measured here,
-    killed after epoch 1 and resumed: (trainer, final, out, budget, table bytes after epoch 1)."""
+    """A tiny CDD run with a latency budget 60% of the way from the floor to the full width of a table made
+    for the test (the trainer's measurement is replaced by it: the budget and the table the run prices with
+    are the same numbers on any machine), killed after epoch 1 and resumed: (trainer, final, out, budget,
+    table bytes after epoch 1, spec+settings of every table the trainer asked for)."""
     out = tmp_path_factory.mktemp("latency") / "student"
     settings = ["cdd.round_to=4", "cdd.latency_batch=8", "cdd.ratio=0.95", "run.eval_every=0"]
-    probe = measure_latency_table(ArchSpec(depth=18, width=0.125, embedding_dim=32, input_size=(64, 32)),
-                                  CDDConfig(round_to=4, latency_batch=8))
-    budget = round(probe.floor_ms() + 0.6 * (probe.full_ms() - probe.floor_ms()), 4)
+    spec = ArchSpec(depth=18, width=0.125, embedding_dim=32, input_size=(64, 32))
+    made = _table_made_for(spec, CDDConfig(round_to=4, latency_batch=8))
+    budget = round(made.floor_ms() + 0.6 * (made.full_ms() - made.floor_ms()), 4)
     overrides = tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2) + settings
     overrides.append(f"cdd.latency_budget_ms={budget}")
     cfg = load_config("demo-teacher", overrides)
-    Trainer(cfg, init_distributed("cpu")).fit(stop_after_epochs=1)
-    measured = (out / LATENCY_TABLE_FILE).read_bytes()
-    trainer = Trainer(cfg, init_distributed("cpu"), resume=True)
-    return trainer, trainer.fit(), out, budget, measured
+    asked = []
+
+    def table_for(run_spec, cdd, *args, **kwargs):
+        asked.append((run_spec.blocks(), cdd.latency_batch))
+        return _table_made_for(run_spec, cdd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency_measure, "measure_latency_table", table_for)
+        Trainer(cfg, init_distributed("cpu")).fit(stop_after_epochs=1)
+        measured = (out / LATENCY_TABLE_FILE).read_bytes()
+        trainer = Trainer(cfg, init_distributed("cpu"), resume=True)
+        return trainer, trainer.fit(), out, budget, measured, asked
 
 
 def test_run_meets_its_latency_budget_with_rounding_and_resets_channels(latency_run):
-    trainer, final, out, budget, _ = latency_run
+    trainer, final, out, budget, _, _ = latency_run
     report = final["compression"]
     assert report["reset_channels"] > 0 and "latency budget met" in report["growth"]
     assert report["estimated_latency_ms"] <= budget < report["full_width_estimated_latency_ms"]
@@ -113,7 +152,7 @@ def test_run_meets_its_latency_budget_with_rounding_and_resets_channels(latency_
 
 
 def test_exported_networks_table_estimate_is_what_the_budget_reported(latency_run):
-    trainer, final, out, _, _ = latency_run
+    trainer, final, out, _, _, _ = latency_run
     table = LatencyTable.load(out / LATENCY_TABLE_FILE)
     exported = table.estimate_ms(ArchSpec.load(out / "arch.json").kept_counts())
     assert final["compression"]["estimated_latency_ms"] == round(exported, 4)
@@ -123,8 +162,9 @@ def test_exported_networks_table_estimate_is_what_the_budget_reported(latency_ru
 
 
 def test_resume_reuses_the_table_and_refuses_other_latency_settings(latency_run, tiny_reid_root, teacher_run):
-    trainer, _, out, budget, measured = latency_run
-    assert (out / LATENCY_TABLE_FILE).read_bytes() == measured  # not measured again on resume
+    trainer, _, out, budget, measured, asked = latency_run
+    assert asked == [(SPEC_BLOCKS, 8)]  # one table, for the run's network, at start; not measured again on resume
+    assert (out / LATENCY_TABLE_FILE).read_bytes() == measured
     assert trainer.latency_table == LatencyTable.from_dict(json.loads(measured))
     overrides = tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2)
     overrides += ["cdd.round_to=4", "cdd.latency_batch=16", f"cdd.latency_budget_ms={budget}"]

@@ -52,8 +52,6 @@ def test_measured_table_is_usable_and_records_where_it_was_measured(measured):
     assert all(b.widths == tuple(kept_grid(b.width, 4)) for b in table.blocks)
     for b in table.blocks:
         assert list(b.ms) == sorted(b.ms) and b.ms[0] == b.raw_ms[0] > 0
-    widest = table.blocks[-1]  # layer4.1, 64 channels: 4 kept channels must be clearly cheaper than 64
-    assert widest.raw_ms[-1] > 1.5 * widest.raw_ms[0], widest
     assert table.full_ms() > table.floor_ms() > table.fixed_total_ms > 0
     assert table.key == latency_key(TINY, cdd) and table.key["threads"] == 1 and table.key["batch"] == 8
     assert table.runtime_version == ort.__version__
