@@ -129,20 +129,20 @@ gpu-check:
 	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests tools
+	$(VENV)/bin/ruff check training export serving tests
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests tools
+	$(VENV)/bin/ruff check training export serving tests
 	$(VENV)/bin/pytest
 
 # The suite must not depend on how fast or idle the machine is: the same run beside BUSY CPU-bound processes.
 BUSY ?= 2
 test-loaded: $(STAMP)
-	bash tools/test_loaded.sh $(BUSY)
+	bash tests/tools/test_loaded.sh $(BUSY)
 
-# Not part of `make test` (minutes): each mutant of tools/mutants.py applied in turn, its tests run.
+# Not part of `make test` (minutes): each mutant of tests/tools/mutants.py applied in turn, its tests run.
 mutation: $(STAMP)
-	$(PY) tools/mutation.py $(if $(ONLY),--only "$(ONLY)")
+	$(PY) tests/tools/mutation.py $(if $(ONLY),--only "$(ONLY)")
 
 clean:
 	rm -rf runs bundles indexes data build

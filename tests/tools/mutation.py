@@ -1,4 +1,4 @@
-"""`make mutation`: apply each targeted mutant of tools/mutants.py to a copy of the repository, run the tests
+"""`make mutation`: apply each targeted mutant of tests/tools/mutants.py to a copy of the repository, run the tests
 named for it, and report which mutants the tests kill.
 
 A mutant is one exact edit (a code snippet replaced by another) at a named place in a mechanism users rely
@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutants import MUTANTS, Mutant  # noqa: E402 - tools/ is not a package
+from mutants import MUTANTS, Mutant  # noqa: E402 - tests/tools/ is not a package
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _copy_repository(destination: Path) -> None:

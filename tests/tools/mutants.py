@@ -1,4 +1,4 @@
-"""The mutants of `make mutation` (tools/mutation.py): one deliberate bug each in a mechanism users rely on,
+"""The mutants of `make mutation` (tests/tools/mutation.py): one deliberate bug each in a mechanism users rely on,
 anchored by an exact code snippet, with the tests that should notice it.
 
 Each ``find`` must occur exactly once in ``path``; a mutant whose snippet is gone is reported ``stale``
@@ -175,10 +175,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "a search reads a half-changed index"),
     # write log and replay (few: issue 24 rewrites these files; re-anchor when stale)
     Mutant("append returns before fsync", "write log", "serving/index/write_log.py",
-           "        self._handle.flush()\n        os.fsync(self._handle.fileno())\n", "        self._handle.flush()\n",
+           "            _write_all(self._fd, data)\n            os.fsync(self._fd)\n",
+           "            _write_all(self._fd, data)\n",
            _DURABLE, "an acknowledged change is lost on power failure"),
     Mutant("open does not replay the log", "write log", "serving/index/durable_gallery.py",
-           "                _apply(index, record)\n", "                pass\n", _DURABLE,
+           "                _apply(index, record, log.path, seq)\n", "                pass\n", _DURABLE,
            "changes acknowledged before a crash disappear"),
     Mutant("add is applied but not logged", "write log", "serving/index/durable_gallery.py",
            '            self._log.append(LogRecord("add", ids, array, meta, upsert))\n', "", _DURABLE,
