@@ -143,6 +143,24 @@ class MilvusGallery:
         client.load_collection(collection)
         return cls(client, uri, collection, dim, index_type, options, bundle_sha256)
 
+    @staticmethod
+    def exists(uri: str, collection: str) -> bool:
+        """Whether Milvus at ``uri`` has ``collection`` (GalleryIndexError if it cannot be reached)."""
+        client = _client(uri)
+        try:
+            return bool(client.has_collection(collection))
+        finally:
+            client.close()
+
+    @property
+    def client(self) -> Any:
+        """The pymilvus `MilvusClient` (for collection-level calls such as properties)."""
+        return self._client
+
+    def present(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that are in the gallery (one query per 1000 ids)."""
+        return self._existing(list(ids))
+
     def location(self, directory: Path) -> dict[str, Any]:
         """How the index manifest records this store: an embedded path relative to ``directory``, or the URI."""
         path = Path(self.uri)

@@ -18,7 +18,8 @@ import numpy as np
 
 from serving.backends.base import Engine
 from serving.bundle import Manifest
-from serving.index.build import IngestStats, ItemSpec, build_index, ingest
+from serving.config import ServeConfig
+from serving.index.build import ID_RULE, IngestStats, ItemSpec, build_index, ingest
 from serving.index.index_lock import IndexLock
 from serving.index.operating_point import PARAMETER, exact_neighbours, tune_operating_point
 
@@ -118,6 +119,7 @@ def _build_milvus(
     engine: Engine, manifest: Manifest, items: list[ItemSpec], out: Path, index_type: str, options: dict[str, Any],
     milvus_uri: str | None, collection: str, ingest_args: dict[str, Any],
 ) -> BuildResult:
+    from serving.index.collection_record import build_record, write_record
     from serving.index.gallery_backend import save_milvus_manifest
     from serving.index.milvus_gallery import EMBEDDED_DB, MilvusGallery
 
@@ -127,6 +129,9 @@ def _build_milvus(
         uri, collection, manifest.output.dim, index_type=index_type, options=options, bundle_sha256=manifest.sha256()
     )
     try:
+        record = build_record(manifest, index_type=index_type, options=options, engine="local",
+                              id_rule=ID_RULE, max_pixels=ingest_args.get("max_pixels", ServeConfig.max_pixels))
+        write_record(gallery.client, collection, record)
         recorder = _Recorder(gallery)
         stats = ingest(recorder, engine, manifest, items, **ingest_args)
         vectors = np.concatenate(recorder.vectors) if recorder.vectors else np.zeros((0, manifest.output.dim))
