@@ -246,6 +246,19 @@ def ray_build(cfg: RayBuildConfig, source: list[dict[str, str]] | ParquetManifes
     return summary
 
 
+def _check_cpus(ray: Any, cfg: RayBuildConfig, local: bool) -> None:
+    """The actors must leave CPUs to the decode tasks, or the build waits forever: an error on a local
+    runtime, a warning on a cluster (an autoscaler may still add nodes)."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cfg.actors * cfg.engine_threads < cpus:
+        return
+    message = (f"{cfg.actors} actor(s) x {cfg.engine_threads} engine thread(s) take all {cpus:g} Ray CPUs and "
+               "leave none to the decode tasks; use fewer --ray-actors / --engine-threads, or more --ray-cpus")
+    if local:
+        raise GalleryIndexError(message)
+    _LOG.warning("%s (unless the autoscaler adds nodes)", message)
+
+
 def _execute(ray: Any, cfg: RayBuildConfig, source: list[dict[str, str]] | ParquetManifest, manifest: Manifest,
              target: CollectionTarget, batch: int) -> RayBuildSummary:
     total = source.count if isinstance(source, ParquetManifest) else len(source)
@@ -253,6 +266,7 @@ def _execute(ray: Any, cfg: RayBuildConfig, source: list[dict[str, str]] | Parqu
     summary = RayBuildSummary()
     tick = time.perf_counter()
     try:
+        _check_cpus(ray, cfg, local=cfg.ray_address is None)
         _run(_dataset(ray, source, cfg, manifest, target, batch), total, cfg.progress, summary)
     except GalleryIndexError:
         raise

@@ -213,21 +213,33 @@ def _other_bundle(tiny_bundle: Path, folder: Path) -> Path:
     return folder
 
 
-def test_a_collection_of_another_bundle_is_refused_by_the_rerun_and_by_the_server(
+def test_parquet_manifest_build_then_another_bundle_is_refused_by_the_rerun_and_by_the_server(
     tiny_bundle: Path, tiny_manifest, gallery_images: Path, milvus: MilvusServer, ray_runtime, tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.backends import create_engine
     from serving.index.__main__ import main
+    from serving.index.build import embed_paths
     from serving.index.collection_record import read_record, write_record
     from serving.index.errors import IndexBundleMismatch
     from serving.index.gallery_backend import open_gallery
 
-    few = tmp_path / "few"
-    few.mkdir()
-    for image in sorted(gallery_images.glob("*.jpg"))[:3]:
-        shutil.copy(image, few)
-    argv = _ray_build(tiny_bundle, ["--images", str(few)], tmp_path / "ray", milvus.uri, "guarded")
+    few = sorted(gallery_images.glob("*.jpg"))[:3]
+    (tmp_path / "images").mkdir()
+    for image in few[:2]:
+        shutil.copy(image, tmp_path / "images")
+    paths = [f"images/{few[0].name}", f"images/{few[1].name}", few[2].resolve().as_uri()]
+    table = pa.table({"key": ["k0", "k1", "k2"], "path": paths, "label": [7, 8, 9]})
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    argv = _ray_build(tiny_bundle, ["--manifest", str(tmp_path / "manifest.parquet"), "--id-column", "key"],
+                      tmp_path / "ray", milvus.uri, "guarded")
     assert _cdd_index(*argv)["embedded"] == 3
+    engine = create_engine(tiny_bundle, tiny_manifest, backend="onnxruntime-cpu")
+    vectors, _, _ = embed_paths(engine, tiny_manifest, few, strict=True, progress=False)
+    assert _max_abs_diff({f"k{i}": v for i, v in enumerate(vectors)}, _stored(milvus.uri, "guarded")) <= 1e-5
     other = _other_bundle(tiny_bundle, tmp_path / "other-bundle")
     argv[argv.index(str(tiny_bundle))] = str(other)
     assert main([*argv, "--quiet"]) == 2
@@ -238,7 +250,8 @@ def test_a_collection_of_another_bundle_is_refused_by_the_rerun_and_by_the_serve
     gallery = open_gallery(tmp_path / "ray", tiny_manifest.sha256())
     try:  # the collection is rebuilt by another bundle behind the index folder's back
         record = read_record(gallery.client, "guarded")
-        assert record["decoding"]["rule"] == "rgb8-v1" and record["engine"] == "ray"
+        assert record["decoding"]["rule"] == "rgb8-v1" and record["id_rule"] == "column:key"
+        assert gallery.search(vectors[2:3], 1)[0][0].metadata["label"] == 9
         write_record(gallery.client, "guarded", {**record, "bundle_sha256": "f" * 64})
     finally:
         gallery.close()
@@ -258,3 +271,16 @@ def test_ray_engine_without_ray_names_the_extra(
     assert main([*argv, "--quiet"]) == 2
     assert "pip install 'cdd-retrieval[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "ray").exists()
+
+
+def test_actors_that_leave_no_cpu_to_decoding_are_refused(
+    tiny_bundle: Path, gallery_images: Path, milvus: MilvusServer, ray_runtime, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from serving.index.__main__ import main
+
+    argv = _ray_build(tiny_bundle, ["--images", str(gallery_images)], tmp_path / "ray", milvus.uri, "starved",
+                      "--ray-actors", "2")
+    assert main([*argv, "--quiet"]) == 2  # 2 actors x 1 thread on the fixture's 2 CPUs: decoding would never run
+    assert "leave none to the decode tasks" in capsys.readouterr().err
+    assert _count(milvus.uri, "starved") == 0
