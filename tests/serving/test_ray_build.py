@@ -284,3 +284,19 @@ def test_actors_that_leave_no_cpu_to_decoding_are_refused(
     assert main([*argv, "--quiet"]) == 2  # 2 actors x 1 thread on the fixture's 2 CPUs: decoding would never run
     assert "leave none to the decode tasks" in capsys.readouterr().err
     assert _count(milvus.uri, "starved") == 0
+
+
+def test_bench_reports_ray_beside_the_local_build(
+    tiny_bundle: Path, tiny_manifest, gallery_images: Path, ray_runtime
+) -> None:
+    from serving.benchmarks.index_ray import bench_ingest_ray, ray_markdown
+
+    result = bench_ingest_ray(tiny_bundle, tiny_manifest, gallery_images, backend="onnxruntime-cpu", batch=4,
+                              engine_threads=1, cores=2)
+    local, ray = result["local"], result["ray"]
+    assert local["images"] == ray["embedded"] == ray["count"] == 20 and ray["failed"] == 0
+    assert result["ratio"] == pytest.approx(ray["images_per_s"] / local["images_per_s"])
+    assert f"**{result['ratio']:.2f}**" in "\n".join(ray_markdown(result))
+    with pytest.raises(ValueError, match="must leave a core"):
+        bench_ingest_ray(tiny_bundle, tiny_manifest, gallery_images, backend="onnxruntime-cpu", batch=4,
+                         engine_threads=2, cores=2)
