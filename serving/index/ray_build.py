@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.bundle import Manifest, load_bundle
 from serving.config import ServeConfig
 from serving.index.build import ID_RULE, progress_bar
@@ -43,6 +45,7 @@ _LOG = logging.getLogger("cdd-index")
 RAY_INSTALL = "pip install 'cdd-retrieval[ray]'"
 """How to install the optional Ray dependency (from a checkout: pip install -e '.[ray]')."""
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+_TUNE_MAX_ITEMS = 200_000
 
 
 def import_ray() -> Any:
@@ -197,6 +200,30 @@ def _run(dataset: Any, total: int, progress: bool, summary: RayBuildSummary) -> 
             bar.update(len(out["id"]))
 
 
+def _operating_point(gallery: Any, cfg: RayBuildConfig, count: int) -> dict[str, Any] | None:
+    """Tune an approximate index as the local build does (`serving.index.store_build.tune_store`), on the
+    vectors read back from the collection; beyond ``_TUNE_MAX_ITEMS`` the --option values stay."""
+    from serving.index.operating_point import PARAMETER
+    from serving.index.store_build import tune_store
+
+    if cfg.index_type not in PARAMETER:
+        return None
+    if count > _TUNE_MAX_ITEMS:
+        _LOG.warning("%d items are too many to read back for tuning; %s keeps its --option / default value",
+                     count, PARAMETER[cfg.index_type])
+        return None
+    ids, vectors = [], []
+    rows = gallery.client.query_iterator(cfg.collection, batch_size=1000, filter="", output_fields=["id", "vector"])
+    try:
+        while page := rows.next():
+            ids += [str(r["id"]) for r in page]
+            vectors += [r["vector"] for r in page]
+    finally:
+        rows.close()
+    matrix = np.asarray(vectors, dtype=np.float32)
+    return tune_store(gallery, cfg.index_type, ids, matrix, cfg.options.get("nlist", 128))
+
+
 def _write_report(cfg: RayBuildConfig, manifest: Manifest, summary: RayBuildSummary) -> Path:
     from serving.atomic_file import write_text_atomic
 
@@ -231,8 +258,9 @@ def ray_build(cfg: RayBuildConfig, source: list[dict[str, str]] | ParquetManifes
             summary = _execute(ray, cfg, source, manifest, target, batch)
             gallery.persist()
             summary.count = len(gallery)
+            point = _operating_point(gallery, cfg, summary.count)
             created = datetime.now(UTC).isoformat(timespec="seconds")
-            save_milvus_manifest(cfg.out, gallery, manifest.metric, created, created, None)
+            save_milvus_manifest(cfg.out, gallery, manifest.metric, created, created, point)
         finally:
             gallery.close()
     except BaseException:

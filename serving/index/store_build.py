@@ -23,7 +23,7 @@ from serving.index.build import ID_RULE, IngestStats, ItemSpec, build_index, ing
 from serving.index.index_lock import IndexLock
 from serving.index.operating_point import PARAMETER, exact_neighbours, tune_operating_point
 
-__all__ = ["BuildResult", "build_store"]
+__all__ = ["BuildResult", "build_store", "tune_store"]
 
 _LOG = logging.getLogger("cdd-index")
 _TUNE_QUERIES = 200
@@ -58,7 +58,9 @@ class _Recorder:
         return len(ids)
 
 
-def _tune(gallery: Any, index_type: str, ids: list[str], vectors: np.ndarray, upper: int | None) -> dict | None:
+def tune_store(gallery: Any, index_type: str, ids: list[str], vectors: np.ndarray, upper: int | None) -> dict | None:
+    """Set ``gallery``'s operating point for an approximate ``index_type`` (recall@10 against exact search
+    over ``vectors``, on up to 200 of them as queries); its facts, or None (exact type, or <= 10 items)."""
     if index_type not in PARAMETER or len(ids) <= 10:
         return None
     picks = np.random.default_rng(0).permutation(len(ids))[:_TUNE_QUERIES]
@@ -101,7 +103,7 @@ def build_store(
             index.settle()  # trains ivf / ivfpq before tuning
             ids, vectors, _ = index.snapshot()
             nlist = index.stats()["search"].get("nlist")
-            point = _tune(index, index_type, ids, vectors, nlist)
+            point = tune_store(index, index_type, ids, vectors, nlist)
             version = index.save(out, extra={"operating_point": point}) if point else index.save(out)
             return BuildResult(version, len(index), stats, point)
         return _build_milvus(engine, manifest, items, out, index_type, options or {}, milvus_uri, collection,
@@ -135,7 +137,7 @@ def _build_milvus(
         recorder = _Recorder(gallery)
         stats = ingest(recorder, engine, manifest, items, **ingest_args)
         vectors = np.concatenate(recorder.vectors) if recorder.vectors else np.zeros((0, manifest.output.dim))
-        point = _tune(gallery, index_type, recorder.ids, vectors, options.get("nlist", 128))
+        point = tune_store(gallery, index_type, recorder.ids, vectors, options.get("nlist", 128))
         gallery.persist()
         saved = datetime.now(UTC).isoformat(timespec="seconds")
         version = save_milvus_manifest(out, gallery, manifest.metric, created, saved, point)

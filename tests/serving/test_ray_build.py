@@ -184,7 +184,7 @@ def test_killed_ray_build_resumes_with_every_item_exactly_once(
     listing = tmp_path / "gallery.txt"
     listing.write_text("".join(f"images/{name}\n" for name in entries))
     argv = _ray_build(tiny_bundle, ["--list", str(listing)], tmp_path / "ray", milvus.uri, "resume",
-                      "--batch-size", "4")
+                      "--batch-size", "4", "--index-type", "hnsw")
     left = _kill_when_midway([sys.executable, "-m", "serving.index", *argv, "--ray-cpus", "4", "--quiet"],
                              milvus.uri, "resume", at_least=8)
     assert 8 <= left < len(names)
@@ -200,6 +200,11 @@ def test_killed_ray_build_resumes_with_every_item_exactly_once(
     local = _local_vectors(tmp_path / "local")
     assert len(local) == len(names) + 1 == _count(milvus.uri, "resume")
     assert _max_abs_diff(local, _stored(milvus.uri, "resume")) <= 1e-5
+
+    from serving.index.atomic_dir import resolve
+
+    point = json.loads((resolve(tmp_path / "ray") / "index.json").read_text())["operating_point"]
+    assert point["parameter"] == "ef_search" and point["reached"] and point["recall_at_k"] >= 0.95  # as local
 
     again = _cdd_index(*argv)
     assert (again["skipped"], again["embedded"], again["count"]) == (len(names) + 1, 0, len(names) + 1)
