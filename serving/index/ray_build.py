@@ -66,9 +66,9 @@ class RayBuildConfig:
     """One Ray build: the ``bundle`` folder (at the same path on every node), the Milvus server ``uri`` and
     ``collection``, the index folder ``out`` published for cdd-serve, the index type and options, engine
     ``backend``, images per engine call ``batch_size`` (None: the manifest's ``batch.opt``), ``actors``
-    with ``engine_threads`` each, ``ray_address`` (None: a local Ray runtime with ``ray_cpus`` logical CPUs,
-    None: this machine's cores), ``restart`` (drop the collection first), ``report`` file (None:
-    ``OUT.report.json``)."""
+    with ``engine_threads`` each and ``gpus_per_actor`` GPUs (0.5: two actors share a GPU), ``ray_address``
+    (None: a local Ray runtime of ``ray_cpus`` logical CPUs, None: this machine's cores), ``restart`` (drop
+    the collection first), ``report`` file (None: ``OUT.report.json``)."""
 
     bundle: Path
     uri: str
@@ -80,6 +80,7 @@ class RayBuildConfig:
     batch_size: int | None = None
     actors: int = 1
     engine_threads: int = 1
+    gpus_per_actor: float = 0.0
     ray_address: str | None = None
     ray_cpus: int | None = None
     restart: bool = False
@@ -179,6 +180,7 @@ def _dataset(ray: Any, source: list[dict[str, str]] | ParquetManifest, cfg: RayB
     )
     return decoded.map_batches(
         EmbedWriter, batch_size=batch, batch_format="numpy", num_cpus=cfg.engine_threads,
+        num_gpus=cfg.gpus_per_actor or None,
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         fn_constructor_kwargs={"bundle": str(cfg.bundle), "backend": cfg.backend, "threads": cfg.engine_threads,
                                "batch_size": batch, "target": target},

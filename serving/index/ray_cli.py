@@ -13,7 +13,8 @@ __all__ = ["add_ray_arguments", "build_on_ray"]
 
 
 def add_ray_arguments(build: argparse.ArgumentParser) -> None:
-    """Add --engine, --ray-address, --ray-cpus, --ray-actors, --report and --id-column to the build parser."""
+    """Add --engine, --ray-address, --ray-cpus, --ray-actors, --ray-gpus-per-actor, --report and --id-column to
+    the build parser."""
     build.add_argument("--engine", default="local", choices=("local", "ray"),
                        help="local: this process; ray: Ray tasks decode, Ray actors embed and write to Milvus "
                             "(needs --store milvus --milvus-uri of a server; pip install 'cdd-retrieval[ray]')")
@@ -22,6 +23,8 @@ def add_ray_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--ray-cpus", type=int, help="logical CPUs of the local Ray runtime (default: this machine's "
                                                     "cores; without --ray-address)")
     build.add_argument("--ray-actors", type=int, default=1, help="embedding actors (each loads the bundle once)")
+    build.add_argument("--ray-gpus-per-actor", type=float, default=0.0,
+                       help="GPUs each actor reserves (0.5: two actors per GPU; with --backend tensorrt)")
     build.add_argument("--report", type=Path, help="Ray build report with the failed inputs (default OUT.report.json)")
     build.add_argument("--id-column", help="--manifest column holding the item ids (default: the path column)")
 
@@ -53,12 +56,15 @@ def build_on_ray(args: argparse.Namespace, options: dict[str, int]) -> dict[str,
                         ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, found {value}")
+    if args.ray_gpus_per_actor < 0:
+        raise ValueError(f"--ray-gpus-per-actor must be >= 0, found {args.ray_gpus_per_actor}")
     if args.strict:
         raise ValueError("--strict is not available with --engine ray: failed inputs go to the --report file")
     cfg = RayBuildConfig(
         bundle=args.bundle, uri=args.milvus_uri, out=args.out, collection=args.collection,
         index_type=args.index_type, options=options, backend=args.backend, batch_size=args.batch_size,
-        actors=args.ray_actors, engine_threads=max(1, args.engine_threads), ray_address=args.ray_address,
+        actors=args.ray_actors, engine_threads=max(1, args.engine_threads), gpus_per_actor=args.ray_gpus_per_actor,
+        ray_address=args.ray_address,
         ray_cpus=args.ray_cpus, restart=args.restart, report=args.report, progress=not args.quiet,
         id_rule=id_rule(args.id_column),
     )
