@@ -69,25 +69,19 @@ def _local(bundle: Path, manifest: Manifest, images: Path, backend: str, batch: 
 
 
 def _ray(bundle: Path, images: Path, backend: str, batch: int, threads: int, cores: int) -> dict[str, Any]:
-    from serving.index.ray_build import RayBuildConfig, import_ray, ray_build
+    from serving.index.ray_build import RayBuildConfig, import_ray, ray_build, ray_session
     from serving.index.ray_inputs import item_rows
 
     ray = import_ray()
     with tempfile.TemporaryDirectory(prefix="cdd-bench-ray-") as folder, _milvus_lite_server(
         Path(folder) / "milvus"
     ) as uri:
-        started = not ray.is_initialized()  # a runtime already up (a caller's cluster) is used as it is
         tick = time.perf_counter()
-        if started:
-            ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING)
-        start_s = time.perf_counter() - tick
-        try:
+        with ray_session(ray, cpus=cores):  # a runtime already up (a caller's cluster) is used as it is
+            start_s = time.perf_counter() - tick
             cfg = RayBuildConfig(bundle=bundle, uri=uri, out=Path(folder) / "index", collection="bench",
                                  backend=backend, batch_size=batch, engine_threads=threads, progress=False)
             summary = ray_build(cfg, item_rows(items_from_folder(images)))
-        finally:
-            if started:
-                ray.shutdown()
     return {"ray_start_s": start_s, **summary.to_dict(), "images_per_s": summary.images_per_s,
             "seconds": summary.seconds}
 

@@ -21,8 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,13 +44,15 @@ from serving.index.index_lock import IndexLock
 from serving.index.ray_inputs import ParquetManifest
 from serving.index.ray_stages import CollectionTarget, EmbedWriter, decode_rows
 
-__all__ = ["RAY_INSTALL", "RayBuildConfig", "RayBuildSummary", "import_ray", "ray_build"]
+__all__ = ["RAY_INSTALL", "RayBuildConfig", "RayBuildSummary", "import_ray", "ray_build", "ray_session"]
 
 _LOG = logging.getLogger("cdd-index")
 RAY_INSTALL = "pip install 'cdd-retrieval[ray]'"
 """How to install the optional Ray dependency (from a checkout: pip install -e '.[ray]')."""
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 _TUNE_MAX_ITEMS = 200_000
+_LOCAL_START_WAITS = {"RAY_gcs_server_port_wait_time_s": "120", "RAY_worker_register_timeout_seconds": "120"}
+"""Ray's start-up waits (environment variables, seconds) raised for a local runtime unless already set."""
 
 
 def import_ray() -> Any:
@@ -146,16 +153,31 @@ def _open_collection(cfg: RayBuildConfig, manifest: Manifest, record: dict[str, 
     return gallery
 
 
-def _start_ray(ray: Any, address: str | None, cpus: int | None) -> bool:
-    """Connect to ``address`` or start a local runtime of ``cpus`` logical CPUs, unless Ray is already up;
-    whether we started it."""
+@contextmanager
+def ray_session(ray: Any, address: str | None = None, cpus: int | None = None, **init_args: Any) -> Iterator[bool]:
+    """Ray for the block: one already initialised is used as it is (yields False); otherwise connect to
+    ``address`` or start a local runtime of ``cpus`` logical CPUs (``init_args`` go to ``ray.init``; Ray's
+    start-up waits raised to 120 s unless set), and on exit shut it down and put back the SIGTERM / SIGINT
+    handlers ``ray.init`` replaced (yields True)."""
     if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
-    return True
+        yield False
+        return
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, **init_args)
+        else:
+            for name, seconds in _LOCAL_START_WAITS.items():  # a busy machine starts Ray's processes slowly
+                os.environ.setdefault(name, seconds)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                     **init_args)
+        yield True
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for number, handler in saved.items():
+            signal.signal(number, handler)
 
 
 def _decode_task_memory(manifest: Manifest, batch: int, max_pixels: int) -> int:
@@ -292,18 +314,16 @@ def _check_cpus(ray: Any, cfg: RayBuildConfig, local: bool) -> None:
 def _execute(ray: Any, cfg: RayBuildConfig, source: list[dict[str, str]] | ParquetManifest, manifest: Manifest,
              target: CollectionTarget, batch: int) -> RayBuildSummary:
     total = source.count if isinstance(source, ParquetManifest) else len(source)
-    started = _start_ray(ray, cfg.ray_address, cfg.ray_cpus)
     summary = RayBuildSummary()
     tick = time.perf_counter()
-    try:
-        _check_cpus(ray, cfg, local=cfg.ray_address is None)
-        _run(_dataset(ray, source, cfg, manifest, target, batch), total, cfg.progress, summary)
-    except GalleryIndexError:
-        raise
-    except Exception as exc:  # Ray wraps task / actor failures in its own exception types
-        raise GalleryIndexError(f"the Ray build failed: {exc}; items written so far stay, re-run to resume") from exc
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_session(ray, cfg.ray_address, cfg.ray_cpus):
+        try:
+            _check_cpus(ray, cfg, local=cfg.ray_address is None)
+            _run(_dataset(ray, source, cfg, manifest, target, batch), total, cfg.progress, summary)
+        except GalleryIndexError:
+            raise
+        except Exception as exc:  # Ray wraps task / actor failures in its own exception types
+            raise GalleryIndexError(
+                f"the Ray build failed: {exc}; items written so far stay, re-run to resume") from exc
     summary.seconds = time.perf_counter() - tick
     return summary

@@ -34,10 +34,12 @@ _NEEDS_RAY = "the Ray engine needs pip install -e '.[ray]' (make install install
 def ray_runtime() -> Iterator[None]:
     ray = pytest.importorskip("ray", reason=_NEEDS_RAY)
     pytest.importorskip("ray.data", reason=_NEEDS_RAY)
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024 * 1024, include_dashboard=False,
-             logging_level="WARNING")
-    yield
-    ray.shutdown()
+    from serving.index.ray_build import ray_session
+
+    before = signal.getsignal(signal.SIGTERM)
+    with ray_session(ray, cpus=2, object_store_memory=200 * 1024 * 1024):
+        yield
+    assert signal.getsignal(signal.SIGTERM) == before  # ray.init's handler does not outlive the session
 
 
 @pytest.fixture(scope="module")
