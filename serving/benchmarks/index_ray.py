@@ -69,8 +69,9 @@ def _local(bundle: Path, manifest: Manifest, images: Path, backend: str, batch: 
 
 
 def _ray(bundle: Path, images: Path, backend: str, batch: int, threads: int, cores: int) -> dict[str, Any]:
-    from serving.index.ray_build import RayBuildConfig, import_ray, ray_build, ray_session
+    from serving.index.ray_build import RayBuildConfig, import_ray, ray_build
     from serving.index.ray_inputs import item_rows
+    from serving.index.ray_session import ray_session
 
     ray = import_ray()
     with tempfile.TemporaryDirectory(prefix="cdd-bench-ray-") as folder, _milvus_lite_server(

@@ -21,13 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,17 +37,18 @@ from serving.index.collection_record import build_record, check_resumable, read_
 from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 from serving.index.ray_inputs import ParquetManifest
+from serving.index.ray_session import ray_session
 from serving.index.ray_stages import CollectionTarget, EmbedWriter, decode_rows
 
-__all__ = ["RAY_INSTALL", "RayBuildConfig", "RayBuildSummary", "import_ray", "ray_build", "ray_session"]
+__all__ = ["RAY_INSTALL", "RayBuildConfig", "RayBuildSummary", "import_ray", "ray_build"]
 
 _LOG = logging.getLogger("cdd-index")
 RAY_INSTALL = "pip install 'cdd-retrieval[ray]'"
 """How to install the optional Ray dependency (from a checkout: pip install -e '.[ray]')."""
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 _TUNE_MAX_ITEMS = 200_000
-_LOCAL_START_WAITS = {"RAY_gcs_server_port_wait_time_s": "120", "RAY_worker_register_timeout_seconds": "120"}
-"""Ray's start-up waits (environment variables, seconds) raised for a local runtime unless already set."""
+_DECODE_WORKER_BYTES = 160 << 20
+"""Memory of a decode worker process before any image (Python, numpy, Pillow, pymilvus)."""
 
 
 def import_ray() -> Any:
@@ -104,18 +100,21 @@ class RayBuildConfig:
 @dataclass
 class RayBuildSummary:
     """What a Ray build did: ``embedded`` now, ``skipped`` (already in the collection), ``failed``
-    [(id, location, reason)], the collection's ``count`` at the end, wall ``seconds``."""
+    [(id, location, reason)], the collection's ``count`` at the end, wall ``seconds`` (of which
+    ``ray_start_seconds`` connecting to or starting Ray; 0 when it was up already)."""
 
     embedded: int = 0
     skipped: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     count: int = 0
     seconds: float = 0.0
+    ray_start_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
-        """Images embedded per second of this run (skipped ones excluded)."""
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+        """Images embedded per second of the pipeline (Ray's start-up and skipped images excluded)."""
+        busy = self.seconds - self.ray_start_seconds
+        return self.embedded / busy if busy > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +123,7 @@ class RayBuildSummary:
             "failed": len(self.failed),
             "count": self.count,
             "seconds": round(self.seconds, 3),
+            "ray_start_seconds": round(self.ray_start_seconds, 3),
             "images_per_s": round(self.images_per_s, 2),
         }
 
@@ -153,37 +153,10 @@ def _open_collection(cfg: RayBuildConfig, manifest: Manifest, record: dict[str, 
     return gallery
 
 
-@contextmanager
-def ray_session(ray: Any, address: str | None = None, cpus: int | None = None, **init_args: Any) -> Iterator[bool]:
-    """Ray for the block: one already initialised is used as it is (yields False); otherwise connect to
-    ``address`` or start a local runtime of ``cpus`` logical CPUs (``init_args`` go to ``ray.init``; Ray's
-    start-up waits raised to 120 s unless set), and on exit shut it down and put back the SIGTERM / SIGINT
-    handlers ``ray.init`` replaced (yields True)."""
-    if ray.is_initialized():
-        yield False
-        return
-    main_thread = threading.current_thread() is threading.main_thread()
-    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
-    try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, **init_args)
-        else:
-            for name, seconds in _LOCAL_START_WAITS.items():  # a busy machine starts Ray's processes slowly
-                os.environ.setdefault(name, seconds)
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
-                     **init_args)
-        yield True
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        for number, handler in saved.items():
-            signal.signal(number, handler)
-
-
 def _decode_task_memory(manifest: Manifest, batch: int, max_pixels: int) -> int:
-    """Bytes a decode task may hold: the largest image it accepts, decoded, plus its batch of model inputs.
-    Declaring it (the embedding actors declare none) also keeps Ray Data from fusing the two stages."""
-    return 3 * (max_pixels + batch * manifest.input.height * manifest.input.width)
+    """Bytes a decode task may hold: its worker process, the largest image it accepts, decoded, and its
+    batch of model inputs. Declaring it (the actors declare none) also keeps Ray Data from fusing the stages."""
+    return _DECODE_WORKER_BYTES + 3 * (max_pixels + batch * manifest.input.height * manifest.input.width)
 
 
 def _dataset(ray: Any, source: list[dict[str, str]] | ParquetManifest, cfg: RayBuildConfig, manifest: Manifest,
@@ -317,6 +290,7 @@ def _execute(ray: Any, cfg: RayBuildConfig, source: list[dict[str, str]] | Parqu
     summary = RayBuildSummary()
     tick = time.perf_counter()
     with ray_session(ray, cfg.ray_address, cfg.ray_cpus):
+        summary.ray_start_seconds = time.perf_counter() - tick
         try:
             _check_cpus(ray, cfg, local=cfg.ray_address is None)
             _run(_dataset(ray, source, cfg, manifest, target, batch), total, cfg.progress, summary)

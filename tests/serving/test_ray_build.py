@@ -34,7 +34,7 @@ _NEEDS_RAY = "the Ray engine needs pip install -e '.[ray]' (make install install
 def ray_runtime() -> Iterator[None]:
     ray = pytest.importorskip("ray", reason=_NEEDS_RAY)
     pytest.importorskip("ray.data", reason=_NEEDS_RAY)
-    from serving.index.ray_build import ray_session
+    from serving.index.ray_session import ray_session
 
     before = signal.getsignal(signal.SIGTERM)
     with ray_session(ray, cpus=2, object_store_memory=200 * 1024 * 1024):
@@ -307,3 +307,15 @@ def test_bench_reports_ray_beside_the_local_build(
     with pytest.raises(ValueError, match="must leave a core"):
         bench_ingest_ray(tiny_bundle, tiny_manifest, gallery_images, backend="onnxruntime-cpu", batch=4,
                          engine_threads=2, cores=2)
+
+
+def test_a_failed_ray_start_finds_the_processes_it_left() -> None:
+    from serving.index.ray_session import _descendants
+
+    before = _descendants(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _descendants(os.getpid()) - before == {child.pid}  # what a retry kills, and nothing else
+    finally:
+        child.kill()
+        child.wait(10)
