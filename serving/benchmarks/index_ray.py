@@ -47,7 +47,7 @@ def _milvus_lite_server(folder: Path, timeout_s: float = 60.0) -> Iterator[str]:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                MilvusClient(uri, timeout=2).close()
+                MilvusClient(uri, timeout=2, dedicated=True).close()  # not pooled: closed at once
                 break
             except Exception:  # noqa: BLE001 - not listening yet
                 if process.poll() is not None or time.monotonic() > deadline:

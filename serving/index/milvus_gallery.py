@@ -37,6 +37,10 @@ TOKEN_ENV = "CDD_MILVUS_TOKEN"
 MILVUS_INDEX = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
 """Our index types -> Milvus index types (ivfpq has no milvus-lite implementation)."""
 _MAX_ID = 1024
+# pymilvus pings every 10 s even on an idle connection (and pools connections per address in a process);
+# a gRPC server with the default ping policy (milvus-lite server) answers an idle connection's pings with
+# GOAWAY "too_many_pings", after which pymilvus fails to reconnect. Ping no more than gRPC servers allow.
+_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000}
 _BATCH = 1000
 
 
@@ -49,7 +53,9 @@ def _client(uri: str) -> Any:
         ) from exc
     token = os.environ.get(TOKEN_ENV, "")
     try:
-        return MilvusClient(uri, token=token) if token else MilvusClient(uri)
+        if token:
+            return MilvusClient(uri, token=token, grpc_options=_GRPC_OPTIONS)
+        return MilvusClient(uri, grpc_options=_GRPC_OPTIONS)
     except Exception as exc:  # pymilvus raises MilvusException / ConnectionError subclasses
         if _is_embedded(uri):
             raise GalleryIndexError(

@@ -27,7 +27,7 @@ class MilvusServer:
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             try:
-                MilvusClient(self.uri, timeout=2).close()
+                MilvusClient(self.uri, timeout=2, dedicated=True).close()  # no pooled, pinging connection left
                 return
             except Exception:  # not listening yet
                 if self.process.poll() is not None:

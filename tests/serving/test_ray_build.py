@@ -68,7 +68,7 @@ def _stored(uri: str, collection: str) -> dict[str, np.ndarray]:
     """id -> vector of every row in the collection (a duplicate id would fail the length check)."""
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri)
+    client = MilvusClient(uri, dedicated=True)  # closed with the client, not pooled
     try:
         rows = client.query(collection, filter='id != ""', output_fields=["id", "vector"], limit=16_384)
     finally:
@@ -89,7 +89,7 @@ def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 
 
 def test_ray_build_gives_the_local_build_vectors_and_top10(
-    tiny_bundle: Path, tiny_manifest, gallery_images: Path, market_root: Path, milvus: MilvusServer, ray_runtime,
+    ray_runtime, tiny_bundle: Path, tiny_manifest, gallery_images: Path, market_root: Path, milvus: MilvusServer,
     tmp_path: Path,
 ) -> None:
     from serving._proto import retrieval_pb2 as pb
@@ -144,7 +144,7 @@ def _session_pids(session: int) -> list[int]:
 def _count(uri: str, collection: str) -> int:
     from pymilvus import MilvusClient
 
-    client = MilvusClient(uri)
+    client = MilvusClient(uri, dedicated=True)  # closed with the client, not pooled
     try:
         if not client.has_collection(collection):
             return 0
