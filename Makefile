@@ -23,7 +23,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[train,export,dev,milvus]"
+	$(PIP) install -q -c constraints.txt -e ".[train,export,dev,milvus,ray]"
 	# animal-mnist ships its images in the wheel; it declares tensorflow, which we do not need.
 	$(PIP) install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)

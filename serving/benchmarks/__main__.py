@@ -6,7 +6,7 @@
     cdd-bench serve  --bundle DIR [--realistic DIR] [--target HOST:PORT] [--images DIR]
                      [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 5] --out DIR
     cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
-                     [--search-seconds S] [--max-build-s S] --out DIR
+                     [--search-seconds S] [--max-build-s S] [--engines local,ray] --out DIR
     cdd-bench profile --bundle DIR [--bundle DIR ...] [--labels ...] [--batch 32] [--runs 10] --out DIR
     cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
                      [--index-images data/synthetic-reid/bounding_box_test] [--out docs]
@@ -175,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--bundle", type=Path, required=True)
     index.add_argument("--images", type=Path, required=True, help="image folder to ingest")
     index.add_argument("--backend", default="auto", help="auto or one engine backend")
+    index.add_argument("--engines", default="local", choices=("local", "local,ray"),
+                       help="local,ray: also ingest with cdd-index build --engine ray (needs the [ray] extra)")
+    index.add_argument("--ray-engine-threads", type=int, default=1,
+                       help="engine threads of both builds in the Ray comparison (the other cores decode)")
     _add_index_args(index, 0.0)
     _add_serve_index_args(index)
     _add_common(index)
@@ -303,6 +307,7 @@ def _index_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
         backend=args.backend,
         threads=args.threads,
         commands=commands,
+        ray_engine_threads=args.ray_engine_threads if args.engines == "local,ray" else None,
     )
 
 

@@ -179,8 +179,10 @@ def run_index(
     backend: str = "auto",
     threads: int = 1,
     commands: Sequence[str] = (),
+    ray_engine_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``."""
+    """Index benchmark (ingestion of ``images`` + synthetic search) -> ``out/index.{json,md,png}``; with
+    ``ray_engine_threads`` also the Ray build beside the local one (`serving.benchmarks.index_ray`)."""
     manifest = load_bundle(bundle)
     names = SERVE_AUTO if backend == "auto" else parse_backends(backend)[:1]
     engine, name, _ = open_first(bundle, manifest, names, threads)
@@ -189,6 +191,11 @@ def run_index(
     del engine
     ingest["splits"] = {bundle.name: bench_ingest_split(bundle, manifest, images, name, threads, ingest["batch"],
                                                         cfg.offline_seconds, cfg.seed)}
+    if ray_engine_threads is not None:
+        from serving.benchmarks.index_ray import bench_ingest_ray
+
+        ingest["ray"] = bench_ingest_ray(bundle, manifest, images, backend=name, batch=ingest["batch"],
+                                         engine_threads=ray_engine_threads, cores=threads)
     search = bench_search(manifest.output.dim, cfg)
     targets = evaluate_targets(ingest=ingest)
     full = {
@@ -202,6 +209,7 @@ def run_index(
             *_header("Index benchmark", machine, commands),
             report.index_markdown(ingest, search, "index.png"),
             *[line for label, split in ingest["splits"].items() for line in split_markdown(label, split)],
+            *(_ray_markdown(ingest["ray"]) if "ray" in ingest else []),
             "## Targets",
             "",
             report.targets_markdown(targets),
@@ -209,6 +217,12 @@ def run_index(
     )
     _write(out, "index", full, markdown, {"index.png": plots.index_plot(search)})
     return full
+
+
+def _ray_markdown(result: dict[str, Any]) -> list[str]:
+    from serving.benchmarks.index_ray import ray_markdown
+
+    return ray_markdown(result)
 
 
 def run_all(

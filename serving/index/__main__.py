@@ -4,6 +4,8 @@
                      --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
                      [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
                      [--store faiss|milvus [--milvus-uri URI] [--collection NAME]] [--commit-every N] [--restart]
+                     [--engine ray --milvus-uri URI [--manifest FILE.parquet [--id-column C]] [--ray-address A]
+                      [--ray-actors N] [--report FILE]]   (serving/index/ray_build.py, docs/scale.md)
     cdd-index add    --index DIR --bundle DIR (--images DIR | --list FILE | --layout ...) [...]
     cdd-index remove --index DIR --ids ID [ID ...]
     cdd-index info   --index DIR [--recall [--queries N] [--k K]]
@@ -55,6 +57,7 @@ from serving.index.faiss_factory import check_factory
 from serving.index.gallery import DEVICES, INDEX_TYPES, OPTION_KEYS, GalleryIndex
 from serving.index.gallery_backend import STORES, open_gallery
 from serving.index.log_repair import check_index, repair_index
+from serving.index.ray_cli import add_ray_arguments, build_on_ray
 from serving.index.recall import recall_at_k_vs_exact
 from serving.index.store_build import build_store
 
@@ -69,6 +72,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--images", type=Path, help="folder of images (recursive)")
     source.add_argument("--list", type=Path, help="file with one 'path[<TAB>label[<TAB>camera]]' per line")
     source.add_argument("--layout", help="dataset layout read by training.data.layouts (e.g. market1501)")
+    source.add_argument("--manifest", type=Path, help="Parquet file with a 'path' column (build --engine ray)")
     parser.add_argument("--root", type=Path, help="dataset folder for --layout")
     parser.add_argument("--split", default="gallery", choices=("train", "query", "gallery"))
     parser.add_argument("--id-prefix", default="", help="prepended to every item id")
@@ -113,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--store", default="faiss", choices=STORES, help="where the items live (default faiss)")
     build.add_argument("--milvus-uri", help="Milvus server URI (default: embedded milvus-lite under --out)")
     build.add_argument("--collection", default="cdd_gallery", help="Milvus collection name")
+    add_ray_arguments(build)
     add = commands.add_parser("add", help="embed images and add them to an index")
     add.add_argument("--index", type=Path, required=True)
     _add_engine(add)
@@ -161,6 +166,8 @@ def _items(args: argparse.Namespace) -> list[ItemSpec]:
         return items_from_folder(args.images, args.id_prefix)
     if args.list is not None:
         return items_from_list(args.list, args.id_prefix)
+    if args.manifest is not None:
+        raise ValueError("--manifest (Parquet) is read by build --engine ray; for the local engine use --list")
     if args.root is None:
         raise ValueError("--layout needs --root (the extracted dataset folder)")
     return items_from_layout(args.layout, args.root, args.split, args.id_prefix)
@@ -184,6 +191,8 @@ def _report(stats: IngestStats, index: str | Path, count: int) -> dict[str, Any]
 
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
+    if args.engine == "ray":
+        return build_on_ray(args, _options(args.option))
     items = _items(args)
     if args.store == "faiss" and (args.milvus_uri or args.collection != "cdd_gallery"):
         raise ValueError("--milvus-uri and --collection go with --store milvus")

@@ -31,6 +31,7 @@ from serving.index.gallery import GalleryIndex
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, load_image_file
 
 __all__ = [
+    "ID_RULE",
     "IMAGE_SUFFIXES",
     "IngestError",
     "IngestStats",
@@ -41,10 +42,13 @@ __all__ = [
     "items_from_folder",
     "items_from_layout",
     "items_from_list",
+    "progress_bar",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 """File suffixes (lower case) treated as images when scanning a folder."""
+ID_RULE = "relative-path"
+"""How item ids are derived (recorded with a Milvus collection): the path relative to the source, prefixed."""
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
@@ -228,7 +232,7 @@ class _NoProgress:
         return None
 
 
-def _progress(total: int | None, enabled: bool, desc: str) -> Any:
+def progress_bar(total: int | None, enabled: bool, desc: str) -> Any:
     """A stderr progress bar: done / total, rate (images/s) and ETA (none where tqdm is not installed: the
     serving install does without it)."""
     try:
@@ -295,7 +299,7 @@ def _pipeline(
             pixels.clear()
 
     window = batch_size * (max(1, workers) + 1)
-    with _progress(len(paths), progress, "embedding") as bar:
+    with progress_bar(len(paths), progress, "embedding") as bar:
         for position, image, error in _decoded(paths, manifest, workers, window, max_pixels):
             if image is None:
                 if strict:

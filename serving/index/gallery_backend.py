@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.index.atomic_dir import publish, resolve, verify_checksums
+from serving.index.collection_record import check_served, read_record
 from serving.index.disk_format import FORMAT, FORMAT_VERSION, check_bundle, read_info
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import Hit
@@ -100,10 +101,16 @@ def open_gallery(
                 f"found {where}; rebuild the index with cdd-index build --store milvus"
             )
         uri = where.get("uri") or str(directory / where["path"])
-        return MilvusGallery.connect(
+        gallery = MilvusGallery.connect(
             uri, where["collection"], int(info["dim"]), info["index_type"], info.get("options", {}),
             info.get("bundle_sha256"),
         )
+        try:  # the collection's own build record must name the bundle index.json names
+            check_served(read_record(gallery.client, gallery.collection), info.get("bundle_sha256"), gallery.collection)
+        except BaseException:
+            gallery.close()
+            raise
+        return gallery
     raise GalleryIndexError(
         f"{folder / 'index.json'}: store must be one of {STORES}, found {store!r}; rebuild the index"
     )

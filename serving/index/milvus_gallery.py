@@ -39,6 +39,10 @@ TOKEN_ENV = "CDD_MILVUS_TOKEN"
 MILVUS_INDEX = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
 """Our index types -> Milvus index types (ivfpq has no milvus-lite implementation)."""
 _MAX_ID = 1024
+# pymilvus pings every 10 s even on an idle connection (and pools connections per address in a process);
+# a gRPC server with the default ping policy (milvus-lite server) answers an idle connection's pings with
+# GOAWAY "too_many_pings", after which pymilvus fails to reconnect. Ping no more than gRPC servers allow.
+_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000}
 _BATCH = 1000
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 
@@ -52,7 +56,9 @@ def _client(uri: str) -> Any:
         ) from exc
     token = os.environ.get(TOKEN_ENV, "")
     try:
-        return MilvusClient(uri, token=token) if token else MilvusClient(uri)
+        if token:
+            return MilvusClient(uri, token=token, grpc_options=_GRPC_OPTIONS)
+        return MilvusClient(uri, grpc_options=_GRPC_OPTIONS)
     except Exception as exc:  # pymilvus raises MilvusException / ConnectionError subclasses
         if _is_embedded(uri):
             raise GalleryIndexError(
@@ -152,6 +158,24 @@ class MilvusGallery:
             )
         client.load_collection(collection)
         return cls(client, uri, collection, dim, index_type, options, bundle_sha256)
+
+    @staticmethod
+    def exists(uri: str, collection: str) -> bool:
+        """Whether Milvus at ``uri`` has ``collection`` (GalleryIndexError if it cannot be reached)."""
+        client = _client(uri)
+        try:
+            return bool(client.has_collection(collection))
+        finally:
+            client.close()
+
+    @property
+    def client(self) -> Any:
+        """The pymilvus `MilvusClient` (for collection-level calls such as properties)."""
+        return self._client
+
+    def present(self, ids: Sequence[str]) -> list[str]:
+        """Those of ``ids`` that are in the gallery (one query per 1000 ids)."""
+        return self._existing(list(ids))
 
     def location(self, directory: Path) -> dict[str, Any]:
         """How the index manifest records this store: an embedded path relative to ``directory``, or the URI."""

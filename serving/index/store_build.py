@@ -18,11 +18,12 @@ import numpy as np
 
 from serving.backends.base import Engine
 from serving.bundle import Manifest
-from serving.index.build import IngestStats, ItemSpec, build_index, ingest
+from serving.config import ServeConfig
+from serving.index.build import ID_RULE, IngestStats, ItemSpec, build_index, ingest
 from serving.index.index_lock import IndexLock
 from serving.index.operating_point import PARAMETER, exact_neighbours, tune_operating_point
 
-__all__ = ["BuildResult", "build_store"]
+__all__ = ["BuildResult", "build_store", "tune_store"]
 
 _LOG = logging.getLogger("cdd-index")
 _TUNE_QUERIES = 200
@@ -57,7 +58,9 @@ class _Recorder:
         return len(ids)
 
 
-def _tune(gallery: Any, index_type: str, ids: list[str], vectors: np.ndarray, upper: int | None) -> dict | None:
+def tune_store(gallery: Any, index_type: str, ids: list[str], vectors: np.ndarray, upper: int | None) -> dict | None:
+    """Set ``gallery``'s operating point for an approximate ``index_type`` (recall@10 against exact search
+    over ``vectors``, on up to 200 of them as queries); its facts, or None (exact type, or <= 10 items)."""
     knob = PARAMETER.get(index_type) or (gallery.search_knob() if index_type == "factory" else None)
     if knob is None or len(ids) <= 10:
         return None
@@ -101,7 +104,7 @@ def build_store(
             index.settle()  # trains ivf / ivfpq before tuning
             ids, vectors, _ = index.snapshot()
             nlist = index.stats()["search"].get("nlist")
-            point = _tune(index, index_type, ids, vectors, nlist)
+            point = tune_store(index, index_type, ids, vectors, nlist)
             version = index.save(out, extra={"operating_point": point}) if point else index.save(out)
             return BuildResult(version, len(index), stats, point)
         return _build_milvus(engine, manifest, items, out, index_type, options or {}, milvus_uri, collection,
@@ -119,6 +122,7 @@ def _build_milvus(
     engine: Engine, manifest: Manifest, items: list[ItemSpec], out: Path, index_type: str, options: dict[str, Any],
     milvus_uri: str | None, collection: str, ingest_args: dict[str, Any],
 ) -> BuildResult:
+    from serving.index.collection_record import build_record, write_record
     from serving.index.gallery_backend import save_milvus_manifest
     from serving.index.milvus_gallery import EMBEDDED_DB, MilvusGallery
 
@@ -128,10 +132,13 @@ def _build_milvus(
         uri, collection, manifest.output.dim, index_type=index_type, options=options, bundle_sha256=manifest.sha256()
     )
     try:
+        record = build_record(manifest, index_type=index_type, options=options, engine="local",
+                              id_rule=ID_RULE, max_pixels=ingest_args.get("max_pixels", ServeConfig.max_pixels))
+        write_record(gallery.client, collection, record)
         recorder = _Recorder(gallery)
         stats = ingest(recorder, engine, manifest, items, **ingest_args)
         vectors = np.concatenate(recorder.vectors) if recorder.vectors else np.zeros((0, manifest.output.dim))
-        point = _tune(gallery, index_type, recorder.ids, vectors, options.get("nlist", 128))
+        point = tune_store(gallery, index_type, recorder.ids, vectors, options.get("nlist", 128))
         gallery.persist()
         saved = datetime.now(UTC).isoformat(timespec="seconds")
         version = save_milvus_manifest(out, gallery, manifest.metric, created, saved, point)
