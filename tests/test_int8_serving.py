@@ -70,7 +70,7 @@ def test_deployed_int8_map_equals_the_gate_map(deployed_int8, tiny_reid_root: Pa
     capsys.readouterr()
     assert index_main(["eval", "--index", str(int8_index), "--bundle", str(int8), "--layout", "market1501",
                        "--root", str(tiny_reid_root), "--quiet"]) == 0
-    deployed = 100 * json.loads(capsys.readouterr().out)["mAP"]
+    deployed = json.loads(capsys.readouterr().out)["mAP"]
     assert deployed == pytest.approx(load_bundle(int8).parity["int8"]["map_int8"], abs=0.01)
 
 
@@ -95,7 +95,7 @@ def test_compatible_int8_bundle_searches_the_fp32_index(deployed_int8, student_r
     capsys.readouterr()
     assert index_main(["eval", "--index", str(fp32_index), "--bundle", str(out), "--layout", "market1501",
                        "--root", str(tiny_reid_root), "--quiet"]) == 0
-    assert 100 * json.loads(capsys.readouterr().out)["mAP"] == pytest.approx(cross["map_cross"], abs=0.01)
+    assert json.loads(capsys.readouterr().out)["mAP"] == pytest.approx(cross["map_cross"], abs=0.01)
     # what the service answers is the int8 query embedding ranked against the fp32 bundle's gallery vectors
     splits = load_dataset("market1501", tiny_reid_root)
     gallery = onnxruntime_embedder(fp32 / "model.onnx")(load_images(splits.gallery, (64, 32)))
