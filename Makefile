@@ -93,8 +93,7 @@ bench: $(STAMP)
 ablation: data data/animal-mnist/.complete
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist --seeds 0 1 2 3 4 --out docs
-	$(PY) -m training.results stamp --force docs/ablation-synthetic.json
-	$(PY) -m training.results stamp --force docs/ablation-animal-mnist.json
+	for d in synthetic animal-mnist; do $(PY) -m training.results stamp --force docs/ablation-$$d.json; done
 	$(PY) -m training.results render
 
 # What makes CDD win: the CDD student with one setting changed (schedule, fill, init, ratio), same teachers.
