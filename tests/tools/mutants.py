@@ -8,7 +8,6 @@ Each ``find`` must occur exactly once in ``path``; a mutant whose snippet is gon
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = ["MUTANTS", "Mutant"]
 
@@ -33,7 +32,7 @@ _PIXELS = ("tests/serving/test_preprocess.py", "tests/serving/test_decode_fuzz.p
 _BUNDLE = ("tests/serving/test_bundle_files.py", "tests/export/test_pipeline.py", "-k",
            "tamper or swapped or listed or escape or missing")
 # tests/serving/test_write_log.py (the write-log rewrite, observes os.fsync) joins the list once it exists
-_WRITE_LOG_TESTS = tuple(t for t in ("tests/serving/test_write_log.py",) if (Path(__file__).parents[1] / t).is_file())
+_WRITE_LOG_TESTS = ("tests/serving/test_write_log.py",)
 _DURABLE = ("tests/serving/test_durable_gallery.py", "tests/serving/test_server_durability.py", *_WRITE_LOG_TESTS)
 _LOCKS = ("tests/serving/test_rw_lock.py", "tests/serving/test_durable_gallery.py")
 
