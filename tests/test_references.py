@@ -62,8 +62,8 @@ def test_every_docs_and_markdown_file_mentioned_exists() -> None:
 
 
 def test_a_missing_file_is_reported() -> None:
-    assert _missing_mentions(ROOT / "README.md", "see METHOD.md and docs/nothing-here.json, docs/method.md") == [
-        "README.md mentions METHOD.md", "README.md mentions docs/nothing-here.json"]
+    assert _missing_mentions(ROOT / "README.md", "see NOT-HERE.md and docs/nothing-here.json, docs/method.md") == [
+        "README.md mentions NOT-HERE.md", "README.md mentions docs/nothing-here.json"]
 
 
 def test_no_doc_or_code_names_a_tracker_issue() -> None:

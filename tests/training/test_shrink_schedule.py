@@ -111,9 +111,7 @@ def test_unpaced_growth_is_the_budget_alone():
 def test_resuming_mid_schedule_continues_the_same_curve():
     budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.25)
     whole = _run(_resetter("cubic", budget), 60)
-    first = _resetter("cubic", budget)
-    _run(first, 60)  # state at the end is not what we want: replay the first 25 steps only
-    first = _resetter("cubic", budget)
+    first = _resetter("cubic", budget)  # the first 25 steps, then stopped
     generator = torch.Generator().manual_seed(0)
     for index in range(25):
         first.update(*_descriptors(generator), steps_left=60 - index - 1, run_fraction=index / 60)
@@ -144,7 +142,7 @@ def test_a_real_run_records_the_schedule_and_shrinks_no_faster(tiny_reid_root, t
     scheduled = [e["pruning"]["scheduled_flops_fraction"] for e in epochs]
     kept = [e["pruning"]["flops_fraction"] for e in epochs]
     assert scheduled[0] < 1 and scheduled[1:] == [0.6, 0.6, 0.6]  # ends of epochs 1-4; shrink ends at epoch 2
-    assert all(k >= s for k, s in zip(kept[:1], scheduled[:1], strict=True))
+    assert kept[0] >= scheduled[0]  # not ahead of the schedule while it still falls
     assert kept[-1] <= 0.6 and final["compression"]["met"]
     check = final["compression"]["collapse_check"]
     assert check["evaluations_after_reset_start"] == 4 and check["lowest_ratio"] is not None
