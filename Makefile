@@ -11,7 +11,7 @@ PRESET ?= demo
 	index data proto clean help results results-collect
 
 help:
-	@echo "make train export   train the demo teacher + CDD student, export the teacher, student and int8 student"
+	@echo "make train export   train the demo teacher, CDD student and refine stage; export teacher, student, int8 student"
 	@echo "make bench-bundle   a realistic-cost bundle (ResNet-50, 256x128, short run) in fp32 and int8"
 	@echo "make test           install and run the whole test suite"
 	@echo "make results        render the README's and docs' results tables from the committed results files"
@@ -44,15 +44,18 @@ train: data
 # The teacher first: the student's bundle declares compatibility with it (asymmetric retrieval: student
 # queries on a teacher-embedded gallery) once the compatibility gate passes. COMPATIBLE= exports without it.
 COMPATIBLE ?= --compatible-with bundles/$(PRESET)-teacher
+# The shipped student: the refine stage's run when the preset family has one (training/pipeline.py), else the
+# CDD student's.
+STUDENT_RUN ?= $(if $(wildcard training/presets/$(PRESET)-refine.toml),runs/$(PRESET)/refine,runs/$(PRESET)/student)
 export: $(STAMP)
 	$(PY) -m export --run runs/$(PRESET)/teacher --out bundles/$(PRESET)-teacher
 	@# A failed compatibility gate (exit 3) declares nothing: the student is then exported without the declaration.
-	$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET) $(COMPATIBLE); rc=$$?; \
+	$(PY) -m export --run $(STUDENT_RUN) --out bundles/$(PRESET) $(COMPATIBLE); rc=$$?; \
 	if [ $$rc -eq 3 ] && [ -n "$(COMPATIBLE)" ]; then \
 		echo "export: the compatibility gate failed (above); bundles/$(PRESET) is exported without declaring compatibility"; \
-		$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET); \
+		$(PY) -m export --run $(STUDENT_RUN) --out bundles/$(PRESET); \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi
-	$(PY) -m export --run runs/$(PRESET)/student --out bundles/$(PRESET)-int8 --precision int8
+	$(PY) -m export --run $(STUDENT_RUN) --out bundles/$(PRESET)-int8 --precision int8
 
 # Realistic serving cost, not accuracy: a full-width ResNet-50 at 256x128 trained for 2 steps on a small
 # synthetic set of 256x128 images, exported through the real chain (gates included) in fp32 and int8.
@@ -110,6 +113,8 @@ results: $(STAMP)
 results-collect: $(STAMP)
 	$(PY) -m training.results collect --run runs/$(PRESET)/teacher --out docs/results/$(PRESET)-teacher.json
 	$(PY) -m training.results collect --run runs/$(PRESET)/student --out docs/results/$(PRESET)-student.json
+	if [ -d runs/$(PRESET)/refine ]; then $(PY) -m training.results collect --run runs/$(PRESET)/refine \
+		--out docs/results/$(PRESET)-refine.json; fi
 
 step-time: $(STAMP)
 	$(PY) -m training.bench_step --preset demo-student --steps 20 --out docs/step_time.json

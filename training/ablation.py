@@ -13,8 +13,11 @@ For each dataset and seed it trains
       teacher (largest filter L1 norms), initialised from the sliced teacher, same losses and schedule,
   (g) born-again: the teacher's full architecture initialised from it, same losses, mixed copy and schedule
       (the reference for any "better than its teacher" claim),
+  (h) the refine stage: (b)'s architecture trained further from (b)'s final weights (preset demo-refine),
+  (e+) prune-then-distill given as many epochs as (b) + (h), so (h) is compared at equal training length,
 plus any named CDD study variant (:data:`STUDIES`: shrink schedule, initialisation, ratio), then writes
-every run, per-seed differences CDD minus each variant (mean and sample sd) and mean/spread tables to
+every run, per-seed differences CDD (and the refined student) minus each variant (mean and sample sd) and
+mean/spread tables to
 ``OUT/ablation-<datasets>.{json,md}``, rewritten after every finished run, so a partial benchmark still
 reports what it measured. Runs resume (each run dir is skipped once complete).
 
@@ -46,7 +49,13 @@ DATASETS: dict[str, list[str]] = {
                      "data.p=5", "data.k=8", "data.pad=4", "run.epochs=8", "run.eval_every=0",
                      "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=1"],
 }
-VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again")
+VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again", "refine",
+            "prune-distill-long")
+# The refine stage (h): the CDD student's architecture trained further from its final weights (preset
+# demo-refine) on the dataset's schedule, so (h) and (e) differ only in where they start; (e+) gets as many
+# epochs as CDD + refine together.
+LONG: dict[str, list[str]] = {"synthetic": ["run.epochs=24", "optim.flat_until=10"],
+                              "animal-mnist": ["run.epochs=16", "optim.flat_until=6"]}
 # CDD study variants: the CDD student with one setting changed (same teacher, seed and data).
 STUDIES: dict[str, list[str]] = {
     "cdd-no-schedule": ['cdd.shrink_curve="none"', "cdd.fill_to_schedule=false"],
@@ -58,7 +67,7 @@ STUDIES: dict[str, list[str]] = {
     "cdd-ratio-0.5": ["cdd.ratio=0.5"],
     "cdd-ratio-0.5-no-fill": ["cdd.ratio=0.5", "cdd.fill_to_schedule=false"],
 }
-_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill")
+_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long")
 
 
 def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
@@ -75,7 +84,7 @@ def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
     return out
 
 
-def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
+def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic") -> tuple[str, list[str]]:
     teacher = run_root / "teacher"
     if variant == "teacher":
         return "demo-teacher", [f'run.out_dir="{teacher}"']
@@ -88,10 +97,12 @@ def _variant_overrides(variant: str, run_root: Path) -> tuple[str, list[str]]:
         return "demo-student", common + STUDIES[variant]
     if variant == "no-grg":
         return "demo-student", common + ["cdd.gradient_reset=false"]
-    if variant in ("static", "prune-distill"):
+    if variant == "refine":
+        return "demo-refine", common + [f'cdd.refine_from="{run_root / "cdd"}"']
+    if variant in ("static", "prune-distill", "prune-distill-long"):
         init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
-                                         f'model.init="{init}"']
+                                         f'model.init="{init}"'] + (LONG[dataset] if variant.endswith("long") else [])
     if variant == "l1-distill":
         return "demo-student", common + [f'cdd.static_arch="{run_root / "l1-arch.json"}"', 'model.init="teacher"']
     if variant == "born-again":
@@ -126,7 +137,7 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
             for variant in order:
                 if variant == "l1-distill":
                     write_l1_arch(run_root / "cdd" / "arch.json", run_root / "teacher", run_root / "l1-arch.json")
-                preset, overrides = _variant_overrides(variant, run_root)
+                preset, overrides = _variant_overrides(variant, run_root, dataset)
                 final = run_stage(preset, DATASETS[dataset] + [f"run.seed={seed}", "run.progress=false"]
                                   + overrides + list(extra))
                 results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})

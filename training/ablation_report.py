@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-__all__ = ["NAMES", "paired", "summarise", "format_markdown"]
+__all__ = ["NAMES", "REFERENCES", "paired", "summarise", "format_markdown"]
 
 NAMES = {
     "teacher": "(a) teacher",
@@ -21,7 +21,11 @@ NAMES = {
     "prune-distill": "(e) prune-then-distill, CDD's channels",
     "l1-distill": "(f) standard pruning (filter L1), then distill",
     "born-again": "(g) born-again, full width",
+    "refine": "(h) CDD + refine stage",
+    "prune-distill-long": "(e+) prune-then-distill, as many epochs as (h)",
 }
+# Runs every other variant is compared with, paired by seed: "<reference>_minus" in the summary.
+REFERENCES = ("cdd", "refine")
 
 
 def _name(variant: str) -> str:
@@ -46,11 +50,11 @@ def paired(finals: list[dict[str, Any]], others: list[dict[str, Any]], key: str 
 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Per dataset and variant: spread of mAP and rank-1, mean params and FLOPs, and (every variant but the
-    CDD student) the paired differences CDD minus it."""
+    """Per dataset and variant: spread of mAP and rank-1, mean params and FLOPs, and for each reference run
+    present (:data:`REFERENCES`: the CDD student, the refined student) the paired differences reference minus
+    the variant (``cdd_minus``, ``refine_minus``)."""
     out: dict[str, Any] = {}
     for dataset, variants in results.items():
-        cdd = variants.get("cdd", [])
         for variant, finals in variants.items():
             entry = {
                 "seeds": len(finals),
@@ -60,8 +64,9 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
                 "flops": statistics.fmean(f["flops"] for f in finals),
                 "flops_reduction": statistics.fmean(f["flops_reduction"] for f in finals),
             }
-            if variant != "cdd" and cdd:
-                entry["cdd_minus"] = paired(cdd, finals)
+            for reference in REFERENCES:
+                if variant != reference and variants.get(reference):
+                    entry[f"{reference}_minus"] = paired(variants[reference], finals)
             out.setdefault(dataset, {})[variant] = entry
     return out
 

@@ -28,12 +28,14 @@ __all__ = [
     "CDDConfig",
     "TrainConfig",
     "PRESET_DIR",
+    "REFINE_INITS",
     "COMPAT_FORMS",
     "LATENCY_RUNTIMES",
     "load_config",
 ]
 
 PRESET_DIR = Path(__file__).parent / "presets"
+REFINE_INITS = ("cdd", "teacher")
 COMPAT_FORMS = ("cosine", "l2")
 """Forms of the compatibility loss (`training.compatibility.compatibility_loss` documents each)."""
 LATENCY_RUNTIMES = ("onnxruntime-cpu",)
@@ -170,7 +172,11 @@ class CDDConfig:
     budget alone stop growth (the network may be cut to the budget within a few steps). fill_to_schedule:
     when the batch's proposal (channels unimportant for every sample) leaves the reset set short of the
     scheduled limit, the other channels are admitted by their contribution score, smallest first (our
-    extension: the schedule sets how many channels go, GRG which; off = the reset set may lag)."""
+    extension: the schedule sets how many channels go, GRG which; off = the reset set may lag).
+    refine_from: a finished CDD student run dir; this run then trains that run's architecture (its kept
+    channels), the pruned channels held at zero (`training.refine`; needs gradient_reset = false and
+    loss.lasso_lambda = 0; replaces model.init), starting from refine_init: "cdd" (that run's final weights)
+    or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice)."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20
@@ -191,6 +197,8 @@ class CDDConfig:
     shrink_curve: str = "none"
     shrink_end: float = 0.6
     fill_to_schedule: bool = False
+    refine_from: str = ""
+    refine_init: str = "cdd"
 
     def __post_init__(self) -> None:
         if self.shrink_curve not in SHRINK_CURVES:
@@ -198,6 +206,8 @@ class CDDConfig:
         if not 0 < self.shrink_end <= 1:
             raise ConfigError(f"cdd.shrink_end must be a fraction of the run in (0, 1] (when the schedule reaches "
                               f"the budget), found {self.shrink_end}")
+        if self.refine_init not in REFINE_INITS:
+            raise ConfigError(f"cdd.refine_init must be one of {REFINE_INITS}, found {self.refine_init!r}")
         if self.latency_budget_ms < 0:
             raise ConfigError(f"cdd.latency_budget_ms must be >= 0 (milliseconds per call of latency_batch "
                               f"images; 0 = off), found {self.latency_budget_ms}")
@@ -217,6 +227,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     cdd: CDDConfig = field(default_factory=CDDConfig)
+
+    def __post_init__(self) -> None:
+        if self.cdd.refine_from and (self.cdd.gradient_reset or self.loss.lasso_lambda or self.cdd.static_arch):
+            raise ConfigError(f"cdd.refine_from = {self.cdd.refine_from!r} trains a fixed architecture: it needs "
+                              f"cdd.gradient_reset = false (found {self.cdd.gradient_reset}), loss.lasso_lambda = 0 "
+                              f"(found {self.loss.lasso_lambda}) and no cdd.static_arch (found "
+                              f"{self.cdd.static_arch!r}); set them so (preset demo-refine does)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

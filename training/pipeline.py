@@ -1,7 +1,9 @@
-"""`make train`: train the preset's teacher (unless its run is complete), then its CDD student, then print
-the teacher-vs-student table. Interrupted runs resume from their last epoch checkpoint.
+"""`make train`: train the preset's teacher (unless its run is complete), then its CDD student, then, when
+the family has a ``<name>-refine`` preset, the refine stage (the CDD student's architecture trained further
+from its final weights: the shipped student), then print the table. Interrupted runs resume from their last
+epoch checkpoint; finished stages are skipped.
 
-    python -m training.pipeline --preset demo     # uses presets demo-teacher and demo-student
+    python -m training.pipeline --preset demo     # presets demo-teacher, demo-student, demo-refine
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run_stage", "format_table"]
+__all__ = ["main", "run_stage", "has_refine_stage", "format_table"]
 
 
 def _completed(run_dir: Path) -> dict[str, Any] | None:
@@ -43,12 +45,20 @@ def run_stage(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     return build_trainer(cfg, resume=True).fit()
 
 
-def format_table(teacher: dict[str, Any], student: dict[str, Any]) -> str:
-    """Markdown table of the two runs' final metrics: params, FLOPs (MACs), mAP, rank-1 and the change (the
-    README's results table, `training.results.tables.teacher_student_table`)."""
+def has_refine_stage(preset: str) -> bool:
+    """Whether the preset family ``preset`` ends with a refine stage (a ``<preset>-refine`` preset exists)."""
+    from training.config import PRESET_DIR
+
+    return (PRESET_DIR / f"{preset}-refine.toml").is_file()
+
+
+def format_table(teacher: dict[str, Any], student: dict[str, Any], refined: dict[str, Any] | None = None) -> str:
+    """Markdown table of the runs' final metrics: params, FLOPs (MACs), mAP, rank-1 and the shipped student's
+    change (the README's results table, `training.results.tables.teacher_student_table`)."""
     from training.results.tables import teacher_student_table
 
-    return teacher_student_table({"final": teacher}, {"final": student})
+    return teacher_student_table({"final": teacher}, {"final": student},
+                                 refined={"final": refined} if refined is not None else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,11 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         teacher = run_stage(f"{args.preset}-teacher", args.overrides)
         student = run_stage(f"{args.preset}-student", args.overrides)
+        refined = run_stage(f"{args.preset}-refine", args.overrides) if has_refine_stage(args.preset) else None
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     print()
-    print(format_table(teacher, student))
+    print(format_table(teacher, student, refined))
     return 0
 
 

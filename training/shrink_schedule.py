@@ -10,8 +10,11 @@ exported network may cost no less than
 where ``s`` rises from 0 at ``start`` (when resetting starts) to exactly 1 at ``end`` (``cdd.shrink_end``):
 ``cubic`` is gradual magnitude pruning's curve (Zhu & Gupta 2017: fast early, slow near the final size,
 ``s = 1 - (1 - p)^3``), ``linear`` is ``s = p``, and ``none`` is ``s = 1`` throughout (no pacing: the budget
-alone stops growth). ``p = (f - start) / (end - start)`` clipped to [0, 1]. The schedule is a pure function
-of the run fraction, so a resumed run continues the same curve.
+alone stops growth). ``geometric`` removes the same share of what is left in every equal stretch of the
+shrink phase: the limit is ``full * (budget / full)^p``, so the last cuts, taken from an already small
+network, are as gentle relative to its size as the first (linear cuts the same absolute amount each time,
+a third of what is left near a 20% budget). ``p = (f - start) / (end - start)`` clipped to [0, 1]. The
+schedule is a pure function of the run fraction, so a resumed run continues the same curve.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["SHRINK_CURVES", "ShrinkSchedule"]
 
-SHRINK_CURVES = ("cubic", "linear", "none")
+SHRINK_CURVES = ("cubic", "linear", "geometric", "none")
 """Values of ``cdd.shrink_curve``."""
 
 
@@ -46,8 +49,8 @@ class ShrinkSchedule:
         return self.curve != "none"
 
     def progress(self, run_fraction: float) -> float:
-        """s in [0, 1]: the share of the way from the full network to the budget allowed at ``run_fraction``;
-        exactly 1.0 from ``end`` on (and always, for ``none``)."""
+        """s in [0, 1]: the share of the way from the full network to the budget allowed at ``run_fraction``
+        (for ``geometric``: of the way in log-cost); exactly 1.0 from ``end`` on (and always, for ``none``)."""
         if not self.paced or run_fraction >= self.end:
             return 1.0
         p = min(max((run_fraction - self.start) / (self.end - self.start), 0.0), 1.0)
@@ -56,4 +59,8 @@ class ShrinkSchedule:
     def allowed(self, full: float, final: float, run_fraction: float) -> float:
         """The scheduled limit between ``full`` (the unpruned cost) and ``final`` (the budget) at ``run_fraction``."""
         s = self.progress(run_fraction)
-        return final if s >= 1.0 else full - s * (full - final)
+        if s >= 1.0:
+            return final
+        if self.curve == "geometric" and full > 0 and final > 0:
+            return full * (final / full) ** s
+        return full - s * (full - final)

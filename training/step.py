@@ -18,6 +18,7 @@ from training.distillation import compute_losses
 from training.grg import GradientResetter, build_resetter
 from training.latency_table import LatencyTable
 from training.models.network import ReIDNet, TrainOutput
+from training.refine import FrozenRows
 
 __all__ = ["DistillationStep", "build_optimizer", "build_step"]
 
@@ -41,7 +42,8 @@ def build_optimizer(net: ReIDNet, optim: OptimConfig) -> torch.optim.SGD:
 class DistillationStep:
     """Everything one step touches. ``forward`` is the student's train forward (possibly DDP-wrapped);
     ``teacher`` is frozen or None (teacher training); ``resetter`` is None without gradient resetting;
-    ``teacher_channels`` selects teacher descriptor channels for static slim students."""
+    ``teacher_channels`` selects teacher descriptor channels for static slim students; ``frozen`` holds a
+    refine run's pruned indicator rows at zero (`training.refine`)."""
 
     net: ReIDNet
     forward: Callable[[torch.Tensor], TrainOutput]
@@ -54,6 +56,7 @@ class DistillationStep:
     amp: bool = False
     grad_clip: float = 0.0
     mixup: DistillMixup | None = None
+    frozen: FrozenRows | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, grg_active: bool,
                  steps_left: int | None = None, step_index: int = 0) -> dict[str, float]:
@@ -86,10 +89,14 @@ class DistillationStep:
                                                         student_out.first(clean).post_descriptors, steps_left,
                                                         fraction)
             self.resetter.apply(indicator_weights, self.losses.lasso_lambda)
+        if self.frozen is not None:
+            self.frozen.clear_grads(indicator_weights)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.frozen is not None:
+            self.frozen.zero_rows(indicator_weights)
         if resetting:
             self.resetter.after_step(indicator_weights, self.optimizer)
         stats["total"] = float(total.detach())

@@ -43,6 +43,7 @@ from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
 from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
+from training.refine import FrozenRows, RefineSource
 from training.resetting_plan import check_resetting_plan
 from training.schedule import lr_factor
 from training.step import build_step
@@ -87,13 +88,15 @@ class Trainer:
         self.teacher = (load_teacher(cfg.cdd.teacher_run, self.num_classes, ctx.device, self._base_spec())
                         if self.is_student else None)
         self.spec, self.teacher_channels = self._build_spec()
+        self.refine = (RefineSource.load(cfg.cdd.refine_from, self.spec)
+                       if self.is_student and cfg.cdd.refine_from else None)
         self.net = self._initialise()
         self.module: nn.Module = _TrainForward(self.net)
         if ctx.distributed:
             self.module = DistributedDataParallel(
                 self.module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         self.teacher_cost = deployed_cost(self._teacher_spec())
-        if self.is_student and self.net.indicators() and not cfg.cdd.gradient_reset:
+        if self.is_student and self.net.indicators() and not cfg.cdd.gradient_reset and self.refine is None:
             log.warning("cdd.gradient_reset = false: no channel is ever reset (lasso + threshold only)%s",
                         "; cdd.flops_budget / cdd.latency_budget_ms are NOT enforced"
                         if cfg.cdd.flops_budget or cfg.cdd.latency_budget_ms else "")
@@ -101,6 +104,8 @@ class Trainer:
         self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
                                self.teacher_channels, self.latency_table, ctx.rank)
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
+        if self.refine is not None:
+            self.step.frozen = FrozenRows(self.refine.masks())
         if self.resetter is not None:
             check_resetting_plan(cfg.cdd, cfg.run.epochs, self.steps_per_epoch(), self.resetter.budget is not None)
         self.history: list[dict[str, Any]] = []
@@ -164,7 +169,9 @@ class Trainer:
         torch.manual_seed(self.cfg.run.seed)
         net = ReIDNet(self.spec).to(self.ctx.device)
         init = self.cfg.model.init
-        if init == "imagenet":
+        if self.refine is not None:
+            self._start_refine(net)
+        elif init == "imagenet":
             load_imagenet_weights(net.backbone, self.cfg.model.imagenet_weights)
         elif init == "teacher":
             if self.teacher is None:
@@ -176,6 +183,20 @@ class Trainer:
         elif init != "scratch":
             raise ValueError(f"model.init must be scratch, imagenet or teacher, found {init!r}")
         return net
+
+    def _start_refine(self, net: ReIDNet) -> None:
+        """The refine stage's start (`training.refine`): the CDD run's final weights or the teacher's, then
+        the pruned indicator rows zeroed."""
+        assert self.refine is not None
+        if self.cfg.cdd.refine_init == "teacher":
+            init_student_from_teacher(net, self.teacher)
+        else:
+            try:
+                net.load_state_dict(self.refine.state, strict=True)
+            except RuntimeError as exc:
+                raise ValueError(f"{self.refine.run / 'checkpoint.pt'}: weights do not fit this run's network "
+                                 f"({str(exc).splitlines()[0]}); refine with the CDD run's own model settings") from exc
+        FrozenRows(self.refine.masks()).zero_rows([m.weight for m in net.indicators()])
 
     # ------------------------------------------------------------------------------------------ step
     def _grg_active(self, epoch: float) -> bool:
@@ -235,8 +256,8 @@ class Trainer:
                 yield images.to(self.ctx.device, non_blocking=True)
 
         decay = self.resetter is not None and self.resetter.rule == "decay"
-        self.weight_average.apply(self.net, batches(), [m.weight for m in self.net.indicators()],
-                                  self.resetter.masks if decay else None)
+        masks = self.refine.masks() if self.refine is not None else self.resetter.masks if decay else None
+        self.weight_average.apply(self.net, batches(), [m.weight for m in self.net.indicators()], masks)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         self.sampler.set_epoch(epoch)
@@ -292,7 +313,8 @@ class Trainer:
         spec = self._slim_spec()
         cost = deployed_cost(spec)
         total = sum(p for _, p in self.spec.blocks())
-        reset = sum(int(m.sum()) for m in self.resetter.masks) if self.resetter else 0
+        masks = self.refine.masks() if self.refine is not None else self.resetter.masks if self.resetter else []
+        reset = sum(int(m.sum()) for m in masks)
         scheduled = self._scheduled_flops_fraction(epoch_end / self.cfg.run.epochs)
         return {"kept_channels": sum(spec.kept_counts()), "kept_fraction": sum(spec.kept_counts()) / total,
                 "reset_channels": reset, "reset_added": int(added), "flops": cost.flops, "params": cost.params,
@@ -306,6 +328,8 @@ class Trainer:
     def _slim_spec(self) -> ArchSpec:
         if not self.net.indicators():
             return self.spec
+        if self.refine is not None:
+            return self.spec.with_kept([list(k) for k in self.refine.spec.kept_channels or ()])
         weights = [m.weight.detach() for m in self.net.indicators()]
         reset = self.resetter.masks if self.resetter is not None and self.resetter.rule == "decay" else None
         kept = kept_channels(weights, self.cfg.cdd.prune_threshold, self.cfg.cdd.round_to, reset)
@@ -326,7 +350,9 @@ class Trainer:
         report: dict[str, Any] = {"reset_rule": c.reset_rule if self.resetter else "none",
                                   "reset_channels": sum(int(m.sum()) for m in self.resetter.masks)
                                   if self.resetter else 0,
-                                  "growth": self.resetter.stop_note if self.resetter else "gradient resetting off"}
+                                  "growth": self.resetter.stop_note if self.resetter else
+                                  f"architecture fixed by {self.refine.run}" if self.refine else
+                                  "gradient resetting off"}
         latency = (latency_report(self.latency_table, self._slim_spec().kept_counts(), c.latency_budget_ms,
                                   c.round_to) if self.latency_table is not None else None)
         flops_below = None
@@ -364,7 +390,12 @@ class Trainer:
         reduction = reduction_percent(self.teacher_cost, cost)
         final.update({"params_reduction": round(reduction["params"], 2),
                       "flops_reduction": round(reduction["flops"], 2)})
-        if self.is_student and self.net.indicators():
+        if self.refine is not None:
+            final["compression"] = self._compression_report(cost.flops)
+            final["refine"] = {"from": str(self.refine.run), "init": self.cfg.cdd.refine_init,
+                               "start_mAP": self.refine.final.get("mAP"),
+                               "start_rank1": self.refine.final.get("rank1")}
+        elif self.is_student and self.net.indicators():
             final["compression"] = self._compression_report(cost.flops)
             teacher_map = next((h["eval"]["teacher"]["mAP"] for h in self.history
                                 if isinstance((h.get("eval") or {}).get("teacher"), dict)),

@@ -62,19 +62,22 @@ def summary_table(result: dict[str, Any], dataset: str, source: str = "ablation"
     return "\n".join(markdown_table(header, rows))
 
 
-def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation") -> str:
-    """Per variant: its mAP on every seed, then CDD minus it on every seed and the mean ± sample sd of those
-    differences (from the file's ``cdd_minus``)."""
+def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation", reference: str = "cdd") -> str:
+    """Per variant: its mAP on every seed, then ``reference`` ("cdd" or "refine") minus it on every seed and
+    the mean ± sample sd of those differences (from the file's ``<reference>_minus``)."""
     summary, runs = _dataset(result, dataset, source)
+    if reference not in runs:
+        raise ResultsError(f"{source}: dataset {dataset!r} has no {reference!r} runs; {_REGENERATE}")
+    who = "CDD" if reference == "cdd" else "refined"
     seeds = sorted({f["seed"] for finals in runs.values() for f in finals})
     rows = []
     for variant in variant_order(runs):
         by_seed = {f["seed"]: f["mAP"] for f in runs[variant]}
-        diff = (summary.get(variant) or {}).get("cdd_minus") or {"seeds": [], "diffs": []}
+        diff = (summary.get(variant) or {}).get(f"{reference}_minus") or {"seeds": [], "diffs": []}
         diffs = dict(zip(diff["seeds"], diff["diffs"], strict=True))
         rows.append([_label(variant), *(f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds),
                      *(f"{diffs[s]:+.2f}" if s in diffs else "" for s in seeds),
                      f"{diff['mean']:+.2f} ± {diff['std']:.2f}" if diff["diffs"] else ""])
-    header = ["variant", *(f"mAP %, seed {s}" for s in seeds), *(f"CDD minus it, seed {s}" for s in seeds),
+    header = ["variant", *(f"mAP %, seed {s}" for s in seeds), *(f"{who} minus it, seed {s}" for s in seeds),
               "mean ± sd"]
     return "\n".join(markdown_table(header, rows))

@@ -1,8 +1,9 @@
 """Which results files each table NAME is rendered from, and how; the stamp lines under every table.
 
-NAMEs: ``demo`` (teacher vs CDD student of ``make train``), ``demo-epochs`` (the student per epoch),
+NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``demo-epochs`` (the student per epoch),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
+``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
 ``epochs-<name>`` (the per-epoch table of the student run collected as ``docs/results/<name>.json``),
 ``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
 ``step-time`` (``make step-time`` and its 24,000-entry variant).
@@ -26,8 +27,9 @@ from training.results.tables import ResultsError, epochs_table, targets_table, t
 __all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
 
 DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
+DEMO_REFINE = "docs/results/demo-refine.json"
 NAMES_HELP = ("demo, demo-epochs, epochs-<name>, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, "
-              "engine-<name>, step-time")
+              "ablation-<dataset>-refine, engine-<name>, step-time")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
@@ -42,8 +44,8 @@ class Table:
 def table_for(name: str) -> Table:
     """The Table of results block NAME. Raises ResultsError listing the valid names for an unknown one."""
     fixed = {
-        "demo": Table((DEMO_TEACHER, DEMO_STUDENT), lambda d: teacher_student_table(d[0], d[1],
-                                                                                   (DEMO_TEACHER, DEMO_STUDENT))),
+        "demo": Table((DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), lambda d: teacher_student_table(
+            d[0], d[1], (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), refined=d[2])),
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
@@ -51,6 +53,10 @@ def table_for(name: str) -> Table:
     if name in fixed:
         return fixed[name]
     if name.startswith("ablation-"):
+        if name.endswith("-refine"):  # per seed, the refined student minus every variant
+            dataset = name.removeprefix("ablation-").removesuffix("-refine")
+            source = f"docs/ablation-{dataset}.json"
+            return Table((source,), lambda d: per_seed_table(d[0], dataset, source, reference="refine"))
         dataset = name.removeprefix("ablation-").removesuffix("-seeds")
         source = f"docs/ablation-{dataset}.json"
         table = per_seed_table if name.endswith("-seeds") else summary_table

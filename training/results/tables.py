@@ -39,21 +39,30 @@ def _input_size(result: dict[str, Any]) -> str:
 
 
 def teacher_student_table(teacher: dict[str, Any], student: dict[str, Any], sources: Sequence[str] = ("teacher",
-                          "student")) -> str:
-    """Params, FLOPs (MACs), mAP and rank-1 of teacher and student with the change, plus the student's queries
-    on the teacher's gallery when the run measured them (compatibility loss)."""
+                          "student", "refined"), refined: dict[str, Any] | None = None) -> str:
+    """Params, FLOPs (MACs), mAP and rank-1 of the teacher and the CDD student, plus the refine stage's
+    student when given (the shipped one then), with the shipped student's change against the teacher, and
+    the shipped student's queries on the teacher's gallery when the run measured them (compatibility loss)."""
     t, s = _final(teacher, sources[0]), _final(student, sources[1])
+    r = _final(refined, sources[2]) if refined is not None else None
+    shipped = r if r is not None else s
+    middle = (lambda row: [row(s), row(r)]) if r is not None else (lambda row: [row(s)])
     rows = [
-        ["params", f"{t['params']:,}", f"{s['params']:,}", f"{-s['params_reduction']:+.1f}%"],
-        [f"FLOPs (MACs{_input_size(student)})", f"{t['flops']:,}", f"{s['flops']:,}",
-         f"{-s['flops_reduction']:+.1f}%"],
-        ["mAP %", f"{t['mAP']:.2f}", f"{s['mAP']:.2f}", f"{s['mAP'] - t['mAP']:+.2f}"],
-        ["rank-1 %", f"{t['rank1']:.2f}", f"{s['rank1']:.2f}", f"{s['rank1'] - t['rank1']:+.2f}"],
+        ["params", f"{t['params']:,}", *middle(lambda x: f"{x['params']:,}"), f"{-shipped['params_reduction']:+.1f}%"],
+        [f"FLOPs (MACs{_input_size(student)})", f"{t['flops']:,}", *middle(lambda x: f"{x['flops']:,}"),
+         f"{-shipped['flops_reduction']:+.1f}%"],
+        ["mAP %", f"{t['mAP']:.2f}", *middle(lambda x: f"{x['mAP']:.2f}"), f"{shipped['mAP'] - t['mAP']:+.2f}"],
+        ["rank-1 %", f"{t['rank1']:.2f}", *middle(lambda x: f"{x['rank1']:.2f}"),
+         f"{shipped['rank1'] - t['rank1']:+.2f}"],
     ]
-    if isinstance(s.get("asymmetric"), dict):
+    if isinstance(shipped.get("asymmetric"), dict):
         rows.append(["mAP %, student queries on the teacher's gallery", f"{t['mAP']:.2f}",
-                     f"{s['asymmetric']['mAP']:.2f}", f"{s['asymmetric']['mAP'] - t['mAP']:+.2f}"])
-    return "\n".join(markdown_table(["", "teacher", "CDD student", "change"], rows))
+                     *middle(lambda x: f"{x['asymmetric']['mAP']:.2f}" if isinstance(x.get("asymmetric"), dict)
+                             else ""),
+                     f"{shipped['asymmetric']['mAP'] - t['mAP']:+.2f}"])
+    header = (["", "teacher", "CDD stage", "refine stage (shipped)", "shipped minus teacher"] if r is not None
+              else ["", "teacher", "CDD student", "change"])
+    return "\n".join(markdown_table(header, rows))
 
 
 def _cut(fraction: Any) -> str:
