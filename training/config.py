@@ -1,5 +1,5 @@
 """Typed training configuration: frozen dataclasses per section, loaded from a TOML preset/file plus
-``section.key=value`` overrides (the grammar of `training.config_overrides`, shared with ``cdd-export``);
+``section.key=value`` overrides (the grammar of `cdd_common.config_overrides`, shared with ``cdd-export``);
 unknown keys are rejected with the list of valid ones.
 
 Presets live in ``training/presets/<name>.toml``; a file may ``extends = "<preset>"`` another preset.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config_overrides import apply_overrides
+from cdd_common.config_overrides import apply_overrides
 from training.shrink_schedule import SHRINK_CURVES
 
 __all__ = [

@@ -222,7 +222,7 @@ def _operating_point(gallery: Any, cfg: RayBuildConfig, count: int) -> dict[str,
 
 
 def _write_report(cfg: RayBuildConfig, manifest: Manifest, summary: RayBuildSummary) -> Path:
-    from serving.atomic_file import write_text_atomic
+    from cdd_common.atomic_file import write_text_atomic
 
     report = {
         "collection": cfg.collection,
