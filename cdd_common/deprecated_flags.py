@@ -36,7 +36,7 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, stored)
 
 
-def add_deprecated_alias(parser: argparse.ArgumentParser | argparse._ActionsContainer, old: str, *, new: str,
+def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, *, new: str,
                          dest: str, type: Callable[[str], Any] | None = None, choices: Sequence[Any] | None = None,
                          value: Any = None, rewrite: Callable[[Any], Any] | None = None,
                          append: bool = False, metavar: str | None = None) -> None:
