@@ -128,10 +128,10 @@ gpu-check:
 	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check cdd_common training export serving tests
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check cdd_common training export serving tests
 	$(VENV)/bin/pytest
 
 # The suite must not depend on how fast or idle the machine is: the same run beside BUSY CPU-bound processes.
