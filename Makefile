@@ -71,7 +71,7 @@ $(BENCH_RUN)/metrics.json: $(BENCH_DATA)/.complete
 	$(PY) -m training --preset demo-teacher --set 'run.out_dir="$(BENCH_RUN)"' --set 'data.root="$(BENCH_DATA)"' \
 		--set data.height=256 --set data.width=128 --set model.depth=50 --set model.width=1.0 \
 		--set run.epochs=1 --set run.max_steps_per_epoch=2 --set run.eval_every=1 --set data.p=8 --set data.k=4 \
-		--set run.progress=false --resume
+		--quiet --resume
 
 bench-bundle: $(BENCH_RUN)/metrics.json
 	$(PY) -m export --run $(BENCH_RUN) --out bundles/bench --tensorrt off --set batch.max=32
@@ -133,10 +133,10 @@ gpu-check:
 	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check cdd_common training export serving tests
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check training export serving tests
+	$(VENV)/bin/ruff check cdd_common training export serving tests
 	$(VENV)/bin/pytest
 
 # The suite must not depend on how fast or idle the machine is: the same run beside BUSY CPU-bound processes.

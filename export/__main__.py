@@ -1,11 +1,23 @@
 """``cdd-export`` / ``python -m export``: turn a training run dir into a checked model bundle.
 
-    cdd-export --run RUN --out DIR [--precision fp32|int8] [--tensorrt auto|off|required] [--int8]
-               [--set key=value ...] [--triton-repo REPO [--triton-name NAME] ...]
+    cdd-export --run RUN --out DIR [--precision fp32|int8] [--tensorrt auto|off|required]
+               [--tensorrt-precision fp16|int8] [--compatible-with BUNDLE] [--set key=value ...]
+               [--triton-repo REPO [--triton-name NAME] ...]
 
 ``--precision int8`` writes an ONNX Runtime int8 bundle for CPUs (static quantisation calibrated on the run's
 training images, gated on cosine and mAP against fp32; settings under ``int8.*`` and ``gates.int8.*``).
-``--int8`` is different: an fp32 bundle whose TensorRT plan (GPU) is built with INT8 calibration.
+``--tensorrt-precision int8`` is different: an fp32 bundle whose TensorRT plan (GPU) is built with INT8
+calibration (``tensorrt.int8``); the plan is fp16 otherwise.
+
+``--compatible-with BUNDLE`` is the one compatibility flag: the bundle declares that its queries may search
+galleries BUNDLE embedded, once measured. For an fp32 export BUNDLE is another model's bundle (a teacher:
+asymmetric retrieval, ``compatibility.teacher_bundle``, gated by ``compatibility.max_map_drop``); for
+``--precision int8`` it is the fp32 bundle of the same checkpoint (``int8.compatible_with``, gated by
+``gates.int8.max_map_drop``).
+
+Old spellings, still accepted for one release with a one-line notice naming the new one: ``--int8`` is
+``--tensorrt-precision int8``; ``--set int8.compatible_with=BUNDLE`` is ``--precision int8 --compatible-with
+BUNDLE``.
 
 Exit codes: 0 bundle written; 1 bad input (run dir, config, output path, TensorRT required but missing,
 quantisation failed); 2 bad command line; 3 a parity or int8 gate failed. No bundle is written unless the
@@ -20,7 +32,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from export.config import PRECISIONS, TENSORRT_MODES, load_export_config
+from cdd_common.deprecated_flags import add_deprecated_alias, deprecation_notice
+from export.config import PRECISIONS, TENSORRT_MODES, ExportConfig, load_export_config
 from export.errors import ExportError
 from serving.bundle_cli import add_triton_arguments, triton_options
 from serving.extras import missing_extra
@@ -30,6 +43,8 @@ if TYPE_CHECKING:
     from export.pipeline import ExportResult
 
 __all__ = ["main"]
+
+TENSORRT_PRECISIONS = ("fp16", "int8")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,15 +57,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="build a TensorRT plan: auto (where TensorRT and a GPU exist; default; a failed build is "
                              "left out, its reason printed and kept as provenance.tensorrt), off, required (fail "
                              "instead)")
-    parser.add_argument("--compatible-with", metavar="TEACHER_BUNDLE", default=None,
-                        help="declare the bundle compatible with TEACHER_BUNDLE (asymmetric retrieval: its queries "
-                             "search galleries that bundle embedded) after measuring it; fails the export when the "
-                             "asymmetric mAP is more than compatibility.max_map_drop points below the teacher's")
+    parser.add_argument("--compatible-with", metavar="BUNDLE", default=None,
+                        help="declare that this bundle's queries may search galleries BUNDLE embedded, after "
+                             "measuring it: for fp32, BUNDLE is a teacher's bundle (asymmetric retrieval; fails when "
+                             "the asymmetric mAP is more than compatibility.max_map_drop points below the "
+                             "teacher's); for --precision int8, the fp32 bundle of the same checkpoint (fails past "
+                             "gates.int8.max_map_drop)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="numeric precision of model.onnx: fp32 (default) or int8 (ONNX Runtime static "
                              "quantisation for CPUs, gated on cosine and mAP against fp32)")
-    parser.add_argument("--int8", action="store_true", help="INT8 TensorRT engine (GPU) in an fp32 bundle, "
-                        "calibrated on training images; not the CPU int8 graph (that is --precision int8)")
+    parser.add_argument("--tensorrt-precision", choices=TENSORRT_PRECISIONS, default=None,
+                        help="precision of the TensorRT plan (GPU) in an fp32 bundle: fp16 (default) or int8 "
+                             "(calibrated on training images); not the CPU int8 graph (that is --precision int8)")
+    add_deprecated_alias(parser, "--int8", new="--tensorrt-precision int8", dest="tensorrt_precision", value="int8")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an export config value, e.g. --set gates.onnxruntime.max_abs_err=1e-5 "
                              "--set batch.max=32 (repeatable)")
@@ -105,6 +124,33 @@ def _summary(result: ExportResult) -> list[str]:
     return lines
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides followed by those the flags stand for (the flags win)."""
+    for text in args.set:
+        key, _, value = text.partition("=")
+        if key.strip() == "int8.compatible_with":
+            deprecation_notice("cdd-export", "--set int8.compatible_with",
+                               f"--precision int8 --compatible-with {value.strip()}")
+    overrides = list(args.set)
+    if args.tensorrt is not None:
+        overrides.append(f"tensorrt.mode={args.tensorrt}")
+    if args.tensorrt_precision is not None:
+        overrides.append(f"tensorrt.int8={str(args.tensorrt_precision == 'int8').lower()}")
+    if args.precision is not None:
+        overrides.append(f"precision={args.precision}")
+    return overrides
+
+
+def _config(overrides: list[str], compatible_with: str | None) -> ExportConfig:
+    """The export config; ``--compatible-with`` sets ``int8.compatible_with`` for an int8 export and
+    ``compatibility.teacher_bundle`` otherwise. Raises ExportConfigError."""
+    config = load_export_config(overrides)
+    if compatible_with is None:
+        return config
+    key = "int8.compatible_with" if config.precision == "int8" else "compatibility.teacher_bundle"
+    return load_export_config([*overrides, f"{key}={compatible_with}"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if (message := missing_extra("cdd-export", "export")) is not None:
@@ -113,22 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.parity import ParityGateError
     from export.pipeline import export_bundle
 
-    overrides = list(args.set)
-    if args.tensorrt is not None:
-        overrides.append(f"tensorrt.mode={args.tensorrt}")
-    if args.int8:
-        overrides.append("tensorrt.int8=true")
-    if args.compatible_with is not None:
-        overrides.append(f"compatibility.teacher_bundle={args.compatible_with}")
-    if args.precision is not None:
-        overrides.append(f"precision={args.precision}")
+    overrides = _overrides(args)
     try:
         triton = triton_options(args) if args.triton_repo is not None else None
     except ValueError as exc:
         print(f"cdd-export: {exc}", file=sys.stderr)
         return 2
     try:
-        result = export_bundle(args.run, args.out, load_export_config(overrides))
+        result = export_bundle(args.run, args.out, _config(overrides, args.compatible_with))
     except ParityGateError as exc:
         print(f"cdd-export: {exc}", file=sys.stderr)
         return 3

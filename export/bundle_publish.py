@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from serving.atomic_file import fsync_dir, fsync_file
+from cdd_common.atomic_file import fsync_dir, fsync_file
 
 __all__ = ["exchange_supported", "publish_dir"]
 

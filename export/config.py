@@ -2,7 +2,7 @@
 
 Keys are dotted paths into the dataclasses, e.g. ``opset=18``, ``batch.max=32``,
 ``gates.onnxruntime.max_abs_err=1e-5``, ``tensorrt.int8=true``, ``precision=int8``, ``int8.calibration_images=512``,
-``gates.int8.max_map_drop=1.0``: the one override grammar of `training.config_overrides`, shared with
+``gates.int8.max_map_drop=1.0``: the one override grammar of `cdd_common.config_overrides`, shared with
 ``cdd-train``. Unknown keys are rejected with the list of valid
 ones. The resolved config is stored in the bundle's provenance (``ExportConfig.to_dict``).
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, get_type_hints
 
+from cdd_common.config_overrides import apply_overrides
 from export.errors import ExportError
-from training.config_overrides import apply_overrides
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -107,7 +107,8 @@ class BatchConfig:
 @dataclass(frozen=True)
 class TensorRTConfig:
     """TensorRT engine build: FP16 always, INT8 (entropy calibration on ``calibration_images`` training
-    images, ``calibration_batch`` at a time) when ``int8``; ``workspace_mib`` caps builder scratch memory."""
+    images, ``calibration_batch`` at a time) when ``int8`` (``--tensorrt-precision int8``); ``workspace_mib``
+    caps builder scratch memory."""
 
     mode: str = "auto"
     int8: bool = False
@@ -118,8 +119,8 @@ class TensorRTConfig:
 
 @dataclass(frozen=True)
 class CompatibilityConfig:
-    """Asymmetric retrieval (`export.compatibility_gate`): with ``teacher_bundle`` set (``--compatible-with``),
-    the bundle declares compatibility with that bundle only if student queries on a gallery it embedded
+    """Asymmetric retrieval (`export.compatibility_gate`): with ``teacher_bundle`` set (``--compatible-with`` on
+    an fp32 export), the bundle declares compatibility with that bundle only if student queries on a gallery it embedded
     reach its own mAP within ``max_map_drop`` percent points; otherwise the export fails."""
 
     teacher_bundle: str = ""
@@ -136,10 +137,10 @@ class Int8Config:
     layer in float; auto builds both "none" and "first" (a float first conv is closer to fp32, and faster at
     64x32 but slower at 256x128). The candidates are gated fastest first; the first one that passes is kept.
     ``eval_images`` caps the mAP gate's query + gallery images (0 = all).
-    ``compatible_with``: an fp32 bundle of the same checkpoint whose gallery indexes the int8 bundle may
-    search; declared in the manifest only when int8 queries against that bundle's gallery embeddings keep
-    the mAP within ``gates.int8.max_map_drop`` ("" = declare nothing: indexes must be built with the int8
-    bundle)."""
+    ``compatible_with`` (``--compatible-with`` with ``--precision int8``): an fp32 bundle of the same
+    checkpoint whose gallery indexes the int8 bundle may search; declared in the manifest only when int8
+    queries against that bundle's gallery embeddings keep the mAP within ``gates.int8.max_map_drop``
+    ("" = declare nothing: indexes must be built with the int8 bundle)."""
 
     calibration_images: int = 256
     calibration_seed: int = 0
@@ -224,11 +225,11 @@ def _int8_problems(cfg: ExportConfig) -> list[str]:
         problems.append("gates.int8 needs min_cosine in [-1, 1], max_map_drop >= 0 and min_speedup >= 0, "
                         f"found {gate}")
     if cfg.precision == "int8" and cfg.tensorrt.int8:
-        problems.append("precision=int8 (ONNX Runtime int8 on CPU) and tensorrt.int8 (--int8, a TensorRT INT8 "
-                        "plan built from the fp32 graph) are separate engines; choose one")
+        problems.append("precision=int8 (ONNX Runtime int8 on CPU) and tensorrt.int8 (--tensorrt-precision int8, "
+                        "a TensorRT INT8 plan built from the fp32 graph) are separate engines; choose one")
     if cfg.precision == "int8" and cfg.tensorrt.mode == "required":
         problems.append("precision=int8 bundles carry the ONNX Runtime int8 model only; for a TensorRT INT8 "
-                        "engine export precision=fp32 with --int8 --tensorrt required")
+                        "engine export precision=fp32 with --tensorrt-precision int8 --tensorrt required")
     return problems
 
 
@@ -242,7 +243,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 def load_export_config(overrides: Iterable[str] = ()) -> ExportConfig:
-    """Defaults plus ``key=value`` overrides (dotted keys, the grammar of `training.config_overrides`).
+    """Defaults plus ``key=value`` overrides (dotted keys, the grammar of `cdd_common.config_overrides`).
     Raises ExportConfigError for a malformed override, an unknown key (listing the valid ones), a badly typed
     value or an inconsistent result."""
     tree = apply_overrides(ExportConfig().to_dict(), ExportConfig, overrides, ExportConfigError)

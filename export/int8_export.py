@@ -101,9 +101,11 @@ def _fp32_bundle(path: str, run: RunDir) -> tuple[Manifest, Path]:
              (manifest.input.height, manifest.input.width))
     expected = ("fp32", run.checkpoint_sha256, run.spec.embedding_dim, tuple(run.spec.input_size))
     if found != expected:
-        raise ExportConfigError(f"int8.compatible_with={path}: (precision, checkpoint sha256, dim, input size) is "
-                                f"{found}, expected {expected}: only an fp32 bundle exported from this run's "
-                                "checkpoint can share indexes with its int8 bundle")
+        raise ExportConfigError(f"int8.compatible_with={path} (--compatible-with with --precision int8): (precision, "
+                                f"checkpoint sha256, dim, input size) is {found}, expected {expected}: only an fp32 "
+                                "bundle exported from this run's checkpoint can share indexes with its int8 bundle; "
+                                "to measure the int8 bundle against another model's bundle (asymmetric retrieval) "
+                                "set compatibility.teacher_bundle=BUNDLE instead")
     return manifest, Path(path) / str(manifest.backends["onnxruntime"])
 
 

@@ -164,5 +164,5 @@ def cross_gate(int8: Embedder, fp32_gallery: Embedder, data: RetrievalSet, batch
         raise Int8GateError("int8", f"int8.compatible_with={bundle}: int8 queries against its gallery embeddings "
                             f"reach mAP {cross:.2f} vs fp32 {map_fp32:.2f}, a drop of {map_fp32 - cross:.2f} points > "
                             f"gates.int8.max_map_drop {tolerance.max_map_drop:.2f}; rebuild the index with the int8 "
-                            "bundle instead (leave int8.compatible_with empty). No bundle was written.")
+                            "bundle instead (export without --compatible-with). No bundle was written.")
     return {"bundle": bundle, "map_cross": cross, "map_drop": map_fp32 - cross}

@@ -5,7 +5,7 @@ unit embeddings out) -> ONNX (+ FLOPs check against the manifest cost) -> gate (
 torch.export program -> gate -> TensorRT plan where possible -> gate (looser FP16/INT8 tolerance) -> manifest.
 With ``precision=int8`` the steps after the fold gate are ``export.int8_export``'s instead: fp32 ONNX -> gate
 -> ONNX Runtime static int8 quantisation -> retrieval gate (cosine + mAP against fp32), and the bundle holds
-the int8 ``model.onnx`` only. With --compatible-with (fp32), the compatibility gate (asymmetric retrieval
+the int8 ``model.onnx`` only. With --compatible-with on an fp32 export, the compatibility gate (asymmetric retrieval
 against a teacher bundle) runs before the manifest.
 A failed gate raises ParityGateError before anything appears at the output path.
 """
@@ -90,7 +90,7 @@ def _tensorrt_plan(mode: str, precision: str) -> str | None:
         return "off (--tensorrt off)"
     if precision == "int8":
         return ("not built for precision int8 (the ONNX Runtime int8 CPU graph); a TensorRT INT8 engine is "
-                "--int8 on an fp32 export")
+                "--tensorrt-precision int8 on an fp32 export")
     reason = tensorrt_unavailable_reason()
     if reason is not None and mode == "required":
         raise TensorRTUnavailable(reason)

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from cdd_common.json_document import read_json_object
 from export.errors import RunDirError
 from serving.bundle import sha256_file
 from training.arch_spec import ArchSpec, ArchSpecError
-from training.json_document import read_json_object
 
 __all__ = ["CHECKPOINT_SCHEMA_VERSION", "RUN_KINDS", "RunDir", "load_run_dir"]
 

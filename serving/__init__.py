@@ -3,7 +3,7 @@
 The runtime (what a deployed ``cdd-serve`` loads): a Search request enters `server` (`create_server`,
 `serve`), goes through `grpc_servicer` (messages <-> Python, `errors` -> status codes) to `service`
 (`RetrievalService`), which checks request sizes (`request_limits`), decodes and resizes the image
-(`preprocess` by the rule of `image_decoding`, as the `bundle` manifest says),
+(`preprocess` by the rule of `cdd_common.image_decoding`, as the `bundle` manifest says),
 embeds it through `batcher` (dynamic batching) and an engine from `backends/`, and searches the gallery
 index (`index/gallery.py`: the item table plus a FAISS or torch searcher). Every serving default lives in
 `config` (`ServeConfig`); `auth` checks the read and admin bearer tokens, `tls` builds (mutual) TLS
@@ -22,9 +22,11 @@ The four commands:
 (``python -m serving.proto_build`` regenerates `_proto/`.)
 
 Importing this package (or ``serving.bundle``, ``serving.preprocess``, ``serving.index``) never imports
-torch, onnxruntime, tensorrt or faiss; each backend is imported when it is chosen. Serving never imports
-export, and from training only ``training.data.layouts``, ``training.data.records`` and
-``training.metrics``, lazily, for ``cdd-index build --layout`` and ``cdd-index eval``.
+torch, onnxruntime, tensorrt or faiss; each backend is imported when it is chosen. The import rule is written
+down in docs/architecture.md: serving shares the torch-free `cdd_common` package with training (decoding rule,
+atomic writes, JSON reader, ``--set`` grammar), never imports export, and from training only
+``training.data.layouts``, ``training.data.records`` and ``training.metrics``, lazily, for
+``cdd-index build --layout`` and ``cdd-index eval``.
 """
 
 __all__: list[str] = []

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.atomic_file import write_text_atomic
+from cdd_common.atomic_file import write_text_atomic
+from cdd_common.json_document import read_json_object
 from serving.bundle_files import BundleError, check_backend_files, resolve_inside
-from serving.json_document import read_json_object
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -42,7 +42,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DECODE_RULE = "rgb8-v1"
-"""The image decoding rule this build implements (``serving.image_decoding.DECODE_RULE``)."""
+"""The image decoding rule this build implements (``cdd_common.image_decoding.DECODE_RULE``)."""
 PRECISIONS = ("fp32", "int8")
 """Numeric precision of ``model.onnx``; the contract (uint8 in, unit float32 out) is the same for both."""
 
@@ -72,7 +72,7 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What happens before the graph: decode by rule ``decode`` (see ``serving/image_decoding.py``: JPEG
+    """What happens before the graph: decode by rule ``decode`` (see ``cdd_common/image_decoding.py``: JPEG
     draft towards the input size when ``jpeg_draft``, EXIF orientation applied when ``exif_orientation``,
     alpha composited over the RGB ``background``, 16-bit gray keeps its high byte), convert to ``color``,
     resize (``policy`` "stretch" = resize straight to the input size, PIL ``interpolation``).

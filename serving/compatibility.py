@@ -112,6 +112,6 @@ def gallery_bundle_for(manifest: Manifest, index_bundle_sha256: str | None, inde
         "Embeddings of "
         f"unrelated models cannot be compared; rebuild it with this bundle (cdd-index build --bundle BUNDLE "
         f"--images IMAGES --out {index_dir}) or, if this bundle was trained to be compatible with the "
-        "index's bundle, re-export it with `cdd-export --compatible-with THAT_BUNDLE` (an int8 bundle of the same "
-        "checkpoint: --set int8.compatible_with=THAT_BUNDLE)"
+        "index's bundle, re-export it with `cdd-export --compatible-with THAT_BUNDLE` (with --precision int8 for "
+        "an int8 bundle of the same checkpoint)"
     )

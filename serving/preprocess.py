@@ -1,7 +1,7 @@
 """Image bytes -> the uint8 (H, W, 3) RGB array a bundle's graph takes, as the manifest prescribes.
 
-Pillow + numpy only. Decoding follows the one rule in ``serving/image_decoding.py`` (the same code as
-training's ``training/data/image_decoding.py``), with the manifest's ``preprocess`` options (JPEG draft
+Pillow + numpy only. Decoding follows the one rule in ``cdd_common/image_decoding.py`` (the code training's
+evaluation transform runs too), with the manifest's ``preprocess`` options (JPEG draft
 towards the input size, EXIF orientation, alpha background); `to_model_input` then reproduces training's
 evaluation resize exactly (``training/data/transforms.py``: ``resize_uint8(load_rgb(path, size), size)``:
 PIL bilinear stretch). Mean/std normalisation happens inside the exported graph ("in_graph"), never here.
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cdd_common.image_decoding import ImageTooLarge, UndecodableImage, decode_rgb8
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import InvalidInput, TooLarge
-from serving.image_decoding import ImageTooLarge, UndecodableImage, decode_rgb8
 
 __all__ = [
     "ImageDecodeError",
@@ -51,7 +51,7 @@ def decode_image(
     data: bytes, max_pixels: int = ServeConfig.max_pixels, manifest: Manifest | None = None
 ) -> Image.Image:
     """Decode encoded image ``data`` (JPEG, PNG, WebP, GIF, TIFF, BMP, ...) into a loaded 8-bit RGB image
-    by the decoding rule of ``serving.image_decoding`` (16-bit gray keeps its high byte, alpha is
+    by the decoding rule of ``cdd_common.image_decoding`` (16-bit gray keeps its high byte, alpha is
     composited over the manifest's background, EXIF orientation applied as the manifest says).
 
     With ``manifest``, JPEGs are decoded in draft mode towards its input size; without, at full size with

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving.atomic_file import write_text_atomic
+from cdd_common.atomic_file import write_text_atomic
 
 __all__ = ["PROTO_ROOT", "PROTO_FILES", "OUTPUT_DIR", "ProtoBuildError", "generate", "main"]
 

@@ -87,7 +87,7 @@ def test_compatible_int8_bundle_searches_the_fp32_index(deployed_int8, student_r
     fp32, _, fp32_index, _ = deployed_int8
     out = tmp_path / "int8-compatible"
     assert export_main(["--run", str(student_run), "--out", str(out), "--precision", "int8", *TINY_INT8_EXPORT,
-                        "--set", f"int8.compatible_with={fp32}"]) == 0
+                        "--compatible-with", str(fp32)]) == 0
     manifest = load_bundle(out)
     assert manifest.compatible_with == (load_bundle(fp32).sha256(),)
     cross = manifest.parity["int8"]["compatible_with"]
@@ -118,7 +118,7 @@ def test_compatible_with_another_checkpoint_is_refused(deployed_int8, teacher_ru
                                                       capsys) -> None:
     fp32 = deployed_int8[0]
     code = export_main(["--run", str(teacher_run), "--out", str(tmp_path / "b"), "--precision", "int8",
-                        *TINY_INT8_EXPORT, "--set", f"int8.compatible_with={fp32}"])
+                        *TINY_INT8_EXPORT, "--compatible-with", str(fp32)])
     assert code == 1
     assert "only an fp32 bundle exported from this run's checkpoint" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

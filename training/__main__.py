@@ -2,6 +2,7 @@
 
     cdd-train --preset demo-teacher
     cdd-train --config my.toml --set optim.lr=0.02 --set run.epochs=60 --resume
+    cdd-train --preset demo-teacher --quiet            (no progress bars: --set run.progress=false)
     torchrun --nproc_per_node=2 -m training --preset demo-teacher
     cdd-train import-teacher --checkpoint FILE --format torchvision|timm|fast-reid ...   (see --help)
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt if present")
     parser.add_argument("--force", action="store_true",
                         help="start over in a run folder that holds an earlier run (its run files are deleted)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (the same as --set run.progress=false; cdd-index's --quiet)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
@@ -53,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.preset or args.config, args.overrides)
+        quiet = ["run.progress=false"] if args.quiet else []
+        cfg = load_config(args.preset or args.config, [*args.overrides, *quiet])
     except ConfigError as exc:
         print(f"cdd-train: {exc}", file=sys.stderr)
         return 2

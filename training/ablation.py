@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cdd_common.atomic_file import write_text_atomic
 from training.ablation_report import NAMES, format_markdown, summarise
-from training.atomic_file import write_text_atomic
 from training.pipeline import run_stage
 
 __all__ = ["DATASETS", "VARIANTS", "STUDIES", "NAMES", "run_ablation", "summarise", "format_markdown",

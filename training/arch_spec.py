@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from training.atomic_file import write_text_atomic
-from training.json_document import read_json_object
+from cdd_common.atomic_file import write_text_atomic
+from cdd_common.json_document import read_json_object
 
 __all__ = [
     "ARCH_SCHEMA_VERSION",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from training.atomic_file import atomic_path
+from cdd_common.atomic_file import atomic_path
 
 __all__ = ["CHECKPOINT_SCHEMA_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 

@@ -1,5 +1,5 @@
 """Typed training configuration: frozen dataclasses per section, loaded from a TOML preset/file plus
-``section.key=value`` overrides (the grammar of `training.config_overrides`, shared with ``cdd-export``);
+``section.key=value`` overrides (the grammar of `cdd_common.config_overrides`, shared with ``cdd-export``);
 unknown keys are rejected with the list of valid ones.
 
 Presets live in ``training/presets/<name>.toml``; a file may ``extends = "<preset>"`` another preset.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config_overrides import apply_overrides
+from cdd_common.config_overrides import apply_overrides
 from training.shrink_schedule import SHRINK_CURVES
 
 __all__ = [
@@ -48,12 +48,15 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """out_dir: run directory; kind: "teacher" trains a plain net, "student" runs CDD against a teacher."""
+    """out_dir: run directory; kind: "teacher" trains a plain net, "student" runs CDD against a teacher.
+    The defaults of `RunConfig`, `DataConfig`, `ModelConfig` and `OptimConfig` are the demo-teacher preset's
+    values (a config without a preset trains the demo teacher); those of `LossConfig` and `CDDConfig` are
+    library defaults, documented there."""
 
     kind: str = "teacher"
     out_dir: str = "runs/demo/teacher"
     seed: int = 0
-    epochs: int = 10
+    epochs: int = 20
     eval_every: int = 5
     device: str = "auto"
     amp: bool = True
@@ -64,12 +67,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset layout name + root; height/width in pixels; p identities x k images per batch."""
+    """Dataset layout name + root; height/width in pixels; p identities x k images per batch. Defaults: the
+    demo-teacher preset's (the embedded synthetic re-ID set at 64x32)."""
 
     dataset: str = "market1501"
     root: str = "data/synthetic-reid"
-    height: int = 128
-    width: int = 64
+    height: int = 64
+    width: int = 32
     p: int = 16
     k: int = 4
     num_workers: int = 0
@@ -77,17 +81,18 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     flip_p: float = 0.5
-    pad: int = 10
-    erasing_p: float = 0.5
+    pad: int = 4
+    erasing_p: float = 0.0
     eval_batch_size: int = 128
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """init: "scratch", "imagenet" (local torchvision file at imagenet_weights) or "teacher" (students only)."""
+    """init: "scratch", "imagenet" (local torchvision file at imagenet_weights) or "teacher" (students only).
+    Defaults: the demo-teacher preset's (ResNet-18 at half width)."""
 
-    depth: int = 50
-    width: float = 1.0
+    depth: int = 18
+    width: float = 0.5
     last_stride: int = 1
     embedding_dim: int = 512
     init: str = "scratch"
@@ -99,17 +104,18 @@ class OptimConfig:
     """SGD; lr schedule: linear warm-up from warmup_factor*lr over warmup_epochs, flat until flat_until
     (epoch), cosine to min_lr at the end. head_lr_mult scales the head's lr; indicator_lr_mult the indicators'.
     average_last: fraction of the run's last epochs whose end-of-epoch weights are averaged into the final
-    model (stochastic weight averaging, `training.weight_averaging`; 0 = off, the last step's weights)."""
+    model (stochastic weight averaging, `training.weight_averaging`; 0 = off, the last step's weights).
+    Defaults: the demo-teacher preset's."""
 
-    lr: float = 0.01
+    lr: float = 0.02
     head_lr_mult: float = 1.5
     indicator_lr_mult: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: float = 10
+    warmup_epochs: float = 1
     warmup_factor: float = 0.1
-    flat_until: float = 40
-    min_lr: float = 1e-7
+    flat_until: float = 8
+    min_lr: float = 1e-6
     grad_clip: float = 0.0
     average_last: float = 0.0
 
@@ -125,7 +131,9 @@ class LossConfig:
     retrieval (student embedding pulled towards the frozen teacher's, `training.compatibility`; off by
     default and in the paper preset; ignored by teacher runs, which have no teacher).
     distill_mixup_alpha: > 0 adds a mixed copy of each batch on which only the distillation terms are taken
-    (`training.distill_mixup`; off by default and in the paper preset; ignored by teacher runs)."""
+    (`training.distill_mixup`; off by default and in the paper preset; ignored by teacher runs).
+    The defaults are library defaults: the paper's weights with both extensions off (the demo-student
+    preset turns compat_weight and distill_mixup_alpha on)."""
 
     id_weight: float = 1.0
     label_smoothing: float = 0.1
@@ -166,7 +174,7 @@ class CDDConfig:
     latency_runtime (only "onnxruntime-cpu"), priced by a per-block table the trainer measures at start on
     this machine at latency_batch images per call with latency_threads intra-op threads (docs/latency_budget.md);
     with flops_budget too, the reset set grows until both are met.
-    shrink_curve ("cubic", "linear" or "none"; `training.shrink_schedule`) paces that growth: from
+    shrink_curve ("cubic", "linear", "geometric" or "none"; `training.shrink_schedule`) paces that growth: from
     grg_start_epoch the reset set may only grow up to a scheduled limit that falls from the full network to
     the budget at shrink_end (a fraction of the run), so the student shrinks gradually; "none" lets the
     budget alone stop growth (the network may be cut to the budget within a few steps). fill_to_schedule:
@@ -176,7 +184,10 @@ class CDDConfig:
     refine_from: a finished CDD student run dir; this run then trains that run's architecture (its kept
     channels), the pruned channels held at zero (`training.refine`; needs gradient_reset = false and
     loss.lasso_lambda = 0; replaces model.init), starting from refine_init: "cdd" (that run's final weights)
-    or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice)."""
+    or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice).
+    The defaults are library defaults: the paper's values (grg_start_epoch, memory_size, topk, ratio,
+    prune_threshold) with reset_rule "decay" and no budget or schedule; the demo-student and paper-student
+    presets set their own (training/presets)."""
 
     teacher_run: str = "runs/demo/teacher"
     grg_start_epoch: float = 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.atomic_file import atomic_path
+from cdd_common.atomic_file import atomic_path
 
 __all__ = ["plot_history"]
 

@@ -21,9 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cdd_common.atomic_file import write_text_atomic
 from training.arch_spec import ArchSpec
 from training.asymmetric_eval import AsymmetricEvaluator
-from training.atomic_file import write_text_atomic
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.collapse_check import lowest_eval_ratio
 from training.config import TrainConfig

@@ -2,7 +2,7 @@
 
     cdd-bench engine --bundle DIR [--bundle DIR ...] [--labels student,teacher]
                      [--backends auto|cpu|gpu|LIST] [--batches 1,2,4,8,16,32,64] [--warmup N]
-                     [--iters N | --seconds S] [--threads N] --out DIR
+                     [--iters N | --seconds S] [--engine-threads N] --out DIR
     cdd-bench serve  --bundle DIR [--realistic DIR] [--target HOST:PORT] [--images DIR]
                      [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 5] --out DIR
     cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
@@ -15,7 +15,8 @@
 ONNX Runtime CPU kernel time, e.g. an int8 bundle next to its fp32 one) writes ``OUT/profile.{json,md}``;
 ``all`` runs the CPU versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and
 ``benchmarks-*.png``). Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
-Also runnable as ``python -m serving.benchmarks``.
+Also runnable as ``python -m serving.benchmarks``. ``--threads`` and ``--workers`` are the old spellings of
+``--engine-threads`` and ``--decode-threads`` (the names cdd-index uses); they still work and print the new one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cdd_common.deprecated_flags import add_deprecated_alias
 from serving.backends import BackendUnavailable
 from serving.benchmarks.engine import EngineBenchConfig, parse_backends
 from serving.benchmarks.index import IndexBenchConfig
@@ -64,11 +66,12 @@ def _add_common(parser: argparse.ArgumentParser, out_default: str | None = None)
         help="folder for the JSON, markdown and PNG results",
     )
     parser.add_argument(
-        "--threads",
+        "--engine-threads",
         type=int,
         default=usable_cores(),
         help="ONNX Runtime intra-op / torch threads (default: usable cores)",
     )
+    add_deprecated_alias(parser, "--threads", new="--engine-threads {value}", dest="engine_threads", type=int)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random images and vectors")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -132,7 +135,8 @@ def _add_index_args(parser: argparse.ArgumentParser, max_build_s: float) -> None
     parser.add_argument("--hnsw-m", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--batch-size", type=int, help="ingestion batch (default: the bundle's opt batch)")
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads for ingestion")
+    parser.add_argument("--decode-threads", type=int, default=2, help="image decoding threads for ingestion")
+    add_deprecated_alias(parser, "--workers", new="--decode-threads {value}", dest="decode_threads", type=int)
 
 
 def _add_serve_index_args(parser: argparse.ArgumentParser) -> None:
@@ -203,15 +207,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _engine_cfg(args: argparse.Namespace) -> EngineBenchConfig:
-    if args.threads < 1 or args.warmup < 0:
-        raise ValueError(f"--threads must be >= 1 and --warmup >= 0, found {args.threads} and {args.warmup}")
+    if args.engine_threads < 1 or args.warmup < 0:
+        raise ValueError(f"--engine-threads must be >= 1 and --warmup >= 0, found {args.engine_threads} and "
+                         f"{args.warmup}")
     return EngineBenchConfig(
         backends=parse_backends(args.backends),
         batches=_ints(args.batches, "--batches"),
         warmup=args.warmup,
         iters=args.iters,
         seconds=None if args.iters else args.engine_seconds,
-        threads=args.threads,
+        threads=args.engine_threads,
         seed=args.seed,
     )
 
@@ -251,7 +256,7 @@ def _index_cfg(args: argparse.Namespace) -> IndexBenchConfig:
         hnsw_m=args.hnsw_m,
         ef_construction=args.ef_construction,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=args.decode_threads,
         seed=args.seed,
     )
 
@@ -293,7 +298,7 @@ def _serve_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
         images=args.images,
         target=args.target,
         backend=args.backend,
-        threads=args.threads,
+        threads=args.engine_threads,
         commands=commands,
     )
 
@@ -305,7 +310,7 @@ def _index_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
         _index_cfg(args),
         args.out,
         backend=args.backend,
-        threads=args.threads,
+        threads=args.engine_threads,
         commands=commands,
         ray_engine_threads=args.ray_engine_threads if args.engines == "local,ray" else None,
     )
@@ -314,7 +319,7 @@ def _index_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]
 def _profile_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
     labels = list(_names(args.labels)) if args.labels else None
     return run_profile(args.bundle, labels, args.out, batch=args.batch, runs=args.runs, warmup=args.warmup,
-                       threads=args.threads, seed=args.seed, commands=commands)
+                       threads=args.engine_threads, seed=args.seed, commands=commands)
 
 
 def _all_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:

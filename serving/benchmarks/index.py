@@ -42,6 +42,7 @@ from serving.bundle import Manifest
 from serving.index.build import build_index, items_from_folder
 from serving.index.gallery import INDEX_TYPES, GalleryIndex
 from serving.index.operating_point import PARAMETER, exact_neighbours, tune_operating_point
+from serving.index.recall import recall_at_k
 
 __all__ = [
     "MILVUS_TYPES",
@@ -269,11 +270,8 @@ def _build(index_type: str, vectors: np.ndarray, cfg: IndexBenchConfig) -> tuple
     return index, time.perf_counter() - tick
 
 
-def _recall(index: Any, queries: np.ndarray, truth: list[set[str]], k: int) -> float:
-    found = index.search(queries, k)
-    return sum(len({h.id for h in row} & want) for row, want in zip(found, truth, strict=True)) / max(
-        1, sum(len(want) for want in truth)
-    )
+def _recall(index: Any, queries: np.ndarray, truth: list[list[tuple[str, float]]], k: int) -> float:
+    return recall_at_k(index.search(queries, k), truth)
 
 
 def _tune(index: Any, index_type: str, gallery: SyntheticGallery, size: int, cfg: IndexBenchConfig) -> dict | None:
@@ -292,7 +290,8 @@ def _tune(index: Any, index_type: str, gallery: SyntheticGallery, size: int, cfg
     return point.to_dict()
 
 
-def _search_row(index: Any, queries: np.ndarray, truth: list[set[str]], cfg: IndexBenchConfig) -> dict[str, Any]:
+def _search_row(index: Any, queries: np.ndarray, truth: list[list[tuple[str, float]]],
+                cfg: IndexBenchConfig) -> dict[str, Any]:
     samples: list[float] = []
     start = time.perf_counter()
     for query in queries:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.atomic_file import write_bytes_atomic, write_text_atomic
+from cdd_common.atomic_file import write_bytes_atomic, write_text_atomic
 from serving.benchmarks.precision import int8_markdown_lines
 
 __all__ = [

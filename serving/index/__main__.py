@@ -2,7 +2,8 @@
 
     cdd-index build  --bundle DIR (--images DIR | --list FILE | --layout NAME --root DIR [--split gallery])
                      --out DIR [--index-type flat|ivf|ivfpq|hnsw] [--backend auto] [--batch-size N]
-                     [--workers N] [--strict] [--device cpu|cuda|auto] [--option KEY=VALUE ...]
+                     [--decode-threads N] [--engine-threads N] [--strict] [--index-device cpu|cuda|auto]
+                     [--set index.KEY=VALUE ...]
                      [--store faiss|milvus [--milvus-uri URI] [--collection NAME]] [--commit-every N] [--restart]
                      [--engine ray --milvus-uri URI [--manifest FILE.parquet [--id-column C]] [--ray-address A]
                       [--ray-actors N] [--report FILE]]   (serving/index/ray_build.py, docs/scale.md)
@@ -21,6 +22,9 @@ point (nprobe / ef_search) that reaches recall@10 >= 0.95, stored in the index m
 ``check`` verifies the live snapshot and its write log offline (exit 1 when damaged); ``repair`` salvages
 the intact records of a damaged log into a new snapshot after copying the old state to a backup folder
 (`serving.index.log_repair`, docs/durability.md).
+Renamed flags (the old spelling still works for one release and prints the new one): ``--workers`` is
+``--decode-threads``, ``--device`` is ``--index-device`` (as in cdd-serve), ``--option KEY=VALUE`` is
+``--set index.KEY=VALUE`` (the ``--set`` grammar of cdd-train and cdd-export).
 Results go to stdout as JSON, progress (done/total, images/s, ETA) and logs to stderr. Errors print one
 message and exit with 2. ``build`` commits its work in chunks to ``OUT.partial/``
 (`serving.index.build_journal`): run the same command again after a kill and it resumes there.
@@ -39,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from cdd_common.deprecated_flags import add_deprecated_alias
 from serving.backends import BACKENDS, BackendUnavailable, Engine, create_engine
 from serving.bundle import BundleError, Manifest, load_bundle
 from serving.errors import ServiceError
@@ -60,6 +65,7 @@ from serving.index.log_repair import check_index, repair_index
 from serving.index.ray_cli import add_ray_arguments, build_on_ray
 from serving.index.recall import recall_at_k_vs_exact
 from serving.index.store_build import build_store
+from serving.index.tuning_settings import tuning_options
 
 __all__ = ["main"]
 
@@ -82,10 +88,11 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle folder (cdd-export output)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--batch-size", type=int, default=None, help="images per engine call (default: max)")
-    parser.add_argument("--workers", type=int, default=1, help="image decoding threads")
+    parser.add_argument("--decode-threads", type=int, default=1, help="image decoding threads")
+    add_deprecated_alias(parser, "--workers", new="--decode-threads {value}", dest="decode_threads", type=int)
     parser.add_argument("--engine-threads", type=int, default=0,
-                        help="ONNX Runtime CPU threads (default: cores - workers, at least 1; the split measured "
-                             "fastest by cdd-bench index, see docs/performance-notes.md)")
+                        help="ONNX Runtime CPU threads (default: cores - decode threads, at least 1; the split "
+                             "measured fastest by cdd-bench index, see docs/performance-notes.md)")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -106,14 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--commit-every", type=int, default=1024,
                        help="images per chunk committed to OUT.partial/; a killed build resumes from there")
     build.add_argument("--restart", action="store_true", help="discard OUT.partial/ and start over")
-    build.add_argument("--device", default="cpu", choices=DEVICES, help="where the index searches")
-    build.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"index tuning option, one of {', '.join(sorted(OPTION_KEYS))}",
-    )
+    build.add_argument("--index-device", default="cpu", choices=DEVICES, help="where the index searches")
+    add_deprecated_alias(build, "--device", new="--index-device {value}", dest="index_device", choices=DEVICES)
+    build.add_argument("--set", dest="tuning", action="append", default=[], metavar="index.KEY=VALUE",
+                       help="index tuning option (repeatable), KEY one of "
+                            f"{', '.join(sorted(OPTION_KEYS - {'factory'}))}, e.g. --set index.nlist=256")
+    add_deprecated_alias(build, "--option", new="--set index.{value}", dest="tuning", append=True,
+                         rewrite=lambda pair: f"index.{pair}", metavar="KEY=VALUE")
     build.add_argument("--store", default="faiss", choices=STORES, help="where the items live (default faiss)")
     build.add_argument("--milvus-uri", help="Milvus server URI (default: embedded milvus-lite under --out)")
     build.add_argument("--collection", default="cdd_gallery", help="Milvus collection name")
@@ -151,16 +157,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(pairs: Sequence[str]) -> dict[str, int]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in OPTION_KEYS or not value.isdigit():
-            raise ValueError(f"--option {pair!r}: expected KEY=INTEGER with KEY in {sorted(OPTION_KEYS)}")
-        options[key] = int(value)
-    return options
-
-
 def _items(args: argparse.Namespace) -> list[ItemSpec]:
     if args.images is not None:
         return items_from_folder(args.images, args.id_prefix)
@@ -175,8 +171,7 @@ def _items(args: argparse.Namespace) -> list[ItemSpec]:
 
 def _engine(args: argparse.Namespace) -> tuple[Manifest, Engine]:
     manifest = load_bundle(args.bundle)
-    workers = getattr(args, "workers", 1)
-    threads = getattr(args, "engine_threads", 0) or max(1, (os.cpu_count() or 1) - workers)
+    threads = args.engine_threads or max(1, (os.cpu_count() or 1) - args.decode_threads)
     return manifest, create_engine(args.bundle, manifest, backend=args.backend, log=_LOG, threads=threads)
 
 
@@ -192,11 +187,11 @@ def _report(stats: IngestStats, index: str | Path, count: int) -> dict[str, Any]
 
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     if args.engine == "ray":
-        return build_on_ray(args, _options(args.option))
+        return build_on_ray(args, tuning_options(args.tuning))
     items = _items(args)
     if args.store == "faiss" and (args.milvus_uri or args.collection != "cdd_gallery"):
         raise ValueError("--milvus-uri and --collection go with --store milvus")
-    options = _options(args.option)
+    options = tuning_options(args.tuning)
     if args.factory is not None:
         if args.index_type != "flat" or args.store != "faiss":
             raise ValueError("--factory replaces --index-type and needs --store faiss; give one of them")
@@ -217,12 +212,12 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
         args.out,
         store=args.store,
         index_type=args.index_type,
-        device=args.device,
+        device=args.index_device,
         options=options,
         milvus_uri=args.milvus_uri,
         collection=args.collection,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=args.decode_threads,
         strict=args.strict,
         progress=not args.quiet,
         journal=journal,
@@ -244,7 +239,7 @@ def _add(args: argparse.Namespace) -> dict[str, Any]:
             manifest,
             items,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=args.decode_threads,
             strict=args.strict,
             progress=not args.quiet,
         )
@@ -350,7 +345,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any]:
             manifest,
             paths,
             batch_size=args.batch_size,
-            workers=args.workers,
+            workers=args.decode_threads,
             strict=True,
             progress=not args.quiet,
         )

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serving.atomic_file import fsync_dir, fsync_file
+from cdd_common.atomic_file import fsync_dir, fsync_file
 from serving.bundle import sha256_file
 from serving.index.errors import IndexCorruptError
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.atomic_file import atomic_path, fsync_dir
+from cdd_common.atomic_file import atomic_path, fsync_dir
 from serving.index.errors import GalleryIndexError
 
 __all__ = ["BuildJournal", "Chunk", "ChunkBuffer", "JournalMismatch", "journal_dir", "plan_for"]

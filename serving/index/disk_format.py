@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from cdd_common.json_document import read_json_object
 from serving.index.errors import IndexBundleMismatch, IndexCorruptError
 from serving.index.item_table import ItemTable
-from serving.json_document import read_json_object
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STRUCTURE_FILE", "check_bundle", "read_info", "read_rows", "write_files"]
 

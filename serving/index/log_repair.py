@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.atomic_file import fsync_dir
+from cdd_common.atomic_file import fsync_dir
 from serving.index.atomic_dir import POINTER_FILE, resolve
 from serving.index.disk_format import read_info
 from serving.index.errors import GalleryIndexError, IndexCorruptError

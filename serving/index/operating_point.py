@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from serving.index.exact_search import exact_top_k
+from serving.index.recall import recall_at_k
 
 __all__ = ["PARAMETER", "TARGET_RECALL", "OperatingPoint", "exact_neighbours", "tune_operating_point"]
 
@@ -52,9 +53,11 @@ class OperatingPoint:
         }
 
 
-def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, ids: list[str], k: int) -> list[set[str]]:
-    """The exact top-``k`` ids per query (inner product over all ``vectors``)."""
-    return [{ids[row] for row, _ in hits} for hits in exact_top_k(queries, vectors, k)]
+def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, ids: list[str],
+                     k: int) -> list[list[tuple[str, float]]]:
+    """The exact top-``k`` ``(id, score)`` per query, best first (inner product over all ``vectors``): the
+    ground truth of `serving.index.recall.recall_at_k`."""
+    return [[(ids[row], score) for row, score in hits] for hits in exact_top_k(queries, vectors, k)]
 
 
 def tune_operating_point(
@@ -62,7 +65,7 @@ def tune_operating_point(
     search: Callable[[np.ndarray, int], list[list[Any]]],
     set_parameter: Callable[[str, int], None],
     queries: np.ndarray,
-    truth: list[set[str]],
+    truth: list[list[tuple[str, float]]],
     *,
     k: int = 10,
     target: float = TARGET_RECALL,
@@ -70,7 +73,8 @@ def tune_operating_point(
     parameter: str | None = None,
 ) -> OperatingPoint:
     """Try increasing values of the type's parameter (``set_parameter(name, value)``, then ``search``
-    returning hits with ``.id``) until recall@k of ``queries`` against ``truth`` reaches ``target``; the
+    returning hits with ``.id`` and ``.score``) until `recall_at_k` of ``queries`` against ``truth``
+    (`exact_neighbours`) reaches ``target``; the
     parameter is left at the chosen value (the largest tried when none reaches it). ``upper`` caps the
     values (nlist for nprobe). ``parameter`` names the knob when ``index_type`` is not in PARAMETER (a
     FAISS factory string's nprobe or ef_search)."""
@@ -81,9 +85,7 @@ def tune_operating_point(
     tried: list[tuple[int, float]] = []
     for value in values:
         set_parameter(name, value)
-        found = search(queries, k)
-        hits = sum(len({h.id for h in row} & want) for row, want in zip(found, truth, strict=True))
-        recall = hits / max(1, sum(len(want) for want in truth))
+        recall = recall_at_k(search(queries, k), truth)
         tried.append((value, recall))
         if recall >= target:
             return OperatingPoint(name, value, recall, k, True, tuple(tried))

@@ -199,14 +199,14 @@ def _run(dataset: Any, total: int, progress: bool, summary: RayBuildSummary) -> 
 
 def _operating_point(gallery: Any, cfg: RayBuildConfig, count: int) -> dict[str, Any] | None:
     """Tune an approximate index as the local build does (`serving.index.store_build.tune_store`), on the
-    vectors read back from the collection; beyond ``_TUNE_MAX_ITEMS`` the --option values stay."""
+    vectors read back from the collection; beyond ``_TUNE_MAX_ITEMS`` the --set index.KEY values stay."""
     from serving.index.operating_point import PARAMETER
     from serving.index.store_build import tune_store
 
     if cfg.index_type not in PARAMETER:
         return None
     if count > _TUNE_MAX_ITEMS:
-        _LOG.warning("%d items are too many to read back for tuning; %s keeps its --option / default value",
+        _LOG.warning("%d items are too many to read back for tuning; %s keeps its --set index.KEY / default value",
                      count, PARAMETER[cfg.index_type])
         return None
     ids, vectors = [], []
@@ -222,7 +222,7 @@ def _operating_point(gallery: Any, cfg: RayBuildConfig, count: int) -> dict[str,
 
 
 def _write_report(cfg: RayBuildConfig, manifest: Manifest, summary: RayBuildSummary) -> Path:
-    from serving.atomic_file import write_text_atomic
+    from cdd_common.atomic_file import write_text_atomic
 
     report = {
         "collection": cfg.collection,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.atomic_file import fsync_dir, write_bytes_atomic
+from cdd_common.atomic_file import fsync_dir, write_bytes_atomic
 from serving.errors import StorageFailed
 from serving.index.errors import LogDamagedError, storage_error
 from serving.index.log_frames import FILE_MAGIC, LogScan, encode_frame, scan_log

@@ -25,7 +25,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TINY_ALL_OPTIONS = (
     "--backends onnxruntime-cpu --batches 1,2 --warmup 1 --iters 2 --concurrency 2 --serve-seconds 0.5 "
     "--offline-seconds 0.2 --max-batch 4 --index-sizes 300 --index-types flat,ivf --search-seconds 0.05 "
-    "--max-queries 10 --threads 1 --gallery-size 50 --overload-clients 6 --overload-cap 1 --instances 0 "
+    "--max-queries 10 --engine-threads 1 --gallery-size 50 --overload-clients 6 --overload-cap 1 --instances 0 "
     "--log-level WARNING"
 )
 

@@ -26,7 +26,7 @@ def test_engine_shows_teacher_student_and_int8_student(student_bundles, teacher_
                                                       tmp_path: Path) -> None:
     code = main(["engine", "--bundle", str(teacher_bundle), "--bundle", str(student_bundles.fp32), "--bundle",
                  str(student_bundles.int8), "--labels", "teacher,student,student-int8", "--backends",
-                 "onnxruntime-cpu", "--batches", "1,16", "--iters", "3", "--warmup", "1", "--threads", "1",
+                 "onnxruntime-cpu", "--batches", "1,16", "--iters", "3", "--warmup", "1", "--engine-threads", "1",
                  "--out", str(tmp_path)])
     assert code == 0
     full = json.loads((tmp_path / "engine.json").read_text())
@@ -67,7 +67,7 @@ def test_int8_targets_known_answers() -> None:
 
 def test_profile_says_where_the_time_goes(student_bundles, tmp_path: Path) -> None:
     code = main(["profile", "--bundle", str(student_bundles.fp32), "--bundle", str(student_bundles.int8),
-                 "--labels", "fp32,int8", "--batch", "4", "--runs", "3", "--warmup", "1", "--threads", "1",
+                 "--labels", "fp32,int8", "--batch", "4", "--runs", "3", "--warmup", "1", "--engine-threads", "1",
                  "--out", str(tmp_path)])
     assert code == 0
     fp32, int8 = json.loads((tmp_path / "profile.json").read_text())["profile"]

@@ -36,7 +36,7 @@ def many_images(tmp_path_factory: pytest.TempPathFactory, synthetic) -> Path:
 
 def _command(bundle: Path, images: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "serving.index", "build", "--bundle", str(bundle), "--images", str(images),
-            "--out", str(out), "--backend", "onnxruntime-cpu", "--batch-size", "1", "--workers", "1",
+            "--out", str(out), "--backend", "onnxruntime-cpu", "--batch-size", "1", "--decode-threads", "1",
             "--commit-every", str(_COMMIT_EVERY), "--quiet", *extra]
 
 

@@ -14,6 +14,7 @@ import pytest
 from serving.index import GalleryIndex
 from serving.index.__main__ import main as cdd_index
 from serving.index.operating_point import TARGET_RECALL, exact_neighbours, tune_operating_point
+from serving.index.recall import recall_at_k
 from tests.serving.server_process import ServerProcess
 
 
@@ -43,8 +44,7 @@ def test_the_smallest_parameter_reaching_the_target_is_chosen_and_saved(index_ty
     loaded = GalleryIndex.load(tmp_path / "idx")
     assert loaded.stats()["search"][point.parameter] == point.value
     found = loaded.search(queries, 10)
-    recall = np.mean([len({h.id for h in row} & want) / 10 for row, want in zip(found, truth, strict=True)])
-    assert recall == pytest.approx(point.recall)
+    assert len(found) == len(truth) == len(queries) and recall_at_k(found, truth) == pytest.approx(point.recall)
 
 
 def test_build_reports_and_stores_the_operating_point(

@@ -31,7 +31,7 @@ def _source_copy(target: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, target / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("training", "export", "serving"):
+    for package in ("cdd_common", "training", "export", "serving"):
         shutil.copytree(ROOT / package, target / package, ignore=ignore)
     return target
 

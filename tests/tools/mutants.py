@@ -125,10 +125,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "        if name not in files:\n            raise", "        if False:\n            raise",
            ("tests/serving/test_bundle_files.py",), "a model file no sha256 vouches for is loaded"),
     # pixel cap
-    Mutant("pixel cap off", "pixel cap", "serving/image_decoding.py",
+    Mutant("pixel cap off", "pixel cap", "cdd_common/image_decoding.py",
            "if max_pixels is not None and width * height > max_pixels:", "if False:", _PIXELS,
            "a decompression bomb is decoded"),
-    Mutant("pixel cap off by one", "pixel cap", "serving/image_decoding.py",
+    Mutant("pixel cap off by one", "pixel cap", "cdd_common/image_decoding.py",
            "if max_pixels is not None and width * height > max_pixels:",
            "if max_pixels is not None and width * height >= max_pixels:", _PIXELS,
            "an image of exactly the allowed size is refused"),

@@ -49,3 +49,16 @@ def test_lr_schedule_shape():
     assert lr_factor(10, **args) == lr_factor(39.9, **args) == 1.0
     assert lr_factor(80, **args) == pytest.approx(0.5 * (1 + 1e-5), rel=1e-6)
     assert lr_factor(120, **args) == pytest.approx(1e-5)
+
+
+def test_defaults_are_the_demo_teacher_preset_and_the_rest_library_defaults():
+    from training.config import CDDConfig, LossConfig, TrainConfig
+
+    defaults, teacher = TrainConfig(), load_config("demo-teacher")
+    assert (defaults.run, defaults.data, defaults.model, defaults.optim) == (
+        teacher.run, teacher.data, teacher.model, teacher.optim)
+    assert load_config(None) == defaults  # cdd-train with no preset or file trains the demo teacher
+    # loss and cdd: library defaults (the paper's values, extensions off), which the paper preset keeps
+    paper = load_config("paper-student")
+    assert (paper.loss, paper.cdd.memory_size, paper.cdd.ratio) == (LossConfig(), CDDConfig().memory_size,
+                                                                    CDDConfig().ratio)

@@ -85,3 +85,13 @@ def test_reid_split_is_logged_before_training(tiny_reid_root: Path, tmp_path: Pa
     assert lines[1] == (f"  train: {len(splits.train):,} images of {len(train_ids)} identities "
                         f"({', '.join(map(str, train_ids))})")
     assert lines[2].startswith(f"  query: {len(splits.query):,} images of ")
+
+
+def test_quiet_is_run_progress_false(capsys: pytest.CaptureFixture[str]) -> None:
+    def progress(*argv: str) -> bool:
+        assert main(["--preset", "demo-teacher", *argv, "--print-config"]) == 0
+        return json.loads(capsys.readouterr().out)["run"]["progress"]
+
+    assert progress() is True
+    assert progress("--quiet") is False
+    assert progress("--set", "run.progress=false") is False

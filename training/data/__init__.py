@@ -5,9 +5,8 @@ modules stay importable without torch):
 - records: Record, DatasetSplits, train_labels (stdlib only)
 - layouts: load_dataset(name, root) for market1501, dukemtmc, msmt17, veri776, vehicleid, folder
   (stdlib only)
-- image_decoding: decode_rgb8, the one image decoding rule shared with serving (a copy of
-  serving/image_decoding.py; Pillow + numpy only)
-- transforms: load_rgb, resize_uint8, normalize_uint8, eval / train transforms, ImageLoadError
+- transforms: load_rgb (the decoding rule of cdd_common/image_decoding.py, shared with serving),
+  resize_uint8, normalize_uint8, eval / train transforms, ImageLoadError
 - samplers: IdentityBalancedBatchSampler (P identities x K images, data-parallel aware)
 - dataset: ImageDataset (on_error="raise" | "skip"), verify_images
 - synthetic: deterministic synthetic re-ID set in the Market-1501 layout + raw-pixel baseline

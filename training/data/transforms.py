@@ -1,6 +1,6 @@
 """Image loading and the train / eval transforms (PIL image -> normalised CHW float tensor).
 
-The evaluation path is exactly: `load_rgb` (the shared decoding rule of `training.data.image_decoding`,
+The evaluation path is exactly: `load_rgb` (the shared decoding rule of `cdd_common.image_decoding`,
 JPEG draft towards the input size) -> `resize_uint8` (PIL bilinear stretch to (h, w), no aspect
 preservation) -> `normalize_uint8` ((x / 255 - mean) / std in float32). The serving side reproduces these
 three steps; do not change them without changing serving's preprocessing.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data.image_decoding import UndecodableImage, decode_rgb8
+from cdd_common.image_decoding import UndecodableImage, decode_rgb8
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -52,7 +52,7 @@ class ImageLoadError(Exception):
 
 
 def load_rgb(path: str | Path, draft_hw: tuple[int, int] | None = None) -> Image.Image:
-    """Decode the whole file by the shared decoding rule (`training.data.image_decoding.decode_rgb8`:
+    """Decode the whole file by the shared decoding rule (`cdd_common.image_decoding.decode_rgb8`:
     EXIF orientation applied, alpha over white, 16-bit gray keeps its high byte) and return it as an RGB
     image. ``draft_hw``: the (h, w) it will be resized to; JPEGs then decode in draft mode towards it,
     as serving does. Raises ImageLoadError."""

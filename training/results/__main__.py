@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.atomic_file import write_text_atomic
+from cdd_common.atomic_file import write_text_atomic
 from training.results.markers import MarkerError, replace_blocks
 from training.results.registry import render_table
 from training.results.run_files import collect_run, stamp_file

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.atomic_file import write_text_atomic
+from cdd_common.atomic_file import write_text_atomic
 from training.results.stamp import StampError, machine_stamp, run_stamp
 from training.results.tables import ResultsError
 

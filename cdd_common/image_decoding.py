@@ -16,8 +16,8 @@ the same pixels:
 Every failure to decode is an `UndecodableImage` with a one-line reason (Pillow raises OSError,
 ValueError, SyntaxError, struct.error, IndexError, ... for damaged files; all of them are caught here).
 
-Two identical copies exist: ``serving/image_decoding.py`` and ``training/data/image_decoding.py``
-(serving may not import training); ``tests/test_image_decoding_copies.py`` keeps them equal.
+There is one copy, in the torch-free `cdd_common` package that training and serving both import
+(docs/architecture.md, "The import rule").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A reader (or a crash) never sees a half-written file: the data goes to a tempora
 folder, which is flushed to disk (fsync) and only then renamed into place; the folder is fsynced after
 the rename so the new name itself survives a power loss. On any error the temporary file is deleted and
 the target is left as it was. Files are made world-readable (mkstemp creates them owner-only).
-(training/atomic_file.py is the same for the training side: training and serving never import each other.)
+Training, export and serving all write through this one module (`cdd_common`, torch-free).
 """
 
 from __future__ import annotations

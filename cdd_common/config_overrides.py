@@ -1,4 +1,4 @@
-"""The one override grammar of every command that takes ``--set`` (``cdd-train``, ``cdd-export``).
+"""The one override grammar of every command that takes ``--set`` (``cdd-train``, ``cdd-export``, ``cdd-index``).
 
 ``--set section.key=value``: the key is a dotted path through a config's nested frozen dataclasses, and
 the value is parsed by that field's own type, so no quoting is needed:

@@ -1,6 +1,5 @@
 """`read_json_object`: read a JSON document that must hold an object, or raise the caller's error.
-(training/json_document.py is the training side's one reader; serving/json_document.py is the same for the
-serving side: training never imports serving).
+The one reader of training, export and serving (`cdd_common`, torch-free).
 """
 
 from __future__ import annotations

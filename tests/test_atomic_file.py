@@ -1,14 +1,13 @@
 """Atomic writes: complete files appear at once, a failed write leaves the old file, nothing stray remains;
-the data is fsynced before the rename and the folder after it (both copies, serving and training)."""
+the data is fsynced before the rename and the folder after it (`cdd_common.atomic_file`, the one writer of
+training, export and serving)."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from serving import atomic_file as serving_atomic_file
-from serving.atomic_file import atomic_path, write_text_atomic
-from training import atomic_file as training_atomic_file
+from cdd_common.atomic_file import atomic_path, write_text_atomic
 
 
 def test_write_replaces_and_is_world_readable(tmp_path):
@@ -30,8 +29,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
-@pytest.mark.parametrize("module", [serving_atomic_file, training_atomic_file], ids=["serving", "training"])
-def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch, module):
+def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc/self/fd to see which file an fsync flushed")
     events = []
@@ -48,15 +46,9 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkey
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     target = tmp_path / "file.json"
-    module.write_text_atomic(target, "durable")
+    write_text_atomic(target, "durable")
     assert target.read_text() == "durable"
     [(_, tmp, dst)] = [e for e in events if e[0] == "replace"]
     assert dst == str(target)
     assert events == [("fsync", tmp), ("replace", tmp, str(target)), ("fsync", str(tmp_path))]
 
-
-def test_the_serving_and_training_copies_are_the_same_code():
-    serving_lines = Path(serving_atomic_file.__file__).read_text().splitlines()
-    training_lines = Path(training_atomic_file.__file__).read_text().splitlines()
-    differing = [a for a, b in zip(serving_lines, training_lines, strict=True) if a != b]
-    assert differing == [line for line in serving_lines if line.startswith("(training/atomic_file.py is the same")]
