@@ -130,7 +130,7 @@ proto: $(STAMP)
 GPU_PYTHON ?= $(PY)
 .PHONY: gpu-check
 gpu-check:
-	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run runs/$(PRESET)/student --doc docs/gpu.md
+	$(GPU_PYTHON) -m serving.benchmarks.gpu_check --run $(STUDENT_RUN) --doc docs/gpu.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cdd_common training export serving tests

@@ -5,7 +5,7 @@ Steps, each a subprocess with its own time limit (420 s in all at most, so the c
 in one work folder:
 1. the environment: ``cdd-serve --check-gpu``;
 2. the GPU-marked tests: ``pytest -m "gpu or tensorrt"``;
-3. an fp16 TensorRT export of the demo student (``runs/demo/student``; the tests' tiny student when that run
+3. an fp16 TensorRT export of the shipped demo student (``runs/demo/refine``; the tests' tiny student when that run
    is absent, and the report says so) with ``--tensorrt required``, so its TensorRT parity gate runs;
 4. the served path on TensorRT: a flat index of gallery images, ``cdd-serve --backend tensorrt`` on a loopback
    port, and Search for a gallery image, which must find itself first;
@@ -200,7 +200,8 @@ def write_results(doc: Path, lines: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/demo/student"), help="student run dir to export")
+    parser.add_argument("--run", type=Path, default=Path("runs/demo/refine"),
+                        help="student run dir to export (the shipped demo student)")
     parser.add_argument("--work", type=Path, default=Path("build/gpu-check"), help="work folder (replaced)")
     parser.add_argument("--doc", type=Path, default=Path("docs/gpu.md"), help="markdown to write the results in")
     parser.add_argument("--rehearse-on-cpu", action="store_true",

@@ -29,6 +29,17 @@ def test_cubic_and_linear_curves_start_full_and_end_exactly_at_the_budget():
     assert ShrinkSchedule("none", 0.5, 0.1).progress(0.0) == 1.0  # unpaced: the budget from the start
 
 
+def test_geometric_curve_removes_the_same_share_of_what_is_left_in_every_equal_stretch():
+    geometric = ShrinkSchedule("geometric", 0.1, 0.7)
+    limits = [geometric.allowed(100.0, 20.0, 0.1 + 0.06 * i) for i in range(11)]
+    assert limits[0] == 100.0 and limits[-1] == 20.0
+    ratios = [b / a for a, b in zip(limits, limits[1:], strict=False)]
+    assert ratios == pytest.approx([0.2 ** 0.1] * 10)
+    linear = ShrinkSchedule("linear", 0.1, 0.7)
+    last_linear = linear.allowed(100.0, 20.0, 0.7) / linear.allowed(100.0, 20.0, 0.64)
+    assert last_linear < ratios[-1]  # linear's last stretch removes a larger share of what is left
+
+
 def test_a_shrink_phase_that_ends_before_it_starts_is_refused():
     with pytest.raises(ValueError, match="cdd.shrink_end = 0.1"):
         ShrinkSchedule("cubic", 0.2, 0.1)
