@@ -31,7 +31,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving._proto import retrieval_pb2_grpc
 from serving.admission import Admission
 from serving.auth import READ_TOKEN_ENV, BearerTokenInterceptor, load_token
 from serving.backends import BACKENDS, BackendUnavailable, create_engine
@@ -39,7 +38,7 @@ from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
 from serving.compatibility import gallery_bundle_for
 from serving.config import MIB, ServeConfig
-from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
+from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer, add_retrieval_to_server
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import GalleryIndex
 from serving.index.gallery_backend import open_gallery
@@ -77,6 +76,7 @@ def create_server(
     max_concurrent_rpcs: int = ServeConfig.max_concurrent_rpcs,
     max_deadline_s: float = ServeConfig.max_deadline_s,
     metrics: ServerMetrics | None = None,
+    index_threads: int = ServeConfig.index_threads,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
 
@@ -86,7 +86,8 @@ def create_server(
     reports SERVING at once; pass your own to control the status. At most ``max_concurrent_rpcs``
     Retrieval calls run at once (must be below ``max_workers``); the rest are refused by the request
     interceptor in microseconds (and counted in ``metrics``). gRPC itself refuses, uncounted, beyond
-    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Raises
+    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Every RPC thread
+    sets FAISS's OpenMP threads to ``index_threads`` (a per-thread setting; 0 = FAISS default). Raises
     PlaintextBindRefused (a ValueError) for a plaintext ``host`` beyond loopback, ValueError for bad
     limits, OSError if the address cannot be bound."""
     if (tls_cert is None) != (tls_key is None):
@@ -107,12 +108,13 @@ def create_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc"),
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc",
+                           initializer=_search_threads, initargs=(index_threads,)),
         interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
+    add_retrieval_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -133,6 +135,15 @@ def create_server(
     return server, bound
 
 
+def _search_threads(threads: int) -> None:
+    """Set FAISS's OpenMP threads in the calling thread: omp_set_num_threads applies per thread, and
+    an RPC thread searches the gallery itself (else each one would start one OpenMP thread per core)."""
+    if threads > 0:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+
 def _set_health(servicer: health.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
         servicer.set(name, status)
@@ -144,12 +155,9 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
     BundleError, GalleryIndexError (IndexBundleMismatch, IndexInUse, ...), BackendUnavailable.
     ``service.close()`` closes the gallery (saving a FAISS gallery's changes). ``metrics`` observes every batch."""
     manifest = load_bundle(config.bundle, verify=True)
-    if config.index_threads > 0:
-        import faiss
-
-        # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads
-        # only add contention there (measured: 8-24 ms vs 0.15 ms per query on a busy 2-core machine).
-        faiss.omp_set_num_threads(config.index_threads)
+    # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads only
+    # add contention there. Set here for this thread (warmup, loading) and per RPC thread by create_server.
+    _search_threads(config.index_threads)
     gallery = gallery_bundle_for(manifest, GalleryIndex.read_info(config.index).get("bundle_sha256"), config.index)
     if gallery.asymmetric:
         _LOG.info("asymmetric retrieval: queries embedded by %s, gallery %s embedded by %s", manifest.name,
@@ -220,6 +228,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             max_deadline_s=config.max_deadline_s,
             metrics=metrics,
+            index_threads=config.index_threads,
         )
     except BaseException:
         service.close()
