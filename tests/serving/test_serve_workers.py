@@ -19,6 +19,7 @@ from PIL import Image
 
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
+from serving.client import RetrievalClient
 from serving.index.__main__ import main as cdd_index
 from serving.index.gallery import GalleryIndex
 from tests.serving.server_process import ROOT
@@ -85,6 +86,13 @@ def _add(stub: pb_grpc.RetrievalStub, item_id: str, image: bytes) -> int:
     return stub.AddItems(pb.AddItemsRequest(items=[item]), timeout=30).count
 
 
+def _requests(address: str) -> int:
+    """Embedding requests the worker at ``address`` has batched (one per Search)."""
+    channel, stub = _stub(address)
+    with channel:
+        return stub.Stats(pb.StatsRequest(), timeout=30).batching.requests
+
+
 def _top(stub: pb_grpc.RetrievalStub, image: bytes) -> tuple[str, int]:
     top = stub.Search(pb.SearchRequest(image=image, k=1), timeout=30).items[0].id
     return top, stub.Stats(pb.StatsRequest(), timeout=30).count
@@ -114,6 +122,11 @@ def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_anoth
         assert _add(a, "second", second) == before + 1
         channel_a.close()
         channel_b.close()
+        requests_before = [_requests(server.address(i)) for i in (0, 1)]
+        with RetrievalClient(f"{server.address(0)},{server.address(1)}") as client:  # round-robin over both
+            assert [client.search(first, k=1)[0].id for _ in range(6)] != []
+        spread = [_requests(server.address(i)) - requests_before[i] for i in (0, 1)]
+        assert spread == [3, 3]
 
         killed = server.pids[1]
         os.kill(killed, signal.SIGKILL)  # worker B dies; the parent starts a new one on a new free port
