@@ -6,6 +6,10 @@ A worker takes the first queued request, keeps collecting for up to ``max_wait_m
 A request whose deadline passed while it was queued is dropped from the batch (``DeadlineExceeded``).
 With ``enabled=False`` (or ``max_batch=1``) every request runs alone: the baseline for benchmarks.
 
+A request may carry a ``query``: once `attach_search` gave the batcher a search function, the worker
+passes the embedded rows of every such request in the batch to it in ONE call (one gallery search per
+batch, not one per request) and resolves those requests to its results instead of their rows.
+
 Overload: the queue holds at most ``max_queue_images`` images; a request that does not fit is refused at
 once (``Overloaded``). A request of more than ``max_batch`` images (a large AddItems or SearchBatch) is
 queued one chunk at a time, the next chunk only after the previous one ran, so a Search that arrives
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +36,8 @@ from serving.request_context import current_request
 __all__ = ["BatchObserver", "BatcherStats", "DynamicBatcher"]
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+SearchFn = Callable[[np.ndarray, list[Any]], list[Any]]
+"""(float32 (M, D) rows, the M requests' queries) -> M results; runs on the worker thread."""
 BatchObserver = Callable[[int, float, list[float]], None]
 """Called after every engine call with (images in the call, engine seconds, queue seconds of each request
 in it); must be quick and must not raise (it runs on the worker thread)."""
@@ -60,6 +67,7 @@ class _Request:
     deadline: float | None
     enqueued_at: float
     future: Future
+    query: Any = None
 
 
 _STOP = object()
@@ -84,6 +92,7 @@ class DynamicBatcher:
         max_queue_images: int = ServeConfig.max_queue_images,
         instances: int = ServeConfig.instances,
         observer: BatchObserver | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}; use 1 (or enabled=False) to disable")
@@ -100,6 +109,8 @@ class DynamicBatcher:
         self._enabled = enabled and max_batch > 1
         self._max_queue = max_queue_images
         self._observer = observer
+        self._thread_init = thread_init
+        self._search: SearchFn | None = None
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -118,6 +129,10 @@ class DynamicBatcher:
     def enabled(self) -> bool:
         return self._enabled
 
+    def attach_search(self, search: SearchFn) -> None:
+        """Let requests submitted with a ``query`` be searched by ``search`` on the worker, per batch."""
+        self._search = search
+
     @property
     def max_batch(self) -> int:
         return self._max_batch
@@ -134,14 +149,17 @@ class DynamicBatcher:
                 return 0.0
             return time.monotonic() - self._progress_at
 
-    def submit(self, images: np.ndarray, deadline: float | None = None) -> Future:
+    def submit(self, images: np.ndarray, deadline: float | None = None, query: Any = None) -> Future:
         """Queue uint8 (N, H, W, 3) images, 1 <= N <= max_queue_images; the future resolves to float32
-        (N, D) rows. Raises Unavailable after ``close()``, Overloaded when the queue has no room for N
-        images, InvalidInput for an empty or non-4-D array."""
+        (N, D) rows, or with a ``query`` (and `attach_search` done) to the search's result. Raises
+        Unavailable after ``close()``, Overloaded when the queue has no room for N images, InvalidInput for
+        an empty or non-4-D array."""
         if images.ndim != 4 or images.shape[0] == 0:
             raise InvalidInput(f"batcher expects a non-empty (N, H, W, C) array, got shape {images.shape}")
         count = images.shape[0]
-        request = _Request(images, deadline, time.monotonic(), Future())
+        if query is not None and (self._search is None or count != 1):
+            raise InvalidInput("a query goes with one image, on a batcher with attach_search done")
+        request = _Request(images, deadline, time.monotonic(), Future(), query)
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down and takes no new work; retry elsewhere")
@@ -156,19 +174,20 @@ class DynamicBatcher:
             self._queue.put(request)
         return request.future
 
-    def run(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Submit and wait: float32 (N, D), queued at most ``max_batch`` images at a time. Raises
+    def run(self, images: np.ndarray, deadline: float | None = None, query: Any = None) -> Any:
+        """Submit and wait: float32 (N, D) (or the search result of a one-image ``query``), queued at most
+        ``max_batch`` images at a time. Raises
         DeadlineExceeded if ``deadline`` passes first (the queued chunk is then dropped), Cancelled when the
         current call is cancelled, Overloaded, Unavailable after ``close()``, or the engine's error."""
         if images.shape[0] <= self._max_batch:
-            return self._run_one(images, deadline)
+            return self._run_one(images, deadline, query)
         parts = [
             self._run_one(images[start : start + self._max_batch], deadline)
             for start in range(0, images.shape[0], self._max_batch)
         ]
         return np.concatenate(parts)
 
-    def _run_one(self, images: np.ndarray, deadline: float | None) -> np.ndarray:
+    def _run_one(self, images: np.ndarray, deadline: float | None, query: Any = None) -> Any:
         start = time.monotonic()
         if deadline is not None and start >= deadline:
             raise DeadlineExceeded(
@@ -176,7 +195,7 @@ class DynamicBatcher:
                 "give the call a longer deadline"
             )
         call = current_request()
-        future = self.submit(images, deadline)
+        future = self.submit(images, deadline, query)
         forget = call.on_cancel(future.cancel) if call is not None else None
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -238,6 +257,8 @@ class DynamicBatcher:
         self.close()
 
     def _loop(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         pending: _Request | None = None
         while True:
             first = pending if pending is not None else self._queue.get()
@@ -311,11 +332,28 @@ class DynamicBatcher:
             return
         if self._observer is not None:
             self._observer(images.shape[0], time.monotonic() - tick, [started - r.enqueued_at for r in live])
-        offset = 0
+        offset, searched = 0, []
         for request in live:
             count = request.images.shape[0]
-            request.future.set_result(rows[offset : offset + count].copy())
+            if request.query is not None:
+                searched.append(offset)
+            else:
+                request.future.set_result(rows[offset : offset + count].copy())
             offset += count
+        if searched:
+            self._search_rows(rows[searched], [r for r in live if r.query is not None])
+
+    def _search_rows(self, rows: np.ndarray, requests: list[_Request]) -> None:
+        """One search call for every query of the batch; its failure goes to those callers only."""
+        assert self._search is not None
+        try:
+            results = self._search(rows, [r.query for r in requests])
+        except Exception as exc:
+            for request in requests:
+                request.future.set_exception(exc)
+            return
+        for request, result in zip(requests, results, strict=True):
+            request.future.set_result(result)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         """Run the engine in chunks of at most ``max_batch`` rows (one oversized request may need several)."""

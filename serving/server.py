@@ -191,6 +191,7 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         max_queue_images=max(config.max_queue_images, max_batch),
         instances=config.instances,
         observer=metrics.observe_batch if metrics is not None else None,
+        thread_init=lambda: _search_threads(config.index_threads),  # its worker searches the gallery
     )
     limits = ServiceLimits(
         max_k=config.max_k, max_pixels=config.max_pixels, max_call_pixels=config.max_call_pixels,
