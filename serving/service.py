@@ -109,7 +109,8 @@ class RetrievalService:
         self.gallery_bundle = gallery_bundle or GalleryBundle(self._bundle_sha256, manifest.name, asymmetric=False)
         self._closed = False
         self._clock = clock
-        self.batcher.attach_search(self._search_vectors)  # a Search's gallery search runs per engine batch
+        # A Search's image is decoded, and its gallery search run, on the batcher's worker, per engine batch
+        self.batcher.attach_search(self._search_vectors, lambda query: self._decode(query.image, ""))
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -117,13 +118,13 @@ class RetrievalService:
         self, image: bytes, k: int, filters: Mapping[str, str] | None = None, deadline: float | None = None
     ) -> list[Hit]:
         """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match. The
-        gallery search runs on the batcher's worker, one per engine batch for all its Search calls."""
+        image is decoded and the gallery searched on the batcher's worker, one search per engine batch."""
         query = Query(image, k, filters)
         self._check_query(query, "")
         budget = self._budget(deadline)
-        pixels = self._pixels(image, "", budget)[None]
+        self._charge(image, "", budget)
         budget.check("embedding")
-        hits = self.batcher.run(pixels, deadline=budget.deadline, query=query)
+        hits = self.batcher.run(None, deadline=budget.deadline, query=query)
         self._check_deadline(budget)
         return hits
 
@@ -266,10 +267,18 @@ class RetrievalService:
 
     def _pixels(self, data: Any, where: str, budget: CallBudget) -> np.ndarray:
         """Decode one image of a call: check the call is still wanted, charge its declared pixels, decode."""
+        self._charge(data, where, budget)
+        return self._decode(data, where)
+
+    def _charge(self, data: Any, where: str, budget: CallBudget) -> None:
+        """Check the call is still wanted and charge the image's declared pixels to it."""
         budget.check(f"decoding {where or 'the image'}")
         declared = declared_pixels(data) if isinstance(data, bytes | bytearray) else None
         if declared is not None and declared <= self.limits.max_pixels:  # a larger one is refused by decoding
             budget.charge(declared, where or "image")
+
+    def _decode(self, data: Any, where: str) -> np.ndarray:
+        """The model input of one image; ImageDecodeError / ImageTooLargeError name ``where``."""
         try:
             return image_to_model_input(data, self.manifest, self.limits.max_pixels)
         except (ImageDecodeError, ImageTooLargeError) as exc:

@@ -56,3 +56,26 @@ def test_a_failing_search_fails_only_the_searching_requests() -> None:
             with pytest.raises(RuntimeError, match="index gone"):
                 searching.result(timeout=30)
             assert plain.result(timeout=30).tolist() == [[2.0]]
+
+
+def test_queries_queued_without_pixels_are_decoded_on_the_worker_and_a_bad_one_fails_alone() -> None:
+    decoded_on: set[str] = set()
+
+    def decode(query: int) -> np.ndarray:
+        decoded_on.add(threading.current_thread().name)
+        if query < 0:
+            raise ValueError(f"query {query}: not an image")
+        return _image(query)[0]
+
+    def search(rows: np.ndarray, queries: list[int]) -> list[float]:
+        return [float(r) for r in rows[:, 0]]
+
+    with DynamicBatcher(_embed, max_batch=3, max_wait_ms=10_000) as batcher:
+        batcher.attach_search(search, decode)
+        with ThreadPoolExecutor(3) as pool:
+            futures = {q: pool.submit(batcher.run, None, None, q) for q in (4, -1, 5)}
+            with pytest.raises(ValueError, match="query -1: not an image"):
+                futures[-1].result(timeout=30)
+            assert [futures[q].result(timeout=30) for q in (4, 5)] == [4.0, 5.0]
+        assert batcher.stats().batches == 1 and batcher.stats().images == 2  # one engine call for the good two
+    assert decoded_on == {"cdd-batcher-0"}
