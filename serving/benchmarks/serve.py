@@ -284,6 +284,7 @@ def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str
         probe = _overload_probe(bundles[first], indexes[first], payloads[first], cfg, backend)
     return {
         "config": asdict(cfg),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "backend": backend,
         "threads": threads,
         "bundles": {label: {"path": str(path), "name": manifests[label].name,

@@ -85,6 +85,9 @@ def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
         "",
         *[f"- {name.replace('_', ' ')}: {number(value, 2)}" for name, value in result["ratios"].items()],
     ]
+    if result.get("load_average_at_end"):
+        load = ", ".join(f"{v:.2f}" for v in result["load_average_at_end"])
+        lines += [f"- load average (1, 5, 15 min) at the end: {load}"]
     if image:
         lines += ["", f"![serving throughput and latency]({image})"]
     return "\n".join(lines).rstrip() + "\n"
