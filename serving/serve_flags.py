@@ -58,12 +58,12 @@ def flag_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"{text} (default {default})"
         )
-    parser.add_argument("--workers", type=int, default=ServeConfig.workers,
+    parser.add_argument("--workers", type=int, default=ServeConfig.workers, metavar="N",
                         help="server processes, one port each from --port up (0 = one per core; default "
                              f"{ServeConfig.workers}); see docs/serve-workers.md")
-    parser.add_argument("--rpc-threads", dest="max_workers", type=int, default=ServeConfig.max_workers,
+    parser.add_argument("--rpc-threads", dest="max_workers", type=int, default=ServeConfig.max_workers, metavar="N",
                         help=f"RPC handler threads per process (default {ServeConfig.max_workers})")
-    parser.add_argument("--max-workers", dest="max_workers", type=int, action=_DeprecatedAlias,
+    parser.add_argument("--max-workers", dest="max_workers", type=int, action=_DeprecatedAlias, metavar="N",
                         help="deprecated spelling of --rpc-threads")
     parser.add_argument(WORKER_LOCK_FLAG, dest="worker_lock_fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default=ServeConfig.backend, choices=("auto", *BACKENDS))
