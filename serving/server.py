@@ -13,6 +13,9 @@ Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval
 Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) are durable when
 acknowledged: the FAISS store appends them to the index folder's fsynced write log before replying
 (`serving.index.durable_gallery`), Milvus keeps them in its own log.
+
+``cdd-serve --workers N`` (N > 1) runs `serving.worker_pool` instead: N processes like this one, one port
+each, sharing the write log (docs/serve-workers.md).
 """
 
 from __future__ import annotations
