@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["decode_jpeg_fast"]
+__all__ = ["decode_jpeg_fast", "jpeg_declared_pixels"]
 
 _SOI = b"\xff\xd8"
 _SOS, _APP1 = 0xDA, 0xE1
@@ -95,3 +95,16 @@ def decode_jpeg_fast(
     if pixels.shape != (out_h, out_w, 3):
         return None
     return Image.fromarray(pixels, "RGB")
+
+
+def jpeg_declared_pixels(data: bytes) -> int | None:
+    """Width x height a JPEG's frame header declares (what Pillow's ``Image.open(...).size`` gives), read
+    by the native decoder; None when it is not a JPEG it can read (ask Pillow)."""
+    decoder = _decoder()
+    if not decoder or not isinstance(data, bytes) or not data.startswith(_SOI):
+        return None
+    try:
+        height, width, _, _ = decoder.decode_jpeg_header(data)
+    except Exception:  # noqa: BLE001 - Pillow reads it, or reports why not
+        return None
+    return int(width) * int(height)

@@ -21,7 +21,7 @@ from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import InvalidInput, TooLarge
 from serving.image_decoding import ImageTooLarge, UndecodableImage, decode_rgb8
-from serving.jpeg_fast_path import decode_jpeg_fast
+from serving.jpeg_fast_path import decode_jpeg_fast, jpeg_declared_pixels
 
 __all__ = [
     "ImageDecodeError",
@@ -81,6 +81,9 @@ def decode_image(
 def declared_pixels(data: bytes) -> int | None:
     """Width x height that encoded ``data`` declares in its header, read without decoding a pixel; None when
     the header cannot be read (decoding then says why)."""
+    fast = jpeg_declared_pixels(data)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

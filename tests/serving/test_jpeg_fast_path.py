@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from serving.image_decoding import decode_rgb8
-from serving.jpeg_fast_path import decode_jpeg_fast
+from serving.jpeg_fast_path import decode_jpeg_fast, jpeg_declared_pixels
 
 pytest.importorskip("simplejpeg", reason="simplejpeg (a core dependency) is not installed")
 
@@ -95,3 +95,13 @@ def _gif(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.convert("P").save(buffer, format="GIF")
     return buffer.getvalue()
+
+
+def test_declared_pixels_from_the_jpeg_header_match_pillows_size() -> None:
+    for size in ((64, 32), (37, 91), (300, 170)):
+        image = Image.fromarray(_picture(*size, seed=7))
+        for data in (_jpeg(image), _jpeg(image, progressive=True), _jpeg(image.convert("CMYK"))):
+            with Image.open(io.BytesIO(data)) as opened:
+                assert jpeg_declared_pixels(data) == opened.size[0] * opened.size[1]
+    assert jpeg_declared_pixels(_png(Image.fromarray(_picture(8, 8, 1)))) is None
+    assert jpeg_declared_pixels(b"\xff\xd8" + bytes(10)) is None
