@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test test-loaded mutation lint bench bench-bundle ablation ablation-study step-time serve \
+.PHONY: install train export test test-loaded mutation lint bench bench-serve bench-bundle ablation ablation-study step-time serve \
 	index data proto clean help results results-collect
 
 help:
@@ -18,7 +18,7 @@ help:
 	@echo "make results-collect   copy the finished demo runs' metrics to docs/results/ (then make results)"
 	@echo "make test-loaded    make test while two CPU-bound processes keep the cores busy"
 	@echo "make mutation       targeted mutants of the mechanisms users rely on: killed / survived"
-	@echo "make lint | bench | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
+	@echo "make lint | bench | bench-serve | bench-bundle | ablation | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,11 @@ index: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/cdd-serve --bundle bundles/$(PRESET) --index indexes/$(PRESET) --host 127.0.0.1 --port 50051
+
+# docs/serve.{md,json,png}: bare sync / aio floors and cdd-serve on bundles/demo (and bundles/bench from
+# make bench-bundle, when present), 16 callers from a 2-process load generator.
+bench-serve: $(STAMP)
+	$(PY) -m serving.benchmarks serve --bundle bundles/demo --realistic bundles/bench --load-processes 2 --out docs
 
 bench: $(STAMP)
 	$(PY) -m serving.benchmarks all --out docs

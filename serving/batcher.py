@@ -6,6 +6,12 @@ A worker takes the first queued request, keeps collecting for up to ``max_wait_m
 A request whose deadline passed while it was queued is dropped from the batch (``DeadlineExceeded``).
 With ``enabled=False`` (or ``max_batch=1``) every request runs alone: the baseline for benchmarks.
 
+A request may carry a ``query``: once `attach_search` gave the batcher a search function, the worker
+passes the embedded rows of every such request in the batch to it in ONE call (one gallery search per
+batch, not one per request) and resolves those requests to its results instead of their rows. A query
+submitted without pixels is decoded on the worker too (``decode``, per request: a bad image fails only
+its own request), so a Search call's thread only parses, checks, queues and waits.
+
 Overload: the queue holds at most ``max_queue_images`` images; a request that does not fit is refused at
 once (``Overloaded``). A request of more than ``max_batch`` images (a large AddItems or SearchBatch) is
 queued one chunk at a time, the next chunk only after the previous one ran, so a Search that arrives
@@ -21,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +38,10 @@ from serving.request_context import current_request
 __all__ = ["BatchObserver", "BatcherStats", "DynamicBatcher"]
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+SearchFn = Callable[[np.ndarray, list[Any]], list[Any]]
+"""(float32 (M, D) rows, the M requests' queries) -> M results; runs on the worker thread."""
+DecodeFn = Callable[[Any], np.ndarray]
+"""A query -> its uint8 (H, W, 3) model input; runs on the worker thread; raises the decoding errors."""
 BatchObserver = Callable[[int, float, list[float]], None]
 """Called after every engine call with (images in the call, engine seconds, queue seconds of each request
 in it); must be quick and must not raise (it runs on the worker thread)."""
@@ -56,10 +67,15 @@ class BatcherStats:
 
 @dataclass
 class _Request:
-    images: np.ndarray
+    images: np.ndarray | None  # None: one image, decoded from ``query`` on the worker
     deadline: float | None
     enqueued_at: float
     future: Future
+    query: Any = None
+
+    @property
+    def count(self) -> int:
+        return 1 if self.images is None else self.images.shape[0]
 
 
 _STOP = object()
@@ -84,6 +100,7 @@ class DynamicBatcher:
         max_queue_images: int = ServeConfig.max_queue_images,
         instances: int = ServeConfig.instances,
         observer: BatchObserver | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}; use 1 (or enabled=False) to disable")
@@ -100,6 +117,9 @@ class DynamicBatcher:
         self._enabled = enabled and max_batch > 1
         self._max_queue = max_queue_images
         self._observer = observer
+        self._thread_init = thread_init
+        self._search: SearchFn | None = None
+        self._decode: DecodeFn | None = None
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -118,6 +138,11 @@ class DynamicBatcher:
     def enabled(self) -> bool:
         return self._enabled
 
+    def attach_search(self, search: SearchFn, decode: DecodeFn | None = None) -> None:
+        """Let requests submitted with a ``query`` be searched by ``search`` on the worker, per batch, and
+        (with ``decode``) queries submitted without pixels be decoded there."""
+        self._search, self._decode = search, decode
+
     @property
     def max_batch(self) -> int:
         return self._max_batch
@@ -134,14 +159,19 @@ class DynamicBatcher:
                 return 0.0
             return time.monotonic() - self._progress_at
 
-    def submit(self, images: np.ndarray, deadline: float | None = None) -> Future:
+    def submit(self, images: np.ndarray | None, deadline: float | None = None, query: Any = None) -> Future:
         """Queue uint8 (N, H, W, 3) images, 1 <= N <= max_queue_images; the future resolves to float32
-        (N, D) rows. Raises Unavailable after ``close()``, Overloaded when the queue has no room for N
-        images, InvalidInput for an empty or non-4-D array."""
-        if images.ndim != 4 or images.shape[0] == 0:
+        (N, D) rows, or with a ``query`` (and `attach_search` done) to the search's result. Raises
+        Unavailable after ``close()``, Overloaded when the queue has no room for N images, InvalidInput for
+        an empty or non-4-D array. ``images`` None: one image that ``query`` carries, decoded on the worker."""
+        if images is None and (query is None or self._decode is None):
+            raise InvalidInput("a request without pixels needs a query and a batcher with a decoder attached")
+        if images is not None and (images.ndim != 4 or images.shape[0] == 0):
             raise InvalidInput(f"batcher expects a non-empty (N, H, W, C) array, got shape {images.shape}")
-        count = images.shape[0]
-        request = _Request(images, deadline, time.monotonic(), Future())
+        count = 1 if images is None else images.shape[0]
+        if query is not None and (self._search is None or count != 1):
+            raise InvalidInput("a query goes with one image, on a batcher with attach_search done")
+        request = _Request(images, deadline, time.monotonic(), Future(), query)
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down and takes no new work; retry elsewhere")
@@ -156,19 +186,20 @@ class DynamicBatcher:
             self._queue.put(request)
         return request.future
 
-    def run(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Submit and wait: float32 (N, D), queued at most ``max_batch`` images at a time. Raises
+    def run(self, images: np.ndarray | None, deadline: float | None = None, query: Any = None) -> Any:
+        """Submit and wait: float32 (N, D) (or the search result of a one-image ``query``), queued at most
+        ``max_batch`` images at a time. Raises
         DeadlineExceeded if ``deadline`` passes first (the queued chunk is then dropped), Cancelled when the
         current call is cancelled, Overloaded, Unavailable after ``close()``, or the engine's error."""
-        if images.shape[0] <= self._max_batch:
-            return self._run_one(images, deadline)
+        if images is None or images.shape[0] <= self._max_batch:
+            return self._run_one(images, deadline, query)
         parts = [
             self._run_one(images[start : start + self._max_batch], deadline)
             for start in range(0, images.shape[0], self._max_batch)
         ]
         return np.concatenate(parts)
 
-    def _run_one(self, images: np.ndarray, deadline: float | None) -> np.ndarray:
+    def _run_one(self, images: np.ndarray | None, deadline: float | None, query: Any = None) -> Any:
         start = time.monotonic()
         if deadline is not None and start >= deadline:
             raise DeadlineExceeded(
@@ -176,7 +207,7 @@ class DynamicBatcher:
                 "give the call a longer deadline"
             )
         call = current_request()
-        future = self.submit(images, deadline)
+        future = self.submit(images, deadline, query)
         forget = call.on_cancel(future.cancel) if call is not None else None
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -238,6 +269,8 @@ class DynamicBatcher:
         self.close()
 
     def _loop(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         pending: _Request | None = None
         while True:
             first = pending if pending is not None else self._queue.get()
@@ -252,7 +285,7 @@ class DynamicBatcher:
     def _collect(self, first: _Request) -> tuple[list[_Request], _Request | None, bool]:
         """Gather requests after ``first``: (batch, a request that did not fit, whether STOP was seen)."""
         batch = [first]
-        size = first.images.shape[0]
+        size = first.count
         if not self._enabled:
             return batch, None, False
         until = time.monotonic() + self._max_wait
@@ -264,16 +297,16 @@ class DynamicBatcher:
                 break
             if item is _STOP:
                 return batch, None, True
-            if size + item.images.shape[0] > self._max_batch:
+            if size + item.count > self._max_batch:
                 return batch, item, False
             batch.append(item)
-            size += item.images.shape[0]
+            size += item.count
         return batch, None, False
 
     def _run(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         with self._lock:
-            self._queued_images -= sum(r.images.shape[0] for r in batch)
+            self._queued_images -= sum(r.count for r in batch)
             self._running += 1
         try:
             self._run_live(batch, started)
@@ -299,6 +332,7 @@ class DynamicBatcher:
             self._counts["expired"] += expired
             self._counts["requests"] += len(live)
             self._wait_total += sum(started - r.enqueued_at for r in live)
+        live = self._decoded(live)
         if not live:
             return
         images = live[0].images if len(live) == 1 else np.concatenate([r.images for r in live])
@@ -311,11 +345,42 @@ class DynamicBatcher:
             return
         if self._observer is not None:
             self._observer(images.shape[0], time.monotonic() - tick, [started - r.enqueued_at for r in live])
-        offset = 0
+        offset, searched = 0, []
         for request in live:
-            count = request.images.shape[0]
-            request.future.set_result(rows[offset : offset + count].copy())
+            count = request.count
+            if request.query is not None:
+                searched.append(offset)
+            else:
+                request.future.set_result(rows[offset : offset + count].copy())
             offset += count
+        if searched:
+            self._search_rows(rows[searched], [r for r in live if r.query is not None])
+
+    def _decoded(self, live: list[_Request]) -> list[_Request]:
+        """Decode the requests queued without pixels; one that fails gets its error, the rest go on."""
+        ready = []
+        for request in live:
+            if request.images is None:
+                assert self._decode is not None
+                try:
+                    request.images = self._decode(request.query)[None]
+                except Exception as exc:  # the image's own error (undecodable, too large) for its caller only
+                    request.future.set_exception(exc)
+                    continue
+            ready.append(request)
+        return ready
+
+    def _search_rows(self, rows: np.ndarray, requests: list[_Request]) -> None:
+        """One search call for every query of the batch; its failure goes to those callers only."""
+        assert self._search is not None
+        try:
+            results = self._search(rows, [r.query for r in requests])
+        except Exception as exc:
+            for request in requests:
+                request.future.set_exception(exc)
+            return
+        for request, result in zip(requests, results, strict=True):
+            request.future.set_result(result)
 
     def _embed(self, images: np.ndarray) -> np.ndarray:
         """Run the engine in chunks of at most ``max_batch`` rows (one oversized request may need several)."""

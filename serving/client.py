@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving._proto import retrieval_pb2 as pb
 from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.auth import load_token
+from serving.client_targets import channel_target
 from serving.config import ServeConfig
 from serving.retry_policy import RETRIED_METHODS, UPSERT_METHOD, RetryPolicy
 
@@ -67,9 +68,11 @@ def _hits(response: pb.SearchResponse) -> list[SearchHit]:
 
 
 class RetrievalClient:
-    """A channel to ``target`` ("host:port"). ``token``: bearer token sent on every call; ``tls_ca``: PEM
-    root certificate (path or bytes) to use TLS, else plaintext; ``tls_cert``/``tls_key``: this client's PEM
-    certificate and key for a server that requires them (mutual TLS); ``timeout``: default deadline (s);
+    """A channel to ``target`` ("host:port", or several comma-separated, e.g. the ports of `cdd-serve
+    --workers`: calls go to each in turn, `serving.client_targets`). ``token``: bearer token sent on every
+    call; ``tls_ca``: PEM root certificate (path or bytes) to use TLS, else plaintext;
+    ``tls_cert``/``tls_key``: this client's PEM certificate and key for a server that requires them (mutual
+    TLS); ``timeout``: default deadline (s);
     ``retry``: which failures are retried and whether calls wait for the server (see `RetryPolicy`)."""
 
     def __init__(
@@ -96,11 +99,13 @@ class RetrievalClient:
                 root_certificates=_pem(tls_ca), private_key=_pem(tls_key), certificate_chain=_pem(tls_cert)
             )
 
+        address, spread = channel_target(target)
+
         def channel(methods: tuple[str, ...]) -> grpc.Channel:
-            options = sizes + self.retry.channel_options(methods)
+            options = sizes + self.retry.channel_options(methods) + spread
             if credentials is not None:
-                return grpc.secure_channel(target, credentials, options=options)
-            return grpc.insecure_channel(target, options=options)
+                return grpc.secure_channel(address, credentials, options=options)
+            return grpc.insecure_channel(address, options=options)
 
         # Two channels: AddItems without upsert must never be sent twice, and a retry policy is per method.
         self._channel = channel((*RETRIED_METHODS, UPSERT_METHOD))
@@ -194,7 +199,8 @@ class RetrievalClient:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdd-search", description="Search a cdd-serve gallery with images.")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="query image file(s)")
-    parser.add_argument("--target", default="127.0.0.1:50051", help="server host:port")
+    parser.add_argument("--target", default="127.0.0.1:50051",
+                        help="server host:port, or several comma-separated (cdd-serve --workers ports)")
     parser.add_argument("-k", type=int, default=5, help="results per image")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata filter")
     parser.add_argument("--token-file", type=Path, help="bearer token file (else $CDD_SERVE_TOKEN)")

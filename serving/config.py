@@ -25,7 +25,9 @@ class ServeConfig:
     many large images is refused before it takes minutes of CPU),
     ``max_id_bytes`` per gallery id and ``max_metadata_bytes`` per item's metadata or a query's filters
     (keys plus values, UTF-8), ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems;
-    ``max_message_bytes`` per request / response; ``max_workers`` RPC threads.
+    ``max_message_bytes`` per request / response; ``max_workers`` RPC threads per process (flag
+    ``--rpc-threads``); ``workers`` server processes (`serving.worker_pool`; ``worker_lock_fd`` is set by
+    that parent for its workers: the index folder's lock it holds for them).
     ``tls_cert``/``tls_key`` (PEM) turn TLS on, ``tls_client_ca`` requires client certificates signed by it
     (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
     AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
@@ -81,6 +83,8 @@ class ServeConfig:
     watchdog_s: float = 10.0
     metrics_port: int | None = None
     log_format: str = "text"
+    workers: int = 1
+    worker_lock_fd: int | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -88,7 +92,7 @@ class ServeConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         for name in ("max_batch", "max_k", "max_pixels", "max_call_pixels", "max_id_bytes", "max_metadata_bytes",
-                     "max_queries", "max_items", "max_workers"):
+                     "max_queries", "max_items", "max_workers", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.index_device not in ("cpu", "cuda", "auto"):
@@ -104,8 +108,8 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_concurrent_rpcs >= self.max_workers:
             raise ValueError(
-                f"--max-concurrent-rpcs ({self.max_concurrent_rpcs}) must be below --max-workers "
-                f"({self.max_workers}) so health checks and Stats always find a thread; raise --max-workers"
+                f"--max-concurrent-rpcs ({self.max_concurrent_rpcs}) must be below --rpc-threads "
+                f"({self.max_workers}) so health checks and Stats always find a thread; raise --rpc-threads"
             )
         if self.max_queue_images < self.max_batch:
             raise ValueError(

@@ -36,9 +36,11 @@ from serving.index.errors import DuplicateIdError, UnknownIdError
 from serving.index.item_table import metadata_text
 from serving.log_rate import RateLimitedLog
 from serving.metrics import ServerMetrics
+from serving.response_wire import search_batch_response, search_response
 from serving.service import NewItem, Query, RetrievalService
 
-__all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "status_for", "wire_metadata"]
+__all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "add_retrieval_to_server", "status_for",
+           "wire_metadata"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 
@@ -87,8 +89,21 @@ def _deadline(context: grpc.ServicerContext, max_s: float) -> float:
     return time.monotonic() + min(remaining, max_s)
 
 
-def _items(hits: list[Any]) -> list[pb.Item]:
-    return [pb.Item(id=hit.id, score=float(hit.score), metadata=wire_metadata(hit.metadata)) for hit in hits]
+def _serialize(message: Any) -> bytes:
+    """Response serializer: bytes a handler built itself (`serving.response_wire`) go out as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_retrieval_to_server(servicer: pb_grpc.RetrievalServicer, server: grpc.Server) -> None:
+    """Register cdd.v1.Retrieval like the generated ``add_RetrievalServicer_to_server``, except that a
+    handler may return the serialised response bytes (Search and SearchBatch do)."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Retrieval"].methods:
+        request = getattr(pb, method.input_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name), request_deserializer=request.FromString, response_serializer=_serialize
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def _new_item(message: pb.NewItem) -> NewItem:
@@ -129,20 +144,19 @@ class RetrievalServicer(pb_grpc.RetrievalServicer):
         _CLIENT_ERRORS.log(logging.INFO, "%s: %s", code.name, exc)
         context.abort(code, str(exc))
 
-    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
-        def work(deadline: float | None) -> pb.SearchResponse:
-            hits = self._service.search(request.image, request.k, dict(request.filters), deadline=deadline)
-            return pb.SearchResponse(items=_items(hits))
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> bytes:
+        def work(deadline: float | None) -> bytes:
+            filters = dict(request.filters) if request.filters else None
+            return search_response(self._service.search(request.image, request.k, filters, deadline=deadline))
 
         return self._call(context, work)
 
     def SearchBatch(
         self, request: pb.SearchBatchRequest, context: grpc.ServicerContext
-    ) -> pb.SearchBatchResponse:
-        def work(deadline: float | None) -> pb.SearchBatchResponse:
+    ) -> bytes:
+        def work(deadline: float | None) -> bytes:
             queries = [Query(q.image, q.k, dict(q.filters)) for q in request.queries]
-            results = self._service.search_batch(queries, deadline=deadline)
-            return pb.SearchBatchResponse(results=[pb.SearchResponse(items=_items(h)) for h in results])
+            return search_batch_response(self._service.search_batch(queries, deadline=deadline))
 
         return self._call(context, work)
 

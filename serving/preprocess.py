@@ -21,6 +21,7 @@ from cdd_common.image_decoding import ImageTooLarge, UndecodableImage, decode_rg
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import InvalidInput, TooLarge
+from serving.jpeg_fast_path import decode_jpeg_fast, jpeg_declared_pixels
 
 __all__ = [
     "ImageDecodeError",
@@ -55,7 +56,8 @@ def decode_image(
     composited over the manifest's background, EXIF orientation applied as the manifest says).
 
     With ``manifest``, JPEGs are decoded in draft mode towards its input size; without, at full size with
-    the rule's defaults. The declared size is checked against ``max_pixels`` before decoding pixels.
+    the rule's defaults. The declared size is checked against ``max_pixels`` before decoding pixels. JPEGs
+    the native decoder gives the same pixels for are decoded by it (`serving.jpeg_fast_path`).
     Raises ImageDecodeError (every failure to decode), ImageTooLargeError."""
     options: dict[str, Any] = {}
     if manifest is not None:
@@ -65,6 +67,9 @@ def decode_image(
             "exif_orientation": pre.exif_orientation,
             "background": tuple(pre.background),
         }
+    fast = decode_jpeg_fast(data, max_pixels, options.get("draft_hw"), options.get("exif_orientation", True))
+    if fast is not None:  # the same pixels, from the native decoder (`serving.jpeg_fast_path`)
+        return fast
     try:
         return decode_rgb8(data, max_pixels, **options)
     except ImageTooLarge as exc:
@@ -76,6 +81,9 @@ def decode_image(
 def declared_pixels(data: bytes) -> int | None:
     """Width x height that encoded ``data`` declares in its header, read without decoding a pixel; None when
     the header cannot be read (decoding then says why)."""
+    fast = jpeg_declared_pixels(data)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

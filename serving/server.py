@@ -13,42 +13,47 @@ Health: ``grpc.health.v1`` for the overall server ("") and for "cdd.v1.Retrieval
 Retrieval, Health and Reflection services. Gallery changes (AddItems / RemoveItems) are durable when
 acknowledged: the FAISS store appends them to the index folder's fsynced write log before replying
 (`serving.index.durable_gallery`), Milvus keeps them in its own log.
+
+``cdd-serve --workers N`` (N > 1) runs `serving.worker_pool` instead: N processes like this one, one port
+each, sharing the write log (docs/serve-workers.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving._proto import retrieval_pb2_grpc
 from serving.admission import Admission
-from serving.auth import READ_TOKEN_ENV, BearerTokenInterceptor, load_token
-from serving.backends import BACKENDS, BackendUnavailable, create_engine
+from serving.auth import BearerTokenInterceptor
+from serving.backends import BackendUnavailable, create_engine
 from serving.batcher import DynamicBatcher
 from serving.bundle import BundleError, load_bundle
 from serving.compatibility import gallery_bundle_for
-from serving.config import MIB, ServeConfig
-from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer
+from serving.config import ServeConfig
+from serving.grpc_servicer import SERVICE_NAME, RetrievalServicer, add_retrieval_to_server
 from serving.index.errors import GalleryIndexError
 from serving.index.gallery import GalleryIndex
 from serving.index.gallery_backend import open_gallery
+from serving.index.index_lock import IndexLock
 from serving.log_format import configure_logging
 from serving.metrics import ServerMetrics
 from serving.request_interceptor import RequestInterceptor
+from serving.serve_flags import config_from_args as _config
+from serving.serve_flags import flag_parser as _parser
 from serving.service import RetrievalService, ServiceLimits
 from serving.tls import check_bind, is_loopback, server_credentials
 from serving.watchdog import EngineWatchdog
+from serving.worker_pool import run_workers
 
 __all__ = ["build_service", "create_server", "serve", "main"]
 
@@ -77,6 +82,7 @@ def create_server(
     max_concurrent_rpcs: int = ServeConfig.max_concurrent_rpcs,
     max_deadline_s: float = ServeConfig.max_deadline_s,
     metrics: ServerMetrics | None = None,
+    index_threads: int = ServeConfig.index_threads,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
 
@@ -86,7 +92,8 @@ def create_server(
     reports SERVING at once; pass your own to control the status. At most ``max_concurrent_rpcs``
     Retrieval calls run at once (must be below ``max_workers``); the rest are refused by the request
     interceptor in microseconds (and counted in ``metrics``). gRPC itself refuses, uncounted, beyond
-    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Raises
+    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Every RPC thread
+    sets FAISS's OpenMP threads to ``index_threads`` (a per-thread setting; 0 = FAISS default). Raises
     PlaintextBindRefused (a ValueError) for a plaintext ``host`` beyond loopback, ValueError for bad
     limits, OSError if the address cannot be bound."""
     if (tls_cert is None) != (tls_key is None):
@@ -107,12 +114,13 @@ def create_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc"),
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc",
+                           initializer=_search_threads, initargs=(index_threads,)),
         interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
     )
-    retrieval_pb2_grpc.add_RetrievalServicer_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
+    add_retrieval_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
     if health_servicer is None:
         health_servicer = health.HealthServicer()
         _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -133,6 +141,15 @@ def create_server(
     return server, bound
 
 
+def _search_threads(threads: int) -> None:
+    """Set FAISS's OpenMP threads in the calling thread: omp_set_num_threads applies per thread, and
+    an RPC thread searches the gallery itself (else each one would start one OpenMP thread per core)."""
+    if threads > 0:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+
 def _set_health(servicer: health.HealthServicer, status: int) -> None:
     for name in ("", SERVICE_NAME):
         servicer.set(name, status)
@@ -144,22 +161,21 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
     BundleError, GalleryIndexError (IndexBundleMismatch, IndexInUse, ...), BackendUnavailable.
     ``service.close()`` closes the gallery (saving a FAISS gallery's changes). ``metrics`` observes every batch."""
     manifest = load_bundle(config.bundle, verify=True)
-    if config.index_threads > 0:
-        import faiss
-
-        # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads
-        # only add contention there (measured: 8-24 ms vs 0.15 ms per query on a busy 2-core machine).
-        faiss.omp_set_num_threads(config.index_threads)
+    # Requests carry one query each and gRPC already runs them concurrently; FAISS's OpenMP threads only
+    # add contention there. Set here for this thread (warmup, loading) and per RPC thread by create_server.
+    _search_threads(config.index_threads)
     gallery = gallery_bundle_for(manifest, GalleryIndex.read_info(config.index).get("bundle_sha256"), config.index)
     if gallery.asymmetric:
         _LOG.info("asymmetric retrieval: queries embedded by %s, gallery %s embedded by %s", manifest.name,
                   config.index, gallery.name)
+    worker_lock = None if config.worker_lock_fd is None else IndexLock.inherited(config.index, config.worker_lock_fd)
     index = open_gallery(
         config.index,
         manifest.sha256(),
         compatible=manifest.compatible_with,
         device=config.index_device,
         snapshot_interval_s=config.snapshot_interval_s,
+        worker_lock=worker_lock,
     )
     try:
         engine = create_engine(config.bundle, manifest, backend=config.backend, spin=config.engine_spin,
@@ -178,6 +194,7 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
         max_queue_images=max(config.max_queue_images, max_batch),
         instances=config.instances,
         observer=metrics.observe_batch if metrics is not None else None,
+        thread_init=lambda: _search_threads(config.index_threads),  # its worker searches the gallery
     )
     limits = ServiceLimits(
         max_k=config.max_k, max_pixels=config.max_pixels, max_call_pixels=config.max_call_pixels,
@@ -220,6 +237,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             max_deadline_s=config.max_deadline_s,
             metrics=metrics,
+            index_threads=config.index_threads,
         )
     except BaseException:
         service.close()
@@ -235,9 +253,10 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             watchdog = EngineWatchdog(service.batcher.stalled_s, config.watchdog_s, _health_setter(health_servicer))
             watchdog.start()
         _LOG.info(
-            "serving %s on %s (%s, bundle %s, %d items, backend %s, warmup %.2f s)",
+            "serving %s on %s (pid %d, %s, bundle %s, %d items, backend %s, warmup %.2f s)",
             SERVICE_NAME,
             _address(config.host, port),
+            os.getpid(),
             "mutual tls" if config.tls_client_ca else "tls" if config.tls_cert else "plaintext",
             service.manifest.name,
             service.count(),
@@ -273,87 +292,6 @@ def _start_metrics(metrics: ServerMetrics, service: RetrievalService, host: str,
     _LOG.info("metrics on http://%s/metrics", _address(host, bound))
 
 
-_FLAG_HELP = {
-    "host": "interface to bind",
-    "port": "port (0 = any free port)",
-    "max_batch": "images per engine call (1 = no batching)",
-    "max_wait_ms": "batch window after 1st image",
-    "max_k": "largest k a search may ask for",
-    "max_pixels": "largest image (w*h)",
-    "max_call_pixels": "declared pixels (w*h) summed over the images of one call",
-    "max_id_bytes": "longest gallery id (UTF-8 bytes)",
-    "max_metadata_bytes": "largest metadata per item / filters per query (UTF-8 bytes)",
-    "max_workers": "RPC handler threads",
-    "grace_s": "shutdown drain time for in-flight calls",
-    "index_threads": "FAISS OpenMP threads per search (0 = FAISS default); 1 suits single-query traffic",
-    "index_device": "where a FAISS index searches: cpu, cuda or auto (GPU when faiss has GPU support)",
-    "snapshot_interval_s": "seconds between folds of the FAISS write log into a snapshot (0 = at shutdown only)",
-    "max_concurrent_rpcs": "Retrieval calls in flight; more get RESOURCE_EXHAUSTED at once",
-    "max_queue_images": "images waiting for the engine; more get RESOURCE_EXHAUSTED",
-    "max_deadline_s": "deadline of a call that carries none (or a longer one)",
-    "instances": "engine worker threads",
-    "engine_threads": "ONNX Runtime CPU intra-op threads per engine call (0 = one per core)",
-    "watchdog_s": "health NOT_SERVING after this long without engine progress (0 = off)",
-}
-"""ServeConfig fields that are flags of the same name (``max_batch`` -> ``--max-batch``), typed and
-defaulted by ServeConfig itself."""
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cdd-serve", description="Serve image retrieval (cdd.v1.Retrieval) over gRPC."
-    )
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory (cdd-export)")
-    parser.add_argument("--index", type=Path, required=True, help="gallery index directory (cdd-index build)")
-    defaults = {f.name: f.default for f in fields(ServeConfig)}
-    for name, text in _FLAG_HELP.items():
-        default = defaults[name]
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"{text} (default {default})"
-        )
-    parser.add_argument("--backend", default=ServeConfig.backend, choices=("auto", *BACKENDS))
-    parser.add_argument(
-        "--max-message-mb", type=float, default=ServeConfig.max_message_bytes / MIB,
-        help=f"largest request/response (MiB, default {ServeConfig.max_message_bytes / MIB:g})",
-    )
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
-    parser.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
-    parser.add_argument("--token-file", type=Path, help="admin bearer token, every call (else $CDD_SERVE_TOKEN)")
-    parser.add_argument("--read-token-file", type=Path,
-                        help="read-only bearer token: no AddItems/RemoveItems (else $CDD_SERVE_READ_TOKEN)")
-    parser.add_argument("--allow-plaintext-remote", action="store_true",
-                        help="allow a non-loopback --host without TLS (TLS ends at a proxy in front)")
-    parser.add_argument("--engine-spin", action="store_true",
-                        help="let ONNX Runtime's idle intra-op threads spin-wait (faster engine alone, slower "
-                             "server when RPC threads need the cores; default off)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--log-format", default=ServeConfig.log_format, choices=("text", "json"))
-    parser.add_argument("--check-gpu", action="store_true",
-                        help="check this environment for GPU serving (onnxruntime-gpu without onnxruntime, the CUDA "
-                             "provider, TensorRT, faiss) and exit 0 when ready, 1 with the fixes; needs no --bundle")
-    return parser
-
-
-def _config(args: argparse.Namespace) -> ServeConfig:
-    """ServeConfig from parsed flags; raises ValueError for an out-of-range value."""
-    if args.max_message_mb <= 0:
-        raise ValueError(f"--max-message-mb must be > 0, got {args.max_message_mb}")
-    names = (*_FLAG_HELP, "bundle", "index", "backend", "metrics_port", "log_format", "engine_spin")
-    same_name = {name: getattr(args, name) for name in names}
-    return ServeConfig(
-        **same_name,
-        max_message_bytes=int(args.max_message_mb * MIB),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        token=load_token(args.token_file),
-        read_token=load_token(args.read_token_file, variable=READ_TOKEN_ENV),
-        allow_plaintext_remote=args.allow_plaintext_remote,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """``cdd-serve``: exit 0 after a clean shutdown, 2 for a bad argument, bundle, index or backend.
     ``cdd-serve --check-gpu``: `serving.gpu_environment` (exit 0 ready, 1 not)."""
@@ -375,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.token is None and config.read_token is None and not is_loopback(config.host):
             _LOG.warning("%s without a token: anyone who can reach it can search and change the gallery",
                          config.host)
+        if config.workers > 1:
+            return run_workers(config, sys.argv[1:] if argv is None else argv, stop)
         return serve(config, stop)
     except (BundleError, GalleryIndexError, BackendUnavailable, ValueError, OSError) as exc:
         _LOG.error("%s", exc)

@@ -109,14 +109,24 @@ class RetrievalService:
         self.gallery_bundle = gallery_bundle or GalleryBundle(self._bundle_sha256, manifest.name, asymmetric=False)
         self._closed = False
         self._clock = clock
+        # A Search's image is decoded, and its gallery search run, on the batcher's worker, per engine batch
+        self.batcher.attach_search(self._search_vectors, lambda query: self._decode(query.image, ""))
 
     # -- queries --------------------------------------------------------------------------------------
 
     def search(
         self, image: bytes, k: int, filters: Mapping[str, str] | None = None, deadline: float | None = None
     ) -> list[Hit]:
-        """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match."""
-        return self._search([Query(image, k, filters)], deadline, where="")[0]
+        """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match. The
+        image is decoded and the gallery searched on the batcher's worker, one search per engine batch."""
+        query = Query(image, k, filters)
+        self._check_query(query, "")
+        budget = self._budget(deadline)
+        self._charge(image, "", budget)
+        budget.check("embedding")
+        hits = self.batcher.run(None, deadline=budget.deadline, query=query)
+        self._check_deadline(budget)
+        return hits
 
     def search_batch(self, queries: Sequence[Query], deadline: float | None = None) -> list[list[Hit]]:
         """One result list per query, in order; all images go through the batcher as one request."""
@@ -227,13 +237,19 @@ class RetrievalService:
 
     # -- internals ------------------------------------------------------------------------------------
 
+    def _check_query(self, query: Query, where: str) -> None:
+        self._check_k(query.k, where)
+        check_metadata(query.filters, where or "search", self.limits.max_metadata_bytes, "filters")
+
     def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[list[Hit]]:
         for i, query in enumerate(queries):
-            self._check_k(query.k, _label(where, i))
-            check_metadata(query.filters, _label(where, i) or "search", self.limits.max_metadata_bytes, "filters")
+            self._check_query(query, _label(where, i))
         budget = self._budget(deadline)
         pixels = np.stack([self._pixels(q.image, _label(where, i), budget) for i, q in enumerate(queries)])
-        vectors = self._embed(pixels, budget)
+        return self._search_vectors(self._embed(pixels, budget), queries)
+
+    def _search_vectors(self, vectors: np.ndarray, queries: Sequence[Query]) -> list[list[Hit]]:
+        """The hits of each query for its row of ``vectors``."""
         # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
         groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
         for i, q in enumerate(queries):
@@ -251,10 +267,18 @@ class RetrievalService:
 
     def _pixels(self, data: Any, where: str, budget: CallBudget) -> np.ndarray:
         """Decode one image of a call: check the call is still wanted, charge its declared pixels, decode."""
+        self._charge(data, where, budget)
+        return self._decode(data, where)
+
+    def _charge(self, data: Any, where: str, budget: CallBudget) -> None:
+        """Check the call is still wanted and charge the image's declared pixels to it."""
         budget.check(f"decoding {where or 'the image'}")
         declared = declared_pixels(data) if isinstance(data, bytes | bytearray) else None
         if declared is not None and declared <= self.limits.max_pixels:  # a larger one is refused by decoding
             budget.charge(declared, where or "image")
+
+    def _decode(self, data: Any, where: str) -> np.ndarray:
+        """The model input of one image; ImageDecodeError / ImageTooLargeError name ``where``."""
         try:
             return image_to_model_input(data, self.manifest, self.limits.max_pixels)
         except (ImageDecodeError, ImageTooLargeError) as exc:
@@ -265,9 +289,12 @@ class RetrievalService:
     def _embed(self, pixels: np.ndarray, budget: CallBudget) -> np.ndarray:
         budget.check("embedding")
         vectors = self.batcher.run(pixels, deadline=budget.deadline)
+        self._check_deadline(budget)
+        return vectors
+
+    def _check_deadline(self, budget: CallBudget) -> None:
         if budget.deadline is not None and self._clock() >= budget.deadline:
             raise DeadlineExceeded("the deadline passed while the image was embedded; use a longer deadline")
-        return vectors
 
     def _check_k(self, k: Any, where: str) -> None:
         name = f"{where}.k" if where else "k"

@@ -101,6 +101,8 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
     parser.add_argument("--overload-cap", type=int, default=4, help="--max-concurrent-rpcs of the probe server")
     parser.add_argument("--instances", type=int, default=2,
                         help="also serve the last bundle with this many engine workers (0 = skip)")
+    parser.add_argument("--serve-workers", type=int, default=0,
+                        help="cdd-serve worker processes (0 = one per core); >1 also measures the demo as 1 process")
     parser.add_argument("--realistic", type=Path, default=Path("bundles/bench"),
                         help="realistic-cost bundle (make bench-bundle); skipped when absent")
     flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
@@ -234,6 +236,7 @@ def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
         overload_clients=args.overload_clients,
         overload_cap=args.overload_cap,
         instances=args.instances,
+        workers=args.serve_workers,
         seed=args.seed,
     )
 

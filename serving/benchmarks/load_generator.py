@@ -35,7 +35,8 @@ _START_MARGIN_S = 0.2
 @dataclass(frozen=True)
 class LoadSpec:
     """``clients`` callers (closed loop) or the outstanding-call cap (open loop at ``rate``/s) against
-    ``target`` for ``seconds``, spread over ``processes`` processes; Search top-``k``, ``timeout`` s per call."""
+    ``target`` (HOST:PORT, or several comma-separated: channels take them in turn) for ``seconds``, spread
+    over ``processes`` processes; Search top-``k``, ``timeout`` s per call."""
 
     target: str
     clients: int
@@ -109,7 +110,9 @@ async def _open_loop(stubs: list[Any], requests: list[pb.SearchRequest], spec: L
 
 async def _worker_async(spec: LoadSpec, payloads: Sequence[bytes], conn: Any) -> None:
     requests = [pb.SearchRequest(image=p, k=spec.k) for p in payloads]
-    channels = [grpc.aio.insecure_channel(spec.target) for _ in range(min(spec.clients, 16))]
+    targets = spec.target.split(",")  # several servers (one per worker process): channels round-robin over them
+    count = max(min(spec.clients, 16), len(targets))
+    channels = [grpc.aio.insecure_channel(targets[i % len(targets)]) for i in range(count)]
     stubs = [pb_grpc.RetrievalStub(channels[i % len(channels)]) for i in range(spec.clients)]
     warmup: Counter = Counter()
     await asyncio.gather(*(_call(stub, requests[0], spec.timeout, warmup) for stub in stubs))

@@ -5,11 +5,14 @@ Servers, measured one after another in the same run with the same generator and 
 - ``bare (sync)``: `serving.benchmarks.bare_server`, the same proto and thread pool whose Search returns a
   constant: the floor of a Python gRPC server on this machine; ``bare (aio)``: the same on ``grpc.aio``;
 - ``LABEL batched`` / ``LABEL unbatched``: ``cdd-serve`` (``python -m serving.server``) on each bundle
-  (the demo bundle and, when given, a realistic-cost one) with server-side batching on / off, and the
-  last bundle batched with ``instances`` engine workers (``LABEL batched, N instances``).
+  (the demo bundle and, when given, a realistic-cost one) with server-side batching on / off, with
+  ``workers`` processes (the load generator round-robins over their ports); with more than one, the
+  first bundle also as one process (``LABEL batched, 1 process``); and the last bundle batched with
+  ``instances`` engine workers (``LABEL batched, N instances``).
 
-Each gets closed-loop load at every concurrency level (QPS, p50/p99, server CPU per request from
-``/proc``, mean batch size from Stats, the generator's CPU share). On the last bundle's batched server,
+Each gets closed-loop load at every concurrency level (QPS, p50/p99, server CPU and context switches
+per request from ``/proc``, summed over the server's processes, mean batch size from Stats, the
+generator's CPU share). On the last bundle's batched server,
 an open-loop run at ``saturation_fraction`` of its best QPS gives the tail ratio p99 / p50. An overload
 probe drives a demo server whose call cap is tiny far past it and checks that the excess gets
 RESOURCE_EXHAUSTED, nothing else fails, and ``/metrics`` counted every call the generator sent.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import tempfile
 import urllib.request
@@ -55,7 +59,8 @@ class ServeBenchConfig:
     items; ``payloads`` distinct JPEGs (seeded by ``seed``); ``load_processes`` generator processes;
     open loop at ``saturation_fraction`` of the best QPS; overload probe: ``overload_clients`` callers
     against a cap of ``overload_cap`` calls; the last bundle also batched with ``instances`` engine
-    workers (0 or 1 = not measured); ``timeout`` s per call."""
+    workers (0 or 1 = not measured); cdd-serve runs ``workers`` processes (0 = one per core);
+    ``timeout`` s per call."""
 
     concurrency: tuple[int, ...] = (1, 4, 16)
     seconds: float = 5.0
@@ -70,6 +75,7 @@ class ServeBenchConfig:
     overload_clients: int = 64
     overload_cap: int = 4
     instances: int = 2
+    workers: int = 0
     timeout: float = 60.0
     seed: int = 0
 
@@ -124,23 +130,28 @@ def _random_gallery(manifest: Manifest, size: int, seed: int, out: Path) -> Path
 
 
 def _batch_counters(target: str) -> tuple[int, int] | None:
-    """(engine calls, images) from the server's Stats; None for a server without Stats (bare)."""
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stats = pb_grpc.RetrievalStub(channel).Stats(pb.StatsRequest(), timeout=10)
-    except grpc.RpcError:
-        return None
-    return stats.batching.batches, stats.batching.images
+    """(engine calls, images) from the Stats of every address in ``target``, summed; None for a server
+    without Stats (bare)."""
+    batches = images = 0
+    for address in target.split(","):
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stats = pb_grpc.RetrievalStub(channel).Stats(pb.StatsRequest(), timeout=10)
+        except grpc.RpcError:
+            return None
+        batches, images = batches + stats.batching.batches, images + stats.batching.images
+    return batches, images
 
 
 def _measure(server: ServerProcess, payloads: Sequence[bytes], clients: int, cfg: ServeBenchConfig,
              rate: float | None = None) -> dict[str, Any]:
     """One load run against ``server`` with its CPU time and batch counters read around the window."""
-    target = f"127.0.0.1:{server.port}"
+    target = server.target
     marks: dict[str, Any] = {}
 
     def mark(when: str) -> Callable[[], None]:
-        return lambda: marks.update({f"{when}_cpu": server.cpu_seconds(), f"{when}_batches": _batch_counters(target)})
+        return lambda: marks.update({f"{when}_cpu": server.cpu_seconds(), f"{when}_batches": _batch_counters(target),
+                                     f"{when}_switches": server.context_switches()})
 
     spec = LoadSpec(target, clients, cfg.seconds, cfg.k, cfg.timeout, rate, cfg.load_processes)
     result = run_load(spec, payloads, on_start=mark("start"), on_end=mark("end"))
@@ -148,6 +159,11 @@ def _measure(server: ServerProcess, payloads: Sequence[bytes], clients: int, cfg
         cpu = marks["end_cpu"] - marks["start_cpu"]
         result["server_cpu_s"] = cpu
         result["server_cpu_ms_per_request"] = cpu * 1000.0 / result["requests"] if result["requests"] else None
+    if marks["start_switches"] is not None and marks["end_switches"] is not None and result["requests"]:
+        result["server_switches_per_request"] = {
+            kind: (marks["end_switches"][i] - marks["start_switches"][i]) / result["requests"]
+            for i, kind in enumerate(("voluntary", "involuntary"))
+        }
     before, after = marks["start_batches"], marks["end_batches"]
     calls = after[0] - before[0] if before and after else 0
     result["mean_batch"] = (after[1] - before[1]) / calls if calls else None
@@ -158,13 +174,17 @@ def _measure(server: ServerProcess, payloads: Sequence[bytes], clients: int, cfg
     return result
 
 
+def _workers(cfg: ServeBenchConfig) -> int:
+    return cfg.workers or os.cpu_count() or 1
+
+
 def _cdd_serve(bundle: Path, index: Path, cfg: ServeBenchConfig, batch: int, name: str, backend: str,
-               cap: int, metrics: bool = False, instances: int = 1) -> ServerProcess:
+               cap: int, metrics: bool = False, instances: int = 1, workers: int = 1) -> ServerProcess:
     args = ["--bundle", str(bundle), "--index", str(index), "--port", "0", "--backend", backend,
             "--instances", str(instances), "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
-            "--max-concurrent-rpcs", str(cap), "--max-workers", str(max(cap + 8, 32)),
+            "--max-concurrent-rpcs", str(cap), "--rpc-threads", str(max(cap + 8, 32)), "--workers", str(workers),
             "--max-deadline-s", f"{cfg.timeout:g}", "--log-level", "INFO"]
-    return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name)
+    return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name, workers)
 
 
 def _bare(cfg: ServeBenchConfig, aio: bool) -> ServerProcess:
@@ -197,7 +217,7 @@ def _overload_probe(bundle: Path, index: Path, payloads: Sequence[bytes], cfg: S
     the generator vs ``/metrics``' counts."""
     server = _cdd_serve(bundle, index, cfg, cfg.max_batch, "overload probe", backend, cfg.overload_cap, True)
     with server:
-        spec = LoadSpec(f"127.0.0.1:{server.port}", cfg.overload_clients, min(cfg.seconds, 3.0), cfg.k,
+        spec = LoadSpec(server.target, cfg.overload_clients, min(cfg.seconds, 3.0), cfg.k,
                         cfg.timeout, None, cfg.load_processes)
         run = run_load(spec, payloads)
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
@@ -249,9 +269,14 @@ def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str
             batch = min(cfg.max_batch, manifests[label].batch.max)
             cap = max(cfg.concurrency) * 4 + 8
             for mode, size in (("batched", batch), ("unbatched", 1)):
-                server = _cdd_serve(bundle, indexes[label], cfg, size, f"{label} {mode}", backend, cap)
+                server = _cdd_serve(bundle, indexes[label], cfg, size, f"{label} {mode}", backend, cap,
+                                    workers=_workers(cfg))
                 rows = _rows(server, payloads[label], cfg, tail if (label, mode) == (last, "batched") else None)
-                servers[server.name] = {"kind": mode, "bundle": label, "rows": rows}
+                servers[server.name] = {"kind": mode, "bundle": label, "rows": rows, "workers": _workers(cfg)}
+            if label == first and _workers(cfg) > 1:
+                server = _cdd_serve(bundle, indexes[label], cfg, batch, f"{label} batched, 1 process", backend, cap)
+                servers[server.name] = {"kind": "batched", "bundle": label, "rows": _rows(server, payloads[label], cfg),
+                                        "workers": 1}
             if label == last and cfg.instances > 1:
                 server = _cdd_serve(bundle, indexes[label], cfg, batch, f"{label} batched, {cfg.instances} instances",
                                     backend, cap, instances=cfg.instances)
@@ -259,6 +284,7 @@ def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str
         probe = _overload_probe(bundles[first], indexes[first], payloads[first], cfg, backend)
     return {
         "config": asdict(cfg),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "backend": backend,
         "threads": threads,
         "bundles": {label: {"path": str(path), "name": manifests[label].name,

@@ -25,12 +25,20 @@ def _intro(result: dict[str, Any]) -> list[str]:
         f"Every server runs in its own process; the load generator (grpc.aio callers, Search k={cfg['k']}) runs "
         f"in {cfg['load_processes']} other process(es) and its CPU share is reported. Bundles: {bundles}; "
         f"engine {result['backend']}; gallery {cfg['gallery_size']:,} random unit vectors (flat); cdd-serve "
+        f"with {cfg.get('workers') or 'one per core'} worker process(es) unless named `1 process`, "
         f"batching up to {cfg['max_batch']} images within {cfg['max_wait_ms']:g} ms, or none (`unbatched`, "
         f"--max-batch 1); {cfg['seconds']:g} s of closed-loop load per concurrency level; payloads from "
-        f"{result['payload_source']}. Server CPU per request: the server process's user+system CPU time "
-        "(/proc) over the window / successful requests. Peak = best QPS over the concurrency levels.",
+        f"{result['payload_source']}. Server CPU per request: the server processes' user+system CPU time "
+        "(/proc) over the window / successful requests; context switches likewise, from every thread's "
+        "/proc status. Peak = best QPS over the concurrency levels.",
         "",
     ]
+
+
+def _switches(per_request: dict[str, float] | None) -> str:
+    if not per_request:
+        return "–"
+    return f"{per_request['voluntary']:.1f} / {per_request['involuntary']:.1f}"
 
 
 def _server_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -41,7 +49,8 @@ def _server_rows(result: dict[str, Any]) -> list[list[str]]:
             rows.append([
                 name, clients, number(run["qps"]), number(latency.get("p50_ms"), 2),
                 number(latency.get("p99_ms"), 2), number(run.get("server_cpu_ms_per_request"), 2),
-                number(run.get("mean_batch"), 2), f"{run['generator_cpu_share'] * 100:.0f}%", _codes(run["codes"]),
+                _switches(run.get("server_switches_per_request")), number(run.get("mean_batch"), 2),
+                f"{run['generator_cpu_share'] * 100:.0f}%", _codes(run["codes"]),
             ])
     return rows
 
@@ -49,7 +58,8 @@ def _server_rows(result: dict[str, Any]) -> list[list[str]]:
 def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
     """The serving section (tables + ratios + plot link)."""
     lines = _intro(result)
-    header = ["server", "clients", "QPS", "p50 ms", "p99 ms", "server CPU ms/request", "mean batch",
+    header = ["server", "clients", "QPS", "p50 ms", "p99 ms", "server CPU ms/request",
+              "context switches/request (vol. / invol.)", "mean batch",
               "generator CPU", "errors"]
     lines += table(header, _server_rows(result))
     lines += ["", "The engines alone (same backend and thread budget as the servers, random images):", ""]
@@ -75,6 +85,9 @@ def serve_markdown(result: dict[str, Any], image: str | None = None) -> str:
         "",
         *[f"- {name.replace('_', ' ')}: {number(value, 2)}" for name, value in result["ratios"].items()],
     ]
+    if result.get("load_average_at_end"):
+        load = ", ".join(f"{v:.2f}" for v in result["load_average_at_end"])
+        lines += [f"- load average (1, 5, 15 min) at the end: {load}"]
     if image:
         lines += ["", f"![serving throughput and latency]({image})"]
     return "\n".join(lines).rstrip() + "\n"

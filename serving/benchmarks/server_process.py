@@ -1,8 +1,10 @@
 """`ServerProcess`: a server under test in its own process (cdd-serve or the bare server).
 
-Started with port 0; the port (and the metrics port, when logged) is read from its log. Its CPU time is
-read from ``/proc/PID/stat`` (Linux), so the benchmark can report server CPU seconds per request. stderr is
-drained by a thread so a chatty server never blocks on a full pipe; the last lines are kept for errors.
+Started with port 0; the port (and the metrics port, when logged) is read from its log; a
+``cdd-serve --workers N`` logs one port per worker process and is ready once all N did. CPU time is read
+from ``/proc/PID/stat`` and context switches from ``/proc/PID/task/*/status`` (Linux), summed over the
+server's processes, so the benchmark can report both per request. stderr is drained by a thread so a
+chatty server never blocks on a full pipe; the last lines are kept for errors.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from pathlib import Path
 
 __all__ = ["ServerProcess"]
 
-_PORT = re.compile(r"serving cdd\.v1\.Retrieval on 127\.0\.0\.1:(\d+)")
+_PORT = re.compile(r"serving cdd\.v1\.Retrieval on 127\.0\.0\.1:(\d+)(?: \(pid (\d+),)?")
 _METRICS = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
 class ServerProcess:
-    """``python -m MODULE ARGS`` from the repository root; `start` waits until it serves (or fails)."""
+    """``python -m MODULE ARGS`` from the repository root; `start` waits until it serves (or fails) on
+    ``servers`` ports (one per worker process)."""
 
-    def __init__(self, module: str, args: Sequence[str], name: str) -> None:
+    def __init__(self, module: str, args: Sequence[str], name: str, servers: int = 1) -> None:
         self.name = name
         self.command = [sys.executable, "-m", module, *args]
+        self.servers = servers
+        self.ports: dict[int, int] = {}  # serving pid -> port
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._lines: deque[str] = deque(maxlen=200)
@@ -63,22 +68,49 @@ class ServerProcess:
             if (found := _METRICS.search(line)) is not None:
                 self.metrics_port = int(found.group(1))
             if (found := _PORT.search(line)) is not None:
-                self.port = int(found.group(1))
-                if "--metrics-port" not in self.command:
-                    self._ready.set()
-            if self.port is not None and self.metrics_port is not None:
+                self.ports[int(found.group(2) or self._process.pid)] = int(found.group(1))
+                self.port = self.port or int(found.group(1))
+            if len(self.ports) >= self.servers and ("--metrics-port" not in self.command or self.metrics_port):
                 self._ready.set()
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._lines)[-lines:])
 
+    @property
+    def target(self) -> str:
+        """Every serving port as ``127.0.0.1:P`` (comma-separated for several worker processes)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports.values())
+
+    def _pids(self) -> list[int]:
+        return sorted({self.pid, *self.ports})
+
     def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the server process so far; None where /proc is absent."""
+        """User + system CPU seconds of the server's processes so far; None where /proc is absent."""
+        total = 0
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            for pid in self._pids():
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def context_switches(self) -> tuple[int, int] | None:
+        """(voluntary, involuntary) context switches of every thread of the server's processes so far
+        (threads that ended are not counted); None where /proc is absent."""
+        voluntary = involuntary = 0
+        try:
+            for pid in self._pids():
+                for status in Path(f"/proc/{pid}/task").glob("*/status"):
+                    try:
+                        text = status.read_text()
+                    except OSError:  # the thread ended meanwhile
+                        continue
+                    voluntary += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+                    involuntary += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+        except (OSError, AttributeError):
+            return None
+        return voluntary, involuntary
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 30 s. Idempotent."""

@@ -26,6 +26,7 @@ from serving.index.atomic_dir import resolve
 from serving.index.errors import GalleryIndexError, LogDamagedError, storage_error
 from serving.index.gallery import GalleryIndex, Hit
 from serving.index.index_lock import IndexLock
+from serving.index.shared_log import SharedLog
 from serving.index.write_log import JOURNAL_PREFIX, LogRecord, WriteLog, journal_path
 
 __all__ = ["DurableGallery"]
@@ -46,6 +47,8 @@ class DurableGallery:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
+        self._shared: SharedLog | None = None
+        self.owns_lock = True
         self.replayed = log.records
 
     @classmethod
@@ -57,12 +60,15 @@ class DurableGallery:
         device: str = "cpu",
         role: str = "server",
         snapshot_interval_s: float = 0.0,
+        lock: IndexLock | None = None,
     ) -> DurableGallery:
-        """Lock ``directory`` for ``role`` ("server" or "writer", see `IndexLock`), load its live version,
-        replay its log; with ``snapshot_interval_s`` > 0 fold the log into a snapshot that often.
-        Raises IndexInUse, IndexBundleMismatch, IndexCorruptError."""
+        """Lock ``directory`` for ``role`` ("server" or "writer", see `IndexLock`; or use ``lock``, taken
+        already), load its live version, replay its log; with ``snapshot_interval_s`` > 0 fold the log into a
+        snapshot that often. `close` releases the lock it took (not a given one). Raises IndexInUse,
+        IndexBundleMismatch, IndexCorruptError."""
         directory = Path(directory)
-        lock = IndexLock(directory, role)
+        owns_lock = lock is None
+        lock = lock or IndexLock(directory, role)
         try:
             index = GalleryIndex.load(directory, expected_bundle_sha256, device=device)
             version = resolve(directory).name
@@ -71,9 +77,11 @@ class DurableGallery:
                 _apply(index, record, log.path, seq)
             _delete_stale_logs(directory, keep=log.path)
         except BaseException:
-            lock.release()
+            if owns_lock:
+                lock.release()
             raise
         gallery = cls(directory, index, log, lock)
+        gallery.owns_lock = owns_lock
         if gallery.replayed:
             _LOG.info("replayed %d logged change(s) of %s", gallery.replayed, directory)
         if snapshot_interval_s > 0:
@@ -82,6 +90,39 @@ class DurableGallery:
             )
             gallery._timer.start()
         return gallery
+
+    @classmethod
+    def open_worker(
+        cls, directory: str | Path, expected_bundle_sha256: str | None = None, *, device: str = "cpu",
+        lock: IndexLock,
+    ) -> DurableGallery:
+        """One `cdd-serve --workers` process's view: the live snapshot plus the `SharedLog` that every worker
+        appends to and follows (see `serving.index.shared_log`). ``lock``: the server lock inherited from the
+        parent, which folds the log into snapshots before the workers start and after they stop; a worker
+        never writes a snapshot (`persist` does nothing). Raises IndexBundleMismatch, IndexCorruptError."""
+        directory = Path(directory)
+        try:
+            index = GalleryIndex.load(directory, expected_bundle_sha256, device=device)
+            shared = SharedLog(directory, journal_path(directory, resolve(directory).name), index.dim)
+            shared.catch_up(lambda record: _apply(index, record, shared.path, shared.applied_records))
+        except BaseException:
+            lock.release()
+            raise
+        gallery = cls(directory, index, shared.log, lock)
+        gallery._shared = shared
+        gallery.replayed = shared.applied_records
+        return gallery
+
+    def _follow(self) -> None:
+        """Apply the changes other workers acknowledged since this one last looked (one stat when none)."""
+        shared = self._shared
+        if shared is not None and shared.stale():
+            with self._mutex:
+                shared.catch_up(self._apply_record)
+
+    def _apply_record(self, record: LogRecord) -> None:
+        assert self._shared is not None
+        _apply(self.index, record, self._shared.path, self._shared.applied_records)
 
     # -- the GalleryBackend interface -------------------------------------------------------------------
     @property
@@ -97,13 +138,16 @@ class DurableGallery:
         return self.index.bundle_sha256
 
     def __len__(self) -> int:
+        self._follow()
         return len(self.index)
 
     def __contains__(self, item_id: object) -> bool:
+        self._follow()
         return item_id in self.index
 
     def search(self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
-        """See `GalleryIndex.search`."""
+        """See `GalleryIndex.search` (a worker first applies the changes other workers acknowledged)."""
+        self._follow()
         return self.index.search(queries, k, filter)
 
     def add(
@@ -115,6 +159,12 @@ class DurableGallery:
         upsert: bool = False,
     ) -> int:
         """`GalleryIndex.add`, logged and fsynced before it is applied; returns the number of items."""
+        if self._shared is not None:
+            def make() -> LogRecord:
+                return LogRecord("add", *self.index.check_add(ids, vectors, metadata, upsert=upsert), upsert)
+
+            with self._mutex:
+                return len(self._shared.append(make, self._apply_record).ids)
         with self._mutex:
             ids, array, meta = self.index.check_add(ids, vectors, metadata, upsert=upsert)
             self._log.append(LogRecord("add", ids, array, meta, upsert))
@@ -122,6 +172,11 @@ class DurableGallery:
 
     def remove(self, ids: Sequence[str]) -> int:
         """`GalleryIndex.remove`, logged and fsynced before it is applied; returns the number removed."""
+        if self._shared is not None:
+            with self._mutex:
+                record = self._shared.append(lambda: LogRecord("remove", self.index.check_remove(ids)),
+                                             self._apply_record)
+                return len(record.ids)
         with self._mutex:
             unique = self.index.check_remove(ids)
             self._log.append(LogRecord("remove", unique))
@@ -130,7 +185,10 @@ class DurableGallery:
     def persist(self) -> Path | None:
         """Fold the log into a new snapshot; returns its version folder, or None when nothing was logged.
         Raises StorageFull / StorageFailed when the snapshot cannot be written; the previous snapshot and the
-        log then stay live (a snapshot that became live before a late step failed is kept)."""
+        log then stay live (a snapshot that became live before a late step failed is kept). A worker's view
+        (`open_worker`) never folds: its parent does, with every worker stopped."""
+        if self._shared is not None:
+            return None
         with self._mutex:
             if self._log.records == 0:
                 return None
@@ -154,6 +212,7 @@ class DurableGallery:
             return version
 
     def stats(self) -> dict[str, Any]:
+        self._follow()
         return self.index.stats() | {"logged_changes": self._log.records, "directory": str(self.directory)}
 
     def close(self) -> None:
@@ -169,8 +228,11 @@ class DurableGallery:
                        "the next start", self.directory, exc)
         finally:
             self._log.close()
+            if self._shared is not None:
+                self._shared.close()
             self.index.close()
-            self._lock.release()
+            if self.owns_lock:
+                self._lock.release()
 
     def _snapshot_every(self, seconds: float) -> None:
         while not self._stop.wait(seconds):

@@ -70,11 +70,13 @@ _LOG = logging.getLogger("serving.index")
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: item ``id``, ``score`` (cosine similarity, higher is closer), a metadata copy."""
+    """One search result: item ``id``, ``score`` (cosine similarity, higher is closer), a metadata copy;
+    ``wire``: the item's pre-serialised response fields (`serving.response_wire`), empty when not known."""
 
     id: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
 
 def _now() -> str:
@@ -488,8 +490,8 @@ class GalleryIndex:
             return getattr(self._searcher, "search_knob", None)
 
     def _to_hits(self, found: list[list[tuple[int, float]]]) -> list[list[Hit]]:
-        ids, meta = self._table.ids, self._table.metadata
-        return [[Hit(ids[row], score, dict(meta[row])) for row, score in hits] for hits in found]
+        ids, meta, wire = self._table.ids, self._table.metadata, self._table.wire
+        return [[Hit(ids[row], score, dict(meta[row]), wire[row]) for row, score in hits] for hits in found]
 
 
 def _check_factory_option(index_type: str, options: dict[str, Any], dim: int) -> None:

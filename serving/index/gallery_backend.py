@@ -72,11 +72,14 @@ def open_gallery(
     device: str = "cpu",
     role: str = "server",
     snapshot_interval_s: float = 0.0,
+    worker_lock: Any = None,
 ) -> GalleryBackend:
     """Open the gallery of index folder ``directory`` with the store its manifest names. ``role`` and
     ``snapshot_interval_s`` apply to the FAISS store (`DurableGallery.open`). Raises IndexBundleMismatch,
     IndexCorruptError, IndexInUse, GalleryIndexError (unknown store, Milvus unreachable). An index built
-    with a bundle listed in ``compatible`` (the served manifest's ``compatible_with``) is accepted."""
+    with a bundle listed in ``compatible`` (the served manifest's ``compatible_with``) is accepted.
+    ``worker_lock``: the `IndexLock` a `cdd-serve --workers` parent passed down; a FAISS store then opens as
+    that worker's view (`DurableGallery.open_worker`), a Milvus store ignores it (the caller releases it)."""
     directory = Path(directory)
     folder = resolve(directory)
     info = read_info(folder)
@@ -86,6 +89,9 @@ def open_gallery(
     store = info.get("store", "faiss")
     if store == "faiss":
         from serving.index.durable_gallery import DurableGallery
+
+        if worker_lock is not None:
+            return DurableGallery.open_worker(directory, expected_bundle_sha256, device=device, lock=worker_lock)
 
         return DurableGallery.open(
             directory, expected_bundle_sha256, device=device, role=role, snapshot_interval_s=snapshot_interval_s

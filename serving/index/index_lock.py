@@ -47,6 +47,25 @@ class IndexLock:
             self.release()
             raise
 
+    @classmethod
+    def inherited(cls, directory: str | Path, fd: int) -> IndexLock:
+        """The server lock of ``directory`` on file descriptor ``fd``, inherited from the `cdd-serve --workers`
+        parent that took it: the lock belongs to the open file, so it stays held while any worker lives.
+        Raises IndexInUse when another process holds the folder."""
+        lock = cls.__new__(cls)
+        lock.directory, lock.role = Path(directory), "server"
+        lock._handles = [os.fdopen(fd, "a+")]
+        if not _try_flock(lock._handles[0], fcntl.LOCK_EX):
+            holder = _holder(lock._handles[0])
+            lock.release()
+            raise IndexInUse(f"index {directory} is open in another process ({holder}); the lock this worker "
+                             "inherited is not its parent's")
+        return lock
+
+    def fileno(self) -> int:
+        """The descriptor of the server lock (``.serve.lock``), for `inherited` in a child process."""
+        return self._handles[0].fileno()
+
     def _take(self) -> None:
         serve = self._open(_SERVE)
         if self.role == "server":

@@ -34,6 +34,7 @@ class ItemTable:
         self._labels = np.zeros(0, dtype=np.int64)
         self._ids: list[str] = []
         self._meta: list[dict[str, Any]] = []
+        self._wire: list[bytes] = []
         self._row_of_id: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
         self._postings: dict[tuple[str, str], set[int]] = {}
@@ -65,6 +66,12 @@ class ItemTable:
         """Metadata dicts in row order (the list itself; do not modify)."""
         return self._meta
 
+    @property
+    def wire(self) -> list[bytes]:
+        """Each row's pre-serialised ``cdd.v1.Item`` fields but the score (`serving.response_wire.item_fields`),
+        in row order (the list itself; do not modify)."""
+        return self._wire
+
     def row_of_id(self, item_id: str) -> int:
         """Row of ``item_id``; KeyError when absent."""
         return self._row_of_id[item_id]
@@ -92,6 +99,7 @@ class ItemTable:
             self._post(int(labels[offset]), metadata[offset], add=True)
         self._ids.extend(ids)
         self._meta.extend(metadata)
+        self._wire.extend(_wire_fields(ids, metadata))
         self.next_label += n
         return labels
 
@@ -111,10 +119,12 @@ class ItemTable:
                 self._labels[row] = self._labels[last]
                 self._ids[row] = moved_id
                 self._meta[row] = self._meta[last]
+                self._wire[row] = self._wire[last]
                 self._row_of_id[moved_id] = row
                 self._row_of_label[int(self._labels[row])] = row
             self._ids.pop()
             self._meta.pop()
+            self._wire.pop()
         return removed
 
     def match_labels(self, filter: Mapping[str, Any]) -> np.ndarray:
@@ -164,6 +174,7 @@ class ItemTable:
         table._labels[:n] = labels
         table._ids = list(ids)
         table._meta = list(metadata)
+        table._wire = _wire_fields(table._ids, table._meta)
         table._row_of_id = {item_id: row for row, item_id in enumerate(table._ids)}
         table._row_of_label = {int(label): row for row, label in enumerate(labels)}
         for label, meta in zip(table.labels.tolist(), table._meta, strict=True):
@@ -181,3 +192,9 @@ class ItemTable:
         vectors[: len(self)] = self.vectors
         labels[: len(self)] = self.labels
         self._vectors, self._labels = vectors, labels
+
+
+def _wire_fields(ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    from serving.response_wire import item_fields  # it imports metadata_text from here
+
+    return [item_fields(item_id, meta) for item_id, meta in zip(ids, metadata, strict=True)]

@@ -39,6 +39,7 @@ __all__ = [
     "encode_frame",
     "intact_payload",
     "scan_log",
+    "scan_records",
 ]
 
 FILE_MAGIC = b"CDDWLOG\x02"
@@ -97,10 +98,15 @@ def scan_log(data: bytes) -> LogScan:
         if not any(data):
             return LogScan([], 0, len(data), "torn")
         return _damaged(data, [], 0, f"the file does not start with the write-log marker {FILE_MAGIC!r}")
+    return scan_records(data, len(FILE_MAGIC), 0)
+
+
+def scan_records(data: bytes, offset: int, first_seq: int) -> LogScan:
+    """Like `scan_log`, for records from byte ``offset`` of ``data`` on, the first numbered ``first_seq``
+    (a log's tail read from where an earlier scan stopped)."""
     payloads: list[bytes] = []
-    offset = len(FILE_MAGIC)
     while offset < len(data):
-        problem = _check_record(data, offset, len(payloads))
+        problem = _check_record(data, offset, first_seq + len(payloads))
         if problem == "torn":
             return LogScan(payloads, offset, len(data), "torn")
         if problem:

@@ -119,32 +119,35 @@ def test_engine_student_and_teacher(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_serve_servers_side_by_side(tiny_bundle: Path, gallery_images: Path, tmp_path: Path) -> None:
-    # 3 closed-loop clients and batches of at most 3 in a 1 s window: a batching server closes its batches full
-    # (not by time) while all 3 clients wait, so its mean batch is above 1 however slowly the clients run
-    cfg = ServeBenchConfig(concurrency=(3,), seconds=0.5, max_batch=3, max_wait_ms=1000.0, k=3, offline_seconds=0.2,
-                           gallery_size=50, payloads=4, overload_clients=8, overload_cap=1, instances=0)
+    # 4 closed-loop clients, 2 per worker process, and batches of at most 2 in a 1 s window: a batching server
+    # closes its batches full (not by time) while both its clients wait, so its mean batch is above 1 however
+    # slowly the clients run (the one-process server has all 4 clients)
+    cfg = ServeBenchConfig(concurrency=(4,), seconds=0.5, max_batch=2, max_wait_ms=1000.0, k=3, offline_seconds=0.2,
+                           gallery_size=50, payloads=4, overload_clients=8, overload_cap=1, instances=0, workers=2)
     full = run_serve(tiny_bundle, cfg, tmp_path, realistic=tmp_path / "absent", images=gallery_images,
                      backend="onnxruntime-cpu", threads=1)
     _check_files(tmp_path, "serve")
     result = full["serve"]
     assert result["payload_source"].startswith("folder images") and set(result["bundles"]) == {"demo"}
     servers = result["servers"]
-    assert list(servers) == ["bare (sync)", "bare (aio)", "demo batched", "demo unbatched"]
+    assert list(servers) == ["bare (sync)", "bare (aio)", "demo batched", "demo unbatched", "demo batched, 1 process"]
+    assert [servers[name].get("workers") for name in list(servers)[2:]] == [2, 2, 1]
     for name, server in servers.items():
-        assert list(server["rows"]) == ["3"]
+        assert list(server["rows"]) == ["4"]
         for run in server["rows"].values():
             assert run["codes"] == {"OK": run["requests"]} and run["requests"] > 0, (name, run["codes"])
             assert run["qps"] == pytest.approx(run["requests"] / run["seconds"]) and run["seconds"] >= cfg.seconds
             assert 0 < run["generator_cpu_share"] <= 1
             _check_latency(run["latency"])
             assert run["server_cpu_s"] > 0  # the server process did the work, not the generator
+            assert run["server_switches_per_request"]["voluntary"] > 0
             if server["kind"] == "bare":
                 assert run["mean_batch"] is None
             elif server["kind"] == "unbatched":
                 assert run["mean_batch"] == 1.0
             else:
-                assert 1.0 < run["mean_batch"] <= 3.0  # it batched: 1.0 is a server that never does
-    assert result["offline"]["demo"]["batch"] == 3 and result["offline"]["demo"]["images_per_s"] > 0
+                assert 1.0 < run["mean_batch"] <= 2.0  # it batched: 1.0 is a server that never does
+    assert result["offline"]["demo"]["batch"] == 2 and result["offline"]["demo"]["images_per_s"] > 0
     peak = max(run["qps"] for run in servers["demo batched"]["rows"].values())
     bare = max(run["qps"] for run in servers["bare (sync)"]["rows"].values())
     assert result["ratios"]["demo_over_bare"] == pytest.approx(peak / bare)

@@ -54,7 +54,7 @@ def test_overload_and_observability_flags() -> None:
     server_defaults = inspect.signature(create_server).parameters
     for name in ("max_concurrent_rpcs", "max_deadline_s"):
         assert server_defaults[name].default == getattr(ServeConfig, name)
-    with pytest.raises(ValueError, match="must be below --max-workers"):
+    with pytest.raises(ValueError, match="must be below --rpc-threads"):
         ServeConfig(bundle=Path("b"), index=Path("i"), max_concurrent_rpcs=40, max_workers=40)
     with pytest.raises(ValueError, match=r"--max-queue-images \(8\) must be >= --max-batch \(16\)"):
         ServeConfig(bundle=Path("b"), index=Path("i"), max_queue_images=8)

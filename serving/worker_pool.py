@@ -1,0 +1,150 @@
+"""`run_workers`: ``cdd-serve --workers N``, one server process per core behind a listed port range.
+
+One Python process serves from one core at most (the GIL), so `cdd-serve --workers N` starts N worker
+processes, each a whole cdd-serve (its own engine, batcher, gRPC server and in-memory view of the
+gallery) on its own port: ``--port P`` gives ports P .. P+N-1 (port 0: each worker picks a free one and
+logs it). Clients spread calls over the ports (`serving.client.RetrievalClient` takes a comma-separated
+list and round-robins over it).
+
+Writes (FAISS store): this parent takes the index folder's server lock, folds any write log into a
+snapshot, and hands the lock's file to every worker (it stays held while any of them lives, so a second
+server or a cdd-index writer is refused as with one process). The workers append every change to the
+one write log under a file lock and apply each other's changes before every read
+(`serving.index.shared_log`): an acknowledged AddItems / RemoveItems is on disk and seen by the next
+Search on any port. With every worker stopped the parent folds the log into a snapshot again. A Milvus
+server store needs nothing more (each worker is a client); an embedded milvus-lite store belongs to one
+process and is refused.
+
+A worker that dies is started again on the same port; a worker that exits with status 2 (a bad flag,
+bundle or index) stops them all. SIGTERM / SIGINT: every worker drains and stops, then the fold. Workers
+die with this process (PR_SET_PDEATHSIG), so SIGKILL of the parent behaves like SIGKILL of one server.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from serving.config import ServeConfig
+from serving.index.atomic_dir import resolve
+from serving.index.disk_format import read_info
+from serving.index.index_lock import IndexLock
+
+__all__ = ["WORKER_LOCK_FLAG", "run_workers", "worker_ports"]
+
+WORKER_LOCK_FLAG = "--worker-lock-fd"
+_LOG = logging.getLogger("serving.workers")
+_BAD_CONFIG = 2
+_RESTART_PAUSE_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_ports(port: int, workers: int) -> list[int]:
+    """The port of each worker: P .. P+N-1, or all 0 (each picks a free one) for port 0."""
+    return [0 if port == 0 else port + i for i in range(workers)]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _check_store(config: ServeConfig) -> str:
+    info = read_info(resolve(config.index))
+    store = str(info.get("store", "faiss"))
+    if store == "milvus" and not (info.get("milvus") or {}).get("uri"):
+        raise ValueError(
+            f"--workers {config.workers}: the index {config.index} keeps its gallery in an embedded milvus-lite "
+            "database, which one process owns; serve it with --workers 1, or rebuild it on a Milvus server "
+            "(cdd-index build --store milvus --milvus-uri ...)"
+        )
+    return store
+
+
+def _fold(config: ServeConfig, lock: IndexLock) -> None:
+    """Fold the folder's write log into a snapshot (nothing to do when it is empty)."""
+    from serving.index.durable_gallery import DurableGallery
+
+    DurableGallery.open(config.index, device="cpu", lock=lock).close()
+
+
+class _Workers:
+    def __init__(self, config: ServeConfig, argv: Sequence[str], lock: IndexLock | None) -> None:
+        self._config = config
+        self._argv = list(argv)
+        self._lock_fd = lock.fileno() if lock is not None else None
+        self._ports = worker_ports(config.port, config.workers)
+        self.processes: list[subprocess.Popen] = [self._spawn(i) for i in range(config.workers)]
+
+    def _spawn(self, i: int) -> subprocess.Popen:
+        extra = ["--workers", "1", "--port", str(self._ports[i])]
+        if self._config.metrics_port is not None:
+            extra += ["--metrics-port", str(0 if self._config.metrics_port == 0 else self._config.metrics_port + i)]
+        if self._lock_fd is not None:
+            extra += [WORKER_LOCK_FLAG, str(self._lock_fd)]
+        command = [sys.executable, "-m", "serving.server", *self._argv, *extra]
+        process = subprocess.Popen(command, pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+                                   preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks
+        _LOG.info("worker %d: pid %d, port %s", i, process.pid, self._ports[i] or "any free")
+        return process
+
+    def watch(self, stop: threading.Event) -> int:
+        """Restart workers that die until ``stop``; returns 2 when one refused its configuration."""
+        while not stop.wait(0.25):
+            for i, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None:
+                    continue
+                if code == _BAD_CONFIG:
+                    _LOG.error("worker %d exited with status 2 (bad configuration); stopping all workers", i)
+                    return _BAD_CONFIG
+                _LOG.error("worker %d (pid %d) exited with status %s; starting it again", i, process.pid, code)
+                time.sleep(_RESTART_PAUSE_S)
+                self.processes[i] = self._spawn(i)
+        return 0
+
+    def stop(self, grace_s: float) -> bool:
+        """SIGTERM every worker, wait for their drain, SIGKILL stragglers; True when all exited with 0."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        clean = True
+        for process in self.processes:
+            try:
+                clean = process.wait(grace_s + 30.0) == 0 and clean
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                clean = False
+        return clean
+
+
+def run_workers(config: ServeConfig, argv: Sequence[str], stop: threading.Event) -> int:
+    """Serve with ``config.workers`` processes until ``stop``; ``argv``: this cdd-serve's own flags (each
+    worker gets them plus its port). Returns 0 after a clean shutdown, 2 when a worker refused its
+    configuration, 1 when a worker had to be killed. Raises ValueError (milvus-lite), GalleryIndexError
+    (IndexInUse, a damaged index)."""
+    store = _check_store(config)
+    lock = IndexLock(config.index, "server") if store == "faiss" else None
+    try:
+        if lock is not None:
+            _fold(config, lock)
+        workers = _Workers(config, argv, lock)
+        _LOG.info("cdd-serve: %d worker processes on %s", config.workers,
+                  ", ".join(str(p) for p in worker_ports(config.port, config.workers)) if config.port else
+                  "free ports (each logs its own)")
+        status = workers.watch(stop)
+        clean = workers.stop(config.grace_s)
+        if lock is not None:
+            _fold(config, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+    _LOG.info("stopped")
+    return status or (0 if clean else 1)
