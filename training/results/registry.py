@@ -1,6 +1,7 @@
 """Which results files each table NAME is rendered from, and how; the stamp lines under every table.
 
 NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``demo-epochs`` (the student per epoch),
+``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
@@ -22,14 +23,24 @@ from training.results.ablation_tables import per_seed_table, summary_table
 from training.results.engine_tables import engine_table
 from training.results.stamp import stamp_line
 from training.results.step_time_tables import step_time_table
-from training.results.tables import ResultsError, epochs_table, targets_table, teacher_student_table
+from training.results.tables import (
+    ResultsError,
+    epochs_table,
+    student_runs_table,
+    targets_table,
+    teacher_student_table,
+)
 
 __all__ = ["Table", "table_for", "render_table", "NAMES_HELP"]
 
 DEMO_TEACHER, DEMO_STUDENT = "docs/results/demo-teacher.json", "docs/results/demo-student.json"
 DEMO_REFINE = "docs/results/demo-refine.json"
-NAMES_HELP = ("demo, demo-epochs, epochs-<name>, benchmark-targets, ablation-<dataset>, ablation-<dataset>-seeds, "
-              "ablation-<dataset>-refine, engine-<name>, step-time")
+# Every demo CDD-stage run kept as a results file, in the order they were tried; the shipped one last.
+DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix in (
+    "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
+    "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr", ""))
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, epochs-<name>, benchmark-targets, ablation-<dataset>, "
+              "ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
@@ -47,6 +58,7 @@ def table_for(name: str) -> Table:
         "demo": Table((DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), lambda d: teacher_student_table(
             d[0], d[1], (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), refined=d[2])),
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
+        "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
     }

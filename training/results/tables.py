@@ -102,3 +102,22 @@ def targets_table(bench: dict[str, Any], source: str = "benchmarks") -> str:
     rows = [[t["target"], _number(t["measured"]), _number(t["threshold"]), status[t["met"]], t["detail"]]
             for t in targets]
     return "\n".join(markdown_table(["target", "measured", "threshold", "status", "detail"], rows, "lrrll"))
+
+
+def student_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str]) -> str:
+    """One row per student run (named by its results file): epochs, FLOPs cut, final mAP, the collapse check
+    (lowest evaluation after resetting started over the best before it, the teacher's counting first, and
+    its epoch) and the student's queries on the teacher's gallery."""
+    rows = []
+    for result, source in zip(results, sources, strict=True):
+        final = _final(result, source)
+        collapse = (final.get("compression") or {}).get("collapse_check") or {}
+        asymmetric = final.get("asymmetric") if isinstance(final.get("asymmetric"), dict) else {}
+        rows.append([f"`{source.rsplit('/', 1)[-1].removesuffix('.json')}`", str(len(result.get("epochs") or [])),
+                     f"{final['flops_reduction']:.1f}%", f"{final['mAP']:.2f}",
+                     f"{collapse['lowest_ratio']:.3f}" if "lowest_ratio" in collapse else "",
+                     str(collapse.get("at_epoch", "")), f"{asymmetric['mAP']:.2f}" if "mAP" in asymmetric else ""])
+    header = ["run", "epochs", "FLOPs cut", "mAP %", "lowest eval / best before", "at epoch",
+              "mAP %, queries on the teacher's gallery"]
+    return "\n".join(markdown_table(header, rows))
+
