@@ -93,6 +93,12 @@ def _requests(address: str) -> int:
         return stub.Stats(pb.StatsRequest(), timeout=30).batching.requests
 
 
+def _built_index(bundle: Path, images: Path, tmp_path: Path) -> Path:
+    index = tmp_path / "index"
+    assert cdd_index(["build", "--bundle", str(bundle), "--images", str(images), "--out", str(index), "--quiet"]) == 0
+    return index
+
+
 def _top(stub: pb_grpc.RetrievalStub, image: bytes) -> tuple[str, int]:
     top = stub.Search(pb.SearchRequest(image=image, k=1), timeout=30).items[0].id
     return top, stub.Stats(pb.StatsRequest(), timeout=30).count
@@ -101,9 +107,7 @@ def _top(stub: pb_grpc.RetrievalStub, image: bytes) -> tuple[str, int]:
 def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_another(
     tiny_bundle: Path, gallery_images: Path, synthetic: object, tmp_path: Path
 ) -> None:
-    index = tmp_path / "index"
-    assert cdd_index(["build", "--bundle", str(tiny_bundle), "--images", str(gallery_images), "--out", str(index),
-                      "--quiet"]) == 0
+    index = _built_index(tiny_bundle, gallery_images, tmp_path)
     before = synthetic.gallery_ids * synthetic.gallery_per_id
     first, second = _png(synthetic, 77), _png(synthetic, 78)
     server = Workers(tiny_bundle, index)
@@ -160,9 +164,7 @@ def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_anoth
 def test_sigterm_drains_every_worker_and_the_parent_folds_the_log(
     tiny_bundle: Path, gallery_images: Path, synthetic: object, tmp_path: Path
 ) -> None:
-    index = tmp_path / "index"
-    assert cdd_index(["build", "--bundle", str(tiny_bundle), "--images", str(gallery_images), "--out", str(index),
-                      "--quiet"]) == 0
+    index = _built_index(tiny_bundle, gallery_images, tmp_path)
     image = _png(synthetic, 77)
     server = Workers(tiny_bundle, index)
     try:

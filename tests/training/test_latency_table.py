@@ -92,4 +92,4 @@ def test_bad_latency_settings_are_config_errors():
     with pytest.raises(ConfigError, match="cdd.latency_batch and cdd.latency_threads must be >= 1, found 0 and 1"):
         load_config("demo-student", ["cdd.latency_batch=0"])
     demo = load_config("demo-student")
-    assert demo.cdd.latency_budget_ms == 0.0 and demo.cdd.flops_budget == 0.24  # opt-in; demo unchanged
+    assert demo.cdd.latency_budget_ms == 0.0 and demo.cdd.flops_budget == 0.20  # opt-in; demo unchanged
