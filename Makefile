@@ -96,7 +96,8 @@ bench: $(STAMP)
 	$(PY) -m training.results render
 
 # (a) teacher, (b) CDD, (c) static from scratch, (d) CDD without resetting, (e) prune-then-distill with CDD's
-# channels, (f) filter-L1 pruning then distill, (g) born-again full width; synthetic 3 seeds, animal-mnist 5
+# channels, (f) filter-L1 pruning then distill, (g) born-again full width, (h) CDD + refine stage, (e+) (e) as
+# long as (b) + (h); synthetic 3 seeds, animal-mnist 5
 # (resumable; docs/ablation-<dataset>.json rewritten after every finished run, paired by seed).
 ablation: data data/animal-mnist/.complete
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs
