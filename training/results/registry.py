@@ -1,7 +1,8 @@
 """Which results files each table NAME is rendered from, and how; the stamp lines under every table.
 
 NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``demo-epochs`` (the student per epoch),
-``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each),
+``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats``
+(the demo pipeline's runs with the same presets side by side),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
@@ -26,6 +27,7 @@ from training.results.step_time_tables import step_time_table
 from training.results.tables import (
     ResultsError,
     epochs_table,
+    repeat_runs_table,
     student_runs_table,
     targets_table,
     teacher_student_table,
@@ -38,9 +40,15 @@ DEMO_REFINE = "docs/results/demo-refine.json"
 # Every demo CDD-stage run kept as a results file, in the order they were tried; the shipped one last.
 DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix in (
     "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
-    "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr", ""))
-NAMES_HELP = ("demo, demo-epochs, demo-student-runs, epochs-<name>, benchmark-targets, ablation-<dataset>, "
-              "ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time")
+    "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr",
+    "-geometric-0.7-30-epochs-first-run", ""))
+# The demo pipeline run twice with the same presets: (teacher, CDD stage, refine stage) per run.
+DEMO_REPEATS = ("first run", "fresh clone")
+DEMO_REPEAT_FILES = ("docs/results/demo-teacher-first-run.json", "docs/results/demo-student-geometric-0.7-30-epochs-"
+                     "first-run.json", "docs/results/demo-refine-first-run.json", DEMO_TEACHER, DEMO_STUDENT,
+                     DEMO_REFINE)
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, epochs-<name>, benchmark-targets, "
+              "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
@@ -59,6 +67,7 @@ def table_for(name: str) -> Table:
             d[0], d[1], (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), refined=d[2])),
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
         "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
+        "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
     }

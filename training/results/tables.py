@@ -121,3 +121,19 @@ def student_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str]
               "mAP %, queries on the teacher's gallery"]
     return "\n".join(markdown_table(header, rows))
 
+
+def repeat_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str], labels: Sequence[str]) -> str:
+    """One row per repetition of the demo pipeline; ``results`` holds (teacher, CDD stage, refine stage) per
+    label, in order: each stage's mAP, the shipped student's change and FLOPs cut, and the CDD stage's
+    collapse check."""
+    rows = []
+    for i, label in enumerate(labels):
+        t, s, r = (_final(results[3 * i + j], sources[3 * i + j]) for j in range(3))
+        collapse = (s.get("compression") or {}).get("collapse_check") or {}
+        rows.append([label, f"{t['mAP']:.2f}", f"{s['mAP']:.2f}", f"{r['mAP']:.2f}", f"{r['mAP'] - t['mAP']:+.2f}",
+                     f"{r['flops_reduction']:.1f}%",
+                     f"{collapse['lowest_ratio']:.3f}" if "lowest_ratio" in collapse else ""])
+    header = ["run", "teacher mAP %", "CDD stage mAP %", "refine stage mAP %", "shipped minus teacher",
+              "FLOPs cut", "CDD stage: lowest eval / best before"]
+    return "\n".join(markdown_table(header, rows))
+
