@@ -153,6 +153,9 @@ def test_a_cancelled_call_frees_its_slot_and_its_queued_work(
     with pytest.raises(grpc.RpcError) as later:  # the engine is still held: admitted, then times out
         stub.Search(_search(gallery_images), timeout=3)  # long enough to be queued on a busy machine
     assert later.value.code() == CODE.DEADLINE_EXCEEDED
+    # The server's copy of that deadline starts when the call arrives, a little after the client's: let the
+    # server give up too before the engine is freed, or the queued request may still be run.
+    wait_for(lambda: _sample(metrics, "cdd_in_flight_requests") == 0, "the timed-out call to end on the server")
     gated.gate.set()
     occupier.result(timeout=30)
     wait_for(lambda: service.batcher.stats().expired >= 2, "the dropped requests to be counted")
