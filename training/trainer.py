@@ -390,13 +390,13 @@ class Trainer:
         reduction = reduction_percent(self.teacher_cost, cost)
         final.update({"params_reduction": round(reduction["params"], 2),
                       "flops_reduction": round(reduction["flops"], 2)})
-        if self.refine is not None:
+        if self.is_student and self.net.indicators():
             final["compression"] = self._compression_report(cost.flops)
+        if self.refine is not None:  # nothing is reset in a refine run: its start, not a collapse check
             final["refine"] = {"from": str(self.refine.run), "init": self.cfg.cdd.refine_init,
                                "start_mAP": self.refine.final.get("mAP"),
                                "start_rank1": self.refine.final.get("rank1")}
-        elif self.is_student and self.net.indicators():
-            final["compression"] = self._compression_report(cost.flops)
+        elif "compression" in final:
             teacher_map = next((h["eval"]["teacher"]["mAP"] for h in self.history
                                 if isinstance((h.get("eval") or {}).get("teacher"), dict)),
                                (final.get("teacher") or {}).get("mAP"))
