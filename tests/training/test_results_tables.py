@@ -12,7 +12,7 @@ import pytest
 
 from training.ablation_report import summarise
 from training.results.__main__ import documents, main, render_documents
-from training.results.ablation_tables import per_seed_table
+from training.results.ablation_tables import per_seed_table, two_settings_table
 from training.results.markers import MarkerError, find_blocks, replace_blocks
 from training.results.run_files import collect_run, stamp_file
 from training.results.stamp import StampError, simd_summary, stamp_line
@@ -104,6 +104,17 @@ def test_per_seed_table_pairs_by_seed_and_leaves_missing_seeds_blank() -> None:
     assert table[2] == "| (a) teacher | 47.00 | 41.00 | 44.00 | +3.00 | -1.00 | +1.00 | +1.00 ± 2.00 |"
     assert table[3] == "| (b) CDD student | 50.00 | 40.00 | 45.00 |  |  |  |  |"
     assert table[4] == "| (c) static student, same arch, scratch | 52.00 |  | 45.50 | -2.00 |  | -0.50 | -1.25 ± 1.06 |"
+
+
+def test_two_settings_table_pairs_one_variant_by_seed_over_the_seeds_both_files_hold() -> None:
+    base = {"runs": {"toy": {"teacher": [_final(1, 41.0), _final(0, 47.0), _final(2, 44.0)]}}}
+    other = {"runs": {"toy": {"teacher": [_final(0, 50.0), _final(1, 40.0), _final(3, 99.0)]}}}
+    table = two_settings_table(base, other, "toy", "teacher", ("short", "long"), ("a.json", "b.json")).splitlines()
+    assert table[0] == "|  | mAP %, seed 0 | mAP %, seed 1 | mean ± sd |"
+    assert table[2:] == ["| short | 47.00 | 41.00 |  |", "| long | 50.00 | 40.00 |  |",
+                         "| long minus short | +3.00 | -1.00 | +1.00 ± 2.83 |"]
+    with pytest.raises(ValueError, match=r"a.json: no toy/cdd runs with seeds"):
+        two_settings_table(base, other, "toy", "cdd", ("short", "long"), ("a.json", "b.json"))
 
 
 def test_ablation_runs_without_seeds_are_refused() -> None:

@@ -7,12 +7,13 @@ The file holds ``runs[dataset][variant]`` (final metrics of each run, with its `
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from training.ablation_report import NAMES
 from training.results.tables import ResultsError, markdown_table
 
-__all__ = ["variant_order", "summary_table", "per_seed_table"]
+__all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table"]
 
 _REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
 
@@ -81,3 +82,24 @@ def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation
     header = ["variant", *(f"mAP %, seed {s}" for s in seeds), *(f"{who} minus it, seed {s}" for s in seeds),
               "mean ± sd"]
     return "\n".join(markdown_table(header, rows))
+
+
+def two_settings_table(base: dict[str, Any], other: dict[str, Any], dataset: str, variant: str,
+                       labels: tuple[str, str], sources: tuple[str, str]) -> str:
+    """One variant trained two ways (two ablation files, same dataset and seeds): its mAP per seed under each,
+    and ``other`` minus ``base`` per seed with the mean ± sample sd of those differences (seeds in both)."""
+    by_seed = []
+    for result, source in zip((base, other), sources, strict=True):
+        finals = ((result.get("runs") or {}).get(dataset) or {}).get(variant)
+        if not finals or any("seed" not in f for f in finals):
+            raise ResultsError(f"{source}: no {dataset}/{variant} runs with seeds; {_REGENERATE}")
+        by_seed.append({f["seed"]: f["mAP"] for f in finals})
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    if len(seeds) < 2:
+        raise ResultsError(f"{sources[0]} and {sources[1]} share {len(seeds)} seed(s) of {dataset}/{variant}; "
+                           f"a paired comparison needs at least 2; {_REGENERATE}")
+    diffs = [by_seed[1][s] - by_seed[0][s] for s in seeds]
+    rows = [[label, *(f"{runs[s]:.2f}" for s in seeds), ""] for label, runs in zip(labels, by_seed, strict=True)]
+    rows.append([f"{labels[1]} minus {labels[0]}", *(f"{d:+.2f}" for d in diffs),
+                 f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"])
+    return "\n".join(markdown_table(["", *(f"mAP %, seed {s}" for s in seeds), "mean ± sd"], rows))

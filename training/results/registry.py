@@ -8,7 +8,8 @@ NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
 ``epochs-<name>`` (the per-epoch table of the student run collected as ``docs/results/<name>.json``),
 ``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
-``step-time`` (``make step-time`` and its 24,000-entry variant).
+``step-time`` (``make step-time`` and its 24,000-entry variant), ``animal-mnist-teacher-length`` (the
+animal-mnist teacher at the ablation's 8 epochs and at 24, per seed).
 Paths are relative to the repository root.
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.results.ablation_tables import per_seed_table, summary_table
+from training.results.ablation_tables import per_seed_table, summary_table, two_settings_table
 from training.results.engine_tables import engine_table
 from training.results.stamp import stamp_line
 from training.results.step_time_tables import step_time_table
@@ -48,7 +49,9 @@ DEMO_REPEAT_FILES = ("docs/results/demo-teacher-first-run.json", "docs/results/d
                      "first-run.json", "docs/results/demo-refine-first-run.json", DEMO_TEACHER, DEMO_STUDENT,
                      DEMO_REFINE)
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, epochs-<name>, benchmark-targets, "
-              "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time")
+              "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
+              "animal-mnist-teacher-length")
+TEACHER_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
@@ -70,6 +73,8 @@ def table_for(name: str) -> Table:
         "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
+        "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
+            d[0], d[1], "animal-mnist", "teacher", ("teacher, 8 epochs", "teacher, 24 epochs"), TEACHER_LENGTH)),
     }
     if name in fixed:
         return fixed[name]
