@@ -109,7 +109,7 @@ ablation: data data/animal-mnist/.complete
 ablation-study: data
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs --name study \
 		--variants cdd-no-schedule cdd-cubic cdd-no-fill cdd-shrink-end-0.5 cdd-shrink-end-0.9 cdd-scratch \
-		cdd-ratio-0.5 cdd-ratio-0.5-no-fill
+		cdd-ratio-0.5 cdd-ratio-0.5-no-fill cdd-lr-flat-to-final-size
 
 # README.md and docs/*.md tables between <!-- results:NAME --> markers, from committed results files
 # (training/results/registry.py names them); tests/training/test_results_tables.py fails when one is stale.

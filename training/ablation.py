@@ -66,6 +66,8 @@ STUDIES: dict[str, list[str]] = {
     "cdd-scratch": ['model.init="scratch"'],
     "cdd-ratio-0.5": ["cdd.ratio=0.5"],
     "cdd-ratio-0.5-no-fill": ["cdd.ratio=0.5", "cdd.fill_to_schedule=false"],
+    # the demo preset's learning rate: flat until the final size (shrink_end 0.7 of 12 epochs), not epoch 5
+    "cdd-lr-flat-to-final-size": ["optim.flat_until=9"],
 }
 _NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long")
 
