@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import grpc
+
+from serving.request_interceptor import abort
 
 __all__ = [
     "ADMIN_METHODS",
@@ -69,8 +71,8 @@ def load_token(
     return None
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Check ``authorization: Bearer <token>`` against the admin ``token`` and the ``read_token`` (either
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """(grpc.aio) Check ``authorization: Bearer <token>`` against the admin ``token`` and the ``read_token`` (either
     may be None, not both). ``exempt`` lists full method names (``/package.Service/Method``) that skip the
     check; ``admin_methods`` those the read token may not call."""
 
@@ -104,12 +106,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         is_read = self._read is not None and hmac.compare_digest(given, self._read)
         return "admin" if is_admin else "read" if is_read else None
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method in self._exempt:
             return handler
@@ -132,8 +134,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
 def _deny_like(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same streaming shape as ``handler`` that aborts with ``code`` and ``message``."""
 
-    def abort(_request: object, context: grpc.ServicerContext) -> None:
-        context.abort(code, message)
+    async def deny(_request: object, context: grpc.aio.ServicerContext) -> None:
+        await abort(context, code, message)
 
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -143,7 +145,7 @@ def _deny_like(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: s
     }
     make = kinds[(handler.request_streaming, handler.response_streaming)]
     return make(
-        abort,
+        deny,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

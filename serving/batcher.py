@@ -10,7 +10,11 @@ A request may carry a ``query``: once `attach_search` gave the batcher a search 
 passes the embedded rows of every such request in the batch to it in ONE call (one gallery search per
 batch, not one per request) and resolves those requests to its results instead of their rows. A query
 submitted without pixels is decoded on the worker too (``decode``, per request: a bad image fails only
-its own request), so a Search call's thread only parses, checks, queues and waits.
+its own request), so a Search call only parses, checks, queues and waits.
+
+A request may also carry a ``notify`` callable: after every batch the worker calls each distinct
+``notify`` ONCE with the futures of that batch's requests that carry it (all already resolved), so code on
+an event loop can be woken once per batch instead of once per request (`serving.batch_waiters`).
 
 Overload: the queue holds at most ``max_queue_images`` images; a request that does not fit is refused at
 once (``Overloaded``). A request of more than ``max_batch`` images (a large AddItems or SearchBatch) is
@@ -42,6 +46,8 @@ SearchFn = Callable[[np.ndarray, list[Any]], list[Any]]
 """(float32 (M, D) rows, the M requests' queries) -> M results; runs on the worker thread."""
 DecodeFn = Callable[[Any], np.ndarray]
 """A query -> its uint8 (H, W, 3) model input; runs on the worker thread; raises the decoding errors."""
+NotifyFn = Callable[[list[Future]], None]
+"""Called on the worker thread once per batch with the resolved futures of its requests; must not raise."""
 BatchObserver = Callable[[int, float, list[float]], None]
 """Called after every engine call with (images in the call, engine seconds, queue seconds of each request
 in it); must be quick and must not raise (it runs on the worker thread)."""
@@ -72,6 +78,7 @@ class _Request:
     enqueued_at: float
     future: Future
     query: Any = None
+    notify: NotifyFn | None = None
 
     @property
     def count(self) -> int:
@@ -159,9 +166,11 @@ class DynamicBatcher:
                 return 0.0
             return time.monotonic() - self._progress_at
 
-    def submit(self, images: np.ndarray | None, deadline: float | None = None, query: Any = None) -> Future:
+    def submit(self, images: np.ndarray | None, deadline: float | None = None, query: Any = None,
+               notify: NotifyFn | None = None) -> Future:
         """Queue uint8 (N, H, W, 3) images, 1 <= N <= max_queue_images; the future resolves to float32
-        (N, D) rows, or with a ``query`` (and `attach_search` done) to the search's result. Raises
+        (N, D) rows, or with a ``query`` (and `attach_search` done) to the search's result; ``notify`` is
+        called with it (and the batch's other futures that carry the same ``notify``) once it is. Raises
         Unavailable after ``close()``, Overloaded when the queue has no room for N images, InvalidInput for
         an empty or non-4-D array. ``images`` None: one image that ``query`` carries, decoded on the worker."""
         if images is None and (query is None or self._decode is None):
@@ -171,7 +180,7 @@ class DynamicBatcher:
         count = 1 if images is None else images.shape[0]
         if query is not None and (self._search is None or count != 1):
             raise InvalidInput("a query goes with one image, on a batcher with attach_search done")
-        request = _Request(images, deadline, time.monotonic(), Future(), query)
+        request = _Request(images, deadline, time.monotonic(), Future(), query, notify)
         with self._lock:
             if self._closed:
                 raise Unavailable("the server is shutting down and takes no new work; retry elsewhere")
@@ -215,18 +224,19 @@ class DynamicBatcher:
         except CancelledError:
             # gRPC ends a call at its deadline like a cancel: report which of the two it was
             if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S:
-                raise self._deadline_passed(start) from None
+                raise self.deadline_error(start) from None
             raise Cancelled("the client cancelled the call; its queued work was dropped") from None
         except DeadlineExceeded:  # set by the worker (expired in the queue); a TimeoutError subclass
             raise
         except TimeoutError:
             future.cancel()
-            raise self._deadline_passed(start) from None
+            raise self.deadline_error(start) from None
         finally:
             if forget is not None:
                 forget()
 
-    def _deadline_passed(self, start: float) -> DeadlineExceeded:
+    def deadline_error(self, start: float) -> DeadlineExceeded:
+        """The error of a request submitted at ``start`` (monotonic seconds) whose deadline passed."""
         waited_ms = (time.monotonic() - start) * 1000.0
         return DeadlineExceeded(
             f"the deadline passed after {waited_ms:.0f} ms waiting for the batcher "
@@ -314,6 +324,7 @@ class DynamicBatcher:
             with self._lock:
                 self._running -= 1
                 self._progress_at = time.monotonic()
+            _notify(batch)
 
     def _run_live(self, batch: list[_Request], started: float) -> None:
         live: list[_Request] = []
@@ -398,3 +409,13 @@ class DynamicBatcher:
                 self._counts["images"] += chunk.shape[0]
                 self._counts["largest"] = max(self._counts["largest"], chunk.shape[0])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _notify(batch: list[_Request]) -> None:
+    """Call each distinct ``notify`` of the batch once, with the futures of its requests."""
+    groups: dict[NotifyFn, list[Future]] = {}
+    for request in batch:
+        if request.notify is not None:
+            groups.setdefault(request.notify, []).append(request.future)
+    for notify, futures in groups.items():
+        notify(futures)

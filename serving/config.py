@@ -25,9 +25,10 @@ class ServeConfig:
     many large images is refused before it takes minutes of CPU),
     ``max_id_bytes`` per gallery id and ``max_metadata_bytes`` per item's metadata or a query's filters
     (keys plus values, UTF-8), ``max_queries`` per SearchBatch, ``max_items`` per AddItems / RemoveItems;
-    ``max_message_bytes`` per request / response; ``max_workers`` RPC threads per process (flag
-    ``--rpc-threads``); ``workers`` server processes (`serving.worker_pool`; ``worker_lock_fd`` is set by
-    that parent for its workers: the index folder's lock it holds for them).
+    ``max_message_bytes`` per request / response; ``max_workers`` threads per process for the calls that
+    may block (flag ``--rpc-threads``; Search runs on the event loop); ``workers`` server processes
+    (`serving.worker_pool`; 0 = one per core, or 1 for a milvus-lite index: `resolve_workers`;
+    ``worker_lock_fd`` is set by that parent for its workers: the index folder's lock it holds for them).
     ``tls_cert``/``tls_key`` (PEM) turn TLS on, ``tls_client_ca`` requires client certificates signed by it
     (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
     AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
@@ -41,10 +42,11 @@ class ServeConfig:
     with ``instances`` engine workers, instances x engine_threads should not exceed the cores.
 
     Overload (serving/admission.py, serving/batcher.py): ``max_concurrent_rpcs`` Retrieval calls in flight
-    (Stats and health exempt; more get RESOURCE_EXHAUSTED at once; must be below ``max_workers`` so health
-    always finds a thread); ``max_queue_images`` images waiting for the engine; ``max_deadline_s`` seconds
-    for a call that carries no (or a longer) deadline; ``instances`` engine worker threads; health turns
-    NOT_SERVING after ``watchdog_s`` seconds without engine progress while work waits (0 = no watchdog).
+    (Stats and health exempt; more get RESOURCE_EXHAUSTED at once; must be below ``max_workers`` so Stats
+    and every admitted call that needs a pool thread find one); ``max_queue_images`` images waiting for the
+    engine; ``max_deadline_s`` seconds for a call that carries no (or a longer) deadline; ``instances``
+    engine worker threads; health turns NOT_SERVING after ``watchdog_s`` seconds without engine progress
+    while work waits (0 = no watchdog).
     ``metrics_port`` serves Prometheus ``/metrics`` (None = off); ``log_format`` "text" or "json".
     Raises ValueError for an out-of-range value."""
 
@@ -83,7 +85,7 @@ class ServeConfig:
     watchdog_s: float = 10.0
     metrics_port: int | None = None
     log_format: str = "text"
-    workers: int = 1
+    workers: int = 0
     worker_lock_fd: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,13 +94,15 @@ class ServeConfig:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         for name in ("max_batch", "max_k", "max_pixels", "max_call_pixels", "max_id_bytes", "max_metadata_bytes",
-                     "max_queries", "max_items", "max_workers", "workers"):
+                     "max_queries", "max_items", "max_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.index_device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"--index-device must be cpu, cuda or auto, got {self.index_device!r}")
         if self.snapshot_interval_s < 0:
             raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (0 = one per core), got {self.workers}")
         if self.engine_threads < 0:
             raise ValueError(f"--engine-threads must be >= 0 (0 = one per core), got {self.engine_threads}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:
@@ -109,7 +113,7 @@ class ServeConfig:
         if self.max_concurrent_rpcs >= self.max_workers:
             raise ValueError(
                 f"--max-concurrent-rpcs ({self.max_concurrent_rpcs}) must be below --rpc-threads "
-                f"({self.max_workers}) so health checks and Stats always find a thread; raise --rpc-threads"
+                f"({self.max_workers}) so Stats and admitted calls always find a thread; raise --rpc-threads"
             )
         if self.max_queue_images < self.max_batch:
             raise ValueError(

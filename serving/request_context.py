@@ -18,11 +18,13 @@ __all__ = ["RequestContext", "current_request", "request_scope"]
 
 @dataclass
 class RequestContext:
-    """One call: ``request_id`` (from ``x-request-id`` or generated), ``method`` (short name, "Search").
-    `cancel` runs the callbacks registered with `on_cancel` (once); thread-safe."""
+    """One call: ``request_id`` (from ``x-request-id`` or generated), ``method`` (short name, "Search"),
+    ``code``: the status name of a call gRPC ended before its handler answered (set by the handler for the
+    metrics; None otherwise). `cancel` runs the callbacks registered with `on_cancel` (once); thread-safe."""
 
     request_id: str
     method: str
+    code: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _callbacks: list[Callable[[], object]] = field(default_factory=list, repr=False)
     _cancelled: bool = False
@@ -58,7 +60,7 @@ _CURRENT: ContextVar[RequestContext | None] = ContextVar("cdd_request", default=
 
 
 def current_request() -> RequestContext | None:
-    """The call being served by this thread, or None outside a call."""
+    """The call being served by this thread (or task: each call's coroutine has its own), or None outside a call."""
     return _CURRENT.get()
 
 

@@ -1,14 +1,14 @@
 """``cdd-serve``'s flags: the parser and the `ServeConfig` it fills (`serving.server.main` runs it).
 
 Most flags are ServeConfig fields of the same name (``max_batch`` -> ``--max-batch``), typed and
-defaulted by ServeConfig itself. ``--workers`` counts server processes (`serving.worker_pool`);
-``--rpc-threads`` the RPC threads of each, ``--max-workers`` being its deprecated old spelling.
+defaulted by ServeConfig itself. ``--workers`` counts server processes (`serving.worker_pool`; default one
+per core); ``--rpc-threads`` the threads of each that run the calls which may block, ``--max-workers``
+being its deprecated old spelling.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -59,10 +59,11 @@ def flag_parser() -> argparse.ArgumentParser:
             f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"{text} (default {default})"
         )
     parser.add_argument("--workers", type=int, default=ServeConfig.workers, metavar="N",
-                        help="server processes, one port each from --port up (0 = one per core; default "
-                             f"{ServeConfig.workers}); see docs/serve-workers.md")
+                        help="server processes, one port each from --port up (default 0 = one per core, or 1 for "
+                             "an embedded milvus-lite index); see docs/serve-workers.md")
     parser.add_argument("--rpc-threads", dest="max_workers", type=int, default=ServeConfig.max_workers, metavar="N",
-                        help=f"RPC handler threads per process (default {ServeConfig.max_workers})")
+                        help="threads per process for the calls that may block (SearchBatch, Embed, AddItems, "
+                             f"RemoveItems, Stats; Search stays on the event loop) (default {ServeConfig.max_workers})")
     parser.add_argument("--max-workers", dest="max_workers", type=int, action=_DeprecatedAlias, metavar="N",
                         help="deprecated spelling of --rpc-threads")
     parser.add_argument(WORKER_LOCK_FLAG, dest="worker_lock_fd", type=int, help=argparse.SUPPRESS)
@@ -96,7 +97,7 @@ class _DeprecatedAlias(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
-        print(f"cdd-serve: {option_string} is deprecated; use --rpc-threads (RPC threads per process; "
+        print(f"cdd-serve: {option_string} is deprecated; use --rpc-threads (pool threads per process; "
               "--workers now counts processes)", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -119,5 +120,5 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         token=load_token(args.token_file),
         read_token=load_token(args.read_token_file, variable=READ_TOKEN_ENV),
         allow_plaintext_remote=args.allow_plaintext_remote,
-        workers=args.workers or os.cpu_count() or 1,
+        workers=args.workers,
     )

@@ -5,6 +5,12 @@ another bundle), open the engine, bind and start with health NOT_SERVING, warm u
 log the address. On SIGTERM / SIGINT (or ``stop`` set): health NOT_SERVING, ``server.stop(grace)`` lets
 in-flight calls finish while refusing new ones, then the batcher finishes its queue; exit status 0.
 
+The front is grpc.aio: every RPC runs on one event loop in its own thread (`serving.loop_server`).
+A Search is parsed, checked and queued there and awaits its answer from the batch worker, which decodes,
+embeds and searches a whole batch and wakes the loop once per batch (`serving.batch_waiters`); calls
+that may block (SearchBatch, Embed, AddItems, RemoveItems, Stats) run in a thread pool of
+``--rpc-threads`` threads (`serving.grpc_servicer`).
+
 Overload and observability (see `ServeConfig`): `RequestInterceptor` gives each call a request id, caps
 concurrent Retrieval calls (`Admission`, RESOURCE_EXHAUSTED beyond) and feeds `ServerMetrics`
 (``--metrics-port``); `EngineWatchdog` turns health NOT_SERVING while the engine is stuck.
@@ -25,12 +31,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from serving.admission import Admission
@@ -46,6 +53,7 @@ from serving.index.gallery import GalleryIndex
 from serving.index.gallery_backend import open_gallery
 from serving.index.index_lock import IndexLock
 from serving.log_format import configure_logging
+from serving.loop_server import LoopServer, close_loop, new_loop, run_on
 from serving.metrics import ServerMetrics
 from serving.request_interceptor import RequestInterceptor
 from serving.serve_flags import config_from_args as _config
@@ -53,12 +61,14 @@ from serving.serve_flags import flag_parser as _parser
 from serving.service import RetrievalService, ServiceLimits
 from serving.tls import check_bind, is_loopback, server_credentials
 from serving.watchdog import EngineWatchdog
-from serving.worker_pool import run_workers
+from serving.worker_pool import resolve_workers, run_workers
 
 __all__ = ["build_service", "create_server", "serve", "main"]
 
 _LOG = logging.getLogger("serving.server")
 _BACKSTOP_PER_WORKER = 4
+_SERVING, _NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+_HEALTH_NAMES = ("", SERVICE_NAME)
 
 
 def _address(host: str, port: int) -> str:
@@ -74,7 +84,7 @@ def create_server(
     tls_cert: Path | bytes | None = None,
     tls_key: Path | bytes | None = None,
     auth_token: str | None = None,
-    health_servicer: health.HealthServicer | None = None,
+    serving: bool = True,
     *,
     read_token: str | None = None,
     tls_client_ca: Path | bytes | None = None,
@@ -83,17 +93,19 @@ def create_server(
     max_deadline_s: float = ServeConfig.max_deadline_s,
     metrics: ServerMetrics | None = None,
     index_threads: int = ServeConfig.index_threads,
-) -> tuple[grpc.Server, int]:
-    """A bound, not yet started server with Retrieval, Health and Reflection; returns (server, port).
+) -> tuple[LoopServer, int]:
+    """A bound, not yet started grpc.aio server with Retrieval, Health and Reflection, running on its own
+    event-loop thread (`serving.loop_server`); returns (server, port).
 
     ``port`` 0 picks a free port. TLS when ``tls_cert`` and ``tls_key`` (PEM paths or bytes) are given,
     mutual TLS with ``tls_client_ca`` (`serving.tls`); bearer tokens (health exempt) when ``auth_token``
-    (admin) or ``read_token`` (read-only) is given (`serving.auth`). Without ``health_servicer`` a new one
-    reports SERVING at once; pass your own to control the status. At most ``max_concurrent_rpcs``
-    Retrieval calls run at once (must be below ``max_workers``); the rest are refused by the request
+    (admin) or ``read_token`` (read-only) is given (`serving.auth`). Health reports SERVING from the start
+    when ``serving``, else NOT_SERVING until ``server.set_health(True)``. At most ``max_concurrent_rpcs``
+    Retrieval calls run at once (must be below ``max_workers``, the threads that run the calls which may
+    block: SearchBatch, Embed, AddItems, RemoveItems, Stats); the rest are refused by the request
     interceptor in microseconds (and counted in ``metrics``). gRPC itself refuses, uncounted, beyond
-    4 x ``max_workers`` calls waiting or running, which bounds memory under any flood. Every RPC thread
-    sets FAISS's OpenMP threads to ``index_threads`` (a per-thread setting; 0 = FAISS default). Raises
+    4 x ``max_workers`` calls, which bounds memory under any flood. Every pool thread sets FAISS's OpenMP
+    threads to ``index_threads`` (a per-thread setting; 0 = FAISS default). Raises
     PlaintextBindRefused (a ValueError) for a plaintext ``host`` beyond loopback, ValueError for bad
     limits, OSError if the address cannot be bound."""
     if (tls_cert is None) != (tls_key is None):
@@ -108,51 +120,56 @@ def create_server(
     tokens = auth_token or read_token
     requests = RequestInterceptor(SERVICE_NAME, Admission(max_concurrent_rpcs), metrics)
     interceptors = [requests, BearerTokenInterceptor(auth_token, read_token=read_token)] if tokens else [requests]
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc",
-                           initializer=_search_threads, initargs=(index_threads,)),
-        interceptors=interceptors,
-        options=options,
-        maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
-    )
-    add_retrieval_to_server(RetrievalServicer(service, max_deadline_s, metrics), server)
-    if health_servicer is None:
-        health_servicer = health.HealthServicer()
-        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    names = (SERVICE_NAME, health_name, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    credentials = (server_credentials(tls_cert, tls_key, tls_client_ca)
+                   if tls_cert is not None and tls_key is not None else None)
+    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cdd-rpc",
+                                  initializer=_search_threads, initargs=(index_threads,))
+    servicer = RetrievalServicer(service, executor, max_deadline_s, metrics)
     address = _address(host, port)
+
+    async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=_BACKSTOP_PER_WORKER * max_workers,
+        )
+        add_retrieval_to_server(servicer, server)
+        health_servicer = health_aio.HealthServicer()
+        for name in _HEALTH_NAMES:
+            await health_servicer.set(name, _SERVING if serving else _NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), server)
+        try:
+            bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind {address} ({exc}); is the port in use or the host not local?") from exc
+        if bound == 0:
+            raise OSError(f"cannot bind {address}; is the port in use or the host not local?")
+        return server, health_servicer, bound
+
+    loop, thread = new_loop()
     try:
-        if tls_cert is not None and tls_key is not None:
-            bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key, tls_client_ca))
-        else:
-            bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot bind {address} ({exc}); is the port in use or the host not local?") from exc
-    if bound == 0:
-        raise OSError(f"cannot bind {address}; is the port in use or the host not local?")
-    return server, bound
+        server, health_servicer, bound = run_on(loop, build)
+    except BaseException:
+        close_loop(loop, thread)
+        executor.shutdown(wait=False)
+        raise
+    return LoopServer(server, loop, thread, health_servicer, _HEALTH_NAMES, executor), bound
 
 
 def _search_threads(threads: int) -> None:
     """Set FAISS's OpenMP threads in the calling thread: omp_set_num_threads applies per thread, and
-    an RPC thread searches the gallery itself (else each one would start one OpenMP thread per core)."""
+    a pool thread may search the gallery itself (SearchBatch; else each one would start one OpenMP thread
+    per core)."""
     if threads > 0:
         import faiss
 
         faiss.omp_set_num_threads(threads)
-
-
-def _set_health(servicer: health.HealthServicer, status: int) -> None:
-    for name in ("", SERVICE_NAME):
-        servicer.set(name, status)
 
 
 def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> RetrievalService:
@@ -212,14 +229,9 @@ def build_service(config: ServeConfig, metrics: ServerMetrics | None = None) -> 
 def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | None = None) -> int:
     """Run until ``stop`` is set, then shut down gracefully; returns 0. ``ready`` is set once SERVING.
     Port 0 binds a free port; the INFO log line 'serving cdd.v1.Retrieval on HOST:PORT' names it."""
-    if not config.allow_plaintext_remote:  # refuse before loading anything (create_server checks again)
-        check_bind(config.host, tls=config.tls_cert is not None)
-    if config.tls_cert is not None and config.tls_key is not None:  # a bad TLS file: say which, before loading
-        server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    _check_transport(config)
     metrics = ServerMetrics() if config.metrics_port is not None else None
     service = build_service(config, metrics)
-    health_servicer = health.HealthServicer()
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
         server, port = create_server(
             service,
@@ -230,7 +242,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             tls_cert=config.tls_cert,
             tls_key=config.tls_key,
             auth_token=config.token,
-            health_servicer=health_servicer,
+            serving=False,
             read_token=config.read_token,
             tls_client_ca=config.tls_client_ca,
             allow_plaintext_remote=config.allow_plaintext_remote,
@@ -246,11 +258,11 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     watchdog = None
     try:
         seconds = service.warmup()
-        _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+        server.set_health(True)
         if metrics is not None and config.metrics_port is not None:
             _start_metrics(metrics, service, config.host, config.metrics_port)
         if config.watchdog_s > 0:
-            watchdog = EngineWatchdog(service.batcher.stalled_s, config.watchdog_s, _health_setter(health_servicer))
+            watchdog = EngineWatchdog(service.batcher.stalled_s, config.watchdog_s, server.set_health)
             watchdog.start()
         _LOG.info(
             "serving %s on %s (pid %d, %s, bundle %s, %d items, backend %s, warmup %.2f s)",
@@ -271,7 +283,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     finally:
         if watchdog is not None:
             watchdog.stop()
-        health_servicer.enter_graceful_shutdown()
+        server.enter_graceful_shutdown()
         server.stop(config.grace_s).wait()
         service.close()
         if metrics is not None:
@@ -280,9 +292,12 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
     return 0
 
 
-def _health_setter(servicer: health.HealthServicer) -> Callable[[bool], None]:
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    return lambda healthy: _set_health(servicer, serving if healthy else not_serving)
+def _check_transport(config: ServeConfig) -> None:
+    """Refuse a plaintext remote bind or a bad TLS file before loading anything (create_server checks again)."""
+    if not config.allow_plaintext_remote:
+        check_bind(config.host, tls=config.tls_cert is not None)
+    if config.tls_cert is not None and config.tls_key is not None:  # a bad TLS file: say which
+        server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
 def _start_metrics(metrics: ServerMetrics, service: RetrievalService, host: str, port: int) -> None:
@@ -313,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         if config.token is None and config.read_token is None and not is_loopback(config.host):
             _LOG.warning("%s without a token: anyone who can reach it can search and change the gallery",
                          config.host)
-        if config.workers > 1:
-            return run_workers(config, sys.argv[1:] if argv is None else argv, stop)
+        workers = resolve_workers(config)
+        if workers > 1:
+            _check_transport(config)
+            return run_workers(replace(config, workers=workers), sys.argv[1:] if argv is None else argv, stop)
         return serve(config, stop)
     except (BundleError, GalleryIndexError, BackendUnavailable, ValueError, OSError) as exc:
         _LOG.error("%s", exc)

@@ -119,14 +119,28 @@ class RetrievalService:
     ) -> list[Hit]:
         """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match. The
         image is decoded and the gallery searched on the batcher's worker, one search per engine batch."""
+        query = self.search_query(image, k, filters, deadline)
+        hits = self.batcher.run(None, deadline=deadline, query=query)
+        self.check_deadline(deadline)
+        return hits
+
+    def search_query(
+        self, image: bytes, k: int, filters: Mapping[str, str] | None = None, deadline: float | None = None
+    ) -> Query:
+        """A Search's checks before it is queued (k, filters, the image's declared pixels against the call's
+        budget, the deadline and the call's cancellation); returns the `Query` to submit to the batcher
+        (``batcher.submit(None, deadline, query)``). Decodes nothing: cheap enough for an event loop."""
         query = Query(image, k, filters)
         self._check_query(query, "")
         budget = self._budget(deadline)
         self._charge(image, "", budget)
         budget.check("embedding")
-        hits = self.batcher.run(None, deadline=budget.deadline, query=query)
-        self._check_deadline(budget)
-        return hits
+        return query
+
+    def check_deadline(self, deadline: float | None) -> None:
+        """Raise DeadlineExceeded when ``deadline`` passed (after the batcher answered a call)."""
+        if deadline is not None and self._clock() >= deadline:
+            raise DeadlineExceeded("the deadline passed while the image was embedded; use a longer deadline")
 
     def search_batch(self, queries: Sequence[Query], deadline: float | None = None) -> list[list[Hit]]:
         """One result list per query, in order; all images go through the batcher as one request."""
@@ -293,8 +307,7 @@ class RetrievalService:
         return vectors
 
     def _check_deadline(self, budget: CallBudget) -> None:
-        if budget.deadline is not None and self._clock() >= budget.deadline:
-            raise DeadlineExceeded("the deadline passed while the image was embedded; use a longer deadline")
+        self.check_deadline(budget.deadline)
 
     def _check_k(self, k: Any, where: str) -> None:
         name = f"{where}.k" if where else "k"

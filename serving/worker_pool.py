@@ -13,7 +13,8 @@ one write log under a file lock and apply each other's changes before every read
 (`serving.index.shared_log`): an acknowledged AddItems / RemoveItems is on disk and seen by the next
 Search on any port. With every worker stopped the parent folds the log into a snapshot again. A Milvus
 server store needs nothing more (each worker is a client); an embedded milvus-lite store belongs to one
-process and is refused.
+process and is refused. Without ``--workers`` cdd-serve starts one process per core (`default_workers`),
+or one for a milvus-lite index.
 
 A worker that dies is started again on the same port; a worker that exits with status 2 (a bad flag,
 bundle or index) stops them all. SIGTERM / SIGINT: every worker drains and stops, then the fold. Workers
@@ -24,19 +25,22 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from serving.config import ServeConfig
 from serving.index.atomic_dir import resolve
 from serving.index.disk_format import read_info
+from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 
-__all__ = ["WORKER_LOCK_FLAG", "run_workers", "worker_ports"]
+__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "resolve_workers", "run_workers", "worker_ports"]
 
 WORKER_LOCK_FLAG = "--worker-lock-fd"
 _LOG = logging.getLogger("serving.workers")
@@ -48,6 +52,39 @@ _PR_SET_PDEATHSIG = 1
 def worker_ports(port: int, workers: int) -> list[int]:
     """The port of each worker: P .. P+N-1, or all 0 (each picks a free one) for port 0."""
     return [0 if port == 0 else port + i for i in range(workers)]
+
+
+def core_count() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports one, else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers(index: Path) -> int:
+    """``--workers`` when not given (or 0): one process per core, except for an index whose gallery lives in
+    an embedded milvus-lite database (one process owns it): 1 then, with one log line saying why. An index
+    that cannot be read counts as FAISS here (loading it reports the problem)."""
+    cores = core_count()
+    if cores > 1 and _embedded_milvus(index):
+        _LOG.info("--workers: 1 process, not one per core (%d): the index %s keeps its gallery in an embedded "
+                  "milvus-lite database, which one process owns", cores, index)
+        return 1
+    return cores
+
+
+def resolve_workers(config: ServeConfig) -> int:
+    """The server processes to run: ``config.workers``, or `default_workers` when it is 0."""
+    return config.workers or default_workers(config.index)
+
+
+def _embedded_milvus(index: Path) -> bool:
+    try:
+        info = read_info(resolve(index))
+    except (OSError, ValueError, GalleryIndexError):
+        return False
+    return str(info.get("store", "faiss")) == "milvus" and not (info.get("milvus") or {}).get("uri")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -65,6 +102,17 @@ def _check_store(config: ServeConfig) -> str:
             "(cdd-index build --store milvus --milvus-uri ...)"
         )
     return store
+
+
+def _check_bundle(config: ServeConfig) -> None:
+    """Refuse, before any worker starts, an index built with another (undeclared) bundle: the error then
+    comes from this process, once (each worker checks again, with the bundle's file hashes)."""
+    from serving.bundle import load_bundle
+    from serving.compatibility import gallery_bundle_for
+    from serving.index.gallery import GalleryIndex
+
+    manifest = load_bundle(config.bundle, verify=False)
+    gallery_bundle_for(manifest, GalleryIndex.read_info(config.index).get("bundle_sha256"), config.index)
 
 
 def _fold(config: ServeConfig, lock: IndexLock) -> None:
@@ -129,8 +177,9 @@ def run_workers(config: ServeConfig, argv: Sequence[str], stop: threading.Event)
     """Serve with ``config.workers`` processes until ``stop``; ``argv``: this cdd-serve's own flags (each
     worker gets them plus its port). Returns 0 after a clean shutdown, 2 when a worker refused its
     configuration, 1 when a worker had to be killed. Raises ValueError (milvus-lite), GalleryIndexError
-    (IndexInUse, a damaged index)."""
+    (IndexInUse, a damaged index, one built with another bundle), BundleError."""
     store = _check_store(config)
+    _check_bundle(config)
     lock = IndexLock(config.index, "server") if store == "faiss" else None
     try:
         if lock is not None:

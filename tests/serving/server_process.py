@@ -25,12 +25,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``cdd-serve --bundle B --index I --port 0 --backend onnxruntime-cpu`` plus ``extra`` flags."""
+    """``cdd-serve --bundle B --index I --port 0 --backend onnxruntime-cpu --workers 1`` (one server process,
+    what these tests kill) plus ``extra`` flags."""
 
     def __init__(self, bundle: Path, index: Path, *extra: str) -> None:
         command = [
             sys.executable, "-m", "serving.server", "--bundle", str(bundle), "--index", str(index),
-            "--port", "0", "--backend", "onnxruntime-cpu", *extra,
+            "--port", "0", "--backend", "onnxruntime-cpu", "--workers", "1", *extra,
         ]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)

@@ -1,13 +1,21 @@
-"""cdd-serve's process and thread flags: --workers counts processes (0 = one per core), --rpc-threads the
-RPC threads of each, and the old --max-workers still sets the RPC threads while naming the new flag."""
+"""cdd-serve's process and thread flags: --workers counts processes (default and 0: one per core, or one
+for an embedded milvus-lite index), --rpc-threads the pool threads of each, and the old --max-workers still
+sets them while naming the new flag."""
 
 from __future__ import annotations
 
-import os
+import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from serving import worker_pool
+from serving.index.gallery import GalleryIndex
+from serving.index.gallery_backend import save_milvus_manifest
+from serving.index.milvus_gallery import MilvusGallery
 from serving.serve_flags import config_from_args, flag_parser
+from serving.worker_pool import core_count, resolve_workers
 
 BASE = ["--bundle", "b", "--index", "i"]
 
@@ -24,8 +32,47 @@ def test_rpc_threads_and_its_deprecated_spelling_set_the_same_field(capsys: pyte
 
 
 def test_workers_counts_processes_and_zero_means_one_per_core() -> None:
-    assert _config().workers == 1
+    assert _config().workers == 0  # the default: resolved when cdd-serve starts (below)
     assert _config("--workers", "3").workers == 3
-    assert _config("--workers", "0").workers == (os.cpu_count() or 1)
+    assert resolve_workers(_config("--workers", "0")) == core_count()
+    assert resolve_workers(_config("--workers", "3")) == 3
     with pytest.raises(ValueError, match="--workers must be >= 0"):
         _config("--workers", "-1")
+
+
+def _faiss_index(folder: Path) -> Path:
+    index = GalleryIndex(4, "flat", bundle_sha256="a" * 64)
+    index.add(["x"], np.eye(1, 4, dtype=np.float32))
+    index.save(folder)
+    return folder
+
+
+def _milvus_lite_index(folder: Path) -> Path:
+    gallery = MilvusGallery.create(str(folder / "milvus.db"), "lite", 4, bundle_sha256="a" * 64)
+    try:
+        save_milvus_manifest(folder, gallery, "cosine", "t0", "t1")
+    finally:
+        gallery.close()
+    return folder
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "serving.workers"]
+
+
+def test_default_workers_is_one_per_core_but_one_for_an_embedded_milvus_lite_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(worker_pool, "core_count", lambda: 4)  # so the rule shows on any machine
+    caplog.set_level(logging.INFO, logger="serving.workers")
+    faiss = ["--index", str(_faiss_index(tmp_path / "faiss"))]
+    lite = ["--index", str(_milvus_lite_index(tmp_path / "lite"))]
+    assert resolve_workers(_config(*faiss)) == 4
+    assert resolve_workers(_config(*faiss, "--workers", "0")) == 4
+    assert not _said(caplog)
+    assert resolve_workers(_config(*lite)) == 1
+    assert _said(caplog) == [
+        f"--workers: 1 process, not one per core (4): the index {tmp_path / 'lite'} keeps its gallery in an "
+        "embedded milvus-lite database, which one process owns"]
+    assert resolve_workers(_config(*lite, "--workers", "2")) == 2  # asked for: cdd-serve then refuses it, saying why
+    assert resolve_workers(_config("--index", str(tmp_path / "absent"))) == 4  # loading it reports the problem

@@ -354,7 +354,7 @@ def test_sigterm_drains_the_in_flight_call_and_exits_zero(
     command = [
         sys.executable, "-m", "serving.server", "--bundle", str(tiny_bundle), "--index", str(index),
         "--port", "0", "--backend", "onnxruntime-cpu", "--max-wait-ms", "2500", "--grace-s", "5",
-        "--metrics-port", "0",
+        "--metrics-port", "0", "--workers", "1",  # one process: its metrics and its port (workers: test_serve_workers)
     ]
     env = {**os.environ, "PYTHONPATH": str(root)}
     process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
