@@ -42,12 +42,14 @@ DEMO_REFINE = "docs/results/demo-refine.json"
 DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix in (
     "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
     "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr",
-    "-geometric-0.7-30-epochs-first-run", ""))
+    "-geometric-0.7-30-epochs-first-run", "-seed-1", ""))
 # The demo pipeline run twice with the same presets: (teacher, CDD stage, refine stage) per run.
-DEMO_REPEATS = ("first run", "fresh clone")
+# "student seed 1": the first run's teacher, both student stages with run.seed = 1.
+DEMO_REPEATS = ("first run", "student seed 1", "fresh clone")
 DEMO_REPEAT_FILES = ("docs/results/demo-teacher-first-run.json", "docs/results/demo-student-geometric-0.7-30-epochs-"
-                     "first-run.json", "docs/results/demo-refine-first-run.json", DEMO_TEACHER, DEMO_STUDENT,
-                     DEMO_REFINE)
+                     "first-run.json", "docs/results/demo-refine-first-run.json",
+                     "docs/results/demo-teacher-first-run.json", "docs/results/demo-student-seed-1.json",
+                     "docs/results/demo-refine-seed-1.json", DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE)
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, epochs-<name>, benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
