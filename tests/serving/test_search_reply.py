@@ -173,3 +173,22 @@ def test_grpc_search_replies_are_the_bytes_of_the_services_hits(served, gallery_
     assert len(service.search(image, 100)) == count  # k past the gallery: every item once
     assert service.search(image, 3, {"camera": "7"}) == []
     assert search_empty(pb.SearchRequest(image=image, k=5), timeout=20) == b""
+
+
+def test_milvus_columns_are_its_hits_and_their_bytes(tmp_path: Path) -> None:
+    pytest.importorskip("pymilvus", reason="the Milvus store needs pip install -e '.[milvus]'")
+    from serving.index.milvus_gallery import MilvusGallery
+
+    rng = np.random.default_rng(11)
+    vectors = _unit(rng, 40)
+    gallery = MilvusGallery.create(str(tmp_path / "milvus.db"), "reply", DIM, bundle_sha256="c" * 64)
+    try:
+        gallery.add([f"m{i}" for i in range(40)], vectors, [dict(METADATA[i % 3], camera=i % 4) for i in range(40)])
+        for k, filter in ((5, None), (100, None), (3, {"camera": 2}), (3, {"camera": 9})):
+            hits = gallery.search(vectors[:3], k, filter)
+            found = gallery.search(vectors[:3], k, filter, columns=True)
+            assert [f.hits() for f in found] == hits
+            assert [f.reply() for f in found] == [search_response(h) for h in hits]
+        assert len(hits[0]) == 0 and len(gallery.search(vectors[:1], 100)[0]) == 40
+    finally:
+        gallery.close()
