@@ -48,7 +48,7 @@ from serving.log_rate import RateLimitedLog
 from serving.metrics import ServerMetrics
 from serving.request_context import current_request
 from serving.request_interceptor import abort
-from serving.response_wire import search_batch_response, search_response
+from serving.response_wire import search_batch_response
 from serving.service import NewItem, Query, RetrievalService
 
 __all__ = ["SERVICE_NAME", "STATUS_FOR", "RetrievalServicer", "add_retrieval_to_server", "status_for",
@@ -173,9 +173,9 @@ class RetrievalServicer:
             query = self._service.search_query(request.image, request.k, filters, deadline)
             if self._waiters is None:
                 self._waiters = BatchWaiters(self._service.batcher, asyncio.get_running_loop())
-            hits = await self._waiters.run(query, deadline)
+            found = await self._waiters.run(query, deadline)
             self._service.check_deadline(deadline)
-            return search_response(hits)
+            return found.reply()
         except asyncio.CancelledError:
             late = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
             self._ended(self._service.batcher.deadline_error(start) if late else

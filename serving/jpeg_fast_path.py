@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-__all__ = ["decode_jpeg_fast", "jpeg_declared_pixels"]
+__all__ = ["decode_jpeg_fast", "decode_jpeg_pixels", "jpeg_declared_pixels"]
 
 _SOI = b"\xff\xd8"
 _SOS, _APP1 = 0xDA, 0xE1
@@ -78,6 +79,14 @@ def decode_jpeg_fast(
     data: bytes, max_pixels: int | None, draft_hw: tuple[int, int] | None, exif_orientation: bool
 ) -> Image.Image | None:
     """``decode_rgb8(data, max_pixels, draft_hw, exif_orientation)``'s image, or None: use Pillow."""
+    pixels = decode_jpeg_pixels(data, max_pixels, draft_hw, exif_orientation)
+    return None if pixels is None else Image.fromarray(pixels, "RGB")
+
+
+def decode_jpeg_pixels(
+    data: bytes, max_pixels: int | None, draft_hw: tuple[int, int] | None, exif_orientation: bool
+) -> np.ndarray | None:
+    """`decode_jpeg_fast`'s pixels as the decoder's own uint8 (H, W, 3) array (no Pillow image), or None."""
     decoder = _decoder()
     if not decoder or not isinstance(data, bytes) or not data.startswith(_SOI):
         return None
@@ -94,7 +103,7 @@ def decode_jpeg_fast(
         return None
     if pixels.shape != (out_h, out_w, 3):
         return None
-    return Image.fromarray(pixels, "RGB")
+    return pixels
 
 
 def jpeg_declared_pixels(data: bytes) -> int | None:

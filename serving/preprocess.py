@@ -21,7 +21,7 @@ from cdd_common.image_decoding import ImageTooLarge, UndecodableImage, decode_rg
 from serving.bundle import Manifest
 from serving.config import ServeConfig
 from serving.errors import InvalidInput, TooLarge
-from serving.jpeg_fast_path import decode_jpeg_fast, jpeg_declared_pixels
+from serving.jpeg_fast_path import decode_jpeg_fast, decode_jpeg_pixels, jpeg_declared_pixels
 
 __all__ = [
     "ImageDecodeError",
@@ -59,17 +59,26 @@ def decode_image(
     the rule's defaults. The declared size is checked against ``max_pixels`` before decoding pixels. JPEGs
     the native decoder gives the same pixels for are decoded by it (`serving.jpeg_fast_path`).
     Raises ImageDecodeError (every failure to decode), ImageTooLargeError."""
-    options: dict[str, Any] = {}
-    if manifest is not None:
-        pre = manifest.preprocess
-        options = {
-            "draft_hw": (manifest.input.height, manifest.input.width) if pre.jpeg_draft else None,
-            "exif_orientation": pre.exif_orientation,
-            "background": tuple(pre.background),
-        }
+    options = _decode_options(manifest)
     fast = decode_jpeg_fast(data, max_pixels, options.get("draft_hw"), options.get("exif_orientation", True))
     if fast is not None:  # the same pixels, from the native decoder (`serving.jpeg_fast_path`)
         return fast
+    return _decode_pillow(data, max_pixels, options)
+
+
+def _decode_options(manifest: Manifest | None) -> dict[str, Any]:
+    """`decode_rgb8`'s options from the manifest's preprocess section (none without a manifest)."""
+    if manifest is None:
+        return {}
+    pre = manifest.preprocess
+    return {
+        "draft_hw": (manifest.input.height, manifest.input.width) if pre.jpeg_draft else None,
+        "exif_orientation": pre.exif_orientation,
+        "background": tuple(pre.background),
+    }
+
+
+def _decode_pillow(data: bytes, max_pixels: int, options: dict[str, Any]) -> Image.Image:
     try:
         return decode_rgb8(data, max_pixels, **options)
     except ImageTooLarge as exc:
@@ -96,8 +105,19 @@ def declared_pixels(data: bytes) -> int | None:
 
 def image_to_model_input(data: bytes, manifest: Manifest, max_pixels: int = ServeConfig.max_pixels) -> np.ndarray:
     """Encoded image bytes -> uint8 (H, W, 3) model input: `decode_image` with the manifest's decoding
-    policy, then `to_model_input`. Raises ImageDecodeError, ImageTooLargeError."""
-    return to_model_input(decode_image(data, max_pixels, manifest), manifest)
+    policy, then `to_model_input`. Raises ImageDecodeError, ImageTooLargeError.
+
+    A JPEG the native decoder takes that is already at the input size is returned as the decoder's array:
+    `to_model_input` would wrap it in a Pillow image whose resize to its own size is a copy (same pixels),
+    and convert it back."""
+    options = _decode_options(manifest)
+    pixels = decode_jpeg_pixels(data, max_pixels, options["draft_hw"], options["exif_orientation"])
+    if pixels is None:
+        return to_model_input(_decode_pillow(data, max_pixels, options), manifest)
+    if pixels.shape == (manifest.input.height, manifest.input.width, 3):
+        _check_policy(manifest)
+        return pixels
+    return to_model_input(Image.fromarray(pixels, "RGB"), manifest)
 
 
 def to_model_input(image: Image.Image, manifest: Manifest) -> np.ndarray:
@@ -105,6 +125,15 @@ def to_model_input(image: Image.Image, manifest: Manifest) -> np.ndarray:
 
     Only policy "stretch" (resize straight to (W, H), no aspect preservation) exists; raises ValueError
     for another policy, interpolation or colour order."""
+    _check_policy(manifest)
+    pre, spec = manifest.preprocess, manifest.input
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    resized = rgb.resize((spec.width, spec.height), _RESAMPLING[pre.interpolation])
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _check_policy(manifest: Manifest) -> None:
+    """ValueError unless the manifest asks for what this build does: stretch, a known interpolation, RGB."""
     pre, spec = manifest.preprocess, manifest.input
     if pre.policy != "stretch":
         raise ValueError(
@@ -120,9 +149,6 @@ def to_model_input(image: Image.Image, manifest: Manifest) -> np.ndarray:
             f"manifest colour order is preprocess.color={pre.color!r}, input.color={spec.color!r} with "
             f"{spec.channels} channels; this serving build feeds 3-channel RGB"
         )
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    resized = rgb.resize((spec.width, spec.height), _RESAMPLING[pre.interpolation])
-    return np.asarray(resized, dtype=np.uint8)
 
 
 def load_image_file(path: str | Path, manifest: Manifest, max_pixels: int = ServeConfig.max_pixels) -> np.ndarray:

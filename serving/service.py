@@ -27,7 +27,7 @@ from serving.call_budget import CallBudget
 from serving.compatibility import GalleryBundle
 from serving.config import ServeConfig
 from serving.errors import DeadlineExceeded, InvalidInput, TooLarge
-from serving.index.gallery import Hit
+from serving.index.found_items import FoundItems, Hit
 from serving.index.gallery_backend import GalleryBackend
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, declared_pixels, image_to_model_input
 from serving.request_limits import check_id, check_metadata
@@ -120,16 +120,17 @@ class RetrievalService:
         """The ``k`` (1..max_k) nearest gallery items to ``image``, best first; fewer if fewer match. The
         image is decoded and the gallery searched on the batcher's worker, one search per engine batch."""
         query = self.search_query(image, k, filters, deadline)
-        hits = self.batcher.run(None, deadline=deadline, query=query)
+        found = self.batcher.run(None, deadline=deadline, query=query)
         self.check_deadline(deadline)
-        return hits
+        return found.hits()
 
     def search_query(
         self, image: bytes, k: int, filters: Mapping[str, str] | None = None, deadline: float | None = None
     ) -> Query:
         """A Search's checks before it is queued (k, filters, the image's declared pixels against the call's
         budget, the deadline and the call's cancellation); returns the `Query` to submit to the batcher
-        (``batcher.submit(None, deadline, query)``). Decodes nothing: cheap enough for an event loop."""
+        (``batcher.submit(None, deadline, query)``), whose answer is the query's `FoundItems`. Decodes
+        nothing: cheap enough for an event loop."""
         query = Query(image, k, filters)
         self._check_query(query, "")
         budget = self._budget(deadline)
@@ -149,7 +150,7 @@ class RetrievalService:
                 f"SearchBatch has {len(queries)} queries, this server takes at most "
                 f"{self.limits.max_queries} per call; split the batch"
             )
-        return self._search(queries, deadline, where="queries") if queries else []
+        return [found.hits() for found in self._search(queries, deadline, where="queries")] if queries else []
 
     def embed(self, image: bytes, deadline: float | None = None) -> np.ndarray:
         """float32 (D,) embedding of ``image`` (unit L2 norm when the manifest says ``normalized``)."""
@@ -255,26 +256,27 @@ class RetrievalService:
         self._check_k(query.k, where)
         check_metadata(query.filters, where or "search", self.limits.max_metadata_bytes, "filters")
 
-    def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[list[Hit]]:
+    def _search(self, queries: Sequence[Query], deadline: float | None, where: str) -> list[FoundItems]:
         for i, query in enumerate(queries):
             self._check_query(query, _label(where, i))
         budget = self._budget(deadline)
         pixels = np.stack([self._pixels(q.image, _label(where, i), budget) for i, q in enumerate(queries)])
         return self._search_vectors(self._embed(pixels, budget), queries)
 
-    def _search_vectors(self, vectors: np.ndarray, queries: Sequence[Query]) -> list[list[Hit]]:
-        """The hits of each query for its row of ``vectors``."""
+    def _search_vectors(self, vectors: np.ndarray, queries: Sequence[Query]) -> list[FoundItems]:
+        """The hits of each query for its row of ``vectors`` (`FoundItems`: `hits` for the API, `reply` for
+        the gRPC Search handler)."""
         # One index search per distinct filter (one for a whole unfiltered batch), at the largest k asked.
         groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
         for i, q in enumerate(queries):
             groups.setdefault(tuple(sorted((q.filters or {}).items())), []).append(i)
-        results: list[list[Hit]] = [[] for _ in queries]
+        results: dict[int, FoundItems] = {}
         for key, members in groups.items():
             k = max(int(queries[i].k) for i in members)
-            found = self.index.search(vectors[members], k, filter=dict(key) if key else None)
-            for i, hits in zip(members, found, strict=True):
-                results[i] = hits[: int(queries[i].k)]
-        return results
+            found = self.index.search(vectors[members], k, filter=dict(key) if key else None, columns=True)
+            for i, items in zip(members, found, strict=True):
+                results[i] = items.top(int(queries[i].k))
+        return [results[i] for i in range(len(queries))]
 
     def _budget(self, deadline: float | None) -> CallBudget:
         return CallBudget(deadline, self.limits.max_call_pixels, self._clock)

@@ -24,6 +24,7 @@ import numpy as np
 from serving.errors import ServiceError
 from serving.index.atomic_dir import resolve
 from serving.index.errors import GalleryIndexError, LogDamagedError, storage_error
+from serving.index.found_items import FoundItems
 from serving.index.gallery import GalleryIndex, Hit
 from serving.index.index_lock import IndexLock
 from serving.index.shared_log import SharedLog
@@ -145,10 +146,12 @@ class DurableGallery:
         self._follow()
         return item_id in self.index
 
-    def search(self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, columns: bool = False
+    ) -> list[list[Hit]] | list[FoundItems]:
         """See `GalleryIndex.search` (a worker first applies the changes other workers acknowledged)."""
         self._follow()
-        return self.index.search(queries, k, filter)
+        return self.index.search(queries, k, filter, columns=columns)
 
     def add(
         self,

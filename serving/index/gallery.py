@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,10 +44,11 @@ from serving.index.errors import (
     IndexCorruptError,
     UnknownIdError,
 )
+from serving.index.found_items import FoundItems, Hit
 from serving.index.item_table import ItemTable
 from serving.index.rw_lock import ReadWriteLock
 from serving.index.searcher import DEVICES, Searcher, new_searcher, resolve_engine
-from serving.index.table_search import exact_rows, structure_search
+from serving.index.table_search import Ranked, exact_rows, structure_search
 from serving.index.vector_checks import check_items, check_k, check_queries, check_vectors
 
 __all__ = ["DEVICES", "INDEX_TYPES", "OPTION_KEYS", "GalleryIndex", "Hit"]
@@ -66,17 +66,6 @@ k-means ``seed``; ``gpu`` ordinal."""
 _MIN_TRAIN = 256
 _RETRAIN_GROWTH = 8
 _LOG = logging.getLogger("serving.index")
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: item ``id``, ``score`` (cosine similarity, higher is closer), a metadata copy;
-    ``wire``: the item's pre-serialised response fields (`serving.response_wire`), empty when not known."""
-
-    id: str
-    score: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-    wire: bytes = field(default=b"", compare=False, repr=False)
 
 
 def _now() -> str:
@@ -225,15 +214,24 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, exact: bool = False
-    ) -> list[list[Hit]]:
+        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, exact: bool = False,
+        columns: bool = False,
+    ) -> list[list[Hit]] | list[FoundItems]:
         """Top-``k`` hits per query row, best first, from ONE structure search for all rows. ``queries``
         float32 (Q, dim); ``filter`` keeps only items whose ``metadata[field]`` has the text form
         (`metadata_text`) of ``value`` for every given field, so {"camera": 3} and {"camera": "3"} match
         camera 3 (a missing field never matches); applied inside the search (a FAISS ID selector), so each
         list holds min(k, matching items) hits; ``exact`` forces brute force over all vectors. Approximate
-        types may return fewer than k hits without a filter.
+        types may return fewer than k hits without a filter. With ``columns`` each query's hits come as
+        one `FoundItems` (captured under the read lock; its `reply` gives the response bytes without a
+        `Hit` per item) instead of a list of `Hit`.
         Raises DimensionError, InvalidVectorsError, GalleryIndexError (k < 1)."""
+        found = self._search_found(queries, k, filter, exact)
+        return found if columns else [items.hits() for items in found]
+
+    def _search_found(
+        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None, exact: bool
+    ) -> list[FoundItems]:
         array = check_queries(queries, self.dim)
         k = check_k(k)
         with self._lock.read():
@@ -241,14 +239,14 @@ class GalleryIndex:
             allowed = self._table.match_labels(filter) if filter else None
             matching = n if allowed is None else int(allowed.size)
             if matching == 0:
-                return [[] for _ in range(array.shape[0])]
+                return [_NOTHING for _ in range(array.shape[0])]
             in_structure = getattr(self._searcher, "filters_in_structure", True)
             few = allowed is not None and (matching * 8 < n or not in_structure)
             if exact or not self._searcher.is_trained or few:
                 rows = None if allowed is None else self._table.rows_of_labels(allowed)
-                return self._to_hits(exact_rows(self._table, array, k, rows))
+                return self._found(exact_rows(self._table, array, k, rows))
             refine = int(self._options.get("refine", 4)) if self._lossy_codes() else 1
-            return self._to_hits(structure_search(self._table, self._searcher, array, k, allowed, refine))
+            return self._found(structure_search(self._table, self._searcher, array, k, allowed, refine))
 
     # ------------------------------------------------------------------ maintenance
     def rebuild(self) -> None:
@@ -489,9 +487,18 @@ class GalleryIndex:
         with self._lock.read():
             return getattr(self._searcher, "search_knob", None)
 
-    def _to_hits(self, found: list[list[tuple[int, float]]]) -> list[list[Hit]]:
-        ids, meta, wire = self._table.ids, self._table.metadata, self._table.wire
-        return [[Hit(ids[row], score, dict(meta[row]), wire[row]) for row, score in hits] for hits in found]
+    def _found(self, ranked: list[Ranked]) -> list[FoundItems]:
+        """Each query's columns, taken from the table now (the caller holds the read lock)."""
+        ids, meta, wire, heads = self._table.ids, self._table.metadata, self._table.wire, self._table.heads
+        found = []
+        for rows, scores in ranked:
+            at = rows.tolist()
+            found.append(FoundItems(list(map(ids.__getitem__, at)), scores, list(map(meta.__getitem__, at)),
+                                    list(map(wire.__getitem__, at)), list(map(heads.__getitem__, at))))
+        return found
+
+
+_NOTHING = FoundItems((), np.zeros(0, dtype=np.float32), (), (), ())
 
 
 def _check_factory_option(index_type: str, options: dict[str, Any], dim: int) -> None:

@@ -20,6 +20,7 @@ from serving.index.atomic_dir import publish, resolve, verify_checksums
 from serving.index.collection_record import check_served, read_record
 from serving.index.disk_format import FORMAT, FORMAT_VERSION, check_bundle, read_info
 from serving.index.errors import GalleryIndexError
+from serving.index.found_items import FoundItems
 from serving.index.gallery import Hit
 
 __all__ = ["STORES", "GalleryBackend", "open_gallery", "save_milvus_manifest"]
@@ -41,9 +42,12 @@ class GalleryBackend(Protocol):
 
     def __contains__(self, item_id: object) -> bool: ...
 
-    def search(self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, columns: bool = False
+    ) -> list[list[Hit]] | list[FoundItems]:
         """Top-``k`` hits per row of float32 (Q, dim) ``queries``, best first; ``filter`` {field: value}
-        keeps items whose metadata text form equals each value (applied inside the search)."""
+        keeps items whose metadata text form equals each value (applied inside the search); ``columns``:
+        one `FoundItems` per row instead of a list of `Hit` (what the gRPC Search handler replies from)."""
 
     def add(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None, *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class ItemTable:
         self._ids: list[str] = []
         self._meta: list[dict[str, Any]] = []
         self._wire: list[bytes] = []
+        self._heads: list[bytes] = []
         self._row_of_id: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
         self._postings: dict[tuple[str, str], set[int]] = {}
@@ -72,14 +74,19 @@ class ItemTable:
         in row order (the list itself; do not modify)."""
         return self._wire
 
+    @property
+    def heads(self) -> list[bytes]:
+        """Each row's `serving.response_wire.item_head` (its response bytes but the score), in row order
+        (the list itself; do not modify)."""
+        return self._heads
+
     def row_of_id(self, item_id: str) -> int:
         """Row of ``item_id``; KeyError when absent."""
         return self._row_of_id[item_id]
 
     def rows_of_labels(self, labels: np.ndarray) -> np.ndarray:
         """Rows of int64 ``labels`` (same shape); -1 for labels that are absent or -1."""
-        lookup = self._row_of_label.get
-        flat = [lookup(int(label), -1) for label in labels.ravel()]
+        flat = list(map(self._row_of_label.get, labels.ravel().tolist(), repeat(-1)))
         return np.asarray(flat, dtype=np.int64).reshape(labels.shape)
 
     def append(
@@ -99,7 +106,9 @@ class ItemTable:
             self._post(int(labels[offset]), metadata[offset], add=True)
         self._ids.extend(ids)
         self._meta.extend(metadata)
-        self._wire.extend(_wire_fields(ids, metadata))
+        wire = _wire_fields(ids, metadata)
+        self._wire.extend(wire)
+        self._heads.extend(_heads(wire))
         self.next_label += n
         return labels
 
@@ -120,11 +129,13 @@ class ItemTable:
                 self._ids[row] = moved_id
                 self._meta[row] = self._meta[last]
                 self._wire[row] = self._wire[last]
+                self._heads[row] = self._heads[last]
                 self._row_of_id[moved_id] = row
                 self._row_of_label[int(self._labels[row])] = row
             self._ids.pop()
             self._meta.pop()
             self._wire.pop()
+            self._heads.pop()
         return removed
 
     def match_labels(self, filter: Mapping[str, Any]) -> np.ndarray:
@@ -175,6 +186,7 @@ class ItemTable:
         table._ids = list(ids)
         table._meta = list(metadata)
         table._wire = _wire_fields(table._ids, table._meta)
+        table._heads = _heads(table._wire)
         table._row_of_id = {item_id: row for row, item_id in enumerate(table._ids)}
         table._row_of_label = {int(label): row for row, label in enumerate(labels)}
         for label, meta in zip(table.labels.tolist(), table._meta, strict=True):
@@ -198,3 +210,9 @@ def _wire_fields(ids: Sequence[str], metadata: Sequence[Mapping[str, Any]]) -> l
     from serving.response_wire import item_fields  # it imports metadata_text from here
 
     return [item_fields(item_id, meta) for item_id, meta in zip(ids, metadata, strict=True)]
+
+
+def _heads(wire: Sequence[bytes]) -> list[bytes]:
+    from serving.response_wire import item_head
+
+    return [item_head(fields) for fields in wire]

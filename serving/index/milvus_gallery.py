@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from serving.index.errors import DuplicateIdError, GalleryIndexError, UnknownIdError
+from serving.index.found_items import FoundItems
 from serving.index.gallery import Hit
 from serving.index.item_table import metadata_text
 from serving.index.vector_checks import check_items, check_k, check_queries, check_vectors
@@ -192,8 +193,11 @@ class MilvusGallery:
     def __contains__(self, item_id: object) -> bool:
         return isinstance(item_id, str) and bool(self._existing([item_id]))
 
-    def search(self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
-        """Top-``k`` per query row, best first; ``filter`` as `GalleryIndex.search` (evaluated by Milvus)."""
+    def search(
+        self, queries: np.ndarray, k: int, filter: dict[str, Any] | None = None, *, columns: bool = False
+    ) -> list[list[Hit]] | list[FoundItems]:
+        """Top-``k`` per query row, best first; ``filter`` as `GalleryIndex.search` (evaluated by Milvus);
+        ``columns``: one `FoundItems` per row instead (the same hits; Milvus keeps no response fields)."""
         array = check_queries(queries, self.dim)
         k = check_k(k)
         results = self._client.search(
@@ -204,10 +208,11 @@ class MilvusGallery:
             output_fields=["metadata"],
             search_params={"metric_type": "IP", "params": self._search_params()},
         )
-        return [
+        hits = [
             [Hit(str(hit["id"]), float(hit["distance"]), dict(hit["entity"].get("metadata") or {})) for hit in row]
             for row in results
         ]
+        return [FoundItems.from_hits(row) for row in hits] if columns else hits
 
     def add(
         self, ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None, *,
