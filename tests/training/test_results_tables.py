@@ -117,6 +117,14 @@ def test_two_settings_table_pairs_one_variant_by_seed_over_the_seeds_both_files_
         two_settings_table(base, other, "toy", "cdd", ("short", "long"), ("a.json", "b.json"))
 
 
+def test_a_named_results_file_is_read_under_its_plain_dataset_name() -> None:
+    runs = {"toy": {"cdd": [_final(0, 50.0), _final(1, 40.0)], "teacher": [_final(0, 47.0), _final(1, 41.0)]}}
+    result = {"summary": summarise(runs), "runs": runs}
+    assert per_seed_table(result, "toy-study", "x.json") == per_seed_table(result, "toy", "x.json")
+    with pytest.raises(ValueError, match=r"no summary/runs for dataset 'other-study'"):
+        per_seed_table(result, "other-study", "x.json")
+
+
 def test_ablation_runs_without_seeds_are_refused() -> None:
     runs = {"toy": {"cdd": [{"mAP": 1.0}]}}
     with pytest.raises(ValueError, match=r"toy.json: runs of toy/cdd lack \"seed\""):

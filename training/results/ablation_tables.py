@@ -19,6 +19,10 @@ _REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
 
 
 def _dataset(result: dict[str, Any], dataset: str, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    # A named file (ablation-synthetic-study-v2.json) holds its dataset under the plain name ("synthetic").
+    named = [d for d in (result.get("summary") or {}) if dataset.startswith(f"{d}-")]
+    if dataset not in (result.get("summary") or {}) and len(named) == 1:
+        dataset = named[0]
     summary, runs = (result.get("summary") or {}).get(dataset), (result.get("runs") or {}).get(dataset)
     if not isinstance(summary, dict) or not isinstance(runs, dict):
         raise ResultsError(f"{source}: no summary/runs for dataset {dataset!r} (has "
