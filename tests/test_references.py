@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _MENTION = re.compile(r"(?<![\w./<>{}*$@-])((?:[\w.-]+/)*[\w.-]+\.md|docs/[\w./-]*\.\w+)(?![\w/<>{}*-])")
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _ISSUE = re.compile(r"\bissues? #?\d+\b", re.IGNORECASE)
-# training/grg.py is being edited elsewhere; its first line still names the method page by its old name.
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|home|root|Users)/[\w.-]+")
 def _docs() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))] + [
         p for p in (ROOT / "CHANGELOG.md",) if p.is_file()]
@@ -69,4 +69,17 @@ def test_a_missing_file_is_reported() -> None:
 def test_no_doc_or_code_names_a_tracker_issue() -> None:
     found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in [*_docs(), *_code()]
              for m in _ISSUE.finditer(p.read_text())]
+    assert not found, found
+
+
+def test_no_committed_text_names_a_path_of_the_machine_it_was_made_on() -> None:
+    """Results files, docs and code say `bundles/demo`, not where one machine kept it."""
+    folders = ("docs", "training", "export", "serving", "cdd_common", "tests", ".ci")
+    files = [p for folder in folders for p in (ROOT / folder).rglob("*")
+             if p.suffix in (".md", ".json", ".py", ".toml", ".txt", ".sh", "") and p.is_file()]
+    top = ("README.md", "CHANGELOG.md", "Makefile", "pyproject.toml")
+    files += [ROOT / name for name in top if (ROOT / name).is_file()]
+    assert len(files) > 100
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files if "__pycache__" not in p.parts
+             for m in _MACHINE_PATH.finditer(p.read_text(errors="replace"))]
     assert not found, found
