@@ -42,7 +42,8 @@ DEMO_REFINE = "docs/results/demo-refine.json"
 DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix in (
     "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
     "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr",
-    "-geometric-0.7-30-epochs-first-run", "-seed-1", "-geometric-0.5-lr-flat-15", ""))
+    "-geometric-0.7-30-epochs-first-run", "-seed-1", "-geometric-0.5-lr-flat-15",
+    "-geometric-0.5-lr-flat-15-seed-1", ""))
 # The demo pipeline run twice with the same presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the first run's teacher, both student stages with run.seed = 1.
 DEMO_REPEATS = ("first run", "student seed 1", "fresh clone")
