@@ -108,7 +108,7 @@ ablation: data data/animal-mnist/.complete
 # What makes CDD win: the CDD student with one setting changed (schedule, fill, init, ratio), same teachers.
 ablation-study: data
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs --name study \
-		--variants cdd-no-schedule cdd-cubic cdd-no-fill cdd-shrink-end-0.5 cdd-shrink-end-0.9 cdd-scratch \
+		--variants cdd-no-schedule cdd-cubic cdd-no-fill cdd-shrink-end-0.7 cdd-shrink-end-0.9 cdd-scratch \
 		cdd-ratio-0.5 cdd-ratio-0.5-no-fill cdd-lr-flat-to-final-size
 
 # README.md and docs/*.md tables between <!-- results:NAME --> markers, from committed results files

@@ -61,13 +61,14 @@ STUDIES: dict[str, list[str]] = {
     "cdd-no-schedule": ['cdd.shrink_curve="none"', "cdd.fill_to_schedule=false"],
     "cdd-cubic": ['cdd.shrink_curve="cubic"'],
     "cdd-no-fill": ["cdd.fill_to_schedule=false"],
-    "cdd-shrink-end-0.5": ["cdd.shrink_end=0.5"],
+    "cdd-shrink-end-0.5": ["cdd.shrink_end=0.5"],  # the preset's setting since study v2 chose it
+    "cdd-shrink-end-0.7": ["cdd.shrink_end=0.7"],  # the preset's setting before
     "cdd-shrink-end-0.9": ["cdd.shrink_end=0.9", "cdd.reset_decay_steps=5"],
     "cdd-scratch": ['model.init="scratch"'],
     "cdd-ratio-0.5": ["cdd.ratio=0.5"],
     "cdd-ratio-0.5-no-fill": ["cdd.ratio=0.5", "cdd.fill_to_schedule=false"],
-    # the demo preset's learning rate: flat until the final size (shrink_end 0.7 of 12 epochs), not epoch 5
-    "cdd-lr-flat-to-final-size": ["optim.flat_until=9"],
+    # with shrink_end 0.7: the learning rate flat until the final size (epoch 9 of 12), not epoch 5
+    "cdd-lr-flat-to-final-size": ["cdd.shrink_end=0.7", "optim.flat_until=9"],
 }
 _NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long")
 

@@ -177,7 +177,7 @@ def test_a_run_too_short_for_its_resetting_is_refused_with_a_working_value():
     with pytest.raises(ConfigError, match=r"cdd.shrink_end = 0.6 of the run is not after resetting starts.*"
                                           r"set cdd.grg_start_epoch to about 0.3 \(a tenth"):
         check_resetting_plan(early_end, 3, 29, budgeted=True)  # a demo capped at 3 epochs
-    slow_decay = load_config("demo-student", ["cdd.reset_decay_steps=60"]).cdd
+    slow_decay = load_config("demo-student", ["cdd.shrink_end=0.7", "cdd.reset_decay_steps=60"]).cdd
     with pytest.raises(ConfigError, match=r"cdd.reset_decay_steps = 60 is longer than the 34 step\(s\) left.*"
                                           r"set cdd.reset_decay_steps = 17"):
         check_resetting_plan(slow_decay, 4, 29, budgeted=True)
