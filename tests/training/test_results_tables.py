@@ -100,10 +100,10 @@ def test_per_seed_table_pairs_by_seed_and_leaves_missing_seeds_blank() -> None:
                     "static": [_final(0, 52.0), _final(2, 45.5)]}}
     table = per_seed_table({"summary": summarise(runs), "runs": runs}, "toy", "toy.json").splitlines()
     assert table[0] == ("| variant | mAP %, seed 0 | mAP %, seed 1 | mAP %, seed 2 | CDD minus it, seed 0 | "
-                        "CDD minus it, seed 1 | CDD minus it, seed 2 | mean ± sd |")
-    assert table[2] == "| (a) teacher | 47.00 | 41.00 | 44.00 | +3.00 | -1.00 | +1.00 | +1.00 ± 2.00 |"
-    assert table[3] == "| (b) CDD student | 50.00 | 40.00 | 45.00 |  |  |  |  |"
-    assert table[4] == "| (c) static student, same arch, scratch | 52.00 |  | 45.50 | -2.00 |  | -0.50 | -1.25 ± 1.06 |"
+                        "CDD minus it, seed 1 | CDD minus it, seed 2 | mean ± sd | standard error of the mean |")
+    assert table[2] == "| (a) teacher | 47.00 | 41.00 | 44.00 | +3.00 | -1.00 | +1.00 | +1.00 ± 2.00 | 1.15 |"
+    assert table[3] == "| (b) CDD student | 50.00 | 40.00 | 45.00 |  |  |  |  |  |"
+    assert table[4] == "| (c) static student, same arch, scratch | 52.00 |  | 45.50 | -2.00 |  | -0.50 | -1.25 ± 1.06 | 0.75 |"
 
 
 def test_two_settings_table_pairs_one_variant_by_seed_over_the_seeds_both_files_hold() -> None:

@@ -7,6 +7,7 @@ The file holds ``runs[dataset][variant]`` (final metrics of each run, with its `
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -68,8 +69,10 @@ def summary_table(result: dict[str, Any], dataset: str, source: str = "ablation"
 
 
 def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation", reference: str = "cdd") -> str:
-    """Per variant: its mAP on every seed, then ``reference`` ("cdd" or "refine") minus it on every seed and
-    the mean ± sample sd of those differences (from the file's ``<reference>_minus``)."""
+    """Per variant: its mAP on every seed, then ``reference`` ("cdd" or "refine") minus it on every seed, the
+    mean ± sample sd of those differences (from the file's ``<reference>_minus``) and the standard error of
+    that mean (sd / sqrt(seeds)): the sd says how much one seed moves, the standard error how well the mean
+    difference is known."""
     summary, runs = _dataset(result, dataset, source)
     if reference not in runs:
         raise ResultsError(f"{source}: dataset {dataset!r} has no {reference!r} runs; {_REGENERATE}")
@@ -82,9 +85,10 @@ def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation
         diffs = dict(zip(diff["seeds"], diff["diffs"], strict=True))
         rows.append([_label(variant), *(f"{by_seed[s]:.2f}" if s in by_seed else "" for s in seeds),
                      *(f"{diffs[s]:+.2f}" if s in diffs else "" for s in seeds),
-                     f"{diff['mean']:+.2f} ± {diff['std']:.2f}" if diff["diffs"] else ""])
+                     f"{diff['mean']:+.2f} ± {diff['std']:.2f}" if diff["diffs"] else "",
+                     f"{diff['std'] / math.sqrt(len(diff['diffs'])):.2f}" if len(diff["diffs"]) > 1 else ""])
     header = ["variant", *(f"mAP %, seed {s}" for s in seeds), *(f"{who} minus it, seed {s}" for s in seeds),
-              "mean ± sd"]
+              "mean ± sd", "standard error of the mean"]
     return "\n".join(markdown_table(header, rows))
 
 
