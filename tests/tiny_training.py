@@ -36,9 +36,11 @@ def tiny_overrides(root, out_dir, kind="teacher", teacher_run="", epochs=2) -> l
 def fit_tiny_student(root, out_dir, teacher_run, epochs, extra=(), resume=False, **fit):
     """A tiny `demo-student` run of 3 steps per epoch without evaluation, plus the overrides ``extra``;
     ``resume`` continues from the run dir's checkpoint, ``fit`` goes to `Trainer.fit`. Returns (trainer,
-    final metrics)."""
+    final metrics). Its budget is one the tiny network can reach (the demo's 20% of the teacher's FLOPs is below
+    its smallest exportable network), with a decay that fits in the steps after the shrink end of a 2-epoch run."""
     overrides = tiny_overrides(root, out_dir, "student", teacher_run, epochs=epochs) + [
-        "run.max_steps_per_epoch=3", "run.eval_every=0", *extra]
+        "run.max_steps_per_epoch=3", "run.eval_every=0", "cdd.flops_budget=0.6", "cdd.round_to=4",
+        "cdd.reset_decay_steps=2", *extra]
     trainer = Trainer(load_config("demo-student", overrides), init_distributed("cpu"), resume=resume)
     return trainer, trainer.fit(**fit)
 

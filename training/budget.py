@@ -14,6 +14,7 @@ several budgets at once (growth stops when all are met).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -116,12 +117,22 @@ class FlopsBudget:
 
     @classmethod
     def for_spec(cls, spec: ArchSpec, teacher_flops: int, fraction: float, round_to: int = 1) -> FlopsBudget:
-        """Budget of ``fraction`` x ``teacher_flops`` for a full-width student ``spec``."""
+        """Budget of ``fraction`` x ``teacher_flops`` for a full-width student ``spec``; ValueError when it is
+        below the cost of the smallest network the export can keep (every block at its rounded minimum)."""
         if not 0 < fraction <= 1:
             raise ValueError(f"cdd.flops_budget must be in (0, 1] (a fraction of the teacher's FLOPs), "
                              f"found {fraction}")
-        return cls(FlopsModel.for_spec(spec), tuple(p for _, p in spec.blocks()), teacher_flops, fraction,
-                   max(1, round_to))
+        budget = cls(FlopsModel.for_spec(spec), tuple(p for _, p in spec.blocks()), teacher_flops, fraction,
+                     max(1, round_to))
+        floor = budget.model.flops(budget._kept(budget.widths))  # every channel reset: what the export still keeps
+        if budget.limit < floor:
+            raise ValueError(
+                f"cdd.flops_budget = {fraction:g} is below the smallest network this student can export: "
+                f"{floor:,} MACs = {100 * floor / teacher_flops:.1f}% of the teacher's (each block keeps at least "
+                f"{budget.round_to} channel(s) with cdd.round_to = {budget.round_to}); gradient resetting could never "
+                f"meet it; set cdd.flops_budget to at least {math.ceil(1000 * floor / teacher_flops) / 1000:g} "
+                f"or lower cdd.round_to")
+        return budget
 
     def flops(self, masks: Sequence[torch.Tensor]) -> int:
         """MACs of the exported network when the channels in ``masks`` (per-block booleans) are pruned."""

@@ -11,14 +11,26 @@ import math
 
 from training.config import CDDConfig, ConfigError
 
-__all__ = ["check_resetting_plan"]
+__all__ = ["check_resetting_plan", "first_step_at"]
+
+
+def first_step_at(run_fraction: float, total: int) -> int:
+    """The index of the first of ``total`` steps whose run fraction ``index / total`` (what the training step
+    passes to the shrink schedule) is at least ``run_fraction``; exact where ``run_fraction * total`` rounds."""
+    step = math.ceil(run_fraction * total)
+    while step > 0 and (step - 1) / total >= run_fraction:
+        step -= 1
+    while step / total < run_fraction:
+        step += 1
+    return step
 
 
 def check_resetting_plan(cdd: CDDConfig, epochs: int, steps_per_epoch: int, budgeted: bool) -> None:
     """Raise ConfigError when resetting cannot do its job in a run of ``epochs`` x ``steps_per_epoch`` steps:
     it starts at or after the end; with the ``decay`` rule, fewer steps are left after it starts (or, when a
     ``budgeted`` run is paced by ``cdd.shrink_curve``, after ``cdd.shrink_end``) than ``cdd.reset_decay_steps``
-    needs to bring a reset row to zero."""
+    needs to bring a reset row to zero (the decay rule admits a channel only while at least that many steps
+    follow the step that admits it)."""
     if cdd.grg_start_epoch >= epochs:
         raise ConfigError(
             f"cdd.grg_start_epoch = {cdd.grg_start_epoch:g} is not before the end of the run (run.epochs = "
@@ -35,13 +47,13 @@ def check_resetting_plan(cdd: CDDConfig, epochs: int, steps_per_epoch: int, budg
     if cdd.reset_rule != "decay":
         return
     if paced:
-        after = total - math.ceil(cdd.shrink_end * total)
+        after = total - first_step_at(cdd.shrink_end, total) - 1
         if after < cdd.reset_decay_steps:
             raise ConfigError(
                 f"cdd.reset_decay_steps = {cdd.reset_decay_steps} is longer than the {after} step(s) left after the "
-                f"shrink schedule reaches the budget (cdd.shrink_end = {cdd.shrink_end:g} of {total} steps): the last "
-                f"channels reset could not reach zero, and the budget would be missed; set "
-                f"cdd.reset_decay_steps = {max(1, after // 2)} or lower cdd.shrink_end")
+                f"step at which the shrink schedule reaches the budget (cdd.shrink_end = {cdd.shrink_end:g} of "
+                f"{total} steps): the last channels reset could not reach zero, and the budget would be missed; "
+                f"{_decay_fix(cdd, total, after, cdd.grg_start_epoch / epochs)}")
         return
     if total - start_step <= cdd.reset_decay_steps:
         raise ConfigError(
@@ -49,3 +61,18 @@ def check_resetting_plan(cdd: CDDConfig, epochs: int, steps_per_epoch: int, budg
             f"from the start of resetting (epoch {cdd.grg_start_epoch:g}) to the end of the run ({epochs} epochs x "
             f"{steps_per_epoch} steps): no channel could be reset and reach zero; set cdd.reset_decay_steps = "
             f"{max(1, (total - start_step) // 3)}")
+
+
+def _decay_fix(cdd: CDDConfig, total: int, after: int, start: float) -> str:
+    """A setting that leaves the decay rule its steps after the shrink schedule's end (``after`` steps are left
+    after it now; resetting starts at run fraction ``start``)."""
+    if after >= 1:
+        return f"set cdd.reset_decay_steps = {max(1, after // 2)} or lower cdd.shrink_end"
+    latest_end = math.floor(100 * (total - 1 - cdd.reset_decay_steps) / total) / 100
+    if latest_end > start:
+        return f"set cdd.shrink_end to at most {latest_end:g}"
+    end = math.floor(100 * (start + 1) / 2) / 100  # halfway from the start of resetting to the end of the run
+    left = total - first_step_at(end, total) - 1
+    if end > start and left >= 1:
+        return f"set cdd.shrink_end = {end:g} and cdd.reset_decay_steps = {max(1, left // 2)}"
+    return "train for more epochs (run.epochs) or use cdd.reset_rule = \"reference\""

@@ -88,6 +88,9 @@ class Trainer:
         self.teacher = (load_teacher(cfg.cdd.teacher_run, self.num_classes, ctx.device, self._base_spec())
                         if self.is_student else None)
         self.spec, self.teacher_channels = self._build_spec()
+        if self.is_student and self.spec.indicators and cfg.cdd.gradient_reset:  # before the resetter is built
+            check_resetting_plan(cfg.cdd, cfg.run.epochs, self.steps_per_epoch(),
+                                 budgeted=cfg.cdd.flops_budget > 0 or cfg.cdd.latency_budget_ms > 0)
         self.refine = (RefineSource.load(cfg.cdd.refine_from, self.spec)
                        if self.is_student and cfg.cdd.refine_from else None)
         self.net = self._initialise()
@@ -106,8 +109,6 @@ class Trainer:
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
         if self.refine is not None:
             self.step.frozen = FrozenRows(self.refine.masks())
-        if self.resetter is not None:
-            check_resetting_plan(cfg.cdd, cfg.run.epochs, self.steps_per_epoch(), self.resetter.budget is not None)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.weight_average = WeightAverage(cfg.optim.average_last, cfg.run.epochs)

@@ -25,6 +25,8 @@ class Mutant:
 
 _GRG = ("tests/training/test_grg.py", "tests/training/test_reset_decay_residue.py")
 _STEP = ("tests/training/test_distill_mixup.py", "-k", "step or clean_batch")
+_SCHEDULE = ("tests/training/test_shrink_schedule.py", "-k", "not real_run")
+_SCHEDULE_RUN = ("tests/training/test_shrink_schedule_run.py",)
 _PRUNING = ("tests/training/test_pruning.py", "tests/export/test_rebuild.py")
 _ADMISSION = ("tests/serving/test_overload.py",)
 _AUTH = ("tests/serving/test_access_control.py",)
@@ -65,6 +67,25 @@ MUTANTS: tuple[Mutant, ...] = (
            "    kept = max(1, width - reset)", "    kept = max(0, width - reset)",
            ("tests/training/test_latency_budget.py", "tests/training/test_cost.py", "-k", "not run and not resume"),
            "a block priced as if it could vanish; the export keeps at least one channel"),
+    # the shrink schedule, the run-length checks and the standard-pruning baseline (issue 22)
+    Mutant("the schedule admits the channel that crosses its limit", "shrink schedule", "training/budget.py",
+           "        if not cross:\n            trial", "        if False:\n            trial", _SCHEDULE,
+           "the student shrinks ahead of its schedule"),
+    Mutant("the schedule reaches the budget one step late", "shrink schedule", "training/step.py",
+           "fraction = step_index / (step_index + steps_left + 1)",
+           "fraction = (step_index - 1) / (step_index + steps_left + 1)", _SCHEDULE_RUN,
+           "the final size arrives after cdd.shrink_end"),
+    Mutant("a resumed run forgets its reset set", "shrink schedule", "training/trainer.py",
+           '            self.resetter.load_state_dict(state["grg"])', "            pass", _SCHEDULE_RUN,
+           "a run resumed mid-schedule starts shrinking again from the full network"),
+    Mutant("the decay deadline at the shrink end is off by one", "run-length checks", "training/resetting_plan.py",
+           "        after = total - first_step_at(cdd.shrink_end, total) - 1",
+           "        after = total - first_step_at(cdd.shrink_end, total)", ("tests/training/test_resetting_plan.py",),
+           "a run that cannot meet its budget is accepted and trains to the end"),
+    Mutant("standard pruning ranks filters by L2", "standard pruning", "training/pruning.py",
+           "norms = weight.detach().float().abs().flatten(1).sum(dim=1)",
+           "norms = weight.detach().float().pow(2).flatten(1).sum(dim=1)", ("tests/training/test_pruning.py",),
+           "the (f) baseline is not the L1 criterion it claims"),
     Mutant("resetting sees the mixed copy", "training step", "training/step.py",
            "            clean = labels.shape[0]\n", "            clean = images.shape[0]\n", _STEP,
            "unlabelled mixed images decide which channels are reset"),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.ablation import STUDIES, _variant_overrides, _with_prerequisites
+from training.ablation import STUDIES, _variant_overrides, _with_prerequisites, write_l1_arch
 from training.ablation_report import format_markdown, paired, summarise
 
 
@@ -63,3 +63,23 @@ def test_a_single_seed_gives_no_verdict():
     text = format_markdown(summarise(results))
     assert "CDD vs (c) static student, same arch, scratch: +10.00 on a single seed" in text
     assert "beats" not in text
+
+
+def test_the_standard_pruning_arch_keeps_cdds_counts_and_the_teachers_largest_l1_filters(teacher_run, student_run,
+                                                                                         tmp_path):
+    """(f)'s arch.json, as the ablation writes it from the CDD run's arch and the teacher's checkpoint, against an
+    independent computation of the criterion on the teacher's saved weights."""
+    import numpy as np
+
+    from training.arch_spec import ArchSpec
+    from training.checkpoint import load_checkpoint
+
+    cdd = ArchSpec.load(student_run / "arch.json")
+    written = ArchSpec.load(write_l1_arch(student_run / "arch.json", teacher_run, tmp_path / "l1-arch.json"))
+    assert written.kept_counts() == cdd.kept_counts() != [p for _, p in cdd.blocks()]
+    teacher = load_checkpoint(teacher_run / "checkpoint.pt", kind="teacher")["model"]
+    assert cdd.block_type == "basic"  # so the teacher's conv1 makes each block's inner channels
+    for (name, _), count, chosen in zip(cdd.blocks(), cdd.kept_counts(), written.kept_channels, strict=True):
+        filters = teacher[f"backbone.{name}.conv1.weight"].double().numpy()
+        l1 = np.abs(filters.reshape(filters.shape[0], -1)).sum(axis=1)
+        assert list(chosen) == sorted(np.argsort(-l1, kind="stable")[:count].tolist()), name

@@ -23,3 +23,10 @@ def test_best_before_rises_with_the_students_own_evaluations():
 def test_no_evaluation_after_the_start_gives_no_ratio():
     check = lowest_eval_ratio(_history([(1, 40.0)]), grg_start_epoch=2, teacher_map=None)
     assert check == {"evaluations_after_reset_start": 0, "lowest_ratio": None, "at_epoch": None}
+
+
+def test_the_evaluation_at_the_end_of_the_start_epoch_comes_before_resetting():
+    """Resetting starts at run progress ``grg_start_epoch``: the evaluation at the end of that epoch precedes its
+    first step, so it counts as a "best before", not as an evaluation after the start."""
+    check = lowest_eval_ratio(_history([(2, 60.0), (3, 30.0)]), grg_start_epoch=2, teacher_map=50.0)
+    assert check == {"evaluations_after_reset_start": 1, "lowest_ratio": 0.5, "at_epoch": 3}

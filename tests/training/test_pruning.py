@@ -68,22 +68,40 @@ def test_slice_rejects_a_state_dict_of_another_architecture():
         slice_state_dict(other, slim)
 
 
-def test_standard_pruning_keeps_the_largest_l1_filters_of_the_teacher():
+@pytest.mark.parametrize("depth", [18, 50])
+def test_standard_pruning_keeps_the_largest_l1_filters_of_the_teacher(depth):
     import numpy as np
 
     from training.arch_spec import ArchSpec
     from training.models.network import ReIDNet
     from training.pruning import l1_kept_channels
 
-    spec = ArchSpec(depth=18, width=0.25, input_size=(64, 32))
+    spec = ArchSpec(depth=depth, width=0.25, input_size=(64, 32))
     torch.manual_seed(3)
     state = ReIDNet(spec).state_dict()
-    counts = [3, 5, 2, 7, 9, 1, 16, 4]
+    counts = [max(1, p * (b % 4 + 1) // 5) for b, (_, p) in enumerate(spec.blocks())]
     kept = l1_kept_channels(state, spec, counts)
+    # the conv that makes a block's inner channels: conv1 of a basic block, conv2 of a bottleneck
+    producer = "conv1" if depth == 18 else "conv2"
     for (name, _), count, chosen in zip(spec.blocks(), counts, kept, strict=True):
-        filters = state[f"backbone.{name}.conv1.weight"].numpy()  # basic block: conv1 makes the inner channels
+        filters = state[f"backbone.{name}.{producer}.weight"].numpy()
         l1 = np.abs(filters.reshape(filters.shape[0], -1)).sum(axis=1)
         expected = sorted(np.argsort(-l1, kind="stable")[:count].tolist())
-        assert chosen == expected
+        assert chosen == expected, name
     with pytest.raises(ValueError, match="cannot keep 99"):
         l1_kept_channels(state, spec, [99] + counts[1:])
+
+
+def test_standard_pruning_ranks_by_l1_not_l2_and_breaks_ties_by_the_lower_index():
+    from training.pruning import l1_kept_channels
+
+    spec = ArchSpec(depth=18, width=1 / 16, input_size=(64, 32))  # inner widths 4, 4, 8, 8, 16, 16, 32, 32
+    state = {}
+    for name, p in spec.blocks():
+        weight = torch.zeros(p, 3, 3, 3)  # stands in for the teacher's conv1; only its row norms matter
+        weight[0, 0, 0, 0] = 3.0  # L1 3, L2 3
+        weight[1, 0, 0, :] = 1.0  # L1 3, L2 1.7: tied with channel 0 by L1, behind it by L2
+        weight[2, 0, :, :] = 0.4  # L1 3.6, L2 1.2: first by L1, last of the three by L2
+        state[f"backbone.{name}.conv1.weight"] = weight
+    assert l1_kept_channels(state, spec, [1] * 8) == [[2]] * 8
+    assert l1_kept_channels(state, spec, [2] * 8) == [[0, 2]] * 8  # 0 and 1 tie: the lower index stays

@@ -1,16 +1,18 @@
 """The shrink schedule: the reset set never runs ahead of it, reaches the budget exactly at its end, and
-"none" is the unpaced growth; the run-length checks refuse runs that could not meet their budget."""
+"none" is the unpaced growth (tests/training/test_shrink_schedule_run.py checks all three inside real tiny runs;
+tests/training/test_resetting_plan.py the run-length checks)."""
 
 import pytest
 import torch
 
 from tiny_training import fit_tiny_student
 from training.arch_spec import ArchSpec
-from training.budget import FlopsBudget, fill_budgets
+from training.budget import Budgets, FlopsBudget, fill_budgets
 from training.config import ConfigError, load_config
 from training.cost import FlopsModel
 from training.grg import GradientResetter
-from training.resetting_plan import check_resetting_plan
+from training.latency_budget import LatencyBudget
+from training.latency_table import BlockLatency, LatencyTable
 from training.shrink_schedule import ShrinkSchedule
 
 SPEC = ArchSpec(depth=18, width=0.25, input_size=(64, 32), indicators=True)
@@ -52,7 +54,7 @@ def test_a_shrink_phase_that_ends_before_it_starts_is_refused():
 
 
 def test_scheduled_flops_budget_is_the_full_network_at_the_start_and_the_budget_at_the_end():
-    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.2, round_to=4)
+    budget = FlopsBudget.for_spec(SPEC, FlopsModel.for_spec(SPEC).flops(WIDTHS), 0.3, round_to=4)
     schedule = ShrinkSchedule("cubic", 0.0, 0.5)
     assert budget.scheduled(schedule, 0.0).limit == pytest.approx(budget.full_flops)
     assert budget.scheduled(schedule, 0.5).limit == budget.limit  # exactly, rounding of the count included
@@ -85,25 +87,40 @@ def _resetter(curve, budget, start=0.1, end=0.6, rule="reference"):
     return GradientResetter(WIDTHS, 64, 2, 0.99, budget=budget, rule=rule, schedule=schedule)
 
 
-def test_reset_set_never_exceeds_the_schedule_and_meets_the_budget_at_its_end():
+@pytest.mark.parametrize("curve", ["cubic", "linear", "geometric"])
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_reset_set_never_exceeds_the_schedule_and_meets_the_budget_at_its_end(curve, round_to):
     teacher_flops = FlopsModel.for_spec(SPEC).flops(WIDTHS)
-    budget = FlopsBudget.for_spec(SPEC, teacher_flops, 0.25, round_to=1)
-    schedule = ShrinkSchedule("cubic", 0.1, 0.6)
-    trace = _run(_resetter("cubic", budget), 100)
-    reached = None
-    for fraction, masks in trace:
-        if schedule.progress(fraction) < 1:
-            assert budget.flops(masks) >= budget.scheduled(schedule, fraction).limit  # never ahead
-            assert not budget.met(masks)
-        elif reached is None:
-            reached = fraction
-            assert budget.met(masks)
-    assert reached == 0.6  # the first step at shrink_end meets the budget
+    budget = FlopsBudget.for_spec(SPEC, teacher_flops, 0.3, round_to=round_to)
+    schedule = ShrinkSchedule(curve, 0.1, 0.6)
+    trace = _run(_resetter(curve, budget), 100)
+    assert [f for f, _ in trace] == [i / 100 for i in range(100)]
+    for fraction, masks in trace[:60]:  # every step before shrink_end
+        assert schedule.progress(fraction) < 1
+        assert budget.flops(masks) >= schedule.allowed(budget.full_flops, budget.limit, fraction)  # never ahead
+        assert not budget.met(masks)
+    assert trace[60][0] == 0.6 and budget.met(trace[60][1])  # the first step at shrink_end meets the budget
     flops = [budget.flops(m) for _, m in trace]
     assert flops == sorted(flops, reverse=True)
     # gradual: at a quarter of the shrink phase the network is still well above the budget, below full
     quarter = next(m for f, m in trace if f >= 0.225)
     assert budget.limit < budget.flops(quarter) < teacher_flops
+
+
+def test_a_latency_budget_is_paced_by_the_schedule_as_the_flops_budget_is():
+    """A hand-made table (the pacing under test, not a measurement): 1 ms per kept channel in every block."""
+    blocks = tuple(BlockLatency(name, p, (1, p), (1.0, float(p)), (1.0, float(p))) for name, p in SPEC.blocks())
+    table = LatencyTable({"runtime": "onnxruntime-cpu", "batch": 1, "threads": 1}, {"stem": 1.0, "head": 1.0}, blocks)
+    latency = LatencyBudget.for_table(table, 0.4 * table.full_ms(), round_to=4)
+    schedule = ShrinkSchedule("linear", 0.1, 0.6)
+    trace = _run(GradientResetter(WIDTHS, 64, 2, 0.99, budget=Budgets((latency,)), rule="reference",
+                                  schedule=schedule), 100)
+    for fraction, masks in trace[:60]:
+        limit = schedule.allowed(table.full_ms(), latency.limit_ms, fraction)
+        assert limit <= latency.estimate_ms(masks)  # never ahead
+        assert latency.estimate_ms(masks) < limit + 4.0  # nor behind: within one rounding step (4 channels)
+        assert latency.estimate_ms(masks) > latency.limit_ms
+    assert latency.estimate_ms(trace[60][1]) <= latency.limit_ms  # met at shrink_end
 
 
 def test_unpaced_growth_is_the_budget_alone():
@@ -126,9 +143,12 @@ def test_resuming_mid_schedule_continues_the_same_curve():
     generator = torch.Generator().manual_seed(0)
     for index in range(25):
         first.update(*_descriptors(generator), steps_left=60 - index - 1, run_fraction=index / 60)
+    stopped = sum(int(m.sum()) for m in first.masks)
+    assert first.growing and 0 < stopped < sum(int(m.sum()) for m in whole[-1][1])  # mid-schedule, still shrinking
     resumed = _resetter("cubic", budget)
     resumed.load_state_dict(first.state_dict())
     rest = _run(resumed, 60, start=25)
+    assert len(rest) == 35
     for (fraction, masks), (fraction2, masks2) in zip(whole[25:], rest, strict=True):
         assert fraction == fraction2
         assert all(torch.equal(a, b) for a, b in zip(masks, masks2, strict=True))
@@ -147,7 +167,8 @@ def test_intermediate_limits_stop_one_channel_short_and_the_final_limit_crosses(
 
 def test_a_real_run_records_the_schedule_and_shrinks_no_faster(tiny_reid_root, teacher_run, tmp_path):
     extra = ["cdd.flops_budget=0.6", "cdd.round_to=1", "cdd.ratio=0.95", 'cdd.shrink_curve="cubic"',
-             "cdd.shrink_end=0.5", "run.eval_every=1"]
+             "cdd.shrink_end=0.5", "run.eval_every=1", "cdd.fill_to_schedule=true", 'cdd.reset_rule="decay"',
+             "cdd.reset_decay_steps=3", "cdd.latency_budget_ms=0"]
     trainer, final = fit_tiny_student(tiny_reid_root, tmp_path / "paced", teacher_run, 4, extra)
     epochs = trainer.history
     scheduled = [e["pruning"]["scheduled_flops_fraction"] for e in epochs]
@@ -167,26 +188,6 @@ def test_a_real_run_records_the_schedule_and_shrinks_no_faster(tiny_reid_root, t
     assert len(ratios) == 4 and (check["lowest_ratio"], check["at_epoch"]) == (round(min(ratios)[0], 4), min(ratios)[1])
 
 
-def test_a_run_too_short_for_its_resetting_is_refused_with_a_working_value():
-    demo = load_config("demo-student").cdd
-    check_resetting_plan(demo, 20, 29, budgeted=True)  # the demo as shipped fits
-    with pytest.raises(ConfigError, match=r"cdd.grg_start_epoch = 2 is not before the end of the run \(run.epochs "
-                                          r"= 2\).*set cdd.grg_start_epoch to about 0.2"):
-        check_resetting_plan(demo, 2, 29, budgeted=True)
-    early_end = load_config("demo-student", ["cdd.shrink_end=0.6"]).cdd
-    with pytest.raises(ConfigError, match=r"cdd.shrink_end = 0.6 of the run is not after resetting starts.*"
-                                          r"set cdd.grg_start_epoch to about 0.3 \(a tenth"):
-        check_resetting_plan(early_end, 3, 29, budgeted=True)  # a demo capped at 3 epochs
-    slow_decay = load_config("demo-student", ["cdd.shrink_end=0.7", "cdd.reset_decay_steps=60"]).cdd
-    with pytest.raises(ConfigError, match=r"cdd.reset_decay_steps = 60 is longer than the 34 step\(s\) left.*"
-                                          r"set cdd.reset_decay_steps = 17"):
-        check_resetting_plan(slow_decay, 4, 29, budgeted=True)
-    unpaced = load_config("demo-student", ['cdd.shrink_curve="none"', "cdd.reset_decay_steps=60"]).cdd
-    with pytest.raises(ConfigError, match=r"no channel could be reset and reach zero; set cdd.reset_decay_steps = 3"):
-        check_resetting_plan(unpaced, 3, 10, budgeted=True)
-    check_resetting_plan(unpaced, 10, 40, budgeted=True)
-
-
 def test_fill_to_schedule_keeps_the_curve_when_proposals_run_dry():
     """ratio 0.05 proposes nothing (no channel is in every pair's bottom 5%): without filling the reset set
     never grows; with it the network follows the schedule exactly and meets the budget at its end."""
@@ -201,7 +202,7 @@ def test_fill_to_schedule_keeps_the_curve_when_proposals_run_dry():
     assert all(int(m.sum()) == 0 for _, masks in _run(resetter(False), 50) for m in masks)
     filled = _run(resetter(True), 50)
     for fraction, masks in filled:
-        limit = budget.scheduled(schedule, fraction).limit
+        limit = schedule.allowed(budget.full_flops, budget.limit, fraction)
         if fraction < 0.6:
             assert limit <= budget.flops(masks)  # never ahead of the schedule
             if fraction >= 0.2:
