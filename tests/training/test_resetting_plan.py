@@ -139,3 +139,16 @@ def test_cdd_train_refuses_a_run_too_short_for_its_resetting_before_its_first_st
     assert "cdd.grg_start_epoch = 3 is not before the end of the run (run.epochs = 3)" in err
     assert "set cdd.grg_start_epoch to about 0.3" in err
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("preset", ["demo-student", "paper-student-budgeted"])
+def test_every_shipped_budgeted_preset_can_meet_its_flops_budget(preset):
+    cfg = load_config(preset)
+    m, d = cfg.model, cfg.data
+    spec = ArchSpec(depth=m.depth, width=m.width, last_stride=m.last_stride, embedding_dim=m.embedding_dim,
+                    input_size=(d.height, d.width), indicators=True)
+    widths = [p for _, p in spec.blocks()]
+    teacher_flops = FlopsModel.for_spec(spec).flops(widths)  # the student starts as its teacher
+    budget = FlopsBudget.for_spec(spec, teacher_flops, cfg.cdd.flops_budget, cfg.cdd.round_to)
+    assert budget.met([torch.ones(p, dtype=torch.bool) for p in widths])  # every channel reset meets it
+    assert not budget.met([torch.zeros(p, dtype=torch.bool) for p in widths])  # the full network does not
