@@ -161,7 +161,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "            self._in_flight -= 1\n", "            pass\n", _ADMISSION,
            "the server refuses everything after N calls"),
     Mutant("large requests are not split", "admission", "serving/batcher.py",
-           "        if images.shape[0] <= self._max_batch:", "        if True:", _ADMISSION,
+           "        if images is None or images.shape[0] <= self._max_batch:", "        if True:", _ADMISSION,
            "a Search waits behind a whole AddItems"),
     Mutant("batcher never batches", "admission", "serving/batcher.py",
            "self._enabled = enabled and max_batch > 1", "self._enabled = False",
