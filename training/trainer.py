@@ -46,6 +46,7 @@ from training.pruning import kept_channels, slice_state_dict, slice_teacher_stat
 from training.refine import FrozenRows, RefineSource
 from training.resetting_plan import check_resetting_plan
 from training.schedule import lr_factor
+from training.shrink_pace import shrink_pace
 from training.step import build_step
 from training.weight_averaging import BN_RECALIBRATION_BATCHES, WeightAverage
 
@@ -406,6 +407,12 @@ class Trainer:
             final["compression"]["collapse_check"] = collapse
             log.info("after resetting started: %d evaluation(s), lowest mAP / best before it = %s (epoch %s)",
                      collapse["evaluations_after_reset_start"], collapse["lowest_ratio"], collapse["at_epoch"])
+            pace = shrink_pace(self.history, self.cfg.run.epochs)
+            if pace is not None:
+                final["compression"]["shrink_pace"] = pace
+                log.info("largest cut in one epoch: %.1f%% of the teacher's FLOPs (epoch %s); final size from epoch "
+                         "%d of %d", pace["largest_epoch_cut"], pace["at_epoch"], pace["final_size_epoch"],
+                         self.cfg.run.epochs)
         spec.save(self.out / "arch.json")
         self._write_metrics(final)
         log.info("final %s", json.dumps(final))

@@ -186,6 +186,13 @@ def test_a_real_run_records_the_schedule_and_shrinks_no_faster(tiny_reid_root, t
             ratios.append((value / best, epoch))
         best = max(best, value)
     assert len(ratios) == 4 and (check["lowest_ratio"], check["at_epoch"]) == (round(min(ratios)[0], 4), min(ratios)[1])
+    # the pace, recomputed from the per-epoch FLOPs: the largest one-epoch cut and the epoch of the final size
+    cuts = [(round(100 * (before - after), 2), epoch)
+            for epoch, before, after in zip(range(1, 5), [1.0] + kept[:-1], kept, strict=True)]
+    pace = final["compression"]["shrink_pace"]
+    assert (pace["largest_epoch_cut"], pace["at_epoch"]) == max(cuts, key=lambda c: c[0]) and pace["at_epoch"] >= 1
+    assert pace["final_size_epoch"] == 1 + kept.index(kept[-1]) and pace["final_size_run_fraction"] == round(
+        pace["final_size_epoch"] / 4, 3)
 
 
 def test_fill_to_schedule_keeps_the_curve_when_proposals_run_dry():

@@ -62,7 +62,8 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-refine-seed-1.json", "docs/results/demo-teacher-earlier-fresh-clone.json",
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
-NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, epochs-<name>, benchmark-targets, "
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, epochs-<name>, "
+              "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from training.shrink_pace import shrink_pace
+
 __all__ = ["ResultsError", "markdown_table", "teacher_student_table", "epochs_table", "targets_table"]
 
 
@@ -107,17 +109,24 @@ def targets_table(bench: dict[str, Any], source: str = "benchmarks") -> str:
 def student_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str]) -> str:
     """One row per student run (named by its results file): epochs, FLOPs cut, final mAP, the collapse check
     (lowest evaluation after resetting started over the best before it, the teacher's counting first, and
-    its epoch) and the student's queries on the teacher's gallery."""
+    its epoch), the shrink's pace (`training.shrink_pace`: the largest cut in one epoch and the epoch the
+    final size was reached) and the student's queries on the teacher's gallery."""
     rows = []
     for result, source in zip(results, sources, strict=True):
         final = _final(result, source)
         collapse = (final.get("compression") or {}).get("collapse_check") or {}
         asymmetric = final.get("asymmetric") if isinstance(final.get("asymmetric"), dict) else {}
-        rows.append([f"`{source.rsplit('/', 1)[-1].removesuffix('.json')}`", str(len(result.get("epochs") or [])),
+        epochs = len(result.get("epochs") or [])
+        pace = shrink_pace(result.get("epochs") or [], epochs) or {}  # recomputed: older files lack it
+        rows.append([f"`{source.rsplit('/', 1)[-1].removesuffix('.json')}`", str(epochs),
                      f"{final['flops_reduction']:.1f}%", f"{final['mAP']:.2f}",
                      f"{collapse['lowest_ratio']:.3f}" if "lowest_ratio" in collapse else "",
-                     str(collapse.get("at_epoch", "")), f"{asymmetric['mAP']:.2f}" if "mAP" in asymmetric else ""])
+                     str(collapse.get("at_epoch", "")),
+                     f"{pace['largest_epoch_cut']:.1f} (epoch {pace['at_epoch']})" if pace else "",
+                     f"{pace['final_size_epoch']} ({pace['final_size_run_fraction']:.0%})" if pace else "",
+                     f"{asymmetric['mAP']:.2f}" if "mAP" in asymmetric else ""])
     header = ["run", "epochs", "FLOPs cut", "mAP %", "lowest eval / best before", "at epoch",
+              "largest one-epoch cut, % of teacher FLOPs", "final size from epoch (of the run)",
               "mAP %, queries on the teacher's gallery"]
     return "\n".join(markdown_table(header, rows))
 
