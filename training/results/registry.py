@@ -66,7 +66,7 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
-TEACHER_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
+TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 
 
