@@ -3,7 +3,7 @@
 NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``demo-epochs`` (the student per epoch),
 ``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats``
 (the demo pipeline's runs with the shipped presets side by side), ``demo-repeats-shrink-0.7`` (the same with
-the CDD stage's preset before),
+the CDD stage's preset before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
@@ -29,6 +29,7 @@ from training.results.step_time_tables import step_time_table
 from training.results.tables import (
     ResultsError,
     epochs_table,
+    paired_runs_table,
     repeat_runs_table,
     student_runs_table,
     targets_table,
@@ -44,7 +45,7 @@ DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix i
     "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
     "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr",
     "-geometric-0.7-30-epochs-first-run", "-seed-1", "-geometric-0.7-fresh-clone", "-geometric-0.5-lr-flat-15",
-    "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", ""))
+    "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", "-geometric-0.7-all-stages-seed-1", ""))
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1.
@@ -54,6 +55,15 @@ DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE,
                      "docs/results/demo-refine-geometric-0.5-seed-1.json",
                      "docs/results/demo-teacher-seed-1.json", "docs/results/demo-student-all-stages-seed-1.json",
                      "docs/results/demo-refine-all-stages-seed-1.json")
+# The demo CDD stage with the final size at 0.7 of the run (the preset before) and at half the run (shipped), on
+# the same teacher and student seed: (0.7, 0.5) per pair.
+DEMO_SHRINK_PAIRS = ("teacher seed 0, student seed 0", "teacher seed 0, student seed 1",
+                     "teacher seed 1, student seed 1")
+DEMO_SHRINK_PAIR_FILES = ("docs/results/demo-student-geometric-0.7-30-epochs-first-run.json", DEMO_STUDENT,
+                          "docs/results/demo-student-seed-1.json",
+                          "docs/results/demo-student-geometric-0.5-lr-flat-15-seed-1.json",
+                          "docs/results/demo-student-geometric-0.7-all-stages-seed-1.json",
+                          "docs/results/demo-student-all-stages-seed-1.json")
 # The same, with the preset before (final size at 0.7 of the CDD stage, learning rate flat until epoch 21).
 DEMO_REPEATS_0_7 = ("first run", "student seed 1", "fresh clone")
 DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/results/demo-student-geometric-0.7-30-"
@@ -62,7 +72,8 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-refine-seed-1.json", "docs/results/demo-teacher-earlier-fresh-clone.json",
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
-NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, epochs-<name>, "
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
+              "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
@@ -86,6 +97,8 @@ def table_for(name: str) -> Table:
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
         "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
         "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
+        "demo-shrink-end-pairs": Table(DEMO_SHRINK_PAIR_FILES, lambda d: paired_runs_table(
+            d, DEMO_SHRINK_PAIR_FILES, DEMO_SHRINK_PAIRS, ("shrink end 0.7", "shrink end 0.5"))),
         "demo-repeats-shrink-0.7": Table(DEMO_REPEAT_FILES_0_7, lambda d: repeat_runs_table(
             d, DEMO_REPEAT_FILES_0_7, DEMO_REPEATS_0_7)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),

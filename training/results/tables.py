@@ -7,6 +7,7 @@ resolved ``config`` and ``stamp``. A benchmark results file is what ``cdd-bench`
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,3 +147,27 @@ def repeat_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
               "FLOPs cut", "CDD stage: lowest eval / best before"]
     return "\n".join(markdown_table(header, rows))
 
+
+
+def paired_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str], labels: Sequence[str],
+                      settings: tuple[str, str]) -> str:
+    """Two settings of one student run, paired: ``results`` holds (first setting, second setting) per label,
+    in order. Per pair: each run's final mAP and collapse check (lowest evaluation after resetting started
+    over the best before it), the second minus the first; then the mean ± sample sd of the mAP differences."""
+    if len(results) != 2 * len(labels) or len(labels) < 2:
+        raise ResultsError(f"a paired table needs two results files per pair and at least 2 pairs, found "
+                           f"{len(results)} file(s) for {len(labels)} pair(s): {list(sources)}")
+    rows, diffs = [], []
+    for i, label in enumerate(labels):
+        first, second = (_final(results[2 * i + j], sources[2 * i + j]) for j in range(2))
+        ratios = [((f.get("compression") or {}).get("collapse_check") or {}).get("lowest_ratio")
+                  for f in (first, second)]
+        diffs.append(second["mAP"] - first["mAP"])
+        rows.append([label, f"{first['mAP']:.2f}", f"{second['mAP']:.2f}", f"{diffs[-1]:+.2f}",
+                     *(f"{r:.3f}" if r is not None else "" for r in ratios)])
+    rows.append([f"mean ± sd ({len(diffs)} pairs)", "", "", f"{statistics.fmean(diffs):+.2f} ± "
+                 f"{statistics.stdev(diffs):.2f}", "", ""])
+    a, b = settings
+    header = ["pair", f"mAP %, {a}", f"mAP %, {b}", f"{b} minus {a}", f"lowest eval / best before, {a}",
+              f"lowest eval / best before, {b}"]
+    return "\n".join(markdown_table(header, rows))
