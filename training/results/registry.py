@@ -4,6 +4,7 @@ NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``
 ``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats``
 (the demo pipeline's runs with the shipped presets side by side), ``demo-repeats-shrink-0.7`` (the same with
 the CDD stage's preset before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
+``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
@@ -73,7 +74,7 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
-              "epochs-<name>, "
+              "shrink-end-<synthetic|animal-mnist>-<variant>, epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
@@ -117,6 +118,13 @@ def table_for(name: str) -> Table:
         source = f"docs/ablation-{dataset}.json"
         table = per_seed_table if name.endswith("-seeds") else summary_table
         return Table((source,), lambda d: table(d[0], dataset, source))
+    if name.startswith("shrink-end-"):  # one variant under the preset before (0.7) and the shipped one (0.5)
+        dataset, variant = next(((d, name.removeprefix(f"shrink-end-{d}-")) for d in ("synthetic", "animal-mnist")
+                                 if name.startswith(f"shrink-end-{d}-")), (None, None))
+        if dataset is not None:
+            files = (f"docs/ablation-{dataset}-shrink-end-0.7.json", f"docs/ablation-{dataset}.json")
+            return Table(files, lambda d: two_settings_table(d[0], d[1], dataset, variant, (
+                "shrink end 0.7", "shrink end 0.5"), files))
     if name.startswith("epochs-"):  # another student run's per-epoch table, docs/results/<name>.json
         source = f"docs/results/{name.removeprefix('epochs-')}.json"
         return Table((source,), lambda d: epochs_table(d[0], source))
