@@ -4,7 +4,8 @@ NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``
 ``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats``
 (the demo pipeline's runs with the shipped presets side by side), ``demo-repeats-shrink-0.7`` (the same with
 the CDD stage's preset before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
-``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed),
+``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed), ``serve-quiet``
+(``cdd-bench serve`` rounds on a machine with no other jobs),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
@@ -25,6 +26,7 @@ from typing import Any
 
 from training.results.ablation_tables import per_seed_table, summary_table, two_settings_table
 from training.results.engine_tables import engine_table
+from training.results.serve_tables import serve_rounds_table
 from training.results.stamp import stamp_line
 from training.results.step_time_tables import step_time_table
 from training.results.tables import (
@@ -74,12 +76,13 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
-              "shrink-end-<synthetic|animal-mnist>-<variant>, epochs-<name>, "
+              "shrink-end-<synthetic|animal-mnist>-<variant>, serve-quiet, epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
+SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ def table_for(name: str) -> Table:
             d, DEMO_REPEAT_FILES_0_7, DEMO_REPEATS_0_7)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
+        "serve-quiet": Table(SERVE_QUIET, lambda d: serve_rounds_table(d, SERVE_QUIET)),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
             d[0], d[1], "animal-mnist", "teacher", ("teacher, 8 epochs", "teacher, 24 epochs"), TEACHER_LENGTH)),
     }
