@@ -48,7 +48,8 @@ DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix i
     "-cubic-0.6", "-linear-0.7-no-fill", "-linear-0.7-fill-0.20", "-linear-0.7-budget-0.24",
     "-linear-0.5-fill-0.20", "-geometric-0.7-20-epochs", "-geometric-0.7-20-epochs-flat-lr",
     "-geometric-0.7-30-epochs-first-run", "-seed-1", "-geometric-0.7-fresh-clone", "-geometric-0.5-lr-flat-15",
-    "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", "-geometric-0.7-all-stages-seed-1", ""))
+    "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", "-geometric-0.7-all-stages-seed-1",
+    "-geometric-0.5-lr-flat-10-all-stages-seed-1", "-geometric-0.6-lr-flat-18-all-stages-seed-1", ""))
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1.
