@@ -17,6 +17,7 @@ from training.results.ablation_tables import per_seed_table, two_settings_table
 from training.results.markers import MarkerError, find_blocks, replace_blocks
 from training.results.run_files import collect_run, stamp_file
 from training.results.stamp import StampError, simd_summary, stamp_line
+from training.results.tables import ResultsError, paired_runs_table
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP = {"date": "2026-12-01T10:00:00Z", "commit": "0123456789abcdef", "dirty": False,
@@ -181,3 +182,19 @@ def test_rendering_the_docs_never_imports_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def _run(mAP, ratio):
+    return {"final": {"mAP": mAP, "compression": {"collapse_check": {"lowest_ratio": ratio}}}}
+
+
+def test_the_paired_runs_table_subtracts_within_each_pair_and_summarises_the_differences():
+    results = [_run(50.0, 0.9), _run(51.5, 0.8), _run(40.0, 0.85), _run(39.5, 0.7)]
+    lines = paired_runs_table(results, [f"f{i}.json" for i in range(4)], ["p0", "p1"], ("a", "b")).splitlines()
+    assert lines[0] == ("| pair | mAP %, a | mAP %, b | b minus a | lowest eval / best before, a | "
+                        "lowest eval / best before, b |")
+    assert lines[2:] == ["| p0 | 50.00 | 51.50 | +1.50 | 0.900 | 0.800 |",
+                         "| p1 | 40.00 | 39.50 | -0.50 | 0.850 | 0.700 |",
+                         "| mean ± sd (2 pairs) |  |  | +0.50 ± 1.41 |  |  |"]
+    with pytest.raises(ResultsError, match=r"two results files per pair and at least 2 pairs, found 3 file\(s\)"):
+        paired_runs_table(results[:3], ["a", "b", "c"], ["p0", "p1"], ("a", "b"))

@@ -34,20 +34,3 @@ def test_the_student_runs_table_shows_the_pace_recomputed_from_each_files_epochs
 def test_no_run_length_gives_none(epochs):
     assert shrink_pace(_history([0.5]), epochs) is None
 
-
-def _run(mAP, ratio):
-    return {"final": {"mAP": mAP, "compression": {"collapse_check": {"lowest_ratio": ratio}}}}
-
-
-def test_the_paired_runs_table_subtracts_within_each_pair_and_summarises_the_differences():
-    from training.results.tables import ResultsError, paired_runs_table
-
-    results = [_run(50.0, 0.9), _run(51.5, 0.8), _run(40.0, 0.85), _run(39.5, 0.7)]
-    lines = paired_runs_table(results, [f"f{i}.json" for i in range(4)], ["p0", "p1"], ("a", "b")).splitlines()
-    assert lines[0] == ("| pair | mAP %, a | mAP %, b | b minus a | lowest eval / best before, a | "
-                        "lowest eval / best before, b |")
-    assert lines[2:] == ["| p0 | 50.00 | 51.50 | +1.50 | 0.900 | 0.800 |",
-                         "| p1 | 40.00 | 39.50 | -0.50 | 0.850 | 0.700 |",
-                         "| mean ± sd (2 pairs) |  |  | +0.50 ± 1.41 |  |  |"]
-    with pytest.raises(ResultsError, match=r"two results files per pair and at least 2 pairs, found 3 file\(s\)"):
-        paired_runs_table(results[:3], ["a", "b", "c"], ["p0", "p1"], ("a", "b"))

@@ -61,6 +61,7 @@ DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE,
                      "docs/results/demo-refine-all-stages-seed-1.json")
 # The demo CDD stage with the final size at 0.7 of the run (the preset before) and at half the run (shipped), on
 # the same teacher and student seed: (0.7, 0.5) per pair.
+SHRINK_END_LABELS = ("shrink end 0.7", "shrink end 0.5")  # the preset before, the shipped one
 DEMO_SHRINK_PAIRS = ("teacher seed 0, student seed 0", "teacher seed 0, student seed 1",
                      "teacher seed 1, student seed 1")
 DEMO_SHRINK_PAIR_FILES = ("docs/results/demo-student-geometric-0.7-30-epochs-first-run.json", DEMO_STUDENT,
@@ -103,7 +104,7 @@ def table_for(name: str) -> Table:
         "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
         "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
         "demo-shrink-end-pairs": Table(DEMO_SHRINK_PAIR_FILES, lambda d: paired_runs_table(
-            d, DEMO_SHRINK_PAIR_FILES, DEMO_SHRINK_PAIRS, ("shrink end 0.7", "shrink end 0.5"))),
+            d, DEMO_SHRINK_PAIR_FILES, DEMO_SHRINK_PAIRS, SHRINK_END_LABELS)),
         "demo-repeats-shrink-0.7": Table(DEMO_REPEAT_FILES_0_7, lambda d: repeat_runs_table(
             d, DEMO_REPEAT_FILES_0_7, DEMO_REPEATS_0_7)),
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
@@ -128,8 +129,8 @@ def table_for(name: str) -> Table:
                                  if name.startswith(f"shrink-end-{d}-")), (None, None))
         if dataset is not None:
             files = (f"docs/ablation-{dataset}-shrink-end-0.7.json", f"docs/ablation-{dataset}.json")
-            return Table(files, lambda d: two_settings_table(d[0], d[1], dataset, variant, (
-                "shrink end 0.7", "shrink end 0.5"), files))
+            return Table(files, lambda d: two_settings_table(d[0], d[1], dataset, variant, SHRINK_END_LABELS,
+                                                             files))
     if name.startswith("epochs-"):  # another student run's per-epoch table, docs/results/<name>.json
         source = f"docs/results/{name.removeprefix('epochs-')}.json"
         return Table((source,), lambda d: epochs_table(d[0], source))
