@@ -265,7 +265,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             watchdog = EngineWatchdog(service.batcher.stalled_s, config.watchdog_s, server.set_health)
             watchdog.start()
         _LOG.info(
-            "serving %s on %s (pid %d, %s, bundle %s, %d items, backend %s, warmup %.2f s)",
+            "serving %s on %s (pid %d, %s, bundle %s, %d items, backend %s, engine threads %s, warmup %.2f s)",
             SERVICE_NAME,
             _address(config.host, port),
             os.getpid(),
@@ -273,6 +273,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             service.manifest.name,
             service.count(),
             service.engine.name,
+            service.engine.describe().get("intra_op_threads", "n/a"),
             seconds,
         )
         if ready is not None:

@@ -40,7 +40,7 @@ from serving.index.disk_format import read_info
 from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 
-__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "resolve_workers", "run_workers", "worker_ports"]
+__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "engine_threads_per_worker", "resolve_workers", "run_workers", "worker_ports"]
 
 WORKER_LOCK_FLAG = "--worker-lock-fd"
 _LOG = logging.getLogger("serving.workers")
@@ -52,6 +52,12 @@ _PR_SET_PDEATHSIG = 1
 def worker_ports(port: int, workers: int) -> list[int]:
     """The port of each worker: P .. P+N-1, or all 0 (each picks a free one) for port 0."""
     return [0 if port == 0 else port + i for i in range(workers)]
+
+
+def engine_threads_per_worker(workers: int) -> int:
+    """ONNX Runtime intra-op threads of each of ``workers`` processes when ``--engine-threads`` is 0: the
+    cores shared out (at least one), so N workers never run more engine threads than there are cores."""
+    return max(1, core_count() // workers)
 
 
 def core_count() -> int:
@@ -132,6 +138,8 @@ class _Workers:
 
     def _spawn(self, i: int) -> subprocess.Popen:
         extra = ["--workers", "1", "--port", str(self._ports[i])]
+        if self._config.engine_threads == 0:
+            extra += ["--engine-threads", str(engine_threads_per_worker(self._config.workers))]
         if self._config.metrics_port is not None:
             extra += ["--metrics-port", str(0 if self._config.metrics_port == 0 else self._config.metrics_port + i)]
         if self._lock_fd is not None:

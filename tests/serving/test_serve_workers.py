@@ -22,6 +22,7 @@ from serving._proto import retrieval_pb2_grpc as pb_grpc
 from serving.client import RetrievalClient
 from serving.index.__main__ import main as cdd_index
 from serving.index.gallery import GalleryIndex
+from serving.worker_pool import core_count
 from tests.serving.server_process import ROOT
 
 
@@ -32,6 +33,7 @@ def _snapshot_has(index: Path, item_id: str) -> tuple[int, bool]:
 
 _SERVING = re.compile(r"serving cdd\.v1\.Retrieval on 127\.0\.0\.1:(\d+) \(pid (\d+),")
 _WORKER = re.compile(r"worker (\d+): pid (\d+)")
+_ENGINE_THREADS = re.compile(r"serving cdd\.v1\.Retrieval on .* engine threads (\d+),")
 
 
 class Workers:
@@ -115,6 +117,9 @@ def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_anoth
         channel_a, a = _stub(server.address(0))
         channel_b, b = _stub(server.address(1))
         assert server.address(0) != server.address(1)
+        # --engine-threads not given: each of the 2 workers runs its share of the cores, not one per core each
+        share = str(max(1, core_count() // 2))
+        assert _ENGINE_THREADS.findall("".join(server.log)) == [share, share], "".join(server.log)
         assert _add(a, "first", first) == before + 1
         assert _top(b, first) == ("first", before + 1)  # B had not seen it before this Search
         removed = b.RemoveItems(pb.RemoveItemsRequest(ids=["first"]), timeout=30)
