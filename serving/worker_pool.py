@@ -40,7 +40,8 @@ from serving.index.disk_format import read_info
 from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 
-__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "engine_threads_per_worker", "resolve_workers", "run_workers", "worker_ports"]
+__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "engine_threads_per_worker", "resolve_workers",
+           "run_workers", "worker_ports"]
 
 WORKER_LOCK_FLAG = "--worker-lock-fd"
 _LOG = logging.getLogger("serving.workers")

@@ -4,7 +4,7 @@
                      [--backends auto|cpu|gpu|LIST] [--batches 1,2,4,8,16,32,64] [--warmup N]
                      [--iters N | --seconds S] [--engine-threads N] --out DIR
     cdd-bench serve  --bundle DIR [--realistic DIR] [--target HOST:PORT] [--images DIR]
-                     [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 5] --out DIR
+                     [--concurrency 1,4,16] [--seconds 5] [--max-batch 16] [--max-wait-ms 2] --out DIR
     cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
                      [--search-seconds S] [--max-build-s S] [--engines local,ray] --out DIR
     cdd-bench profile --bundle DIR [--bundle DIR ...] [--labels ...] [--batch 32] [--runs 10] --out DIR
@@ -37,6 +37,7 @@ from serving.benchmarks.machine import usable_cores
 from serving.benchmarks.serve import ServeBenchConfig
 from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_serve
 from serving.bundle import BundleError
+from serving.config import ServeConfig
 from serving.extras import missing_extra
 from serving.index.errors import GalleryIndexError
 
@@ -109,8 +110,10 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
     parser.add_argument(
         *flags, dest="serve_seconds", type=float, default=seconds, help="seconds of load per mode"
     )
-    parser.add_argument("--max-batch", type=int, default=16, help="server batch size (capped at bundle max)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server batch window")
+    parser.add_argument("--max-batch", type=int, default=ServeConfig.max_batch,
+                        help="server batch size (capped at bundle max; default: cdd-serve's)")
+    parser.add_argument("--max-wait-ms", type=float, default=ServeConfig.max_wait_ms,
+                        help="server batch window (default: cdd-serve's)")
     parser.add_argument("--k", type=int, default=10, help="results per search")
 
 

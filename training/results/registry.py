@@ -78,11 +78,15 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
-              "shrink-end-<synthetic|animal-mnist>-<variant>, serve-quiet, epochs-<name>, "
+              "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
+              "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
+# Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
+RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
+RUN_LENGTH_LABELS = ("8 epochs", "16 epochs")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 
@@ -131,6 +135,10 @@ def table_for(name: str) -> Table:
             files = (f"docs/ablation-{dataset}-shrink-end-0.7.json", f"docs/ablation-{dataset}.json")
             return Table(files, lambda d: two_settings_table(d[0], d[1], dataset, variant, SHRINK_END_LABELS,
                                                              files))
+    if name.startswith("run-length-animal-mnist-"):  # one variant with 8 and 16 epochs per run, same seeds
+        variant = name.removeprefix("run-length-animal-mnist-")
+        return Table(RUN_LENGTH, lambda d: two_settings_table(d[0], d[1], "animal-mnist", variant,
+                                                              RUN_LENGTH_LABELS, RUN_LENGTH))
     if name.startswith("epochs-"):  # another student run's per-epoch table, docs/results/<name>.json
         source = f"docs/results/{name.removeprefix('epochs-')}.json"
         return Table((source,), lambda d: epochs_table(d[0], source))
