@@ -79,6 +79,7 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
 NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
               "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
+              "serve-quiet-shared-cores, "
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
@@ -89,6 +90,8 @@ RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epo
 RUN_LENGTH_LABELS = ("8 epochs", "16 epochs")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
+# The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
+SERVE_QUIET_SHARED_CORES = tuple(f"docs/serve-quiet/shared-cores-round-{i}.json" for i in (1, 2, 3))
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def table_for(name: str) -> Table:
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
         "serve-quiet": Table(SERVE_QUIET, lambda d: serve_rounds_table(d, SERVE_QUIET)),
+        "serve-quiet-shared-cores": Table(SERVE_QUIET_SHARED_CORES, lambda d: serve_rounds_table(
+            d, SERVE_QUIET_SHARED_CORES)),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
             d[0], d[1], "animal-mnist", "teacher", ("teacher, 8 epochs", "teacher, 24 epochs"), TEACHER_LENGTH)),
     }
