@@ -50,6 +50,12 @@ DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix i
     "-geometric-0.7-30-epochs-first-run", "-seed-1", "-geometric-0.7-fresh-clone", "-geometric-0.5-lr-flat-15",
     "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", "-geometric-0.7-all-stages-seed-1",
     "-geometric-0.5-lr-flat-10-all-stages-seed-1", "-geometric-0.6-lr-flat-18-all-stages-seed-1", ""))
+# The demo CDD stage with reset rows reaching zero in 1, 3, 10 (shipped), 20 or 50 steps: on the seed-1 teacher
+# (teacher and student seed 1), then 3 and 10 on the shipped seed-0 teacher.
+_DECAY_SEED_1 = "docs/results/demo-student-reset-decay-{}-all-stages-seed-1.json"
+DEMO_RESET_DECAY_RUNS = (_DECAY_SEED_1.format(1), _DECAY_SEED_1.format(3),
+                         "docs/results/demo-student-all-stages-seed-1.json", _DECAY_SEED_1.format(20),
+                         _DECAY_SEED_1.format(50), "docs/results/demo-student-reset-decay-3.json", DEMO_STUDENT)
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1.
@@ -77,7 +83,8 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-refine-seed-1.json", "docs/results/demo-teacher-earlier-fresh-clone.json",
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
-NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-repeats, demo-repeats-shrink-0.7, demo-shrink-end-pairs, "
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repeats, demo-repeats-shrink-0.7, "
+              "demo-shrink-end-pairs, "
               "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
               "serve-quiet-shared-cores, "
               "epochs-<name>, "
@@ -109,6 +116,7 @@ def table_for(name: str) -> Table:
             d[0], d[1], (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE), refined=d[2])),
         "demo-epochs": Table((DEMO_STUDENT,), lambda d: epochs_table(d[0], DEMO_STUDENT)),
         "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
+        "demo-reset-decay": Table(DEMO_RESET_DECAY_RUNS, lambda d: student_runs_table(d, DEMO_RESET_DECAY_RUNS)),
         "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
         "demo-shrink-end-pairs": Table(DEMO_SHRINK_PAIR_FILES, lambda d: paired_runs_table(
             d, DEMO_SHRINK_PAIR_FILES, DEMO_SHRINK_PAIRS, SHRINK_END_LABELS)),
