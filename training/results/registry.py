@@ -51,11 +51,15 @@ DEMO_STUDENT_RUNS = tuple(f"docs/results/demo-student{suffix}.json" for suffix i
     "-geometric-0.5-lr-flat-15-seed-1", "-all-stages-seed-1", "-geometric-0.7-all-stages-seed-1",
     "-geometric-0.5-lr-flat-10-all-stages-seed-1", "-geometric-0.6-lr-flat-18-all-stages-seed-1", ""))
 # The demo CDD stage with reset rows reaching zero in 1, 3, 10 (shipped), 20 or 50 steps: on the seed-1 teacher
-# (teacher and student seed 1), then 3 and 10 on the shipped seed-0 teacher.
+# (teacher and student seed 1), then 1, 3 and 10 on the shipped seed-0 teacher, then 3 and 10 on the seed-0
+# teacher with student seed 1.
 _DECAY_SEED_1 = "docs/results/demo-student-reset-decay-{}-all-stages-seed-1.json"
 DEMO_RESET_DECAY_RUNS = (_DECAY_SEED_1.format(1), _DECAY_SEED_1.format(3),
                          "docs/results/demo-student-all-stages-seed-1.json", _DECAY_SEED_1.format(20),
-                         _DECAY_SEED_1.format(50), "docs/results/demo-student-reset-decay-3.json", DEMO_STUDENT)
+                         _DECAY_SEED_1.format(50), "docs/results/demo-student-reset-decay-1.json",
+                         "docs/results/demo-student-reset-decay-3.json", DEMO_STUDENT,
+                         "docs/results/demo-student-reset-decay-3-seed-1.json",
+                         "docs/results/demo-student-geometric-0.5-lr-flat-15-seed-1.json")
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1.
