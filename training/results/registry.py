@@ -62,13 +62,16 @@ DEMO_RESET_DECAY_RUNS = (_DECAY_SEED_1.format(1), _DECAY_SEED_1.format(3),
                          "docs/results/demo-student-geometric-0.5-lr-flat-15-seed-1.json")
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
-# "all stages seed 1": teacher, CDD and refine stages with run.seed = 1.
-DEMO_REPEATS = ("fresh clone", "student seed 1", "all stages seed 1")
+# "all stages seed 1": teacher, CDD and refine stages with run.seed = 1; likewise for seed 2.
+DEMO_REPEATS = ("fresh clone", "student seed 1", "all stages seed 1", "student seed 2", "all stages seed 2")
 DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE,
                      DEMO_TEACHER, "docs/results/demo-student-geometric-0.5-lr-flat-15-seed-1.json",
                      "docs/results/demo-refine-geometric-0.5-seed-1.json",
                      "docs/results/demo-teacher-seed-1.json", "docs/results/demo-student-all-stages-seed-1.json",
-                     "docs/results/demo-refine-all-stages-seed-1.json")
+                     "docs/results/demo-refine-all-stages-seed-1.json",
+                     DEMO_TEACHER, "docs/results/demo-student-seed-2.json", "docs/results/demo-refine-seed-2.json",
+                     "docs/results/demo-teacher-seed-2.json", "docs/results/demo-student-all-stages-seed-2.json",
+                     "docs/results/demo-refine-all-stages-seed-2.json")
 # The demo CDD stage with the final size at 0.7 of the run (the preset before) and at half the run (shipped), on
 # the same teacher and student seed: (0.7, 0.5) per pair.
 SHRINK_END_LABELS = ("shrink end 0.7", "shrink end 0.5")  # the preset before, the shipped one
