@@ -273,7 +273,7 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             service.manifest.name,
             service.count(),
             service.engine.name,
-            service.engine.describe().get("intra_op_threads", "n/a"),
+            _engine_threads(service.engine.describe()),
             seconds,
         )
         if ready is not None:
@@ -291,6 +291,13 @@ def serve(config: ServeConfig, stop: threading.Event, ready: threading.Event | N
             metrics.close()
     _LOG.info("stopped")
     return 0
+
+
+def _engine_threads(engine: dict) -> str:
+    """The engine's intra-op thread count for the log: a number, "one per core" (ONNX Runtime's default, 0)
+    or "n/a" (a backend without that setting)."""
+    threads = engine.get("intra_op_threads")
+    return "n/a" if threads is None else "one per core" if threads == 0 else str(threads)
 
 
 def _check_transport(config: ServeConfig) -> None:

@@ -5,7 +5,9 @@ NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``
 (the demo pipeline's runs with the shipped presets side by side), ``demo-repeats-shrink-0.7`` (the same with
 the CDD stage's preset before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
 ``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed), ``serve-quiet``
-(``cdd-bench serve`` rounds on a machine with no other jobs),
+and ``serve-quiet-shared-cores`` (``cdd-bench serve`` rounds on a machine with no other jobs, before and after
+each worker's engine got its share of the cores), ``demo-reset-decay`` (the demo CDD stage at several
+``cdd.reset_decay_steps``), ``run-length-animal-mnist-<variant>`` (one variant at 8 and 16 epochs, per seed),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
 (``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
 ``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
