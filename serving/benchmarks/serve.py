@@ -64,7 +64,7 @@ class ServeBenchConfig:
 
     concurrency: tuple[int, ...] = (1, 4, 16)
     seconds: float = 5.0
-    max_batch: int = 16
+    max_batch: int = ServeConfig.max_batch
     max_wait_ms: float = ServeConfig.max_wait_ms
     k: int = 10
     offline_seconds: float = 3.0

@@ -76,3 +76,18 @@ def test_default_workers_is_one_per_core_but_one_for_an_embedded_milvus_lite_ind
         "embedded milvus-lite database, which one process owns"]
     assert resolve_workers(_config(*lite, "--workers", "2")) == 2  # asked for: cdd-serve then refuses it, saying why
     assert resolve_workers(_config("--index", str(tmp_path / "absent"))) == 4  # loading it reports the problem
+
+
+def test_workers_share_the_cores_out_among_their_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_pool, "core_count", lambda: 4)  # so the rule shows on any machine
+    assert [worker_pool.engine_threads_per_worker(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+
+
+def test_the_serving_log_line_names_the_engine_threads_onnx_runtime_runs(tiny_bundle: Path) -> None:
+    from serving.backends import create_engine
+    from serving.server import _engine_threads
+
+    default = create_engine(tiny_bundle, backend="onnxruntime-cpu", spin=False)
+    two = create_engine(tiny_bundle, backend="onnxruntime-cpu", threads=2, spin=False)
+    assert [_engine_threads(e.describe()) for e in (default, two)] == ["one per core", "2"]
+    assert _engine_threads({"backend": "torch"}) == "n/a"

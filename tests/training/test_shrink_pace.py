@@ -33,4 +33,3 @@ def test_the_student_runs_table_shows_the_pace_recomputed_from_each_files_epochs
 @pytest.mark.parametrize("epochs", [0, -1])
 def test_no_run_length_gives_none(epochs):
     assert shrink_pace(_history([0.5]), epochs) is None
-

@@ -148,7 +148,6 @@ def repeat_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
     return "\n".join(markdown_table(header, rows))
 
 
-
 def paired_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str], labels: Sequence[str],
                       settings: tuple[str, str]) -> str:
     """Two settings of one student run, paired: ``results`` holds (first setting, second setting) per label,
