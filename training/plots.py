@@ -28,6 +28,10 @@ def plot_history(history: list[dict[str, Any]], path: str | Path) -> None:
     evaluated = [h for h in history if h.get("eval")]
     for key in ("mAP", "rank1"):
         axes[1].plot([h["epoch"] for h in evaluated], [h["eval"][key] for h in evaluated], "o-", label=key)
+    running = [h for h in evaluated if isinstance(h["eval"].get("running_stats"), dict)]
+    if running:  # mid-run evaluations with recomputed BatchNorm statistics keep the running-statistics result
+        axes[1].plot([h["epoch"] for h in running], [h["eval"]["running_stats"]["mAP"] for h in running], "x:",
+                     label="mAP, running BatchNorm statistics")
     cross = [h for h in evaluated if isinstance(h["eval"].get("asymmetric"), dict)]
     if cross:  # students: student queries on the teacher's gallery, and the teacher's own mAP
         axes[1].plot([h["epoch"] for h in cross], [h["eval"]["asymmetric"]["mAP"] for h in cross], "s--",

@@ -13,11 +13,17 @@ import pytest
 
 from training.ablation_report import summarise
 from training.results.__main__ import documents, main, render_documents
-from training.results.ablation_tables import per_seed_table, two_settings_table
+from training.results.ablation_tables import batchnorm_gain_table, per_seed_table, two_settings_table
 from training.results.markers import MarkerError, find_blocks, replace_blocks
 from training.results.run_files import collect_run, stamp_file
 from training.results.stamp import StampError, simd_summary, stamp_line
-from training.results.tables import ResultsError, paired_runs_table
+from training.results.tables import (
+    ResultsError,
+    epochs_table,
+    paired_runs_table,
+    recomputed_statistics_table,
+    repeat_runs_table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMP = {"date": "2026-12-01T10:00:00Z", "commit": "0123456789abcdef", "dirty": False,
@@ -198,3 +204,66 @@ def test_the_paired_runs_table_subtracts_within_each_pair_and_summarises_the_dif
                          "| mean ± sd (2 pairs) |  |  | +0.50 ± 1.41 |  |  |"]
     with pytest.raises(ResultsError, match=r"two results files per pair and at least 2 pairs, found 3 file\(s\)"):
         paired_runs_table(results[:3], ["a", "b", "c"], ["p0", "p1"], ("a", "b"))
+
+
+def _stage(mAP, flops_cut=81.5, running=None, recomputed=None, fresh=None):
+    """A stage's results file: a CDD stage's collapse check with running statistics only (older files) or with
+    both (``recomputed`` = the check on evaluations with recomputed statistics)."""
+    final = {"mAP": mAP, "flops_reduction": flops_cut}
+    if running is not None:
+        check = {"lowest_ratio": running, "at_epoch": 14}
+        if recomputed is not None:
+            check = {"lowest_ratio": recomputed, "at_epoch": 12, "running_stats": check}
+        final["compression"] = {"collapse_check": check}
+    if fresh is not None:
+        final["recomputed_stats"] = {"mAP": fresh, "rank1": 70.0}
+    return {"final": final}
+
+
+def test_the_repeats_table_shows_both_collapse_checks_once_a_run_measured_both():
+    old = [_stage(50.0), _stage(53.0, running=0.7), _stage(54.0)]
+    new = [_stage(50.0), _stage(52.0, running=0.69, recomputed=0.92), _stage(53.0)]
+    lines = repeat_runs_table(old + new, [f"f{i}.json" for i in range(6)], ["old", "new"]).splitlines()
+    assert lines[0].endswith("| CDD stage: lowest eval / best before | the same, BatchNorm statistics recomputed |")
+    assert lines[2:] == ["| old | 50.00 | 53.00 | 54.00 | +4.00 | 81.5% | 0.700 |  |",
+                         "| new | 50.00 | 52.00 | 53.00 | +3.00 | 81.5% | 0.690 | 0.920 |"]
+    only_old = repeat_runs_table(old, ["a", "b", "c"], ["old"]).splitlines()
+    assert only_old[0].endswith("| FLOPs cut | CDD stage: lowest eval / best before |")
+    assert only_old[2] == "| old | 50.00 | 53.00 | 54.00 | +4.00 | 81.5% | 0.700 |"
+
+
+def test_the_recomputed_statistics_table_subtracts_per_run_and_refuses_a_run_without_it():
+    runs = [_stage(55.49, fresh=56.2), _stage(52.66, fresh=53.45)]
+    lines = recomputed_statistics_table(runs, ["a.json", "b.json"], ["s0", "s1"]).splitlines()
+    assert lines[2:] == ["| s0 | 55.49 | 56.20 | +0.71 |", "| s1 | 52.66 | 53.45 | +0.79 |",
+                         "| mean ± sd (2 runs) |  |  | +0.75 ± 0.06 |"]
+    with pytest.raises(ResultsError, match=r"b.json: no \"final.recomputed_stats\""):
+        recomputed_statistics_table([runs[0], _stage(50.0)], ["a.json", "b.json"], ["s0", "s1"])
+
+
+def test_the_batchnorm_gain_table_subtracts_the_exported_map_per_run():
+    def final(seed, fresh, exported):
+        return {"seed": seed, "mAP": fresh, "exported_mAP": exported}
+    result = {"summary": {"tiny": {}}, "runs": {"tiny": {
+        "cdd": [final(0, 49.36, 48.71), final(1, 48.0, 47.55)], "teacher": [final(0, 47.5, 47.6)]}}}
+    for f, (fresh, exported) in zip(result["runs"]["tiny"]["cdd"], ((50.0, 51.0), (49.0, 49.5)), strict=True):
+        f.update(asymmetric={"mAP": fresh}, exported_asymmetric={"mAP": exported})
+    lines = batchnorm_gain_table(result, "tiny-recomputed-bn", "f.json").splitlines()
+    assert lines[0] == ("| variant | seed 0 | seed 1 | mean ± sd | seeds where it helped | "
+                        "queries on the teacher's gallery: mean change |")
+    assert lines[2:] == ["| (a) teacher | -0.10 |  |  | 0 of 1 |  |",
+                         "| (b) CDD student | +0.65 | +0.45 | +0.55 ± 0.14 | 2 of 2 | -0.75 (0 of 2 up) |"]
+    del result["runs"]["tiny"]["teacher"][0]["exported_mAP"]
+    with pytest.raises(ResultsError, match=r'f.json: tiny/teacher lacks "exported_mAP"'):
+        batchnorm_gain_table(result, "tiny", "f.json")
+
+
+def test_the_epochs_table_shows_the_running_statistics_beside_the_recomputed_ones_when_measured():
+    def epoch(n, evaluation=None):
+        return {"epoch": n, "lr": 0.02, "loss": {"total": 5.0}, **({"eval": evaluation} if evaluation else {})}
+    old = {"epochs": [epoch(1), epoch(2, {"mAP": 40.0})]}
+    assert epochs_table(old).splitlines()[0].endswith("| FLOPs cut scheduled | mAP % |")
+    new = {"epochs": [epoch(1), epoch(2, {"mAP": 48.7, "running_stats": {"mAP": 35.82, "rank1": 50.0}})]}
+    lines = epochs_table(new).splitlines()
+    assert lines[0].endswith("| mAP %, BatchNorm statistics recomputed | mAP %, running statistics |")
+    assert lines[2].endswith("|  |  |") and lines[3].endswith("| 48.70 | 35.82 |")

@@ -14,7 +14,7 @@ from typing import Any
 from training.ablation_report import NAMES
 from training.results.tables import ResultsError, markdown_table
 
-__all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table"]
+__all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table", "batchnorm_gain_table"]
 
 _REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
 
@@ -111,3 +111,28 @@ def two_settings_table(base: dict[str, Any], other: dict[str, Any], dataset: str
     rows.append([f"{labels[1]} minus {labels[0]}", *(f"{d:+.2f}" for d in diffs),
                  f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"])
     return "\n".join(markdown_table(["", *(f"mAP %, seed {s}" for s in seeds), "mean ± sd"], rows))
+
+
+def batchnorm_gain_table(result: dict[str, Any], dataset: str, source: str) -> str:
+    """A re-measured ablation file (`training.batchnorm_reevaluation`): per variant, recomputed minus exported
+    mAP on every seed (each final's ``mAP`` minus its ``exported_mAP``), their mean ± sample sd, the seeds
+    where recomputing helped, and (students) the mean change of their queries' mAP on the teacher's gallery."""
+    _, runs = _dataset(result, dataset, source)
+    seeds = sorted({f["seed"] for finals in runs.values() for f in finals})
+    rows = []
+    for variant in variant_order(runs):
+        if any("exported_mAP" not in f for f in runs[variant]):
+            raise ResultsError(f"{source}: {dataset}/{variant} lacks \"exported_mAP\"; write it with "
+                               "`python -m training.batchnorm_reevaluation`")
+        gains = {f["seed"]: f["mAP"] - f["exported_mAP"] for f in runs[variant]}
+        values = list(gains.values())
+        cross = [f["asymmetric"]["mAP"] - f["exported_asymmetric"]["mAP"] for f in runs[variant]
+                 if "exported_asymmetric" in f]
+        rows.append([_label(variant), *(f"{gains[s]:+.2f}" if s in gains else "" for s in seeds),
+                     f"{statistics.fmean(values):+.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else "",
+                     f"{sum(v > 0 for v in values)} of {len(values)}",
+                     f"{statistics.fmean(cross):+.2f} ({sum(c > 0 for c in cross)} of {len(cross)} up)" if cross
+                     else ""])
+    header = ["variant", *(f"seed {s}" for s in seeds), "mean ± sd", "seeds where it helped",
+              "queries on the teacher's gallery: mean change"]
+    return "\n".join(markdown_table(header, rows))

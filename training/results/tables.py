@@ -41,6 +41,20 @@ def _input_size(result: dict[str, Any]) -> str:
     return f", {data['height']}x{data['width']}" if "height" in data and "width" in data else ""
 
 
+def _collapse_ratios(final: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A student's collapse check as (with running BatchNorm statistics, with recomputed statistics), each
+    {"lowest_ratio", "at_epoch"} or {}. Files written before mid-run evaluations recomputed the statistics
+    (`run.eval_batchnorm`) hold only the first, as the check itself."""
+    check = (final.get("compression") or {}).get("collapse_check") or {}
+    if isinstance(check.get("running_stats"), dict):
+        return check["running_stats"], check
+    return check, {}
+
+
+def _ratio(check: dict[str, Any]) -> str:
+    return f"{check['lowest_ratio']:.3f}" if check.get("lowest_ratio") is not None else ""
+
+
 def teacher_student_table(teacher: dict[str, Any], student: dict[str, Any], sources: Sequence[str] = ("teacher",
                           "student", "refined"), refined: dict[str, Any] | None = None) -> str:
     """Params, FLOPs (MACs), mAP and rank-1 of the teacher and the CDD student, plus the refine stage's
@@ -74,19 +88,24 @@ def _cut(fraction: Any) -> str:
 
 def epochs_table(result: dict[str, Any], source: str = "student") -> str:
     """One row per epoch: learning rate, total loss, reset channels, FLOPs cut so far and scheduled (shrink
-    schedule), and the mAP of the epochs that were evaluated."""
+    schedule), and the mAP of the epochs that were evaluated (with recomputed and with running BatchNorm
+    statistics, for runs that measured both)."""
     epochs = result.get("epochs")
     if not isinstance(epochs, list) or not epochs:
         raise ResultsError(f"{source}: no \"epochs\" list; copy the run's metrics.json again with "
                            "`python -m training.results collect`")
     rows = []
+    both = any("running_stats" in (e.get("eval") or {}) for e in epochs)
     for e in epochs:
         pruning, evaluation = e.get("pruning") or {}, e.get("eval") or {}
+        running = evaluation.get("running_stats") or {}
         rows.append([str(e["epoch"]), f"{e['lr']:.2e}", f"{e['loss']['total']:.3f}",
                      str(pruning.get("reset_channels", "")), _cut(pruning.get("flops_fraction")),
                      _cut(pruning.get("scheduled_flops_fraction")),
-                     f"{evaluation['mAP']:.2f}" if "mAP" in evaluation else ""])
-    header = ["epoch", "lr", "loss", "reset channels", "FLOPs cut", "FLOPs cut scheduled", "mAP %"]
+                     f"{evaluation['mAP']:.2f}" if "mAP" in evaluation else "",
+                     *([f"{running['mAP']:.2f}" if "mAP" in running else ""] if both else [])])
+    header = ["epoch", "lr", "loss", "reset channels", "FLOPs cut", "FLOPs cut scheduled",
+              *(["mAP %, BatchNorm statistics recomputed", "mAP %, running statistics"] if both else ["mAP %"])]
     return "\n".join(markdown_table(header, rows))
 
 
@@ -115,36 +134,61 @@ def student_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str]
     rows = []
     for result, source in zip(results, sources, strict=True):
         final = _final(result, source)
-        collapse = (final.get("compression") or {}).get("collapse_check") or {}
+        collapse, recomputed = _collapse_ratios(final)
         asymmetric = final.get("asymmetric") if isinstance(final.get("asymmetric"), dict) else {}
         epochs = len(result.get("epochs") or [])
         pace = shrink_pace(result.get("epochs") or [], epochs) or {}  # recomputed: older files lack it
         rows.append([f"`{source.rsplit('/', 1)[-1].removesuffix('.json')}`", str(epochs),
                      f"{final['flops_reduction']:.1f}%", f"{final['mAP']:.2f}",
-                     f"{collapse['lowest_ratio']:.3f}" if "lowest_ratio" in collapse else "",
-                     str(collapse.get("at_epoch", "")),
+                     _ratio(collapse), str(collapse.get("at_epoch", "")),
+                     f"{_ratio(recomputed)} (epoch {recomputed['at_epoch']})" if _ratio(recomputed) else "",
                      f"{pace['largest_epoch_cut']:.1f} (epoch {pace['at_epoch']})" if pace else "",
                      f"{pace['final_size_epoch']} ({pace['final_size_run_fraction']:.0%})" if pace else "",
                      f"{asymmetric['mAP']:.2f}" if "mAP" in asymmetric else ""])
     header = ["run", "epochs", "FLOPs cut", "mAP %", "lowest eval / best before", "at epoch",
-              "largest one-epoch cut, % of teacher FLOPs", "final size from epoch (of the run)",
-              "mAP %, queries on the teacher's gallery"]
+              "the same, BatchNorm statistics recomputed", "largest one-epoch cut, % of teacher FLOPs",
+              "final size from epoch (of the run)", "mAP %, queries on the teacher's gallery"]
+    if not any(row[6] for row in rows):  # no run measured it: no empty column
+        header, rows = header[:6] + header[7:], [row[:6] + row[7:] for row in rows]
     return "\n".join(markdown_table(header, rows))
 
 
 def repeat_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str], labels: Sequence[str]) -> str:
     """One row per repetition of the demo pipeline; ``results`` holds (teacher, CDD stage, refine stage) per
     label, in order: each stage's mAP, the shipped student's change and FLOPs cut, and the CDD stage's
-    collapse check."""
-    rows = []
+    collapse check with running BatchNorm statistics (and with recomputed ones, when any run measured them)."""
+    rows, recomputed_any = [], False
     for i, label in enumerate(labels):
         t, s, r = (_final(results[3 * i + j], sources[3 * i + j]) for j in range(3))
-        collapse = (s.get("compression") or {}).get("collapse_check") or {}
+        running, recomputed = _collapse_ratios(s)
+        recomputed_any = recomputed_any or bool(recomputed)
         rows.append([label, f"{t['mAP']:.2f}", f"{s['mAP']:.2f}", f"{r['mAP']:.2f}", f"{r['mAP'] - t['mAP']:+.2f}",
-                     f"{r['flops_reduction']:.1f}%",
-                     f"{collapse['lowest_ratio']:.3f}" if "lowest_ratio" in collapse else ""])
+                     f"{r['flops_reduction']:.1f}%", _ratio(running), _ratio(recomputed)])
     header = ["run", "teacher mAP %", "CDD stage mAP %", "refine stage mAP %", "shipped minus teacher",
-              "FLOPs cut", "CDD stage: lowest eval / best before"]
+              "FLOPs cut", "CDD stage: lowest eval / best before", "the same, BatchNorm statistics recomputed"]
+    if not recomputed_any:
+        header, rows = header[:-1], [row[:-1] for row in rows]
+    return "\n".join(markdown_table(header, rows))
+
+
+def recomputed_statistics_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
+                                labels: Sequence[str]) -> str:
+    """One row per student run: its final mAP as exported (running BatchNorm statistics) and with the
+    statistics recomputed from training batches (``final.recomputed_stats``), the difference; then the mean
+    ± sample sd of the differences."""
+    rows, diffs = [], []
+    for result, source, label in zip(results, sources, labels, strict=True):
+        final = _final(result, source)
+        fresh = final.get("recomputed_stats")
+        if not isinstance(fresh, dict):
+            raise ResultsError(f"{source}: no \"final.recomputed_stats\": the run did not evaluate with recomputed "
+                               "BatchNorm statistics (run.eval_batchnorm = \"recompute\", the default since it exists)")
+        diffs.append(fresh["mAP"] - final["mAP"])
+        rows.append([label, f"{final['mAP']:.2f}", f"{fresh['mAP']:.2f}", f"{diffs[-1]:+.2f}"])
+    if len(diffs) > 1:
+        rows.append([f"mean ± sd ({len(diffs)} runs)", "", "", f"{statistics.fmean(diffs):+.2f} ± "
+                     f"{statistics.stdev(diffs):.2f}"])
+    header = ["run", "mAP %, as exported", "mAP %, BatchNorm statistics recomputed", "recomputed minus exported"]
     return "\n".join(markdown_table(header, rows))
 
 
@@ -159,8 +203,7 @@ def paired_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
     rows, diffs = [], []
     for i, label in enumerate(labels):
         first, second = (_final(results[2 * i + j], sources[2 * i + j]) for j in range(2))
-        ratios = [((f.get("compression") or {}).get("collapse_check") or {}).get("lowest_ratio")
-                  for f in (first, second)]
+        ratios = [_collapse_ratios(f)[0].get("lowest_ratio") for f in (first, second)]
         diffs.append(second["mAP"] - first["mAP"])
         rows.append([label, f"{first['mAP']:.2f}", f"{second['mAP']:.2f}", f"{diffs[-1]:+.2f}",
                      *(f"{r:.3f}" if r is not None else "" for r in ratios)])
