@@ -6,12 +6,12 @@
 Reads every finished run ``RUNS/DATASET/seed<N>/<variant>`` that ``make ablation`` left (config.json,
 checkpoint.pt, metrics.json) and evaluates its final network twice: as exported (running statistics; this must
 reproduce the run's own final mAP, else it stops, naming the run) and on a copy whose BatchNorm statistics are
-recomputed from the first ``BN_RECALIBRATION_BATCHES`` training batches of the last epoch's order
-(`training.weight_averaging.recalibrate_batchnorm`). It writes an ablation results file of the recomputed
-results (each run's final metrics with mAP, rank-1 and a student's queries on its teacher's gallery replaced,
-the exported ones kept as ``exported_mAP``, ``exported_rank1``, ``exported_asymmetric``) with the same
-paired-by-seed summary as ``make ablation``, so the ablation tables render it. Nothing is written into the run
-dirs. Runs already in OUT are kept (resume).
+recomputed from the first ``BN_RECALIBRATION_BATCHES`` training batches of the last epoch's order, with their
+mixed copies when the run trained with them (`training.weight_averaging.recalibrate_batchnorm`). It writes an
+ablation results file of the recomputed results (each run's final metrics with mAP, rank-1 and a student's
+queries on its teacher's gallery replaced, the exported ones kept as ``exported_mAP``, ``exported_rank1``,
+``exported_asymmetric``) with the same paired-by-seed summary as ``make ablation``, so the ablation tables
+render it. Nothing is written into the run dirs. Runs already in OUT are kept (resume).
 """
 
 from __future__ import annotations
@@ -44,16 +44,13 @@ def reevaluate_run(run: Path) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()), str(run / "config.json"))
     trainer = Trainer(cfg, init_distributed("cpu"))
     trainer._load_state(load_checkpoint(run / "checkpoint.pt", kind=cfg.run.kind))
-    last = cfg.run.epochs - 1  # the data order the run's own final evaluation followed
-    trainer.sampler.set_epoch(last)
-    trainer.train_set.set_epoch(last)
     net = trainer._deploy_net()[0]
     exported = trainer._evaluate(net)
     recorded = metrics["final"]
     if exported["mAP"] != recorded["mAP"]:
         raise ValueError(f"{run}: the final weights measure mAP {exported['mAP']} here, the run recorded "
                          f"{recorded['mAP']}; re-evaluate on the machine and code that trained it")
-    fresh = trainer._evaluate_recomputed(net)
+    fresh = trainer._evaluate_recomputed(net, cfg.run.epochs - 1)  # the last epoch's batches, as the trainer
     result = {**recorded, "mAP": fresh["mAP"], "rank1": fresh["rank1"], "exported_mAP": exported["mAP"],
               "exported_rank1": exported["rank1"]}
     if isinstance(fresh.get("asymmetric"), dict):  # students: their queries on the (unchanged) teacher's gallery

@@ -52,13 +52,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """out_dir: run directory; kind: "teacher" trains a plain net, "student" runs CDD against a teacher.
-    eval_every: evaluate every N epochs during the run (0 = only at the end); eval_batchnorm: how those
-    mid-run evaluations treat BatchNorm: "recompute" (default) evaluates the deployable network with its
-    statistics recomputed for its current weights from training batches (on a copy: training is not
-    touched) and keeps the running-statistics result beside it; "running" uses the running statistics
-    only. The final evaluation measures the weights as exported (`OptimConfig.recompute_batchnorm`). The
-    defaults of `RunConfig`, `DataConfig`, `ModelConfig` and `OptimConfig` are the demo-teacher preset's
+    """out_dir: run directory; kind: "teacher" trains a plain net, "student" runs CDD against a teacher. eval_every:
+    evaluate every N epochs during the run (0 = only at the end); eval_batchnorm: how those mid-run
+    evaluations treat BatchNorm: "recompute" (default) evaluates the deployable network with its statistics
+    recomputed for its current weights from training batches (on a copy: training is not touched) and keeps
+    the running-statistics result beside it; "running" uses the running statistics only. The final evaluation
+    measures the weights as exported and, with "recompute", adds the recomputed result as "recomputed_stats".
+    The defaults of `RunConfig`, `DataConfig`, `ModelConfig` and `OptimConfig` are the demo-teacher preset's
     values (a config without a preset trains the demo teacher); those of `LossConfig` and `CDDConfig` are
     library defaults, documented there."""
 
@@ -119,11 +119,7 @@ class OptimConfig:
     (epoch), cosine to min_lr at the end. head_lr_mult scales the head's lr; indicator_lr_mult the indicators'.
     average_last: fraction of the run's last epochs whose end-of-epoch weights are averaged into the final
     model (stochastic weight averaging, `training.weight_averaging`; 0 = off, the last step's weights).
-    recompute_batchnorm: true recomputes the final weights' BatchNorm statistics from training batches
-    before they are saved, evaluated and exported (weight averaging always does); false (default, every
-    preset) keeps the running averages. Measured on the demo student (docs/ablation.md): recomputing raises
-    its own mAP but lowers the mAP of its queries on the teacher's gallery, which the compatibility loss
-    trained against the running statistics. Defaults: the demo-teacher preset's."""
+    Defaults: the demo-teacher preset's."""
 
     lr: float = 0.02
     head_lr_mult: float = 1.5
@@ -136,7 +132,6 @@ class OptimConfig:
     min_lr: float = 1e-6
     grad_clip: float = 0.0
     average_last: float = 0.0
-    recompute_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.average_last <= 1.0:

@@ -114,8 +114,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.weight_average = WeightAverage(cfg.optim.average_last, cfg.run.epochs)
-        # Set once the final weights' BatchNorm statistics were recomputed: the running-statistics result before.
-        self.final_batchnorm: dict[str, Any] | None = None
         # Students: every evaluation also scores teacher/teacher and student queries on the teacher's gallery.
         self.asymmetric_eval = (AsymmetricEvaluator(self.teacher, self.query_set, self.gallery_set, ctx.device,
                                                     self.splits.protocol, cfg.data.eval_batch_size)
@@ -241,31 +239,31 @@ class Trainer:
             entry = self._train_epoch(epoch)
             last = epoch + 1 == self.cfg.run.epochs
             if self.cfg.run.eval_every and ((epoch + 1) % self.cfg.run.eval_every == 0) and not last:
-                entry["eval"] = self._evaluate_mid_run() if self.ctx.is_main else None
+                entry["eval"] = self._evaluate_mid_run(epoch) if self.ctx.is_main else None
             self.history.append(entry)
             self.weight_average.update(self.net, epoch + 1)
             self._save(epoch + 1)
         if self.weight_average.count and not self.weight_average.applied:
             self._apply_weight_average()
             self._save(self.cfg.run.epochs)
-        elif self.cfg.optim.recompute_batchnorm and not self.weight_average.count and self.final_batchnorm is None:
-            self._recompute_final_batchnorm()
-            self._save(self.cfg.run.epochs)
         final = self._final() if self.ctx.is_main else {}
         self._barrier()
         return final
 
-    def _recalibration_batches(self, epoch: int | None = None) -> Iterator[torch.Tensor]:
-        """The first BN_RECALIBRATION_BATCHES training batches of ``epoch``'s order (default: the current
-        epoch's; augmentation is drawn per sample and epoch, so reading them does not change what training
-        sees next)."""
-        if epoch is not None:  # a resumed run that only has its end left never set the last epoch's order
-            self.sampler.set_epoch(epoch)
-            self.train_set.set_epoch(epoch)
+    def _recalibration_batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """The first BN_RECALIBRATION_BATCHES training batches of 0-based ``epoch``'s order, as training
+        normalised them: with the mixed copy when the run has one (`training.distill_mixup`: every training
+        forward sees the batch and its mixed copy together), drawn as at that epoch's first steps.
+        Augmentation and mixing are drawn per sample / step and epoch, so reading them does not change what
+        training sees next."""
+        self.sampler.set_epoch(epoch)  # a resumed run that only has its end left never set the last epoch
+        self.train_set.set_epoch(epoch)
+        mixup, first = self.step.mixup, epoch * self.steps_per_epoch()
         for step, (images, _, _, _) in enumerate(self.loader):
             if step >= BN_RECALIBRATION_BATCHES:
                 return
-            yield images.to(self.ctx.device, non_blocking=True)
+            images = images.to(self.ctx.device, non_blocking=True)
+            yield mixup(images, first + step) if mixup is not None else images
 
     def _apply_weight_average(self) -> None:
         """Final weights = mean of the averaged epoch ends, reset rows zeroed, BatchNorm recomputed."""
@@ -274,30 +272,25 @@ class Trainer:
         self.weight_average.apply(self.net, self._recalibration_batches(self.cfg.run.epochs - 1),
                                   [m.weight for m in self.net.indicators()], masks)
 
-    def _recompute_final_batchnorm(self) -> None:
-        """Final weights' BatchNorm statistics = the average over training batches (the network as exported
-        keeps them); the result with the running statistics is measured first and kept for the report."""
-        running = self._evaluate(self._deploy_net()[0]) if self.ctx.is_main else {}
-        recalibrate_batchnorm(self.net, self._recalibration_batches(self.cfg.run.epochs - 1))
-        self.final_batchnorm = {"running_stats": _headline(running)}
-
-    def _evaluate_mid_run(self) -> dict[str, Any]:
-        """Evaluate the deployable network now. With run.eval_batchnorm = "recompute", on a copy whose
-        BatchNorm statistics are recomputed for the current weights (a student's cuts change what each
-        layer receives faster than the running averages follow); the running-statistics result is kept
-        under "running_stats" (mAP, rank-1 and, for students, the asymmetric score)."""
+    def _evaluate_mid_run(self, epoch: int) -> dict[str, Any]:
+        """Evaluate the deployable network at the end of 0-based ``epoch``. With run.eval_batchnorm =
+        "recompute", on a copy whose BatchNorm statistics are recomputed for the current weights (a
+        student's cuts change what each layer receives faster than the running averages follow); the
+        running-statistics result is kept under "running_stats" (mAP, rank-1 and, for students, the
+        asymmetric score)."""
         net = self._deploy_net()[0]
         running = self._evaluate(net)
         if self.cfg.run.eval_batchnorm == "running":
             return running
-        fresh = self._evaluate_recomputed(net)
+        fresh = self._evaluate_recomputed(net, epoch)
         fresh["running_stats"] = _headline(running)
         return fresh
 
-    def _evaluate_recomputed(self, net: nn.Module) -> dict[str, Any]:
-        """Evaluate a copy of ``net`` whose BatchNorm statistics are recomputed from training batches."""
+    def _evaluate_recomputed(self, net: nn.Module, epoch: int) -> dict[str, Any]:
+        """Evaluate a copy of ``net`` whose BatchNorm statistics are recomputed from 0-based ``epoch``'s
+        training batches."""
         twin = copy.deepcopy(net)
-        recalibrate_batchnorm(twin, self._recalibration_batches())
+        recalibrate_batchnorm(twin, self._recalibration_batches(epoch))
         return self._evaluate(twin)
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -425,10 +418,8 @@ class Trainer:
     def _final(self) -> dict[str, Any]:
         net, spec = self._deploy_net()
         final: dict[str, Any] = dict(self._evaluate(net))
-        if self.final_batchnorm is not None:  # the exported statistics are recomputed ones: the running result
-            final["running_stats"] = self.final_batchnorm["running_stats"]
-        elif self.cfg.run.eval_batchnorm == "recompute" and self.ctx.is_main:  # measured only, not exported
-            fresh = self._evaluate_recomputed(net)
+        if self.cfg.run.eval_batchnorm == "recompute" and self.ctx.is_main:  # measured only, not exported
+            fresh = self._evaluate_recomputed(net, self.cfg.run.epochs - 1)
             final["recomputed_stats"] = _headline(fresh)
         cost = deployed_cost(spec)
         final.update({"params": cost.params, "flops": cost.flops, "teacher_params": self.teacher_cost.params,
@@ -478,8 +469,7 @@ class Trainer:
                  "epoch": next_epoch, "history": self.history, "config": self.cfg.to_dict(),
                  "grg": (self.resetter.state_dict(with_memory=next_epoch < self.cfg.run.epochs)
                          if self.resetter else None),
-                 "weight_average": self.weight_average.state_dict() if self.weight_average.enabled else None,
-                 "final_batchnorm": self.final_batchnorm}
+                 "weight_average": self.weight_average.state_dict() if self.weight_average.enabled else None}
         save_checkpoint(self.out / "checkpoint.pt", state)
         self._slim_spec().save(self.out / "arch.json")
         self._write_metrics(None)
@@ -504,7 +494,6 @@ class Trainer:
             self.resetter.load_state_dict(state["grg"])
         if self.weight_average.enabled and state.get("weight_average") is not None:
             self.weight_average.load_state_dict(state["weight_average"])
-        self.final_batchnorm = state.get("final_batchnorm")
         self.history = list(state.get("history", []))
         self.start_epoch = int(state["epoch"])
         log.info("resumed %s at epoch %d", self.out, self.start_epoch)
