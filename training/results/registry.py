@@ -1,20 +1,22 @@
 """Which results files each table NAME is rendered from, and how; the stamp lines under every table.
 
 NAMEs: ``demo`` (teacher, CDD student and refined student of ``make train``), ``demo-epochs`` (the student per epoch),
-``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats``
-(the demo pipeline's runs with the shipped presets side by side), ``demo-repeats-shrink-0.7`` (the same with
-the CDD stage's preset before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
-``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed), ``serve-quiet``
-and ``serve-quiet-shared-cores`` (``cdd-bench serve`` rounds on a machine with no other jobs, before and after
-each worker's engine got its share of the cores), ``demo-reset-decay`` (the demo CDD stage at several
+``demo-student-runs`` (every demo CDD-stage run kept in docs/results/, one row each), ``demo-repeats`` (the demo
+pipeline's runs with the shipped presets side by side), ``demo-recomputed-bn`` (their CDD stages' final mAP as
+exported and with BatchNorm statistics recomputed; ``-runs``: their collapse checks and pace),
+``batchnorm-gain-<dataset>`` (the same per ablation variant and seed, from
+``docs/ablation-<dataset>-recomputed-bn.json``), ``demo-repeats-shrink-0.7`` (the same with the CDD stage's preset
+before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
+``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed), ``serve-quiet`` and
+``serve-quiet-shared-cores`` (``cdd-bench serve`` rounds on a machine with no other jobs, before and after each
+worker's engine got its share of the cores), ``demo-reset-decay`` (the demo CDD stage at several
 ``cdd.reset_decay_steps``), ``run-length-animal-mnist-<variant>`` (one variant at 8 and 16 epochs, per seed),
-``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds``
-(``make ablation``: the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``),
-``ablation-<dataset>-refine`` (the same file, the refined student minus every variant, per seed),
-``epochs-<name>`` (the per-epoch table of the student run collected as ``docs/results/<name>.json``),
-``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student vs teacher and int8 vs fp32),
-``step-time`` (``make step-time`` and its 24,000-entry variant), ``animal-mnist-teacher-length`` (the
-animal-mnist teacher at the ablation's 8 epochs and at 24, per seed).
+``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds`` (``make ablation``:
+the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``), ``ablation-<dataset>-refine`` (the same
+file, the refined student minus every variant, per seed), ``epochs-<name>`` (the per-epoch table of the student run
+collected as ``docs/results/<name>.json``), ``engine-<name>`` (``cdd-bench engine --out docs/engine-<name>``: student
+vs teacher and int8 vs fp32), ``step-time`` (``make step-time`` and its 24,000-entry variant),
+``animal-mnist-teacher-length`` (the animal-mnist teacher at the ablation's 8 epochs and at 24, per seed).
 Paths are relative to the repository root.
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.results.ablation_tables import per_seed_table, summary_table, two_settings_table
+from training.results.ablation_tables import batchnorm_gain_table, per_seed_table, summary_table, two_settings_table
 from training.results.engine_tables import engine_table
 from training.results.serve_tables import serve_rounds_table
 from training.results.stamp import stamp_line
@@ -35,6 +37,7 @@ from training.results.tables import (
     ResultsError,
     epochs_table,
     paired_runs_table,
+    recomputed_statistics_table,
     repeat_runs_table,
     student_runs_table,
     targets_table,
@@ -66,13 +69,17 @@ DEMO_RESET_DECAY_RUNS = (_DECAY_SEED_1.format(1), _DECAY_SEED_1.format(3),
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1; likewise for seed 2.
 DEMO_REPEATS = ("fresh clone", "student seed 1", "all stages seed 1", "student seed 2", "all stages seed 2")
-DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_STUDENT, DEMO_REFINE,
-                     DEMO_TEACHER, "docs/results/demo-student-geometric-0.5-lr-flat-15-seed-1.json",
-                     "docs/results/demo-refine-geometric-0.5-seed-1.json",
-                     "docs/results/demo-teacher-seed-1.json", "docs/results/demo-student-all-stages-seed-1.json",
+# The CDD stages are the same runs repeated once mid-run evaluations recomputed BatchNorm statistics (training
+# is unchanged by it: each ends with the final mAP of its first run), so the table shows both collapse checks.
+_RECOMPUTED = "docs/results/demo-student-recomputed-bn-{}.json"
+DEMO_RECOMPUTED_BN = tuple(_RECOMPUTED.format(label) for label in (
+    "seed-0", "seed-1", "all-stages-seed-1", "seed-2", "all-stages-seed-2"))
+DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_RECOMPUTED_BN[0], DEMO_REFINE,
+                     DEMO_TEACHER, DEMO_RECOMPUTED_BN[1], "docs/results/demo-refine-geometric-0.5-seed-1.json",
+                     "docs/results/demo-teacher-seed-1.json", DEMO_RECOMPUTED_BN[2],
                      "docs/results/demo-refine-all-stages-seed-1.json",
-                     DEMO_TEACHER, "docs/results/demo-student-seed-2.json", "docs/results/demo-refine-seed-2.json",
-                     "docs/results/demo-teacher-seed-2.json", "docs/results/demo-student-all-stages-seed-2.json",
+                     DEMO_TEACHER, DEMO_RECOMPUTED_BN[3], "docs/results/demo-refine-seed-2.json",
+                     "docs/results/demo-teacher-seed-2.json", DEMO_RECOMPUTED_BN[4],
                      "docs/results/demo-refine-all-stages-seed-2.json")
 # The demo CDD stage with the final size at 0.7 of the run (the preset before) and at half the run (shipped), on
 # the same teacher and student seed: (0.7, 0.5) per pair.
@@ -92,7 +99,8 @@ DEMO_REPEAT_FILES_0_7 = ("docs/results/demo-teacher-first-run.json", "docs/resul
                          "docs/results/demo-refine-seed-1.json", "docs/results/demo-teacher-earlier-fresh-clone.json",
                          "docs/results/demo-student-geometric-0.7-fresh-clone.json",
                          "docs/results/demo-refine-geometric-0.7-fresh-clone.json")
-NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repeats, demo-repeats-shrink-0.7, "
+NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repeats, demo-recomputed-bn[-runs], "
+              "demo-repeats-shrink-0.7, batchnorm-gain-<dataset>, "
               "demo-shrink-end-pairs, "
               "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
               "serve-quiet-shared-cores, "
@@ -127,6 +135,9 @@ def table_for(name: str) -> Table:
         "demo-student-runs": Table(DEMO_STUDENT_RUNS, lambda d: student_runs_table(d, DEMO_STUDENT_RUNS)),
         "demo-reset-decay": Table(DEMO_RESET_DECAY_RUNS, lambda d: student_runs_table(d, DEMO_RESET_DECAY_RUNS)),
         "demo-repeats": Table(DEMO_REPEAT_FILES, lambda d: repeat_runs_table(d, DEMO_REPEAT_FILES, DEMO_REPEATS)),
+        "demo-recomputed-bn": Table(DEMO_RECOMPUTED_BN, lambda d: recomputed_statistics_table(
+            d, DEMO_RECOMPUTED_BN, DEMO_REPEATS)),
+        "demo-recomputed-bn-runs": Table(DEMO_RECOMPUTED_BN, lambda d: student_runs_table(d, DEMO_RECOMPUTED_BN)),
         "demo-shrink-end-pairs": Table(DEMO_SHRINK_PAIR_FILES, lambda d: paired_runs_table(
             d, DEMO_SHRINK_PAIR_FILES, DEMO_SHRINK_PAIRS, SHRINK_END_LABELS)),
         "demo-repeats-shrink-0.7": Table(DEMO_REPEAT_FILES_0_7, lambda d: repeat_runs_table(
@@ -141,6 +152,10 @@ def table_for(name: str) -> Table:
     }
     if name in fixed:
         return fixed[name]
+    if name.startswith("batchnorm-gain-"):  # a re-measured ablation: recomputed minus exported, per variant
+        dataset = name.removeprefix("batchnorm-gain-")
+        source = f"docs/ablation-{dataset}-recomputed-bn.json"
+        return Table((source,), lambda d: batchnorm_gain_table(d[0], f"{dataset}-recomputed-bn", source))
     if name.startswith("ablation-"):
         if name.endswith("-refine"):  # per seed, the refined student minus every variant
             dataset = name.removeprefix("ablation-").removesuffix("-refine")
