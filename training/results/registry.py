@@ -68,19 +68,24 @@ DEMO_RESET_DECAY_RUNS = (_DECAY_SEED_1.format(1), _DECAY_SEED_1.format(3),
 # The demo pipeline run several times with the shipped presets: (teacher, CDD stage, refine stage) per run.
 # "student seed 1": the fresh clone's teacher (the same seed-0 teacher), both student stages with run.seed = 1;
 # "all stages seed 1": teacher, CDD and refine stages with run.seed = 1; likewise for seed 2.
-DEMO_REPEATS = ("fresh clone", "student seed 1", "all stages seed 1", "student seed 2", "all stages seed 2")
+# "fresh clone, 2 threads": a later fresh clone's `make train export` at torch's default thread count (2 on this
+# machine; the rows above ran single-threaded, and the thread count changes the floating-point order).
+DEMO_REPEATS = ("fresh clone", "student seed 1", "all stages seed 1", "student seed 2", "all stages seed 2",
+                "fresh clone, 2 threads")
+_TWO_THREADS = "docs/results/demo-{}-fresh-clone-two-threads.json"
 # The CDD stages are the same runs repeated once mid-run evaluations recomputed BatchNorm statistics (training
 # is unchanged by it: each ends with the final mAP of its first run), so the table shows both collapse checks.
 _RECOMPUTED = "docs/results/demo-student-recomputed-bn-{}.json"
 DEMO_RECOMPUTED_BN = tuple(_RECOMPUTED.format(label) for label in (
-    "seed-0", "seed-1", "all-stages-seed-1", "seed-2", "all-stages-seed-2"))
+    "seed-0", "seed-1", "all-stages-seed-1", "seed-2", "all-stages-seed-2")) + (_TWO_THREADS.format("student"),)
 DEMO_REPEAT_FILES = (DEMO_TEACHER, DEMO_RECOMPUTED_BN[0], DEMO_REFINE,
                      DEMO_TEACHER, DEMO_RECOMPUTED_BN[1], "docs/results/demo-refine-geometric-0.5-seed-1.json",
                      "docs/results/demo-teacher-seed-1.json", DEMO_RECOMPUTED_BN[2],
                      "docs/results/demo-refine-all-stages-seed-1.json",
                      DEMO_TEACHER, DEMO_RECOMPUTED_BN[3], "docs/results/demo-refine-seed-2.json",
                      "docs/results/demo-teacher-seed-2.json", DEMO_RECOMPUTED_BN[4],
-                     "docs/results/demo-refine-all-stages-seed-2.json")
+                     "docs/results/demo-refine-all-stages-seed-2.json",
+                     _TWO_THREADS.format("teacher"), DEMO_RECOMPUTED_BN[5], _TWO_THREADS.format("refine"))
 # The demo CDD stage with the final size at 0.7 of the run (the preset before) and at half the run (shipped), on
 # the same teacher and student seed: (0.7, 0.5) per pair.
 SHRINK_END_LABELS = ("shrink end 0.7", "shrink end 0.5")  # the preset before, the shipped one
