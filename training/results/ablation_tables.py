@@ -12,7 +12,7 @@ import statistics
 from typing import Any
 
 from training.ablation_report import NAMES
-from training.results.tables import ResultsError, markdown_table
+from training.results.tables import ResultsError, markdown_table, mean_sd
 
 __all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table", "batchnorm_gain_table"]
 
@@ -109,7 +109,7 @@ def two_settings_table(base: dict[str, Any], other: dict[str, Any], dataset: str
     diffs = [by_seed[1][s] - by_seed[0][s] for s in seeds]
     rows = [[label, *(f"{runs[s]:.2f}" for s in seeds), ""] for label, runs in zip(labels, by_seed, strict=True)]
     rows.append([f"{labels[1]} minus {labels[0]}", *(f"{d:+.2f}" for d in diffs),
-                 f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"])
+                 mean_sd(diffs)])
     return "\n".join(markdown_table(["", *(f"mAP %, seed {s}" for s in seeds), "mean ± sd"], rows))
 
 
@@ -129,7 +129,7 @@ def batchnorm_gain_table(result: dict[str, Any], dataset: str, source: str) -> s
         cross = [f["asymmetric"]["mAP"] - f["exported_asymmetric"]["mAP"] for f in runs[variant]
                  if "exported_asymmetric" in f]
         rows.append([_label(variant), *(f"{gains[s]:+.2f}" if s in gains else "" for s in seeds),
-                     f"{statistics.fmean(values):+.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else "",
+                     mean_sd(values) if len(values) > 1 else "",
                      f"{sum(v > 0 for v in values)} of {len(values)}",
                      f"{statistics.fmean(cross):+.2f} ({sum(c > 0 for c in cross)} of {len(cross)} up)" if cross
                      else ""])

@@ -13,7 +13,7 @@ from typing import Any
 
 from training.shrink_pace import shrink_pace
 
-__all__ = ["ResultsError", "markdown_table", "teacher_student_table", "epochs_table", "targets_table"]
+__all__ = ["ResultsError", "markdown_table", "mean_sd", "teacher_student_table", "epochs_table", "targets_table"]
 
 
 class ResultsError(ValueError):
@@ -53,6 +53,18 @@ def _collapse_ratios(final: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 def _ratio(check: dict[str, Any]) -> str:
     return f"{check['lowest_ratio']:.3f}" if check.get("lowest_ratio") is not None else ""
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """"+m.mm ± s.ss": the mean and sample standard deviation of signed differences (two or more)."""
+    return f"{statistics.fmean(values):+.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _without_empty_column(header: list[str], rows: list[list[str]], column: int) -> tuple[list[str], list[list[str]]]:
+    """The table without ``column`` when no row has a value there (a measurement no run made)."""
+    if any(row[column] for row in rows):
+        return header, rows
+    return header[:column] + header[column + 1:], [row[:column] + row[column + 1:] for row in rows]
 
 
 def teacher_student_table(teacher: dict[str, Any], student: dict[str, Any], sources: Sequence[str] = ("teacher",
@@ -148,27 +160,22 @@ def student_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str]
     header = ["run", "epochs", "FLOPs cut", "mAP %", "lowest eval / best before", "at epoch",
               "the same, BatchNorm statistics recomputed", "largest one-epoch cut, % of teacher FLOPs",
               "final size from epoch (of the run)", "mAP %, queries on the teacher's gallery"]
-    if not any(row[6] for row in rows):  # no run measured it: no empty column
-        header, rows = header[:6] + header[7:], [row[:6] + row[7:] for row in rows]
-    return "\n".join(markdown_table(header, rows))
+    return "\n".join(markdown_table(*_without_empty_column(header, rows, 6)))
 
 
 def repeat_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str], labels: Sequence[str]) -> str:
     """One row per repetition of the demo pipeline; ``results`` holds (teacher, CDD stage, refine stage) per
     label, in order: each stage's mAP, the shipped student's change and FLOPs cut, and the CDD stage's
     collapse check with running BatchNorm statistics (and with recomputed ones, when any run measured them)."""
-    rows, recomputed_any = [], False
+    rows = []
     for i, label in enumerate(labels):
         t, s, r = (_final(results[3 * i + j], sources[3 * i + j]) for j in range(3))
         running, recomputed = _collapse_ratios(s)
-        recomputed_any = recomputed_any or bool(recomputed)
         rows.append([label, f"{t['mAP']:.2f}", f"{s['mAP']:.2f}", f"{r['mAP']:.2f}", f"{r['mAP'] - t['mAP']:+.2f}",
                      f"{r['flops_reduction']:.1f}%", _ratio(running), _ratio(recomputed)])
     header = ["run", "teacher mAP %", "CDD stage mAP %", "refine stage mAP %", "shipped minus teacher",
               "FLOPs cut", "CDD stage: lowest eval / best before", "the same, BatchNorm statistics recomputed"]
-    if not recomputed_any:
-        header, rows = header[:-1], [row[:-1] for row in rows]
-    return "\n".join(markdown_table(header, rows))
+    return "\n".join(markdown_table(*_without_empty_column(header, rows, len(header) - 1)))
 
 
 def recomputed_statistics_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
@@ -186,8 +193,7 @@ def recomputed_statistics_table(results: Sequence[dict[str, Any]], sources: Sequ
         diffs.append(fresh["mAP"] - final["mAP"])
         rows.append([label, f"{final['mAP']:.2f}", f"{fresh['mAP']:.2f}", f"{diffs[-1]:+.2f}"])
     if len(diffs) > 1:
-        rows.append([f"mean ± sd ({len(diffs)} runs)", "", "", f"{statistics.fmean(diffs):+.2f} ± "
-                     f"{statistics.stdev(diffs):.2f}"])
+        rows.append([f"mean ± sd ({len(diffs)} runs)", "", "", mean_sd(diffs)])
     header = ["run", "mAP %, as exported", "mAP %, BatchNorm statistics recomputed", "recomputed minus exported"]
     return "\n".join(markdown_table(header, rows))
 
@@ -207,8 +213,7 @@ def paired_runs_table(results: Sequence[dict[str, Any]], sources: Sequence[str],
         diffs.append(second["mAP"] - first["mAP"])
         rows.append([label, f"{first['mAP']:.2f}", f"{second['mAP']:.2f}", f"{diffs[-1]:+.2f}",
                      *(f"{r:.3f}" if r is not None else "" for r in ratios)])
-    rows.append([f"mean ± sd ({len(diffs)} pairs)", "", "", f"{statistics.fmean(diffs):+.2f} ± "
-                 f"{statistics.stdev(diffs):.2f}", "", ""])
+    rows.append([f"mean ± sd ({len(diffs)} pairs)", "", "", mean_sd(diffs), "", ""])
     a, b = settings
     header = ["pair", f"mAP %, {a}", f"mAP %, {b}", f"{b} minus {a}", f"lowest eval / best before, {a}",
               f"lowest eval / best before, {b}"]
