@@ -49,6 +49,10 @@ DATASETS: dict[str, list[str]] = {
                      "data.p=5", "data.k=8", "data.pad=4", "run.epochs=8", "run.eval_every=0",
                      "run.max_steps_per_epoch=60", "optim.flat_until=3", "cdd.grg_start_epoch=1"],
 }
+# animal-mnist's other class folds (`training.data.animal_mnist.FOLDS`): the same settings, other classes held out.
+DATASETS.update({f"animal-mnist-fold-{fold}": [f'data.root="data/animal-mnist-fold-{fold}"'
+                                               if item.startswith("data.root") else item
+                                               for item in DATASETS["animal-mnist"]] for fold in (1, 2, 3)})
 VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again", "refine",
             "prune-distill-long")
 # The refine stage (h): the CDD student's architecture trained further from its final weights (preset
@@ -56,6 +60,7 @@ VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill",
 # epochs as CDD + refine together.
 LONG: dict[str, list[str]] = {"synthetic": ["run.epochs=24", "optim.flat_until=10"],
                               "animal-mnist": ["run.epochs=16", "optim.flat_until=6"]}
+LONG.update({name: LONG["animal-mnist"] for name in DATASETS if name.startswith("animal-mnist-fold-")})
 # CDD study variants: the CDD student with one setting changed (same teacher, seed and data).
 STUDIES: dict[str, list[str]] = {
     "cdd-no-schedule": ['cdd.shrink_curve="none"', "cdd.fill_to_schedule=false"],

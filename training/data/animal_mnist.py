@@ -14,7 +14,11 @@ images (query == gallery, only the query itself is dropped); a match is an image
 `load_dataset("folder", out)` reads it with protocol "class". NNNNN is the image's index in the
 package's array. PNGs are stored as RGB (the gray value repeated), at the original 28x28.
 
-    python -m training.data.animal_mnist --out data/animal-mnist [--limit-per-class N]
+Class folds (`--fold N`, `FOLDS`): the same images with other classes held out, so a comparison can be
+averaged over several train/test partitions of the ten classes instead of resting on one. Fold 0 is the
+protocol above; fold 1 swaps its halves; folds 2 and 3 split the classes by even and odd label.
+
+    python -m training.data.animal_mnist --out data/animal-mnist [--fold N] [--limit-per-class N]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from training.data.staged_folder import staged_folder
 __all__ = [
     "CLASS_NAMES",
     "COMPLETE_MARKER",
+    "FOLDS",
     "INSTALL_HINT",
     "TEST_CLASSES",
     "TRAIN_CLASSES",
@@ -48,6 +53,8 @@ CLASS_NAMES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "hors
 """Folder name of each label 0-9 (sorted order == label order)."""
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 TEST_CLASSES = (5, 6, 7, 8, 9)
+FOLDS: dict[int, tuple[int, ...]] = {0: TRAIN_CLASSES, 1: TEST_CLASSES, 2: (0, 2, 4, 6, 8), 3: (1, 3, 5, 7, 9)}
+"""Training classes of each class fold; its test classes are the other five."""
 COMPLETE_MARKER = ".complete"
 INSTALL_HINT = "pip install --no-deps animal-mnist==0.4"
 _DATA_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
@@ -96,18 +103,24 @@ def _write_split(folder: Path, images: np.ndarray, labels: np.ndarray, classes: 
 
 
 def materialize_animal_mnist(
-    out: str | Path, limit_per_class: int | None = None, overwrite: bool = False
+    out: str | Path, limit_per_class: int | None = None, overwrite: bool = False, fold: int = 0
 ) -> Path:
     """Write train/<class>/ and test/<class>/ PNGs under `out` (atomic, with a `.complete` marker).
 
-    limit_per_class: keep only the first N images of each class (tests, demos). If `out` already
-    holds a complete set with the same options it is kept; anything else there raises
-    FileExistsError unless overwrite=True.
+    limit_per_class: keep only the first N images of each class (tests, demos). fold: which classes
+    train (`FOLDS`; the other five are the test set). If `out` already holds a complete set with the
+    same options it is kept; anything else there raises FileExistsError unless overwrite=True.
     """
     if limit_per_class is not None and limit_per_class < 1:
         raise ValueError(f"limit_per_class must be >= 1 or None, got {limit_per_class}")
+    if fold not in FOLDS:
+        raise ValueError(f"fold must be one of {sorted(FOLDS)}, got {fold}")
     out = Path(out)
-    options = {"source": "animal-mnist==0.4", "limit_per_class": limit_per_class}
+    options: dict[str, object] = {"source": "animal-mnist==0.4", "limit_per_class": limit_per_class}
+    if fold:  # fold 0's marker keeps its original form, so folders written before folds existed stay valid
+        options["fold"] = fold
+    train_classes = FOLDS[fold]
+    test_classes = tuple(label for label in range(len(CLASS_NAMES)) if label not in train_classes)
     marker = out / COMPLETE_MARKER
     if not overwrite and marker.is_file() and json.loads(marker.read_text()).get("options") == options:
         return out
@@ -116,8 +129,8 @@ def materialize_animal_mnist(
     images, labels = load_animal_mnist_arrays()
     with staged_folder(out) as partial:
         counts = {
-            "train": _write_split(partial / "train", images, labels, TRAIN_CLASSES, limit_per_class),
-            "test": _write_split(partial / "test", images, labels, TEST_CLASSES, limit_per_class),
+            "train": _write_split(partial / "train", images, labels, train_classes, limit_per_class),
+            "test": _write_split(partial / "test", images, labels, test_classes, limit_per_class),
         }
         (partial / COMPLETE_MARKER).write_text(json.dumps({"options": options, "counts": counts}, indent=1))
     return out
@@ -128,10 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write Animal-MNIST as a class-per-folder retrieval set.")
     parser.add_argument("--out", type=Path, default=Path("data/animal-mnist"))
     parser.add_argument("--limit-per-class", type=int, default=None)
+    parser.add_argument("--fold", type=int, default=0, choices=sorted(FOLDS),
+                        help="class fold: 0 trains on classes 0-4, 1 on 5-9, 2 on even labels, 3 on odd ones")
     parser.add_argument("--force", action="store_true", help="replace an existing folder at --out")
     args = parser.parse_args(argv)
     try:
-        out = materialize_animal_mnist(args.out, args.limit_per_class, overwrite=args.force)
+        out = materialize_animal_mnist(args.out, args.limit_per_class, overwrite=args.force, fold=args.fold)
     except (ModuleNotFoundError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
