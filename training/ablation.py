@@ -165,9 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(STUDIES),
                         help="variants to run (the teacher and, for static baselines, the CDD student are added)")
     parser.add_argument("--name", default="", help="suffix of the results files (ablation-<datasets>[-NAME])")
+    parser.add_argument("--stem", default="", help="the results files' name instead (OUT/STEM.json, OUT/STEM.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    stem = "ablation-" + "-".join(args.datasets) + (f"-{args.name}" if args.name else "")
+    stem = args.stem or "ablation-" + "-".join(args.datasets) + (f"-{args.name}" if args.name else "")
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:

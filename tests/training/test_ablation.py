@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from training.ablation import STUDIES, _variant_overrides, _with_prerequisites, write_l1_arch
+from training.ablation import DATASETS, LONG, STUDIES, _variant_overrides, _with_prerequisites, write_l1_arch
 from training.ablation_report import format_markdown, paired, summarise
 
 
@@ -31,6 +31,15 @@ def test_baselines_pull_in_the_runs_they_need_in_order():
     assert _with_prerequisites(["born-again"]) == ["teacher", "born-again"]
     with pytest.raises(ValueError, match="unknown variant"):
         _with_prerequisites(["cdd-typo"])
+
+
+def test_animal_mnist_class_folds_change_only_the_data_folder():
+    base = DATASETS["animal-mnist"]
+    for fold in (1, 2, 3):
+        settings = DATASETS[f"animal-mnist-fold-{fold}"]
+        changed = [(a, b) for a, b in zip(base, settings, strict=True) if a != b]
+        assert changed == [('data.root="data/animal-mnist"', f'data.root="data/animal-mnist-fold-{fold}"')]
+        assert LONG[f"animal-mnist-fold-{fold}"] == LONG["animal-mnist"]
 
 
 def _final(mAP, seed, flops=100):

@@ -14,6 +14,7 @@ from PIL import Image
 from training.data.animal_mnist import (
     CLASS_NAMES,
     COMPLETE_MARKER,
+    FOLDS,
     load_animal_mnist_arrays,
     main,
     materialize_animal_mnist,
@@ -55,6 +56,29 @@ def test_small_subset_is_an_unseen_class_retrieval_set(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="exists and is not this animal-mnist set; remove it or pass "
                                               "overwrite=True"):
         materialize_animal_mnist(out, limit_per_class=6)
+
+
+def test_the_class_folds_hold_out_every_class_once_per_pair_and_keep_the_pixels(tmp_path: Path) -> None:
+    assert sorted(FOLDS[0] + FOLDS[1]) == sorted(FOLDS[2] + FOLDS[3]) == list(range(10))
+    images, _ = load_animal_mnist_arrays()
+    for fold, train_classes in FOLDS.items():
+        out = materialize_animal_mnist(tmp_path / f"fold-{fold}", limit_per_class=2, fold=fold)
+        assert sorted(p.name for p in (out / "train").iterdir()) == sorted(CLASS_NAMES[c] for c in train_classes)
+        assert sorted(p.name for p in (out / "test").iterdir()) == sorted(
+            CLASS_NAMES[c] for c in range(10) if c not in train_classes)
+        splits = load_dataset("folder", out)
+        assert sorted({r.pid for r in splits.train}) == sorted(train_classes)
+        record = splits.query[0]
+        with Image.open(record.path) as png:
+            np.testing.assert_array_equal(np.asarray(png)[..., 0], images[int(Path(record.path).stem)])
+        options = json.loads((out / COMPLETE_MARKER).read_text())["options"]
+        assert options.get("fold", 0) == fold
+    assert "fold" not in json.loads((tmp_path / "fold-0" / COMPLETE_MARKER).read_text())["options"], (
+        "fold 0's marker keeps the form folders written before folds have")
+    with pytest.raises(FileExistsError, match="is not this animal-mnist set"):
+        materialize_animal_mnist(tmp_path / "fold-0", limit_per_class=2, fold=1)
+    with pytest.raises(ValueError, match=r"fold must be one of \[0, 1, 2, 3\], got 4"):
+        materialize_animal_mnist(tmp_path / "fold-4", fold=4)
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from training.ablation_report import summarise
 from training.results.__main__ import documents, main, render_documents
-from training.results.ablation_tables import batchnorm_gain_table, per_seed_table, two_settings_table
+from training.results.ablation_tables import batchnorm_gain_table, fold_table, per_seed_table, two_settings_table
 from training.results.markers import MarkerError, find_blocks, replace_blocks
 from training.results.run_files import collect_run, stamp_file
 from training.results.stamp import StampError, simd_summary, stamp_line
@@ -136,6 +136,27 @@ def test_a_named_results_file_is_read_under_its_plain_dataset_name() -> None:
     assert per_seed_table(result, "toy-study", "x.json") == per_seed_table(result, "toy", "x.json")
     with pytest.raises(ValueError, match=r"no summary/runs for dataset 'other-study'"):
         per_seed_table(result, "other-study", "x.json")
+
+
+def test_the_fold_table_averages_each_seed_over_the_folds_before_the_spread_over_seeds() -> None:
+    # two files, three folds; fold 0 has a seed the others lack (2), which must not count
+    first = {"runs": {"toy": {"cdd": [_final(0, 50.0), _final(1, 40.0), _final(2, 99.0)],
+                              "prune-distill": [_final(0, 52.0), _final(1, 39.0), _final(2, 0.0)]}}}
+    rest = {"runs": {"toy-fold-1": {"cdd": [_final(0, 60.0), _final(1, 61.0)],
+                                    "prune-distill": [_final(0, 59.0), _final(1, 65.0)]},
+                     "toy-fold-2": {"cdd": [_final(1, 70.0), _final(0, 70.0)],
+                                    "prune-distill": [_final(0, 71.0), _final(1, 70.0)]}}}
+    table = fold_table([first, rest], ("toy", "toy-fold-1", "toy-fold-2"), ("a.json", "b.json")).splitlines()
+    assert table[0] == ("| variant | CDD minus it, fold 0: mean ± sd over seeds | CDD minus it, fold 1: mean ± sd over "
+                        "seeds | CDD minus it, fold 2: mean ± sd over seeds | seed 0: mean over folds | seed 1: mean "
+                        "over folds | mean ± sd over seeds | standard error of the mean | (fold, seed) pairs ahead |")
+    # seed 0: (-2 + 1 - 1) / 3 = -0.67; seed 1: (1 - 4 + 0) / 3 = -1.00; their mean -0.83, sd 0.24, se 0.17
+    assert table[2] == ("| (e) prune-then-distill, CDD's channels | -0.50 ± 2.12 | -1.50 ± 3.54 | -0.50 ± 0.71 | -0.67 "
+                        "| -1.00 | -0.83 ± 0.24 | 0.17 | 2 of 6 |")
+    with pytest.raises(ValueError, match=r"no file of \['a.json', 'b.json'\] holds dataset 'toy-fold-3'"):
+        fold_table([first, rest], ("toy", "toy-fold-3"), ("a.json", "b.json"))
+    with pytest.raises(ValueError, match=r"some fold lacks 'refine' runs"):
+        fold_table([first, rest], ("toy", "toy-fold-1"), ("a.json", "b.json"), reference="refine")
 
 
 def test_ablation_runs_without_seeds_are_refused() -> None:

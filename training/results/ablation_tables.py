@@ -14,7 +14,8 @@ from typing import Any
 from training.ablation_report import NAMES
 from training.results.tables import ResultsError, markdown_table, mean_sd
 
-__all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table", "batchnorm_gain_table"]
+__all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table", "batchnorm_gain_table",
+           "fold_table"]
 
 _REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
 
@@ -135,4 +136,52 @@ def batchnorm_gain_table(result: dict[str, Any], dataset: str, source: str) -> s
                      else ""])
     header = ["variant", *(f"seed {s}" for s in seeds), "mean ± sd", "seeds where it helped",
               "queries on the teacher's gallery: mean change"]
+    return "\n".join(markdown_table(header, rows))
+
+
+def _fold_runs(results: list[dict[str, Any]], folds: tuple[str, ...], sources: tuple[str, ...]
+               ) -> list[dict[str, dict[int, float]]]:
+    """Per fold, {variant: {seed: mAP}}; fold i is dataset ``folds[i]`` of whichever file holds it."""
+    out = []
+    for fold in folds:
+        holders = [(r, s) for r, s in zip(results, sources, strict=True) if fold in (r.get("runs") or {})]
+        if not holders:
+            raise ResultsError(f"no file of {list(sources)} holds dataset {fold!r}; {_REGENERATE}")
+        runs = holders[0][0]["runs"][fold]
+        out.append({variant: {f["seed"]: f["mAP"] for f in finals} for variant, finals in runs.items()})
+    return out
+
+
+def fold_table(results: list[dict[str, Any]], folds: tuple[str, ...], sources: tuple[str, ...],
+               reference: str = "cdd") -> str:
+    """One comparison over several class folds of a dataset (same seeds, same settings, other held-out
+    classes): per variant, ``reference`` minus it averaged over the seeds within each fold, then per seed the
+    mean over the folds of that seed's differences, the mean ± sample sd of those per-seed means, their
+    standard error (sd / sqrt(seeds)) and the (fold, seed) pairs where ``reference`` is ahead. Only seeds that
+    every fold ran for both runs count."""
+    by_fold = _fold_runs(results, folds, sources)
+    if any(reference not in runs for runs in by_fold):
+        raise ResultsError(f"{list(sources)}: some fold lacks {reference!r} runs; {_REGENERATE}")
+    who = "CDD" if reference == "cdd" else "refined"
+    variants = variant_order({v for runs in by_fold for v in runs if v != reference and all(v in r for r in by_fold)})
+    rows = []
+    seeds_shown: list[int] = []
+    for variant in variants:
+        seeds = sorted(set.intersection(*(set(r[variant]) & set(r[reference]) for r in by_fold)))
+        if len(seeds) < 2:
+            raise ResultsError(f"{list(sources)}: {variant} and {reference} share {len(seeds)} seed(s) over every "
+                               f"fold; a paired comparison needs at least 2; {_REGENERATE}")
+        diffs = [[r[reference][s] - r[variant][s] for s in seeds] for r in by_fold]  # [fold][seed]
+        per_seed = [statistics.fmean(column) for column in zip(*diffs, strict=True)]
+        seeds_shown = seeds_shown or seeds
+        if seeds != seeds_shown:
+            raise ResultsError(f"{list(sources)}: {variant} ran on seeds {seeds}, other variants on {seeds_shown}; "
+                               f"run the missing seeds; {_REGENERATE}")
+        ahead = sum(d > 0 for fold in diffs for d in fold)
+        rows.append([_label(variant), *(mean_sd(fold) for fold in diffs), *(f"{d:+.2f}" for d in per_seed),
+                     mean_sd(per_seed), f"{statistics.stdev(per_seed) / math.sqrt(len(per_seed)):.2f}",
+                     f"{ahead} of {len(seeds) * len(folds)}"])
+    header = ["variant", *(f"{who} minus it, fold {i}: mean ± sd over seeds" for i in range(len(folds))),
+              *(f"seed {s}: mean over folds" for s in seeds_shown), "mean ± sd over seeds",
+              "standard error of the mean", "(fold, seed) pairs ahead"]
     return "\n".join(markdown_table(header, rows))

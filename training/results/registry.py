@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.results.ablation_tables import batchnorm_gain_table, per_seed_table, summary_table, two_settings_table
+from training.results.ablation_tables import (
+    batchnorm_gain_table,
+    fold_table,
+    per_seed_table,
+    summary_table,
+    two_settings_table,
+)
 from training.results.engine_tables import engine_table
 from training.results.serve_tables import serve_rounds_table
 from training.results.stamp import stamp_line
@@ -112,11 +118,14 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
-              "animal-mnist-teacher-length")
+              "animal-mnist-teacher-length, animal-mnist-folds[-refine]")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
 RUN_LENGTH_LABELS = ("8 epochs", "16 epochs")
+# animal-mnist's four class folds (training.data.animal_mnist.FOLDS), every run at the ablation's 8 epochs.
+FOLDS_FILES = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-folds.json")
+FOLDS = ("animal-mnist", "animal-mnist-fold-1", "animal-mnist-fold-2", "animal-mnist-fold-3")
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
@@ -152,6 +161,9 @@ def table_for(name: str) -> Table:
         "serve-quiet": Table(SERVE_QUIET, lambda d: serve_rounds_table(d, SERVE_QUIET)),
         "serve-quiet-shared-cores": Table(SERVE_QUIET_SHARED_CORES, lambda d: serve_rounds_table(
             d, SERVE_QUIET_SHARED_CORES)),
+        "animal-mnist-folds": Table(FOLDS_FILES, lambda d: fold_table(d, FOLDS, FOLDS_FILES)),
+        "animal-mnist-folds-refine": Table(FOLDS_FILES, lambda d: fold_table(d, FOLDS, FOLDS_FILES,
+                                                                             reference="refine")),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
             d[0], d[1], "animal-mnist", "teacher", ("teacher, 8 epochs", "teacher, 24 epochs"), TEACHER_LENGTH)),
     }
