@@ -52,7 +52,7 @@ DATASETS: dict[str, list[str]] = {
 # animal-mnist's other class folds (`training.data.animal_mnist.FOLDS`): the same settings, other classes held out.
 DATASETS.update({f"animal-mnist-fold-{fold}": [f'data.root="data/animal-mnist-fold-{fold}"'
                                                if item.startswith("data.root") else item
-                                               for item in DATASETS["animal-mnist"]] for fold in (1, 2, 3)})
+                                               for item in DATASETS["animal-mnist"]] for fold in range(1, 6)})
 VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again", "refine",
             "prune-distill-long")
 # The refine stage (h): the CDD student's architecture trained further from its final weights (preset

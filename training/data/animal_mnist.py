@@ -16,7 +16,8 @@ package's array. PNGs are stored as RGB (the gray value repeated), at the origin
 
 Class folds (`--fold N`, `FOLDS`): the same images with other classes held out, so a comparison can be
 averaged over several train/test partitions of the ten classes instead of resting on one. Fold 0 is the
-protocol above; fold 1 swaps its halves; folds 2 and 3 split the classes by even and odd label.
+protocol above; fold 1 swaps its halves; folds 2 and 3 split the classes by even and odd label; folds 4
+and 5 split them into bear, bird, elephant, giraffe, horse and the rest.
 
     python -m training.data.animal_mnist --out data/animal-mnist [--fold N] [--limit-per-class N]
 """
@@ -53,8 +54,10 @@ CLASS_NAMES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "hors
 """Folder name of each label 0-9 (sorted order == label order)."""
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 TEST_CLASSES = (5, 6, 7, 8, 9)
-FOLDS: dict[int, tuple[int, ...]] = {0: TRAIN_CLASSES, 1: TEST_CLASSES, 2: (0, 2, 4, 6, 8), 3: (1, 3, 5, 7, 9)}
-"""Training classes of each class fold; its test classes are the other five."""
+FOLDS: dict[int, tuple[int, ...]] = {0: TRAIN_CLASSES, 1: TEST_CLASSES, 2: (0, 2, 4, 6, 8), 3: (1, 3, 5, 7, 9),
+                                     4: (0, 1, 5, 6, 7), 5: (2, 3, 4, 8, 9)}
+"""Training classes of each class fold; its test classes are the other five. Three partitions of the ten
+classes, each used both ways round (folds 2k and 2k+1); any two partitions share two or three classes per half."""
 COMPLETE_MARKER = ".complete"
 INSTALL_HINT = "pip install --no-deps animal-mnist==0.4"
 _DATA_FILES = ("animal_data_version_3.gz", "animal_label_version_3.gz")
@@ -142,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("data/animal-mnist"))
     parser.add_argument("--limit-per-class", type=int, default=None)
     parser.add_argument("--fold", type=int, default=0, choices=sorted(FOLDS),
-                        help="class fold: 0 trains on classes 0-4, 1 on 5-9, 2 on even labels, 3 on odd ones")
+                        help="class fold (FOLDS): 0 trains on classes 0-4, 1 on 5-9, 2 on even labels, 3 on odd ones, "
+                             "4 on 0, 1, 5, 6, 7 and 5 on the rest")
     parser.add_argument("--force", action="store_true", help="replace an existing folder at --out")
     args = parser.parse_args(argv)
     try:

@@ -123,9 +123,9 @@ TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablati
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
 RUN_LENGTH_LABELS = ("8 epochs", "16 epochs")
-# animal-mnist's four class folds (training.data.animal_mnist.FOLDS), every run at the ablation's 8 epochs.
+# animal-mnist's six class folds (training.data.animal_mnist.FOLDS), every run at the ablation's 8 epochs.
 FOLDS_FILES = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-folds.json")
-FOLDS = ("animal-mnist", "animal-mnist-fold-1", "animal-mnist-fold-2", "animal-mnist-fold-3")
+FOLDS = ("animal-mnist", *(f"animal-mnist-fold-{fold}" for fold in range(1, 6)))
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
