@@ -13,7 +13,13 @@ import pytest
 
 from training.ablation_report import summarise
 from training.results.__main__ import documents, main, render_documents
-from training.results.ablation_tables import batchnorm_gain_table, fold_table, per_seed_table, two_settings_table
+from training.results.ablation_tables import (
+    batchnorm_gain_table,
+    fold_map_table,
+    fold_table,
+    per_seed_table,
+    two_settings_table,
+)
 from training.results.markers import MarkerError, find_blocks, replace_blocks
 from training.results.run_files import collect_run, stamp_file
 from training.results.stamp import StampError, simd_summary, stamp_line
@@ -157,6 +163,10 @@ def test_the_fold_table_averages_each_seed_over_the_folds_before_the_spread_over
         fold_table([first, rest], ("toy", "toy-fold-3"), ("a.json", "b.json"))
     with pytest.raises(ValueError, match=r"some fold lacks 'refine' runs"):
         fold_table([first, rest], ("toy", "toy-fold-1"), ("a.json", "b.json"), reference="refine")
+    mAP = fold_map_table([first, rest], ("toy", "toy-fold-1", "toy-fold-2"), ("a.json", "b.json")).splitlines()
+    assert mAP[0] == "| variant | fold 0: mAP % (seeds 0-1) | fold 1: mAP % (seeds 0-1) | fold 2: mAP % (seeds 0-1) |"
+    assert mAP[2:] == ["| (b) CDD student | 45.00 ± 7.07 | 60.50 ± 0.71 | 70.00 ± 0.00 |",
+                       "| (e) prune-then-distill, CDD's channels | 45.50 ± 9.19 | 62.00 ± 4.24 | 70.50 ± 0.71 |"]
 
 
 def test_ablation_runs_without_seeds_are_refused() -> None:

@@ -15,7 +15,7 @@ from training.ablation_report import NAMES
 from training.results.tables import ResultsError, markdown_table, mean_sd
 
 __all__ = ["variant_order", "summary_table", "per_seed_table", "two_settings_table", "batchnorm_gain_table",
-           "fold_table"]
+           "fold_table", "fold_map_table"]
 
 _REGENERATE = "regenerate it with `make ablation` (training/ablation.py)"
 
@@ -184,4 +184,18 @@ def fold_table(results: list[dict[str, Any]], folds: tuple[str, ...], sources: t
     header = ["variant", *(f"{who} minus it, fold {i}: mean ± sd over seeds" for i in range(len(folds))),
               *(f"seed {s}: mean over folds" for s in seeds_shown), "mean ± sd over seeds",
               "standard error of the mean", "(fold, seed) pairs ahead"]
+    return "\n".join(markdown_table(header, rows))
+
+
+def fold_map_table(results: list[dict[str, Any]], folds: tuple[str, ...], sources: tuple[str, ...]) -> str:
+    """Per variant, its mAP in each class fold (mean ± sample sd over the seeds every fold ran), so the folds'
+    difficulty can be read beside the paired differences of `fold_table`."""
+    by_fold = _fold_runs(results, folds, sources)
+    seeds = sorted(set.intersection(*(set(runs[v]) for runs in by_fold for v in runs)))
+    if len(seeds) < 2:
+        raise ResultsError(f"{list(sources)}: every fold and variant share {len(seeds)} seed(s); {_REGENERATE}")
+    variants = variant_order({v for runs in by_fold for v in runs if all(v in r for r in by_fold)})
+    rows = [[_label(v), *(f"{statistics.fmean(r[v][s] for s in seeds):.2f} ± "
+                          f"{statistics.stdev(r[v][s] for s in seeds):.2f}" for r in by_fold)] for v in variants]
+    header = ["variant", *(f"fold {i}: mAP % (seeds {seeds[0]}-{seeds[-1]})" for i in range(len(folds)))]
     return "\n".join(markdown_table(header, rows))

@@ -30,6 +30,7 @@ from typing import Any
 
 from training.results.ablation_tables import (
     batchnorm_gain_table,
+    fold_map_table,
     fold_table,
     per_seed_table,
     summary_table,
@@ -118,7 +119,7 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
-              "animal-mnist-teacher-length, animal-mnist-folds[-refine]")
+              "animal-mnist-teacher-length, animal-mnist-folds[-refine|-map]")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
@@ -162,6 +163,7 @@ def table_for(name: str) -> Table:
         "serve-quiet-shared-cores": Table(SERVE_QUIET_SHARED_CORES, lambda d: serve_rounds_table(
             d, SERVE_QUIET_SHARED_CORES)),
         "animal-mnist-folds": Table(FOLDS_FILES, lambda d: fold_table(d, FOLDS, FOLDS_FILES)),
+        "animal-mnist-folds-map": Table(FOLDS_FILES, lambda d: fold_map_table(d, FOLDS, FOLDS_FILES)),
         "animal-mnist-folds-refine": Table(FOLDS_FILES, lambda d: fold_table(d, FOLDS, FOLDS_FILES,
                                                                              reference="refine")),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
