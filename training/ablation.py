@@ -36,7 +36,7 @@ from typing import Any
 
 from cdd_common.atomic_file import write_text_atomic
 from training.ablation_report import NAMES, format_markdown, summarise
-from training.pipeline import run_stage
+from training.pipeline import finished_metrics, run_stage
 
 __all__ = ["DATASETS", "VARIANTS", "STUDIES", "NAMES", "run_ablation", "summarise", "format_markdown",
            "write_l1_arch", "main"]
@@ -132,9 +132,11 @@ def _with_prerequisites(variants: Sequence[str]) -> list[str]:
 
 def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
                  on_result: Callable[[dict[str, dict[str, list[dict[str, Any]]]]], None] | None = None,
-                 variants: Sequence[str] = VARIANTS) -> dict[str, dict[str, list[dict[str, Any]]]]:
+                 variants: Sequence[str] = VARIANTS, collect_only: bool = False
+                 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics + "seed"].
-    ``on_result`` sees the results so far after every finished run."""
+    ``on_result`` sees the results so far after every finished run. ``collect_only``: train nothing, read
+    the runs that already finished (a run still training, or never started, is left out)."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     order = _with_prerequisites(variants)
     for dataset in datasets:
@@ -143,6 +145,11 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
         for seed in seeds:
             run_root = runs_dir / dataset / f"seed{seed}"
             for variant in order:
+                if collect_only:
+                    final = finished_metrics(run_root / variant)
+                    if final is not None:
+                        results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})
+                    continue
                 if variant == "l1-distill":
                     write_l1_arch(run_root / "cdd" / "arch.json", run_root / "teacher", run_root / "l1-arch.json")
                 preset, overrides = _variant_overrides(variant, run_root, dataset)
@@ -151,6 +158,8 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
                 results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})
                 if on_result is not None:
                     on_result(results)
+    if collect_only and on_result is not None:
+        on_result(results)
     return results
 
 
@@ -165,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(STUDIES),
                         help="variants to run (the teacher and, for static baselines, the CDD student are added)")
     parser.add_argument("--name", default="", help="suffix of the results files (ablation-<datasets>[-NAME])")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="train nothing: write the results files from the runs already finished under --runs")
     parser.add_argument("--stem", default="", help="the results files' name instead (OUT/STEM.json, OUT/STEM.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -177,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text_atomic(args.out / f"{stem}.md", format_markdown(summary))
 
     results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides, on_result=write,
-                           variants=args.variants)
+                           variants=args.variants, collect_only=args.collect_only)
     print(format_markdown(summarise(results)))
     return 0
 

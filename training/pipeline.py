@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run_stage", "has_refine_stage", "format_table"]
+__all__ = ["main", "run_stage", "finished_metrics", "has_refine_stage", "format_table"]
 
 
-def _completed(run_dir: Path) -> dict[str, Any] | None:
+def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The final metrics of the run in ``run_dir``, None while it has none (never started or still training)."""
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         return None
@@ -34,7 +35,7 @@ def run_stage(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     from training.run_folder import claim_run_folder
 
     cfg = load_config(preset, list(overrides))
-    done = _completed(Path(cfg.run.out_dir))
+    done = finished_metrics(Path(cfg.run.out_dir))
     if done is not None:
         logging.getLogger("training").info("%s already trained in %s; skipping", preset, cfg.run.out_dir)
         return done

@@ -1,10 +1,19 @@
 """Ablation bookkeeping: each baseline's wiring, paired-by-seed differences and the plain verdict sentences."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from training.ablation import DATASETS, LONG, STUDIES, _variant_overrides, _with_prerequisites, write_l1_arch
+from training.ablation import (
+    DATASETS,
+    LONG,
+    STUDIES,
+    _variant_overrides,
+    _with_prerequisites,
+    main,
+    write_l1_arch,
+)
 from training.ablation_report import format_markdown, paired, summarise
 
 
@@ -40,6 +49,22 @@ def test_animal_mnist_class_folds_change_only_the_data_folder():
         changed = [(a, b) for a, b in zip(base, settings, strict=True) if a != b]
         assert changed == [('data.root="data/animal-mnist"', f'data.root="data/animal-mnist-fold-{fold}"')]
         assert LONG[f"animal-mnist-fold-{fold}"] == LONG["animal-mnist"]
+
+
+def test_collect_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
+    runs = tmp_path / "runs" / "animal-mnist-fold-1"
+    for seed, variant, final in ((0, "teacher", _final(60.0, 0)), (0, "cdd", _final(62.5, 0)),
+                                 (1, "teacher", _final(58.0, 1)), (1, "cdd", None)):  # seed 1's CDD still training
+        run = runs / f"seed{seed}" / variant
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"epochs": [], **({"final": final} if final else {})}))
+    out = tmp_path / "out"
+    assert main(["--datasets", "animal-mnist-fold-1", "--seeds", "0", "1", "2", "--runs", str(tmp_path / "runs"),
+                 "--out", str(out), "--stem", "collected", "--variants", "cdd", "--collect-only"]) == 0
+    written = json.loads((out / "collected.json").read_text())["runs"]["animal-mnist-fold-1"]
+    assert [(r["seed"], r["mAP"]) for r in written["teacher"]] == [(0, 60.0), (1, 58.0)]
+    assert [(r["seed"], r["mAP"]) for r in written["cdd"]] == [(0, 62.5)]
+    assert sorted(p.name for p in runs.iterdir()) == ["seed0", "seed1"], "nothing was trained"
 
 
 def _final(mAP, seed, flops=100):
