@@ -191,10 +191,10 @@ def fold_map_table(results: list[dict[str, Any]], folds: tuple[str, ...], source
     """Per variant, its mAP in each class fold (mean ± sample sd over the seeds every fold ran), so the folds'
     difficulty can be read beside the paired differences of `fold_table`."""
     by_fold = _fold_runs(results, folds, sources)
-    seeds = sorted(set.intersection(*(set(runs[v]) for runs in by_fold for v in runs)))
+    variants = variant_order({v for runs in by_fold for v in runs if all(v in r for r in by_fold)})
+    seeds = sorted(set.intersection(*(set(runs[v]) for runs in by_fold for v in variants)))
     if len(seeds) < 2:
         raise ResultsError(f"{list(sources)}: every fold and variant share {len(seeds)} seed(s); {_REGENERATE}")
-    variants = variant_order({v for runs in by_fold for v in runs if all(v in r for r in by_fold)})
     rows = [[_label(v), *(f"{statistics.fmean(r[v][s] for s in seeds):.2f} ± "
                           f"{statistics.stdev(r[v][s] for s in seeds):.2f}" for r in by_fold)] for v in variants]
     header = ["variant", *(f"fold {i}: mAP % (seeds {seeds[0]}-{seeds[-1]})" for i in range(len(folds)))]
