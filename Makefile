@@ -36,7 +36,7 @@ data/synthetic-reid/.complete: | $(STAMP)
 data/animal-mnist/.complete: | $(STAMP)
 	$(PY) -m training.data.animal_mnist --out data/animal-mnist
 
-# animal-mnist's class folds 1-3 (other classes held out; fold 0 is data/animal-mnist)
+# animal-mnist's class folds 1-5 (other classes held out; fold 0 is data/animal-mnist)
 data/animal-mnist-fold-%/.complete: | $(STAMP)
 	$(PY) -m training.data.animal_mnist --out data/animal-mnist-fold-$* --fold $*
 
