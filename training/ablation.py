@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="", help="suffix of the results files (ablation-<datasets>[-NAME])")
     parser.add_argument("--collect-only", action="store_true",
                         help="train nothing: write the results files from the runs already finished under --runs")
-    parser.add_argument("--stem", default="", help="the results files' name instead (OUT/STEM.json, OUT/STEM.md)")
+    parser.add_argument("--stem", default="",
+                        help="results file name without extension, instead of ablation-<datasets>[-NAME]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     stem = args.stem or "ablation-" + "-".join(args.datasets) + (f"-{args.name}" if args.name else "")
