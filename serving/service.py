@@ -32,7 +32,7 @@ from serving.index.gallery_backend import GalleryBackend
 from serving.preprocess import ImageDecodeError, ImageTooLargeError, declared_pixels, image_to_model_input
 from serving.request_limits import check_id, check_metadata
 
-__all__ = ["ServiceLimits", "Query", "NewItem", "RetrievalService"]
+__all__ = ["BatchSteps", "ServiceLimits", "Query", "NewItem", "RetrievalService"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,17 @@ class Query:
     image: bytes
     k: int
     filters: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class BatchSteps:
+    """What the batch worker runs for a batch of Searches: ``decode`` one `Query` to its uint8 (H, W, 3)
+    model input, ``embed`` uint8 (N, H, W, 3) to float32 (N, D) rows, ``search`` (rows, queries) to one
+    `FoundItems` per query."""
+
+    decode: Callable[[Query], np.ndarray]
+    embed: Callable[[np.ndarray], np.ndarray]
+    search: Callable[[np.ndarray, Sequence[Query]], list[FoundItems]]
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,14 @@ class RetrievalService:
         self._closed = False
         self._clock = clock
         # A Search's image is decoded, and its gallery search run, on the batcher's worker, per engine batch
-        self.batcher.attach_search(self._search_vectors, lambda query: self._decode(query.image, ""))
+        steps = self.batch_steps()
+        self.batcher.attach_search(steps.search, steps.decode)
+
+    def batch_steps(self) -> BatchSteps:
+        """The steps the batcher's worker runs for Searches (its engine call is ``engine.embed``), for
+        benchmarks that cost each one (`serving.benchmarks.search_cost`)."""
+        return BatchSteps(decode=lambda query: self._decode(query.image, ""), embed=self.engine.embed,
+                          search=self._search_vectors)
 
     # -- queries --------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """CPU time of the two steps this change touched, in one process, on the serve benchmark's own inputs.
 
 Usage: ``PYTHONPATH=CHECKOUT python docs/serve-hits/component_cost.py GALLERY LABEL OUT.json`` (run it once
-with main's checkout and once with this branch's; GALLERY from the serve benchmark's ``_random_gallery``).
+with main's checkout and once with this branch's; GALLERY from the serve benchmark's ``random_gallery``).
 
 - search + reply: the gallery search of a batch of Q queries (k = 10, no filter) and the SearchResponse
   bytes of every query, as the Search handler gets them (main: ``search_response(index.search(...))``;

@@ -1,7 +1,7 @@
 """Server CPU per Search of ONE cdd-serve process, per thread, over a fixed window under steady load.
 
 Usage (from a checkout with its .venv and bundles/demo, and a gallery made by the serve benchmark's
-``_random_gallery``): ``python docs/serve-hits/cpu_window.py CHECKOUT GALLERY PORT LABEL OUT.json``.
+``random_gallery``): ``python docs/serve-hits/cpu_window.py CHECKOUT GALLERY PORT LABEL OUT.json``.
 
 Starts ``python -m serving.server --workers 1`` of CHECKOUT (the benchmark's cdd-serve flags), drives it
 with ``cdd-bench serve --target`` (16 callers, 2 generator processes, 35 s), and between 8 s and 28 s

@@ -8,11 +8,14 @@
     cdd-bench index  --bundle DIR --images DIR [--sizes 10000,100000] [--types flat,ivf,hnsw,ivfpq,milvus-flat]
                      [--search-seconds S] [--max-build-s S] [--engines local,ray] --out DIR
     cdd-bench profile --bundle DIR [--bundle DIR ...] [--labels ...] [--batch 32] [--runs 10] --out DIR
+    cdd-bench search-cost --bundle DIR [--batches 1,6,16] [--rounds 7] [--calls 200] --out DIR
     cdd-bench all    [--student bundles/demo] [--teacher bundles/demo-teacher]
                      [--index-images data/synthetic-reid/bounding_box_test] [--out docs]
 
 ``engine`` / ``serve`` / ``index`` write ``OUT/<name>.json``, ``.md`` and ``.png``; ``profile`` (per-op-type
 ONNX Runtime CPU kernel time, e.g. an int8 bundle next to its fp32 one) writes ``OUT/profile.{json,md}``;
+``search-cost`` (CPU per request of each step the batch worker runs for a Search: decode, engine, gallery
+search, reply; one thread, as each cdd-serve worker) writes ``OUT/search-cost.{json,md}``;
 ``all`` runs the CPU versions of the three and writes ``OUT/benchmarks.md`` (+ ``benchmarks.json`` and
 ``benchmarks-*.png``). Progress goes to stderr. Exit status: 0 done, 1 a benchmark failed while running, 2 bad input.
 Also runnable as ``python -m serving.benchmarks``. ``--threads`` and ``--workers`` are the old spellings of
@@ -34,8 +37,9 @@ from serving.backends import BackendUnavailable
 from serving.benchmarks.engine import EngineBenchConfig, parse_backends
 from serving.benchmarks.index import IndexBenchConfig
 from serving.benchmarks.machine import usable_cores
+from serving.benchmarks.search_cost import SearchCostConfig
 from serving.benchmarks.serve import ServeBenchConfig
-from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_serve
+from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_search_cost, run_serve
 from serving.bundle import BundleError
 from serving.config import ServeConfig
 from serving.extras import missing_extra
@@ -198,6 +202,19 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--runs", type=int, default=10, help="profiled calls per bundle")
     profile.add_argument("--warmup", type=int, default=3, help="unprofiled calls first")
     _add_common(profile)
+    cost = commands.add_parser("search-cost", help="CPU per request of each batch-worker step of a Search")
+    cost.add_argument("--bundle", type=Path, required=True)
+    cost.add_argument("--images", type=Path, help="query images (default: synthetic pictures)")
+    cost.add_argument("--batches", default="1,6,16", help="comma list of batch sizes")
+    cost.add_argument("--rounds", type=int, default=7, help="rounds (the median is over them)")
+    cost.add_argument("--calls", type=int, default=200, help="timed calls of each step per round")
+    cost.add_argument("--gallery-size", type=int, default=1280, help="random gallery items")
+    cost.add_argument("--k", type=int, default=10, help="results per query")
+    cost.add_argument("--engine-threads", type=int, default=1,
+                      help="ONNX Runtime intra-op threads (default 1: what each one-per-core cdd-serve worker gets)")
+    cost.add_argument("--seed", type=int, default=0, help="seed of the random gallery and query pictures")
+    cost.add_argument("--out", type=Path, required=True, help="folder for search-cost.json and .md")
+    cost.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     every = commands.add_parser("all", help="CPU engine + serve + index benchmarks -> OUT/benchmarks.md")
     every.add_argument("--student", type=Path, default=Path("bundles/demo"))
     every.add_argument("--teacher", type=Path, default=Path("bundles/demo-teacher"))
@@ -328,6 +345,13 @@ def _profile_main(args: argparse.Namespace, commands: list[str]) -> dict[str, An
                        threads=args.engine_threads, seed=args.seed, commands=commands)
 
 
+def _search_cost_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
+    cfg = SearchCostConfig(batches=_ints(args.batches, "--batches"), rounds=args.rounds, calls=args.calls,
+                           gallery_size=args.gallery_size, k=args.k, engine_threads=args.engine_threads,
+                           seed=args.seed)
+    return run_search_cost(args.bundle, cfg, args.out, images=args.images, commands=commands)
+
+
 def _all_main(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
     engine_cfg = _engine_cfg(args)
     return run_all(
@@ -349,6 +373,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], dict[str, Any]]] 
     "serve": _serve_main,
     "index": _index_main,
     "profile": _profile_main,
+    "search-cost": _search_cost_main,
     "all": _all_main,
 }
 

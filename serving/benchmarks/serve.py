@@ -46,7 +46,7 @@ from serving.bundle import Manifest, load_bundle
 from serving.config import ServeConfig
 from serving.index.gallery import GalleryIndex
 
-__all__ = ["ServeBenchConfig", "bench_serve", "bench_target", "query_jpegs"]
+__all__ = ["ServeBenchConfig", "bench_serve", "bench_target", "query_jpegs", "random_gallery"]
 
 _LOG = logging.getLogger("serving.benchmarks")
 _JPEG_QUALITY = 90
@@ -116,7 +116,7 @@ def query_jpegs(manifest: Manifest, count: int, seed: int, sources: Sequence[Pat
     return payloads
 
 
-def _random_gallery(manifest: Manifest, size: int, seed: int, out: Path) -> Path:
+def random_gallery(manifest: Manifest, size: int, seed: int, out: Path) -> Path:
     """A flat index of ``size`` random unit vectors stamped with the bundle, metadata like cdd-index's."""
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(size, manifest.output.dim)).astype(np.float32)
@@ -262,7 +262,7 @@ def bench_serve(bundles: dict[str, Path], cfg: ServeBenchConfig, *, backend: str
     offline: dict[str, Any] = {}
     tail: dict[str, Any] = {"bundle": last}
     with tempfile.TemporaryDirectory(prefix="cdd-bench-serve-") as tmp:
-        indexes = {label: _random_gallery(m, cfg.gallery_size, cfg.seed, Path(tmp) / label)
+        indexes = {label: random_gallery(m, cfg.gallery_size, cfg.seed, Path(tmp) / label)
                    for label, m in manifests.items()}
         for label, bundle in bundles.items():
             offline[label] = _offline(bundle, manifests[label], backend, threads, cfg)

@@ -5,6 +5,7 @@ the CPU suite (`run_all`). The markdown starts with the machine description and 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,12 +24,13 @@ from serving.benchmarks.index import IndexBenchConfig, bench_ingest, bench_searc
 from serving.benchmarks.ingest_split import bench_ingest_split, split_markdown
 from serving.benchmarks.machine import describe_machine
 from serving.benchmarks.op_profile import profile_bundle, profile_markdown
+from serving.benchmarks.search_cost import SearchCostConfig, bench_search_cost
 from serving.benchmarks.serve import ServeBenchConfig, bench_serve, bench_target
 from serving.benchmarks.targets import evaluate_targets
 from serving.bundle import load_bundle
 from serving.index.build import items_from_folder
 
-__all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_serve", "serve_bundles"]
+__all__ = ["SERVE_AUTO", "run_all", "run_engine", "run_index", "run_search_cost", "run_serve", "serve_bundles"]
 
 _LOG = logging.getLogger("serving.benchmarks")
 SERVE_AUTO = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
@@ -109,6 +111,19 @@ def run_profile(
     markdown = "\n".join([*_header("Where the time goes (ONNX Runtime CPU profile)", machine, commands),
                           profile_markdown(profiles)])
     _write(out, "profile", full, markdown, {})
+    return full
+
+
+def run_search_cost(bundle: Path, cfg: SearchCostConfig, out: Path, *, images: Path | None = None,
+                    commands: Sequence[str] = ()) -> dict[str, Any]:
+    """CPU per request of each batch-worker step of a Search -> ``out/search-cost.{json,md}``."""
+    machine = describe_machine()
+    with tempfile.TemporaryDirectory(prefix="cdd-search-cost-") as workdir:
+        result = bench_search_cost(bundle, cfg, Path(workdir), _query_sources(images))
+    full = {"machine": machine, "commands": list(commands), "search_cost": result, "targets": []}
+    markdown = "\n".join([*_header("What a Search costs besides gRPC (batch worker steps)", machine, commands),
+                          report.search_cost_markdown(result)])
+    _write(out, "search-cost", full, markdown, {})
     return full
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from training.results.serve_tables import SERVERS, serve_rounds_table
+from training.results.serve_tables import SERVERS, serve_budget_table, serve_rounds_table
 from training.results.tables import ResultsError
 
 
@@ -22,3 +22,34 @@ def test_a_round_without_a_server_at_those_callers_names_the_file_and_the_server
     del broken["serve"]["servers"]["bare (aio)"]["rows"]["16"]
     with pytest.raises(ResultsError, match=r"r1.json: no 16-caller row for \['bare \(aio\)'\]"):
         serve_rounds_table([broken], ["r1.json"])
+
+
+def _budget_round(bare, aio, cdd):
+    """Rows from (qps, server ms per request, generator ms per request[, mean batch]) of three servers."""
+    def row(qps, server_ms, generator_ms, batch=0.0):
+        return {"qps": qps, "server_cpu_ms_per_request": server_ms, "requests": 1000,
+                "generator_cpu_s": generator_ms, "mean_batch": batch}  # 1000 requests: s == ms per request
+    return {"serve": {"servers": {"bare (sync)": {"rows": {"16": row(*bare)}},
+                                  "bare (aio)": {"rows": {"16": row(*aio)}},
+                                  "demo batched": {"rows": {"16": row(*cdd)}}}}}
+
+
+def test_budget_table_splits_cdd_serve_cpu_and_gives_the_bound_for_half_of_bare_sync():
+    cost = {"batches": {"1": {"total_median_us": 400.0}, "6": {"total_median_us": 300.0},
+                        "16": {"total_median_us": 250.0}}}
+    rounds = [_budget_round((3000, 0.30, 0.20), (3100, 0.28, 0.2), (1500, 0.80, 0.25, 5.2)),
+              _budget_round((2000, 0.40, 0.25), (2100, 0.35, 0.2), (1000, 1.00, 0.30, 12.0))]
+    table = serve_budget_table(rounds, ["r1.json", "r2.json"], cost).splitlines()
+    # round 1: allowed = 2 x (0.30 + 0.20) - 0.25 = 0.75; rest = 0.80 - 0.28 - 0.30 (batch 6 nearest 5.2) = 0.22
+    assert table[2] == ("| 1 | 0.30 + 0.20 | 0.80 + 0.25 | 0.50 | 0.75 | 0.28 | 0.30 (batch 6; mean 5.2) "
+                        "| 0.22 |")
+    # round 2: allowed = 2 x 0.65 - 0.30 = 1.00; batch 16 is nearest to 12.0; rest = 1.00 - 0.35 - 0.25 = 0.40
+    assert table[3] == ("| 2 | 0.40 + 0.25 | 1.00 + 0.30 | 0.50 | 1.00 | 0.35 | 0.25 (batch 16; mean 12.0) "
+                        "| 0.40 |")
+
+
+def test_budget_table_names_a_round_without_generator_cpu():
+    broken = _budget_round((3000, 0.30, 0.20), (3100, 0.28, 0.2), (1500, 0.80, 0.25, 5.2))
+    del broken["serve"]["servers"]["demo batched"]["rows"]["16"]["generator_cpu_s"]
+    with pytest.raises(ResultsError, match=r"r1.json: no 16-caller row with generator CPU for \['demo batched'\]"):
+        serve_budget_table([broken], ["r1.json"], {"batches": {"6": {"total_median_us": 1.0}}})

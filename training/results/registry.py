@@ -9,7 +9,9 @@ exported and with BatchNorm statistics recomputed; ``-runs``: their collapse che
 before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teacher and seed),
 ``shrink-end-<dataset>-<variant>`` (one ablation variant under both schedules, per seed), ``serve-quiet`` and
 ``serve-quiet-shared-cores`` (``cdd-bench serve`` rounds on a machine with no other jobs, before and after each
-worker's engine got its share of the cores), ``demo-reset-decay`` (the demo CDD stage at several
+worker's engine got its share of the cores), ``serve-budget-rounds``, ``search-cost`` and ``serve-budget`` (later
+quiet rounds, ``cdd-bench search-cost`` from the same window, and where cdd-serve's CPU per request goes beside
+the CPU that half the bare sync server's QPS allows), ``demo-reset-decay`` (the demo CDD stage at several
 ``cdd.reset_decay_steps``), ``run-length-animal-mnist-<variant>`` (one variant at 8 and 16 epochs, per seed),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds`` (``make ablation``:
 the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``), ``ablation-<dataset>-refine`` (the same
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.benchmarks.report import search_cost_markdown
 from training.results.ablation_tables import (
     batchnorm_gain_table,
     fold_map_table,
@@ -37,7 +40,7 @@ from training.results.ablation_tables import (
     two_settings_table,
 )
 from training.results.engine_tables import engine_table
-from training.results.serve_tables import serve_rounds_table
+from training.results.serve_tables import serve_budget_table, serve_rounds_table
 from training.results.stamp import stamp_line
 from training.results.step_time_tables import step_time_table
 from training.results.tables import (
@@ -115,7 +118,7 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "demo-repeats-shrink-0.7, batchnorm-gain-<dataset>, "
               "demo-shrink-end-pairs, "
               "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
-              "serve-quiet-shared-cores, "
+              "serve-quiet-shared-cores, serve-budget-rounds, search-cost, serve-budget, "
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
@@ -133,6 +136,9 @@ STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
 SERVE_QUIET_SHARED_CORES = tuple(f"docs/serve-quiet/shared-cores-round-{i}.json" for i in (1, 2, 3))
+# Later quiet rounds and `cdd-bench search-cost` of the same bundle in the same window (docs/serve-budget/).
+SERVE_BUDGET_ROUNDS = tuple(f"docs/serve-budget/round-{i}.json" for i in (1, 2, 3))
+SEARCH_COST = "docs/serve-budget/search-cost.json"
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,10 @@ def table_for(name: str) -> Table:
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
         "serve-quiet": Table(SERVE_QUIET, lambda d: serve_rounds_table(d, SERVE_QUIET)),
+        "serve-budget-rounds": Table(SERVE_BUDGET_ROUNDS, lambda d: serve_rounds_table(d, SERVE_BUDGET_ROUNDS)),
+        "search-cost": Table((SEARCH_COST,), lambda d: search_cost_markdown(d[0]["search_cost"])),
+        "serve-budget": Table((*SERVE_BUDGET_ROUNDS, SEARCH_COST), lambda d: serve_budget_table(
+            d[:-1], SERVE_BUDGET_ROUNDS, d[-1]["search_cost"])),
         "serve-quiet-shared-cores": Table(SERVE_QUIET_SHARED_CORES, lambda d: serve_rounds_table(
             d, SERVE_QUIET_SHARED_CORES)),
         "animal-mnist-folds": Table(FOLDS_FILES, lambda d: fold_table(d, FOLDS, FOLDS_FILES)),

@@ -1,5 +1,7 @@
-"""Markdown table of serve benchmark rounds (``cdd-bench serve`` writes ``OUT/serve.json``): per round, the
-bare gRPC floors and cdd-serve at the same callers, side by side as measured in that round.
+"""Markdown tables of serve benchmark rounds (``cdd-bench serve`` writes ``OUT/serve.json``): per round, the
+bare gRPC floors and cdd-serve at the same callers, side by side as measured in that round; and where
+cdd-serve's CPU per request goes, beside the CPU it may use to reach half the bare sync server's QPS
+(with ``cdd-bench search-cost``'s ``OUT/search-cost.json``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from typing import Any
 
 from training.results.tables import ResultsError, markdown_table
 
-__all__ = ["serve_rounds_table"]
+__all__ = ["serve_budget_table", "serve_rounds_table"]
 
 # Servers of a round, in column order: (name in serve.json, column label).
 SERVERS = (("bare (sync)", "bare sync"), ("bare (aio)", "bare aio"), ("demo batched", "cdd-serve, 2 workers"),
@@ -42,4 +44,45 @@ def serve_rounds_table(results: Sequence[dict[str, Any]], sources: Sequence[str]
         rows.append([str(i + 1), f"{load[0]:.2f}" if load[0] is not None else "", *cells])
     header = ["round", "load average at start"] + [
         f"{label}: QPS{'' if name.startswith('bare') else ' (of bare sync)'}; CPU/request" for name, label in SERVERS]
+    return "\n".join(markdown_table(header, rows))
+
+
+def _cpu_per_request(row: dict[str, Any]) -> tuple[float, float]:
+    """(server, load generator) CPU milliseconds per request of one measured row."""
+    return row["server_cpu_ms_per_request"], row["generator_cpu_s"] / row["requests"] * 1000.0
+
+
+def serve_budget_table(results: Sequence[dict[str, Any]], sources: Sequence[str], cost: dict[str, Any],
+                       callers: int = 16, cdd_serve: str = "demo batched") -> str:
+    """Per round: server + load-generator CPU per request of the bare sync server and of ``cdd_serve``, the
+    QPS ratio, and the server CPU per request at which cdd-serve reaches 0.5 of the bare sync server's QPS
+    when both runs are CPU-bound (QPS = cores / (server + generator CPU per request), so the bound is
+    2 x (bare server + its generator) - cdd-serve's generator). Then cdd-serve's server CPU split into the
+    bare aio server's whole CPU per request (gRPC's own per-call work), the batch worker's steps at the
+    round's mean batch (``cost``: the ``search_cost`` part of a search-cost result, nearest batch size it
+    measured) and the rest (the project's front code, hand-offs, thread switches)."""
+    sizes = sorted(int(size) for size in cost["batches"])
+    rows = []
+    for i, (result, source) in enumerate(zip(results, sources, strict=True)):
+        servers = ((result.get("serve") or {}).get("servers")) or {}
+        names = ("bare (sync)", "bare (aio)", cdd_serve)
+        measured = {name: _row(servers.get(name) or {}, str(callers)) for name in names}
+        missing = [name for name, row in measured.items() if "generator_cpu_s" not in row]
+        if missing:
+            raise ResultsError(f"{source}: no {callers}-caller row with generator CPU for {missing}; run "
+                               f"`cdd-bench serve --concurrency {callers} --serve-workers 0` again")
+        bare_server, bare_generator = _cpu_per_request(measured["bare (sync)"])
+        server, generator = _cpu_per_request(measured[cdd_serve])
+        floor = measured["bare (aio)"]["server_cpu_ms_per_request"]
+        batch = min(sizes, key=lambda size: (abs(size - measured[cdd_serve]["mean_batch"]), size))
+        steps = cost["batches"][str(batch)]["total_median_us"] / 1000.0
+        allowed = 2.0 * (bare_server + bare_generator) - generator
+        rows.append([str(i + 1), f"{bare_server:.2f} + {bare_generator:.2f}", f"{server:.2f} + {generator:.2f}",
+                     f"{measured[cdd_serve]['qps'] / measured['bare (sync)']['qps']:.2f}", f"{allowed:.2f}",
+                     f"{floor:.2f}", f"{steps:.2f} (batch {batch}; mean {measured[cdd_serve]['mean_batch']:.1f})",
+                     f"{server - floor - steps:.2f}"])
+    header = ["round", "bare sync: server + generator CPU, ms per request",
+              "cdd-serve: server + generator CPU, ms per request", "QPS of bare sync",
+              "cdd-serve server CPU allowed for 0.5, ms", "of cdd-serve's: bare aio server (gRPC floor), ms",
+              "batch worker's steps (search-cost), ms", "rest: front code, hand-offs, switches, ms"]
     return "\n".join(markdown_table(header, rows))
