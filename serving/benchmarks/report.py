@@ -103,7 +103,7 @@ SEARCH_COST_STEPS = ("decode", "embed", "search", "reply")
 
 def search_cost_markdown(result: dict[str, Any]) -> str:
     """Rows: the steps and their total; columns: batch sizes; cells: median CPU us per request (min-max)."""
-    sizes = list(result["batches"])
+    sizes = sorted(result["batches"], key=int)
     rows = []
     for step in SEARCH_COST_STEPS:
         cells = [result["batches"][s]["steps"][step] for s in sizes]

@@ -69,3 +69,11 @@ def test_search_cost_refuses_a_batch_over_the_bundle_max(tiny_bundle: Path, tmp_
     assert f"--batches {top + 1} exceeds" in err and f"batch.max {top}" in err
     assert main(["search-cost", "--bundle", str(tiny_bundle), "--rounds", "0", "--out", str(tmp_path)]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_search_cost_table_orders_batch_sizes_by_number() -> None:
+    cell = {"median_us": 2.0, "min_us": 1.0, "max_us": 3.0, "rounds_us": [1.0, 2.0, 3.0]}
+    cost = {"batches": {size: {"steps": dict.fromkeys(SEARCH_COST_STEPS, cell), "total_median_us": 8.0}
+                        for size in ("16", "6", "1")}}
+    header = search_cost_markdown(cost).splitlines()[0]
+    assert header.index("batch 1:") < header.index("batch 6:") < header.index("batch 16:")
