@@ -169,6 +169,30 @@ def test_the_fold_table_averages_each_seed_over_the_folds_before_the_spread_over
                        "| (e) prune-then-distill, CDD's channels | 45.50 ± 9.19 | 62.00 ± 4.24 | 70.50 ± 0.71 |"]
 
 
+def test_the_fold_table_merges_the_runs_of_every_file_holding_a_fold() -> None:
+    # the main file has CDD and (e); a study file has CDD again (same runs) and a study variant on both folds
+    main = {"runs": {"toy": {"cdd": [_final(0, 50.0), _final(1, 40.0)], "prune-distill": [_final(0, 52.0),
+                                                                                          _final(1, 39.0)]},
+                     "toy-fold-1": {"cdd": [_final(0, 60.0), _final(1, 61.0)],
+                                    "prune-distill": [_final(0, 59.0), _final(1, 65.0)]}}}
+    study = {"runs": {"toy": {"cdd": [_final(0, 50.0), _final(1, 40.0)], "cdd-cubic": [_final(0, 53.0),
+                                                                                       _final(1, 41.0)]},
+                      "toy-fold-1": {"cdd": [_final(0, 60.0), _final(1, 61.0)],
+                                     "cdd-cubic": [_final(0, 58.0), _final(1, 60.0)]}}}
+    files, folds = ("main.json", "study.json"), ("toy", "toy-fold-1")
+    table = fold_table([main, study], folds, files).splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| (e) prune-then-distill, CDD's channels",
+                                                          "| CDD study: cdd-cubic"]
+    # the study variant as the reference: cubic minus (e) per fold: fold 0 (+1, +2), fold 1 (-1, -5)
+    # seed 0: (1 - 1) / 2 = 0.00; seed 1: (2 - 5) / 2 = -1.50
+    cubic = fold_table([main, study], folds, files, reference="cdd-cubic").splitlines()
+    assert cubic[0].startswith("| variant | cdd-cubic minus it, fold 0: mean ± sd over seeds |")
+    assert "| (e) prune-then-distill, CDD's channels | +1.50 ± 0.71 | -3.00 ± 2.83 | +0.00 | -1.50 |" in cubic[3]
+    study["runs"]["toy"]["cdd"][1] = _final(1, 40.5)
+    with pytest.raises(ValueError, match=r"toy/cdd seed 1: mAP 40.0 in main.json but 40.5 in study.json"):
+        fold_table([main, study], folds, files)
+
+
 def test_ablation_runs_without_seeds_are_refused() -> None:
     runs = {"toy": {"cdd": [{"mAP": 1.0}]}}
     with pytest.raises(ValueError, match=r"toy.json: runs of toy/cdd lack \"seed\""):

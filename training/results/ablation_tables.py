@@ -141,14 +141,27 @@ def batchnorm_gain_table(result: dict[str, Any], dataset: str, source: str) -> s
 
 def _fold_runs(results: list[dict[str, Any]], folds: tuple[str, ...], sources: tuple[str, ...]
                ) -> list[dict[str, dict[int, float]]]:
-    """Per fold, {variant: {seed: mAP}}; fold i is dataset ``folds[i]`` of whichever file holds it."""
+    """Per fold, {variant: {seed: mAP}} merged from every file that holds dataset ``folds[i]`` (files may
+    share runs, e.g. the teacher and CDD student beside a study; a run two files give different mAPs is an
+    error naming both)."""
     out = []
     for fold in folds:
         holders = [(r, s) for r, s in zip(results, sources, strict=True) if fold in (r.get("runs") or {})]
         if not holders:
             raise ResultsError(f"no file of {list(sources)} holds dataset {fold!r}; {_REGENERATE}")
-        runs = holders[0][0]["runs"][fold]
-        out.append({variant: {f["seed"]: f["mAP"] for f in finals} for variant, finals in runs.items()})
+        merged: dict[str, dict[int, float]] = {}
+        seen_in: dict[tuple[str, int], str] = {}
+        for result, source in holders:
+            for variant, finals in result["runs"][fold].items():
+                for final in finals:
+                    key = (variant, final["seed"])
+                    known = merged.setdefault(variant, {}).get(final["seed"])
+                    if known is not None and known != final["mAP"]:
+                        raise ResultsError(f"{fold}/{variant} seed {final['seed']}: mAP {known} in {seen_in[key]} "
+                                           f"but {final['mAP']} in {source}; collect both from the same runs")
+                    merged[variant][final["seed"]] = final["mAP"]
+                    seen_in.setdefault(key, source)
+        out.append(merged)
     return out
 
 
@@ -162,7 +175,7 @@ def fold_table(results: list[dict[str, Any]], folds: tuple[str, ...], sources: t
     by_fold = _fold_runs(results, folds, sources)
     if any(reference not in runs for runs in by_fold):
         raise ResultsError(f"{list(sources)}: some fold lacks {reference!r} runs; {_REGENERATE}")
-    who = "CDD" if reference == "cdd" else "refined"
+    who = {"cdd": "CDD", "refine": "refined"}.get(reference, reference)
     variants = variant_order({v for runs in by_fold for v in runs if v != reference and all(v in r for r in by_fold)})
     rows = []
     seeds_shown: list[int] = []
