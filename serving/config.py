@@ -12,6 +12,8 @@ from pathlib import Path
 __all__ = ["MIB", "ServeConfig"]
 
 MIB = 1024 * 1024
+CPU_AFFINITY = ("auto", "off")
+"""``--cpu-affinity``: "auto" pins each of N <= cores worker processes to its share of the cores; "off" does not."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,8 @@ class ServeConfig:
     ``max_message_bytes`` per request / response; ``max_workers`` threads per process for the calls that
     may block (flag ``--rpc-threads``; Search runs on the event loop); ``workers`` server processes
     (`serving.worker_pool`; 0 = one per core, or 1 for a milvus-lite index: `resolve_workers`;
-    ``worker_lock_fd`` is set by that parent for its workers: the index folder's lock it holds for them).
+    ``worker_lock_fd`` is set by that parent for its workers: the index folder's lock it holds for them;
+    ``cpu_affinity`` "auto" pins each of several workers to its own share of the cores, "off" does not).
     ``tls_cert``/``tls_key`` (PEM) turn TLS on, ``tls_client_ca`` requires client certificates signed by it
     (mutual TLS); ``token`` is the admin bearer token (every call), ``read_token`` the read-only one (no
     AddItems / RemoveItems), see `serving.auth`; without TLS only a loopback ``host`` is accepted unless
@@ -87,6 +90,7 @@ class ServeConfig:
     log_format: str = "text"
     workers: int = 0
     worker_lock_fd: int | None = None
+    cpu_affinity: str = "auto"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -103,6 +107,8 @@ class ServeConfig:
             raise ValueError(f"--snapshot-interval-s must be >= 0, got {self.snapshot_interval_s}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0 (0 = one per core), got {self.workers}")
+        if self.cpu_affinity not in CPU_AFFINITY:
+            raise ValueError(f"--cpu-affinity must be one of {', '.join(CPU_AFFINITY)}, got {self.cpu_affinity!r}")
         if self.engine_threads < 0:
             raise ValueError(f"--engine-threads must be >= 0 (0 = one per core), got {self.engine_threads}")
         if self.max_message_bytes <= 0 or self.max_wait_ms < 0 or self.grace_s < 0:

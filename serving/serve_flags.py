@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serving.auth import READ_TOKEN_ENV, load_token
 from serving.backends import BACKENDS
-from serving.config import MIB, ServeConfig
+from serving.config import CPU_AFFINITY, MIB, ServeConfig
 from serving.worker_pool import WORKER_LOCK_FLAG
 
 __all__ = ["config_from_args", "flag_parser"]
@@ -61,6 +61,9 @@ def flag_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=ServeConfig.workers, metavar="N",
                         help="server processes, one port each from --port up (default 0 = one per core, or 1 for "
                              "an embedded milvus-lite index); see docs/serve-workers.md")
+    parser.add_argument("--cpu-affinity", default=ServeConfig.cpu_affinity, choices=CPU_AFFINITY,
+                        help="with --workers N no larger than the usable cores, pin each worker process to its own "
+                             "share of them (auto) or leave scheduling to the OS (off) (default auto)")
     parser.add_argument("--rpc-threads", dest="max_workers", type=int, default=ServeConfig.max_workers, metavar="N",
                         help="threads per process for the calls that may block (SearchBatch, Embed, AddItems, "
                              f"RemoveItems, Stats; Search stays on the event loop) (default {ServeConfig.max_workers})")
@@ -109,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0 (0 = one per core), got {args.workers}")
     names = (*_FLAG_HELP, "bundle", "index", "backend", "metrics_port", "log_format", "engine_spin", "max_workers",
-             "worker_lock_fd")
+             "worker_lock_fd", "cpu_affinity")
     same_name = {name: getattr(args, name) for name in names}
     return ServeConfig(
         **same_name,

@@ -16,6 +16,11 @@ server store needs nothing more (each worker is a client); an embedded milvus-li
 process and is refused. Without ``--workers`` cdd-serve starts one process per core (`default_workers`),
 or one for a milvus-lite index.
 
+CPU affinity (``--cpu-affinity auto``, the default): with no more workers than usable cores, each worker
+process is pinned to its own share of them (`worker_cores`: the cores split into N contiguous groups), so a
+worker's event loop and batch worker hand the GIL to each other on one core and the workers do not
+migrate between cores; ``off`` leaves scheduling to the OS. A restarted worker gets the same cores.
+
 A worker that dies is started again on the same port; a worker that exits with status 2 (a bad flag,
 bundle or index) stops them all. SIGTERM / SIGINT: every worker drains and stops, then the fold. Workers
 die with this process (PR_SET_PDEATHSIG), so SIGKILL of the parent behaves like SIGKILL of one server.
@@ -31,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from serving.config import ServeConfig
@@ -41,7 +46,7 @@ from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 
 __all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "engine_threads_per_worker", "resolve_workers",
-           "run_workers", "worker_ports"]
+           "run_workers", "usable_cores", "worker_cores", "worker_ports"]
 
 WORKER_LOCK_FLAG = "--worker-lock-fd"
 _LOG = logging.getLogger("serving.workers")
@@ -63,10 +68,32 @@ def engine_threads_per_worker(workers: int) -> int:
 
 def core_count() -> int:
     """The cores this process may run on (its CPU affinity where the OS reports one, else os.cpu_count())."""
+    return len(usable_cores())
+
+
+def usable_cores() -> tuple[int, ...]:
+    """The ids of the cores this process may run on, ascending (its CPU affinity where the OS reports one,
+    else 0 .. os.cpu_count() - 1)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = tuple(sorted(os.sched_getaffinity(0)))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = tuple(range(os.cpu_count() or 1))
+    return cores or (0,)
+
+
+def worker_cores(workers: int, cores: Sequence[int]) -> list[tuple[int, ...]] | None:
+    """The cores each of ``workers`` processes is pinned to: ``cores`` split into ``workers`` contiguous
+    groups as even as possible (the later groups take the remainder), or None when there are more workers
+    than cores (then no worker is pinned)."""
+    if workers < 1 or workers > len(cores):
+        return None
+    base, extra = divmod(len(cores), workers)
+    groups, start = [], 0
+    for i in range(workers):
+        size = base + (1 if i >= workers - extra else 0)
+        groups.append(tuple(cores[start:start + size]))
+        start += size
+    return groups
 
 
 def default_workers(index: Path) -> int:
@@ -97,6 +124,18 @@ def _embedded_milvus(index: Path) -> bool:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _child_setup(cores: tuple[int, ...] | None) -> Callable[[], None]:
+    """What a worker's child runs between fork and exec: die with the parent, and keep to ``cores`` (every
+    thread the worker starts inherits them)."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+    return setup
 
 
 def _check_store(config: ServeConfig) -> str:
@@ -135,6 +174,10 @@ class _Workers:
         self._argv = list(argv)
         self._lock_fd = lock.fileno() if lock is not None else None
         self._ports = worker_ports(config.port, config.workers)
+        self._cores = worker_cores(config.workers, usable_cores()) if config.cpu_affinity == "auto" else None
+        if config.cpu_affinity == "auto" and self._cores is None:
+            _LOG.info("--cpu-affinity auto: %d workers for %d cores, so no worker is pinned", config.workers,
+                      core_count())
         self.processes: list[subprocess.Popen] = [self._spawn(i) for i in range(config.workers)]
 
     def _spawn(self, i: int) -> subprocess.Popen:
@@ -146,9 +189,11 @@ class _Workers:
         if self._lock_fd is not None:
             extra += [WORKER_LOCK_FLAG, str(self._lock_fd)]
         command = [sys.executable, "-m", "serving.server", *self._argv, *extra]
+        cores = None if self._cores is None else self._cores[i]
         process = subprocess.Popen(command, pass_fds=() if self._lock_fd is None else (self._lock_fd,),
-                                   preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks
-        _LOG.info("worker %d: pid %d, port %s", i, process.pid, self._ports[i] or "any free")
+                                   preexec_fn=_child_setup(cores))  # noqa: PLW1509 - prctl and affinity, no locks
+        _LOG.info("worker %d: pid %d, port %s, cores %s", i, process.pid, self._ports[i] or "any free",
+                  "any" if cores is None else ",".join(map(str, cores)))
         return process
 
     def watch(self, stop: threading.Event) -> int:

@@ -41,7 +41,7 @@ from serving.benchmarks.search_cost import SearchCostConfig
 from serving.benchmarks.serve import ServeBenchConfig
 from serving.benchmarks.suite import run_all, run_engine, run_index, run_profile, run_search_cost, run_serve
 from serving.bundle import BundleError
-from serving.config import ServeConfig
+from serving.config import CPU_AFFINITY, ServeConfig
 from serving.extras import missing_extra
 from serving.index.errors import GalleryIndexError
 
@@ -108,6 +108,8 @@ def _add_serve_args(parser: argparse.ArgumentParser, seconds: float, alias: bool
                         help="also serve the last bundle with this many engine workers (0 = skip)")
     parser.add_argument("--serve-workers", type=int, default=0,
                         help="cdd-serve worker processes (0 = one per core); >1 also measures the demo as 1 process")
+    parser.add_argument("--serve-affinity", choices=CPU_AFFINITY, default=ServeConfig.cpu_affinity,
+                        help="cdd-serve's --cpu-affinity (auto: each worker on its own share of the cores)")
     parser.add_argument("--realistic", type=Path, default=Path("bundles/bench"),
                         help="realistic-cost bundle (make bench-bundle); skipped when absent")
     flags = ("--serve-seconds", "--seconds") if alias else ("--serve-seconds",)
@@ -257,6 +259,7 @@ def _serve_cfg(args: argparse.Namespace) -> ServeBenchConfig:
         overload_cap=args.overload_cap,
         instances=args.instances,
         workers=args.serve_workers,
+        cpu_affinity=args.serve_affinity,
         seed=args.seed,
     )
 

@@ -76,6 +76,7 @@ class ServeBenchConfig:
     overload_cap: int = 4
     instances: int = 2
     workers: int = 0
+    cpu_affinity: str = ServeConfig.cpu_affinity
     timeout: float = 60.0
     seed: int = 0
 
@@ -183,7 +184,7 @@ def _cdd_serve(bundle: Path, index: Path, cfg: ServeBenchConfig, batch: int, nam
     args = ["--bundle", str(bundle), "--index", str(index), "--port", "0", "--backend", backend,
             "--instances", str(instances), "--max-batch", str(batch), "--max-wait-ms", f"{cfg.max_wait_ms:g}",
             "--max-concurrent-rpcs", str(cap), "--rpc-threads", str(max(cap + 8, 32)), "--workers", str(workers),
-            "--max-deadline-s", f"{cfg.timeout:g}", "--log-level", "INFO"]
+            "--max-deadline-s", f"{cfg.timeout:g}", "--cpu-affinity", cfg.cpu_affinity, "--log-level", "INFO"]
     return ServerProcess("serving.server", [*args, *(["--metrics-port", "0"] if metrics else [])], name, workers)
 
 

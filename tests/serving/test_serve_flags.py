@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from serving import worker_pool
+from serving.config import ServeConfig
 from serving.index.gallery import GalleryIndex
 from serving.index.gallery_backend import save_milvus_manifest
 from serving.index.milvus_gallery import MilvusGallery
 from serving.serve_flags import config_from_args, flag_parser
-from serving.worker_pool import core_count, resolve_workers
+from serving.worker_pool import core_count, resolve_workers, worker_cores
 
 BASE = ["--bundle", "b", "--index", "i"]
 
@@ -91,3 +92,13 @@ def test_the_serving_log_line_names_the_engine_threads_onnx_runtime_runs(tiny_bu
     two = create_engine(tiny_bundle, backend="onnxruntime-cpu", threads=2, spin=False)
     assert [_engine_threads(e.describe()) for e in (default, two)] == ["one per core", "2"]
     assert _engine_threads({"backend": "torch"}) == "n/a"
+
+
+def test_worker_cores_split_the_cores_into_contiguous_groups_or_pin_nothing() -> None:
+    assert worker_cores(2, (0, 1)) == [(0,), (1,)]
+    assert worker_cores(3, tuple(range(8))) == [(0, 1), (2, 3, 4), (5, 6, 7)]  # the later groups take the rest
+    assert worker_cores(1, (2, 5)) == [(2, 5)]
+    assert worker_cores(4, (0, 1)) is None  # more workers than cores: none is pinned
+    assert _config().cpu_affinity == "auto" and _config("--cpu-affinity", "off").cpu_affinity == "off"
+    with pytest.raises(ValueError, match=r"--cpu-affinity must be one of auto, off, got 'on'"):
+        ServeConfig(bundle=Path("b"), index=Path("i"), cpu_affinity="on")

@@ -39,9 +39,9 @@ _ENGINE_THREADS = re.compile(r"serving cdd\.v1\.Retrieval on .* engine threads (
 class Workers:
     """``cdd-serve --workers 2 --port 0``; reads each worker's pid and port from the shared log stream."""
 
-    def __init__(self, bundle: Path, index: Path, workers: int = 2) -> None:
+    def __init__(self, bundle: Path, index: Path, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
         command = [sys.executable, "-m", "serving.server", "--bundle", str(bundle), "--index", str(index),
-                   "--port", "0", "--backend", "onnxruntime-cpu", "--workers", str(workers)]
+                   "--port", "0", "--backend", "onnxruntime-cpu", "--workers", str(workers), *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
@@ -65,6 +65,25 @@ class Workers:
 
     def address(self, worker: int) -> str:
         return f"127.0.0.1:{self.ports[self.pids[worker]]}"
+
+
+def _allowed_cores(pid: int) -> set[int]:
+    """The cores /proc says process ``pid`` may run on (its Cpus_allowed_list, e.g. "0-1,3")."""
+    text = re.search(r"^Cpus_allowed_list:\s*(\S+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)
+    cores: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+def _expected_halves() -> list[set[int]]:
+    """Two workers under --cpu-affinity auto: the first half of this process's cores, then the rest (the
+    later group takes an odd core); with one core neither is pinned."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return [set(cores), set(cores)]
+    return [set(cores[: len(cores) // 2]), set(cores[len(cores) // 2 :])]
 
 
 def _alive(pid: int) -> bool:
@@ -120,6 +139,8 @@ def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_anoth
         # --engine-threads not given: each of the 2 workers runs its share of the cores, not one per core each
         share = str(max(1, core_count() // 2))
         assert _ENGINE_THREADS.findall("".join(server.log)) == [share, share], "".join(server.log)
+        # --cpu-affinity auto (the default): each worker keeps to its own half of the cores
+        assert [_allowed_cores(server.pids[i]) for i in (0, 1)] == _expected_halves()
         assert _add(a, "first", first) == before + 1
         assert _top(b, first) == ("first", before + 1)  # B had not seen it before this Search
         removed = b.RemoveItems(pb.RemoveItemsRequest(ids=["first"]), timeout=30)
@@ -147,6 +168,7 @@ def test_a_change_acknowledged_on_one_worker_is_seen_by_the_next_search_on_anoth
             server.wait_for(len(server.ports) + 1)
         channel_b, b = _stub(server.address(1))
         assert _top(b, second) == ("second", before + 1)  # replayed from the shared log
+        assert _allowed_cores(server.pids[1]) == _expected_halves()[1]  # the same cores as the worker it replaced
         channel_b.close()
     finally:
         children = list(server.pids.values())
@@ -171,8 +193,11 @@ def test_sigterm_drains_every_worker_and_the_parent_folds_the_log(
 ) -> None:
     index = _built_index(tiny_bundle, gallery_images, tmp_path)
     image = _png(synthetic, 77)
-    server = Workers(tiny_bundle, index)
+    server = Workers(tiny_bundle, index, extra=("--cpu-affinity", "off"))
     try:
+        # --cpu-affinity off: every worker may run on every core this process may
+        assert [_allowed_cores(server.pids[i]) for i in (0, 1)] == [set(os.sched_getaffinity(0))] * 2
+        assert "cores any" in "".join(server.log)
         channel, stub = _stub(server.address(1))
         _add(stub, "kept", image)
         channel.close()
