@@ -11,8 +11,10 @@ before), ``demo-shrink-end-pairs`` (the CDD stage at both schedules, same teache
 ``serve-quiet-shared-cores`` (``cdd-bench serve`` rounds on a machine with no other jobs, before and after each
 worker's engine got its share of the cores), ``serve-budget-rounds``, ``search-cost`` and ``serve-budget`` (later
 quiet rounds, ``cdd-bench search-cost`` from the same window, and where cdd-serve's CPU per request goes beside
-the CPU that half the bare sync server's QPS allows), ``demo-reset-decay`` (the demo CDD stage at several
-``cdd.reset_decay_steps``), ``run-length-animal-mnist-<variant>`` (one variant at 8 and 16 epochs, per seed),
+the CPU that half the bare sync server's QPS allows), ``serve-affinity`` (paired rounds with cdd-serve's workers
+pinned one per core and not; ``-rounds`` and ``-budget``: the pinned rounds as above), ``demo-reset-decay``
+(the demo CDD stage at several ``cdd.reset_decay_steps``), ``run-length-animal-mnist-<variant>`` (one variant
+at 8 and 16 epochs, per seed),
 ``benchmark-targets`` (``make bench``), ``ablation-<dataset>`` and ``ablation-<dataset>-seeds`` (``make ablation``:
 the summary and the per-seed comparison of ``docs/ablation-<dataset>.json``), ``ablation-<dataset>-refine`` (the same
 file, the refined student minus every variant, per seed), ``epochs-<name>`` (the per-epoch table of the student run
@@ -40,7 +42,7 @@ from training.results.ablation_tables import (
     two_settings_table,
 )
 from training.results.engine_tables import engine_table
-from training.results.serve_tables import serve_budget_table, serve_rounds_table
+from training.results.serve_tables import serve_budget_table, serve_pairs_table, serve_rounds_table
 from training.results.stamp import stamp_line
 from training.results.step_time_tables import step_time_table
 from training.results.tables import (
@@ -118,7 +120,8 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "demo-repeats-shrink-0.7, batchnorm-gain-<dataset>, "
               "demo-shrink-end-pairs, "
               "shrink-end-<synthetic|animal-mnist>-<variant>, run-length-animal-mnist-<variant>, serve-quiet, "
-              "serve-quiet-shared-cores, serve-budget-rounds, search-cost, serve-budget, "
+              "serve-quiet-shared-cores, serve-budget-rounds, search-cost, serve-budget, serve-affinity[-rounds], "
+              "serve-affinity-budget, "
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
@@ -139,6 +142,9 @@ SERVE_QUIET_SHARED_CORES = tuple(f"docs/serve-quiet/shared-cores-round-{i}.json"
 # Later quiet rounds and `cdd-bench search-cost` of the same bundle in the same window (docs/serve-budget/).
 SERVE_BUDGET_ROUNDS = tuple(f"docs/serve-budget/round-{i}.json" for i in (1, 2, 3))
 SEARCH_COST = "docs/serve-budget/search-cost.json"
+# cdd-serve with its workers pinned one per core (--cpu-affinity auto) and not (off), rounds run as pairs.
+SERVE_AFFINITY_AUTO = tuple(f"docs/serve-affinity/auto-round-{i}.json" for i in (1, 2, 3, 4))
+SERVE_AFFINITY_OFF = tuple(f"docs/serve-affinity/off-round-{i}.json" for i in (1, 2, 3, 4))
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,12 @@ def table_for(name: str) -> Table:
         "benchmark-targets": Table(("docs/benchmarks.json",), lambda d: targets_table(d[0], "docs/benchmarks.json")),
         "step-time": Table(STEP_TIME, lambda d: step_time_table(d, STEP_TIME)),
         "serve-quiet": Table(SERVE_QUIET, lambda d: serve_rounds_table(d, SERVE_QUIET)),
+        "serve-affinity": Table((*SERVE_AFFINITY_AUTO, *SERVE_AFFINITY_OFF), lambda d: serve_pairs_table(
+            d[:len(SERVE_AFFINITY_AUTO)], d[len(SERVE_AFFINITY_AUTO):], (*SERVE_AFFINITY_AUTO, *SERVE_AFFINITY_OFF),
+            ("pinned (auto)", "not pinned (off)"))),
+        "serve-affinity-rounds": Table(SERVE_AFFINITY_AUTO, lambda d: serve_rounds_table(d, SERVE_AFFINITY_AUTO)),
+        "serve-affinity-budget": Table((*SERVE_AFFINITY_AUTO, SEARCH_COST), lambda d: serve_budget_table(
+            d[:-1], SERVE_AFFINITY_AUTO, d[-1]["search_cost"])),
         "serve-budget-rounds": Table(SERVE_BUDGET_ROUNDS, lambda d: serve_rounds_table(d, SERVE_BUDGET_ROUNDS)),
         "search-cost": Table((SEARCH_COST,), lambda d: search_cost_markdown(d[0]["search_cost"])),
         "serve-budget": Table((*SERVE_BUDGET_ROUNDS, SEARCH_COST), lambda d: serve_budget_table(

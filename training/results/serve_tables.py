@@ -11,7 +11,7 @@ from typing import Any
 
 from training.results.tables import ResultsError, markdown_table
 
-__all__ = ["serve_budget_table", "serve_rounds_table"]
+__all__ = ["serve_budget_table", "serve_pairs_table", "serve_rounds_table"]
 
 # Servers of a round, in column order: (name in serve.json, column label).
 SERVERS = (("bare (sync)", "bare sync"), ("bare (aio)", "bare aio"), ("demo batched", "cdd-serve, 2 workers"),
@@ -85,4 +85,34 @@ def serve_budget_table(results: Sequence[dict[str, Any]], sources: Sequence[str]
               "cdd-serve: server + generator CPU, ms per request", "QPS of bare sync",
               "cdd-serve server CPU allowed for 0.5, ms", "of cdd-serve's: bare aio server (gRPC floor), ms",
               "batch worker's steps (search-cost), ms", "rest: front code, hand-offs, switches, ms"]
+    return "\n".join(markdown_table(header, rows))
+
+
+def serve_pairs_table(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]], sources: Sequence[str],
+                      labels: tuple[str, str], callers: int = 16, server: str = "demo batched") -> str:
+    """Rounds run as pairs (one results file each side, same command but one setting): per pair, ``server``'s
+    QPS at ``callers`` (and over the bare sync server of its own run), server CPU per request and p99 on
+    each side, then first minus second. ``sources`` names the first side's files, then the second's."""
+    if len(first) != len(second) or len(sources) != 2 * len(first):
+        raise ResultsError(f"{list(sources)}: a pair needs one file on each side ({len(first)} vs {len(second)})")
+    rows = []
+    for i, pair in enumerate(zip(first, second, strict=True)):
+        cells, measured = [], []
+        for result, source in zip(pair, (sources[i], sources[len(first) + i]), strict=True):
+            servers = ((result.get("serve") or {}).get("servers")) or {}
+            row, bare = _row(servers.get(server) or {}, str(callers)), _row(servers.get("bare (sync)") or {},
+                                                                              str(callers))
+            if "qps" not in row or "qps" not in bare or "p99_ms" not in (row.get("latency") or {}):
+                raise ResultsError(f"{source}: no {callers}-caller row with latency for {server!r} and the bare "
+                                   f"sync server; run `cdd-bench serve --concurrency {callers}` again")
+            measured.append(row)
+            cells.append(f"{row['qps']:,.0f} ({row['qps'] / bare['qps']:.2f}); "
+                         f"{row['server_cpu_ms_per_request']:.2f} ms; {row['latency']['p99_ms']:.1f} ms")
+        a, b = measured
+        rows.append([str(i + 1), *cells, f"{a['qps'] - b['qps']:+,.0f}; "
+                     f"{a['server_cpu_ms_per_request'] - b['server_cpu_ms_per_request']:+.2f} ms; "
+                     f"{a['latency']['p99_ms'] - b['latency']['p99_ms']:+.1f} ms"])
+    side = "QPS (of bare sync); CPU/request; p99"
+    header = ["pair", f"{labels[0]}: {side}", f"{labels[1]}: {side}",
+              f"{labels[0]} minus {labels[1]}: QPS; CPU/request; p99"]
     return "\n".join(markdown_table(header, rows))
