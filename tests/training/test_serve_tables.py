@@ -1,6 +1,6 @@
 import pytest
 
-from training.results.serve_tables import SERVERS, serve_budget_table, serve_rounds_table
+from training.results.serve_tables import SERVERS, serve_budget_table, serve_pairs_table, serve_rounds_table
 from training.results.tables import ResultsError
 
 
@@ -53,3 +53,24 @@ def test_budget_table_names_a_round_without_generator_cpu():
     del broken["serve"]["servers"]["demo batched"]["rows"]["16"]["generator_cpu_s"]
     with pytest.raises(ResultsError, match=r"r1.json: no 16-caller row with generator CPU for \['demo batched'\]"):
         serve_budget_table([broken], ["r1.json"], {"batches": {"6": {"total_median_us": 1.0}}})
+
+
+def _pair_side(qps, cpu, p99, bare_qps):
+    return {"serve": {"servers": {
+        "demo batched": {"rows": {"16": {"qps": qps, "server_cpu_ms_per_request": cpu, "latency": {"p99_ms": p99}}}},
+        "bare (sync)": {"rows": {"16": {"qps": bare_qps}}}}}}
+
+
+def test_pairs_table_gives_each_side_over_its_own_bare_server_and_the_difference():
+    first = [_pair_side(1800, 0.75, 16.0, 3000), _pair_side(1700, 0.80, 17.5, 3400)]
+    second = [_pair_side(1500, 0.90, 19.0, 2500), _pair_side(1600, 0.85, 18.0, 3200)]
+    table = serve_pairs_table(first, second, ["a1", "a2", "b1", "b2"], ("auto", "off")).splitlines()
+    assert table[0] == ("| pair | auto: QPS (of bare sync); CPU/request; p99 | off: QPS (of bare sync); CPU/request; "
+                        "p99 | auto minus off: QPS; CPU/request; p99 |")
+    assert table[2] == ("| 1 | 1,800 (0.60); 0.75 ms; 16.0 ms | 1,500 (0.60); 0.90 ms; 19.0 ms "
+                        "| +300; -0.15 ms; -3.0 ms |")
+    assert table[3] == ("| 2 | 1,700 (0.50); 0.80 ms; 17.5 ms | 1,600 (0.50); 0.85 ms; 18.0 ms "
+                        "| +100; -0.05 ms; -0.5 ms |")
+    del second[1]["serve"]["servers"]["demo batched"]["rows"]["16"]["latency"]
+    with pytest.raises(ResultsError, match=r"b2: no 16-caller row with latency for 'demo batched'"):
+        serve_pairs_table(first, second, ["a1", "a2", "b1", "b2"], ("auto", "off"))
