@@ -133,7 +133,10 @@ def _child_setup(cores: tuple[int, ...] | None) -> Callable[[], None]:
     def setup() -> None:
         _die_with_parent()
         if cores is not None:
-            os.sched_setaffinity(0, cores)
+            try:
+                os.sched_setaffinity(0, cores)
+            except OSError:  # the parent notices (`_pinned`) and logs it; the worker still starts
+                pass
 
     return setup
 
@@ -168,6 +171,14 @@ def _fold(config: ServeConfig, lock: IndexLock) -> None:
     DurableGallery.open(config.index, device="cpu", lock=lock).close()
 
 
+def _pinned(pid: int, cores: tuple[int, ...]) -> bool:
+    """Whether process ``pid`` keeps to exactly ``cores`` (True when it is already gone: nothing to report)."""
+    try:
+        return os.sched_getaffinity(pid) == set(cores)
+    except ProcessLookupError:
+        return True
+
+
 class _Workers:
     def __init__(self, config: ServeConfig, argv: Sequence[str], lock: IndexLock | None) -> None:
         self._config = config
@@ -192,6 +203,10 @@ class _Workers:
         cores = None if self._cores is None else self._cores[i]
         process = subprocess.Popen(command, pass_fds=() if self._lock_fd is None else (self._lock_fd,),
                                    preexec_fn=_child_setup(cores))  # noqa: PLW1509 - prctl and affinity, no locks
+        if cores is not None and not _pinned(process.pid, cores):
+            _LOG.warning("worker %d: could not keep it to cores %s (the OS refused the CPU affinity); it may run "
+                         "on any core", i, ",".join(map(str, cores)))
+            cores = None
         _LOG.info("worker %d: pid %d, port %s, cores %s", i, process.pid, self._ports[i] or "any free",
                   "any" if cores is None else ",".join(map(str, cores)))
         return process

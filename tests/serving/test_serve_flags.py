@@ -5,6 +5,8 @@ sets them while naming the new flag."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,16 @@ def test_worker_cores_split_the_cores_into_contiguous_groups_or_pin_nothing() ->
     assert _config().cpu_affinity == "auto" and _config("--cpu-affinity", "off").cpu_affinity == "off"
     with pytest.raises(ValueError, match=r"--cpu-affinity must be one of auto, off, got 'on'"):
         ServeConfig(bundle=Path("b"), index=Path("i"), cpu_affinity="on")
+
+
+def test_a_worker_the_os_will_not_pin_still_starts_and_is_reported_unpinned() -> None:
+    impossible = (max(os.sched_getaffinity(0)) + 4096,)  # a core this machine does not have: EINVAL
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=worker_pool._child_setup(impossible))  # noqa: PLW1509
+    try:
+        assert child.poll() is None  # started despite the refused affinity
+        assert not worker_pool._pinned(child.pid, impossible)
+        assert os.sched_getaffinity(child.pid) == os.sched_getaffinity(0)
+        assert worker_pool._pinned(child.pid, tuple(sorted(os.sched_getaffinity(0))))
+    finally:
+        child.kill()
+        child.wait()
