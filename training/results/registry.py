@@ -125,16 +125,19 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "epochs-<name>, "
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
-              "animal-mnist-teacher-length, animal-mnist-folds[-0-3][-refine], animal-mnist-folds-map")
+              "animal-mnist-teacher-length, animal-mnist-folds[-0-3][-refine], animal-mnist-folds-map, "
+              "animal-mnist-folds-study[-cdd-cubic|-cdd-ratio-0.5]")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
 RUN_LENGTH_LABELS = ("8 epochs", "16 epochs")
 # animal-mnist's six class folds (training.data.animal_mnist.FOLDS), every run at the ablation's 8 epochs; folds
-# 4 and 5 ran (b), (e) and (h) only, so (f) and (g) are compared over folds 0-3.
+# 0-3 first (every variant), then folds 4-5 (every variant but (c), (d) and (e+)).
 FOLDS_FILES = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-folds.json",
                "docs/ablation-animal-mnist-folds-4-5.json")
 FOLDS = ("animal-mnist", *(f"animal-mnist-fold-{fold}" for fold in range(1, 6)))
+# Two CDD study variants on the six folds, with CDD and (e) of the same seeds (make ablation-folds).
+FOLDS_STUDY = ("docs/ablation-animal-mnist-folds-study.json",)
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
@@ -192,6 +195,11 @@ def table_for(name: str) -> Table:
         "animal-mnist-folds-0-3": Table(FOLDS_FILES[:2], lambda d: fold_table(d, FOLDS[:4], FOLDS_FILES[:2])),
         "animal-mnist-folds-0-3-refine": Table(FOLDS_FILES[:2], lambda d: fold_table(
             d, FOLDS[:4], FOLDS_FILES[:2], reference="refine")),
+        "animal-mnist-folds-study": Table(FOLDS_STUDY, lambda d: fold_table(d, FOLDS, FOLDS_STUDY)),
+        "animal-mnist-folds-study-cdd-cubic": Table(FOLDS_STUDY, lambda d: fold_table(
+            d, FOLDS, FOLDS_STUDY, reference="cdd-cubic")),
+        "animal-mnist-folds-study-cdd-ratio-0.5": Table(FOLDS_STUDY, lambda d: fold_table(
+            d, FOLDS, FOLDS_STUDY, reference="cdd-ratio-0.5")),
         "animal-mnist-folds-map": Table(FOLDS_FILES, lambda d: fold_map_table(d, FOLDS, FOLDS_FILES)),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
             d[0], d[1], "animal-mnist", "teacher", ("teacher, 8 epochs", "teacher, 24 epochs"), TEACHER_LENGTH)),
