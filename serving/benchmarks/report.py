@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cdd_common.atomic_file import write_bytes_atomic, write_text_atomic
+from cdd_common.search_cost_table import SEARCH_COST_STEPS, search_cost_markdown
 from serving.benchmarks.precision import int8_markdown_lines
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "index_markdown",
     "machine_markdown",
     "number",
+    "SEARCH_COST_STEPS",
     "search_cost_markdown",
     "table",
     "targets_markdown",
@@ -95,22 +97,6 @@ def commands_markdown(commands: Sequence[str]) -> str:
 
 def _cost_cells(cost: dict[str, Any]) -> list[str]:
     return [number(cost.get("params"), 0), number(cost.get("flops"), 0)]
-
-
-SEARCH_COST_STEPS = ("decode", "embed", "search", "reply")
-"""The batch worker's steps for a Search, in the order it runs them (`serving.benchmarks.search_cost`)."""
-
-
-def search_cost_markdown(result: dict[str, Any]) -> str:
-    """Rows: the steps and their total; columns: batch sizes; cells: median CPU us per request (min-max)."""
-    sizes = sorted(result["batches"], key=int)
-    rows = []
-    for step in SEARCH_COST_STEPS:
-        cells = [result["batches"][s]["steps"][step] for s in sizes]
-        rows.append([step, *(f"{c['median_us']:.1f} ({c['min_us']:.1f}-{c['max_us']:.1f})" for c in cells)])
-    rows.append(["total (sum of medians)", *(f"{result['batches'][s]['total_median_us']:.1f}" for s in sizes)])
-    header = ["step", *(f"batch {s}: CPU us per request, median (min-max)" for s in sizes)]
-    return "\n".join(table(header, rows))
 
 
 def engine_markdown(result: dict[str, Any], image: str | None = None) -> str:

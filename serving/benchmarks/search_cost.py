@@ -29,15 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from serving.benchmarks.report import SEARCH_COST_STEPS
+from cdd_common.search_cost_table import SEARCH_COST_STEPS
 from serving.benchmarks.serve import query_jpegs, random_gallery
 from serving.bundle import load_bundle
 from serving.config import ServeConfig
 from serving.server import build_service
 
-__all__ = ["STEPS", "SearchCostConfig", "bench_search_cost"]
-
-STEPS = SEARCH_COST_STEPS
+__all__ = ["SearchCostConfig", "bench_search_cost"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def bench_search_cost(bundle: Path, cfg: SearchCostConfig, workdir: Path,
         steps = service.batch_steps()
         queries = [service.search_query(image, cfg.k) for image in query_jpegs(manifest, max(cfg.batches), cfg.seed,
                                                                                   sources)]
-        samples: dict[int, dict[str, list[float]]] = {b: {step: [] for step in STEPS} for b in cfg.batches}
+        samples: dict[int, dict[str, list[float]]] = {b: {step: [] for step in SEARCH_COST_STEPS} for b in cfg.batches}
         for _ in range(cfg.rounds):
             for size in cfg.batches:
                 batch = queries[:size]
@@ -101,7 +99,7 @@ def bench_search_cost(bundle: Path, cfg: SearchCostConfig, workdir: Path,
                     "search": lambda rows=rows, batch=batch: steps.search(rows, batch),
                     "reply": lambda found=found: [item.reply() for item in found],
                 }
-                for step in STEPS:
+                for step in SEARCH_COST_STEPS:
                     samples[size][step].append(_cpu_us(work[step], cfg.calls) / size)
         engine = service.engine.describe()
     finally:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.benchmarks.report import search_cost_markdown
+from cdd_common.search_cost_table import search_cost_markdown
 from training.results.ablation_tables import (
     batchnorm_gain_table,
     fold_map_table,
