@@ -146,8 +146,8 @@ SERVE_QUIET_SHARED_CORES = tuple(f"docs/serve-quiet/shared-cores-round-{i}.json"
 SERVE_BUDGET_ROUNDS = tuple(f"docs/serve-budget/round-{i}.json" for i in (1, 2, 3))
 SEARCH_COST = "docs/serve-budget/search-cost.json"
 # cdd-serve with its workers pinned one per core (--cpu-affinity auto) and not (off), rounds run as pairs.
-SERVE_AFFINITY_AUTO = tuple(f"docs/serve-affinity/auto-round-{i}.json" for i in (1, 2, 3, 4))
-SERVE_AFFINITY_OFF = tuple(f"docs/serve-affinity/off-round-{i}.json" for i in (1, 2, 3, 4))
+SERVE_AFFINITY_AUTO = tuple(f"docs/serve-affinity/auto-round-{i}.json" for i in range(1, 7))
+SERVE_AFFINITY_OFF = tuple(f"docs/serve-affinity/off-round-{i}.json" for i in range(1, 7))
 
 
 @dataclass(frozen=True)
