@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from cdd_common.atomic_file import write_bytes_atomic, write_text_atomic
-from cdd_common.search_cost_table import SEARCH_COST_STEPS, search_cost_markdown
 from serving.benchmarks.precision import int8_markdown_lines
 
 __all__ = [
@@ -19,8 +18,6 @@ __all__ = [
     "index_markdown",
     "machine_markdown",
     "number",
-    "SEARCH_COST_STEPS",
-    "search_cost_markdown",
     "table",
     "targets_markdown",
     "write_bytes_atomic",

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cdd_common.search_cost_table import search_cost_markdown
 from serving.benchmarks import plots, report, serve_report
 from serving.benchmarks.engine import (
     EngineBenchConfig,
@@ -122,7 +123,7 @@ def run_search_cost(bundle: Path, cfg: SearchCostConfig, out: Path, *, images: P
         result = bench_search_cost(bundle, cfg, Path(workdir), _query_sources(images))
     full = {"machine": machine, "commands": list(commands), "search_cost": result, "targets": []}
     markdown = "\n".join([*_header("What a Search costs besides gRPC (batch worker steps)", machine, commands),
-                          report.search_cost_markdown(result)])
+                          search_cost_markdown(result)])
     _write(out, "search-cost", full, markdown, {})
     return full
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cdd_common.search_cost_table import SEARCH_COST_STEPS, search_cost_markdown
 from serving.benchmarks.__main__ import main
-from serving.benchmarks.report import SEARCH_COST_STEPS, search_cost_markdown
 from serving.benchmarks.serve import query_jpegs, random_gallery
 from serving.bundle import load_bundle
 from serving.config import ServeConfig
