@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test test-loaded mutation lint bench bench-serve bench-bundle ablation ablation-folds ablation-study step-time serve \
+.PHONY: install train export test test-loaded mutation lint bench bench-serve bench-bundle ablation ablation-folds ablation-study ablation-data step-time serve \
 	index data proto clean help results results-collect
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make results-collect   copy the finished demo runs' metrics to docs/results/ (then make results)"
 	@echo "make test-loaded    make test while two CPU-bound processes keep the cores busy"
 	@echo "make mutation       targeted mutants of the mechanisms users rely on: killed / survived"
+	@echo "make ablation-data DATA=PATH   the ablation on your own class folders (PATH/<class>/*.jpg)"
 	@echo "make lint | bench | bench-serve | bench-bundle | ablation | ablation-folds | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -108,6 +109,16 @@ ablation: data data/animal-mnist/.complete
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist --seeds 0 1 2 3 4 5 6 7 --out docs
 	for d in synthetic animal-mnist; do $(PY) -m training.results stamp --force docs/ablation-$$d.json; done
 	$(PY) -m training.results render
+
+# The same comparison on your own class folders (DATA/<class>/*.jpg, or DATA/train/<class>/ + DATA/test/<class>/),
+# every variant, animal-mnist's protocol at 64x32 (resumable; tables in $(ABLATION_OUT)/ablation-NAME.md):
+#   make ablation-data DATA=/data/products [NAME=products] [SEEDS="0 1 2 3 4"] [ABLATION_SET="data.height=64"]
+SEEDS ?= 0 1 2 3 4
+ABLATION_OUT ?= runs/ablation-data/results
+ablation-data: $(STAMP)
+	@test -n "$(DATA)" || { echo "usage: make ablation-data DATA=/path/to/class/folders [NAME=name] [SEEDS=\"0 1 2\"]" >&2; exit 2; }
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --folder "$(if $(NAME),$(NAME)=)$(DATA)" --seeds $(SEEDS) \
+		--runs runs/ablation-data --out $(ABLATION_OUT) $(foreach s,$(ABLATION_SET),--set $(s))
 
 # The animal-mnist comparison averaged over its six class folds (fold 0 is `make ablation`'s runs; seeds 0-4 of
 # folds 1-5 here, every variant but (c), (d) and (e+)); then two CDD study variants (the schedule's curve, the

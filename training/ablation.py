@@ -19,9 +19,11 @@ plus any named CDD study variant (:data:`STUDIES`: shrink schedule, initialisati
 every run, per-seed differences CDD (and the refined student) minus each variant (mean and sample sd) and
 mean/spread tables to
 ``OUT/ablation-<datasets>.{json,md}``, rewritten after every finished run, so a partial benchmark still
-reports what it measured. Runs resume (each run dir is skipped once complete).
+reports what it measured. Runs resume (each run dir is skipped once complete; one that holds a run with
+other settings is refused, `training.run_identity`).
 
     python -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs [--variants ...]
+    python -m training.ablation --folder products=/data/products --seeds 0 1 2 3 4 --out my-ablation
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from cdd_common.atomic_file import write_text_atomic
 from training.ablation_report import NAMES, format_markdown, summarise
 from training.pipeline import finished_metrics, run_stage
 
-__all__ = ["DATASETS", "VARIANTS", "STUDIES", "NAMES", "run_ablation", "summarise", "format_markdown",
+__all__ = ["DATASETS", "FOLDER_PROTOCOL", "folder_dataset", "VARIANTS", "STUDIES", "NAMES", "run_ablation",
+           "summarise", "format_markdown",
            "write_l1_arch", "main"]
 
 # Dataset presets: overrides applied to demo-teacher / demo-student. Sized for a 2-core CPU.
@@ -53,6 +56,10 @@ DATASETS: dict[str, list[str]] = {
 DATASETS.update({f"animal-mnist-fold-{fold}": [f'data.root="data/animal-mnist-fold-{fold}"'
                                                if item.startswith("data.root") else item
                                                for item in DATASETS["animal-mnist"]] for fold in range(1, 6)})
+# A team's own class folders (`--folder [NAME=]PATH`): animal-mnist's protocol (8 epochs of 60 steps,
+# resetting from epoch 1) at the demo's input size (64x32; `--set data.height=... data.width=...` changes it).
+FOLDER_PROTOCOL: list[str] = [item for item in DATASETS["animal-mnist"]
+                              if not item.startswith(("data.root", "data.height", "data.width"))]
 VARIANTS = ("teacher", "cdd", "static", "no-grg", "prune-distill", "l1-distill", "born-again", "refine",
             "prune-distill-long")
 # The refine stage (h): the CDD student's architecture trained further from its final weights (preset
@@ -92,6 +99,22 @@ def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
     return out
 
 
+def folder_dataset(spec: str) -> tuple[str, list[str]]:
+    """``[NAME=]PATH`` of a class-folder image set -> (dataset name, its settings: :data:`FOLDER_PROTOCOL` with
+    ``data.root`` = PATH). NAME defaults to the folder's name; it names the run folders and the tables, so it
+    may not be a built-in dataset's. Raises ValueError naming the path or the name and the fix."""
+    name, _, path = spec.rpartition("=")
+    root = Path(path)
+    name = name or root.resolve().name
+    if not root.is_dir():
+        raise ValueError(f"--folder {spec}: {root} is not a folder; pass the folder that holds the class folders "
+                         "(ROOT/<class>/*.jpg, or ROOT/train/<class>/ and ROOT/test/<class>/)")
+    if name in DATASETS:
+        raise ValueError(f"--folder {spec}: the name {name!r} is a built-in dataset's; name it: --folder "
+                         f"my-{name}={path}")
+    return name, FOLDER_PROTOCOL + [f"data.root={json.dumps(str(root))}"]
+
+
 def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic") -> tuple[str, list[str]]:
     teacher = run_root / "teacher"
     if variant == "teacher":
@@ -110,7 +133,8 @@ def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic")
     if variant in ("static", "prune-distill", "prune-distill-long"):
         init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
-                                         f'model.init="{init}"'] + (LONG[dataset] if variant.endswith("long") else [])
+                                         f'model.init="{init}"'] + (LONG.get(dataset, LONG["animal-mnist"])
+                                                                     if variant.endswith("long") else [])
     if variant == "l1-distill":
         return "demo-student", common + [f'cdd.static_arch="{run_root / "l1-arch.json"}"', 'model.init="teacher"']
     if variant == "born-again":
@@ -132,15 +156,17 @@ def _with_prerequisites(variants: Sequence[str]) -> list[str]:
 
 def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
                  on_result: Callable[[dict[str, dict[str, list[dict[str, Any]]]]], None] | None = None,
-                 variants: Sequence[str] = VARIANTS, collect_only: bool = False
-                 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+                 variants: Sequence[str] = VARIANTS, collect_only: bool = False,
+                 folders: dict[str, list[str]] | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Train every (dataset, seed, variant); returns results[dataset][variant] = [final metrics + "seed"].
     ``on_result`` sees the results so far after every finished run. ``collect_only``: train nothing, read
-    the runs that already finished (a run still training, or never started, is left out)."""
+    the runs that already finished (a run still training, or never started, is left out). ``folders``: more
+    datasets by name (:func:`folder_dataset`), run after ``datasets``."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     order = _with_prerequisites(variants)
-    for dataset in datasets:
-        if dataset not in DATASETS:
+    settings = {**DATASETS, **(folders or {})}
+    for dataset in [*datasets, *(folders or {})]:
+        if dataset not in settings:
             raise ValueError(f"unknown dataset {dataset!r}; valid: {sorted(DATASETS)}")
         for seed in seeds:
             run_root = runs_dir / dataset / f"seed{seed}"
@@ -153,7 +179,7 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
                 if variant == "l1-distill":
                     write_l1_arch(run_root / "cdd" / "arch.json", run_root / "teacher", run_root / "l1-arch.json")
                 preset, overrides = _variant_overrides(variant, run_root, dataset)
-                final = run_stage(preset, DATASETS[dataset] + [f"run.seed={seed}", "run.progress=false"]
+                final = run_stage(preset, settings[dataset] + [f"run.seed={seed}", "run.progress=false"]
                                   + overrides + list(extra))
                 results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})
                 if on_result is not None:
@@ -166,7 +192,12 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=sorted(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=None, choices=sorted(DATASETS),
+                        help="built-in datasets (default: all of them, unless --folder is given)")
+    parser.add_argument("--folder", action="append", default=[], metavar="[NAME=]PATH",
+                        help="your own class folders (PATH/<class>/*.jpg, or PATH/train/<class>/ and "
+                             "PATH/test/<class>/), run with animal-mnist's protocol at 64x32; repeatable; "
+                             "another layout: --set data.dataset=market1501 (or dukemtmc, msmt17, veri776)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -180,7 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="results file name without extension, instead of ablation-<datasets>[-NAME]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    stem = args.stem or "ablation-" + "-".join(args.datasets) + (f"-{args.name}" if args.name else "")
+    try:
+        folders = dict(folder_dataset(spec) for spec in args.folder)
+    except ValueError as exc:
+        parser.error(str(exc))
+    datasets = args.datasets if args.datasets is not None else ([] if folders else list(DATASETS))
+    stem = args.stem or "ablation-" + "-".join([*datasets, *folders]) + (f"-{args.name}" if args.name else "")
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
@@ -188,8 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_text_atomic(args.out / f"{stem}.json", json.dumps({"summary": summary, "runs": results}, indent=2))
         write_text_atomic(args.out / f"{stem}.md", format_markdown(summary))
 
-    results = run_ablation(args.datasets, args.seeds, args.runs, args.overrides, on_result=write,
-                           variants=args.variants, collect_only=args.collect_only)
+    try:
+        results = run_ablation(datasets, args.seeds, args.runs, args.overrides, on_result=write,
+                               variants=args.variants, collect_only=args.collect_only, folders=folders)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # ConfigError and RunMismatch are ValueErrors
+        print(f"ablation: {exc}", file=sys.stderr)
+        return 2
     print(format_markdown(summarise(results)))
     return 0
 

@@ -29,14 +29,18 @@ def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 def run_stage(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train ``preset`` (resuming an interrupted run) unless its run dir already holds final metrics; returns
-    them."""
+    them. A finished or interrupted run trained with other settings is refused (`training.run_identity`)."""
     from training.config import load_config
     from training.data.split_summary import log_split
     from training.run_folder import claim_run_folder
+    from training.run_identity import check_same_run
 
     cfg = load_config(preset, list(overrides))
-    done = finished_metrics(Path(cfg.run.out_dir))
+    out = Path(cfg.run.out_dir)
+    done = finished_metrics(out)
     if done is not None:
+        if (out / "config.json").is_file():
+            check_same_run(out / "config.json", cfg.to_dict())
         logging.getLogger("training").info("%s already trained in %s; skipping", preset, cfg.run.out_dir)
         return done
     log_split(cfg.data.dataset, cfg.data.root)

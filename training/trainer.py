@@ -46,6 +46,7 @@ from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
 from training.refine import FrozenRows, RefineSource
 from training.resetting_plan import check_resetting_plan
+from training.run_identity import check_same_run
 from training.schedule import lr_factor
 from training.shrink_pace import shrink_pace
 from training.step import build_step
@@ -228,10 +229,13 @@ class Trainer:
 
         ``stop_after_epochs`` ends the process-local run early after that many epochs of this call, as a
         kill after a checkpoint would (returns {}); used to check that resuming is exact."""
+        resuming = self.resume and (self.out / "checkpoint.pt").is_file()
+        if resuming and (self.out / "config.json").is_file():
+            check_same_run(self.out / "config.json", self.cfg.to_dict())  # before config.json is rewritten
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "config.json", self.cfg.to_dict())
-        if self.resume and (self.out / "checkpoint.pt").is_file():
+        if resuming:
             self._load_state(load_checkpoint(self.out / "checkpoint.pt", kind=self.cfg.run.kind))
         for epoch in range(self.start_epoch, self.cfg.run.epochs):
             if stop_after_epochs is not None and epoch - self.start_epoch >= stop_after_epochs:

@@ -1,0 +1,40 @@
+"""A run folder is resumed or reused only for the settings it was trained with (`training.run_identity`)."""
+
+import json
+
+import pytest
+
+from tiny_training import tiny_overrides
+from training.checkpoint import load_checkpoint
+from training.config import load_config
+from training.distributed import init_distributed
+from training.run_identity import NOT_IDENTITY, RunMismatch, config_differences
+from training.trainer import Trainer
+
+
+def test_differences_list_each_changed_setting_with_both_values():
+    saved = {"run": {"epochs": 8, "progress": False, "out_dir": "runs/a"}, "data": {"height": 32, "mean": [0.5]},
+             "cdd": {"ratio": 0.99, "added_later": 1}}
+    wanted = {"run": {"epochs": 16, "progress": True, "out_dir": "./runs/a"}, "data": {"height": 32, "mean": (0.5,)},
+              "cdd": {"ratio": 0.5}}
+    assert config_differences(saved, wanted) == [("cdd.ratio", 0.99, 0.5), ("run.epochs", 8, 16)]
+    assert config_differences(saved, saved) == []
+    assert {"run.progress", "run.out_dir"} <= NOT_IDENTITY and "run.epochs" not in NOT_IDENTITY
+
+
+def test_resume_with_other_settings_is_refused_and_the_recorded_config_kept(tiny_reid_root, teacher_run, tmp_path):
+    out = tmp_path / "student"
+    overrides = tiny_overrides(tiny_reid_root, out, "student", teacher_run, epochs=2) + [
+        "run.max_steps_per_epoch=3", "run.eval_every=0"]
+    Trainer(load_config("demo-teacher", overrides), init_distributed("cpu")).fit(stop_after_epochs=1)
+    recorded = (out / "config.json").read_text()
+    other = load_config("demo-teacher", overrides + ["cdd.ratio=0.5", "optim.lr=0.07"])
+    with pytest.raises(RunMismatch, match=r"cdd\.ratio: the run has 0\.7, asked for 0\.5; optim\.lr: the run "
+                                          r"has 0\.05, asked for 0\.07\)"):
+        Trainer(other, init_distributed("cpu"), resume=True).fit()
+    assert (out / "config.json").read_text() == recorded
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    same = load_config("demo-teacher", overrides + ["run.progress=true"])
+    Trainer(same, init_distributed("cpu"), resume=True).fit()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "final" in metrics and len(metrics["epochs"]) == 2

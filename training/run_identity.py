@@ -1,0 +1,62 @@
+"""Whether a run folder holds the run a config asks for, before it is resumed or reused as finished.
+
+Contract: ``config_differences(saved, wanted)`` lists every setting (``section.key``) whose value differs
+between a run's recorded config and the requested one, except the settings in :data:`NOT_IDENTITY`, which
+change how a run is watched or where it runs, not what it computes. A key only one side has is not compared:
+configs written by older versions lack the settings added since. ``check_same_run`` raises
+:class:`RunMismatch` naming the file, each differing setting with both values, and the ways on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NOT_IDENTITY", "RunMismatch", "config_differences", "check_same_run"]
+
+NOT_IDENTITY = frozenset({
+    "run.out_dir",  # the folder itself, however the path was spelled
+    "run.progress", "run.log_every", "run.device",
+    "data.num_workers", "data.on_error", "data.eval_batch_size",
+})
+"""Settings that may differ between the run in a folder and the config resuming or reusing it."""
+
+
+class RunMismatch(ValueError):
+    """The run folder holds a run trained with other settings than the ones asked for."""
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(section.key, saved value, wanted value)`` for every compared setting that differs, sorted by name."""
+    out = []
+    for section in sorted(set(saved) & set(wanted)):
+        old, new = saved[section], wanted[section]
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            if old != new:
+                out.append((section, old, new))
+            continue
+        for key in sorted(set(old) & set(new)):
+            name = f"{section}.{key}"
+            if name not in NOT_IDENTITY and _normalised(old[key]) != _normalised(new[key]):
+                out.append((name, old[key], new[key]))
+    return out
+
+
+def check_same_run(config_file: Path, wanted: dict[str, Any]) -> None:
+    """Raise :class:`RunMismatch` when the config recorded in ``config_file`` differs from ``wanted``."""
+    saved = json.loads(Path(config_file).read_text())
+    differences = config_differences(saved, wanted)
+    if differences:
+        listed = "; ".join(f"{name}: the run has {old!r}, asked for {new!r}" for name, old, new in differences)
+        raise RunMismatch(
+            f"{config_file}: this folder holds a run with other settings ({listed}); train into another folder "
+            f"(--set run.out_dir=\"NEW\"), delete it to start over (`cdd-train --force` deletes the run's files), or "
+            "ask for the run's own settings")
+
+
+def _normalised(value: Any) -> Any:
+    """Lists and tuples compare alike (JSON has no tuples)."""
+    if isinstance(value, tuple | list):
+        return [_normalised(v) for v in value]
+    return value
