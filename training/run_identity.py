@@ -2,18 +2,21 @@
 
 Contract: ``config_differences(saved, wanted)`` lists every setting (``section.key``) whose value differs
 between a run's recorded config and the requested one, except the settings in :data:`NOT_IDENTITY`, which
-change how a run is watched or where it runs, not what it computes. A key only one side has is not compared:
-configs written by older versions lack the settings added since. ``check_same_run`` raises
+change how a run is watched or where it runs, not what it computes. Settings naming another run
+(:data:`RUN_LINKS`: its teacher, architecture, refine source) compare as paths relative to each side's own
+``run.out_dir``, so a runs tree moved as a whole is still the same runs. A key only one side has is not
+compared: configs written by older versions lack the settings added since. ``check_same_run`` raises
 :class:`RunMismatch` naming the file, each differing setting with both values, and the ways on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOT_IDENTITY", "RunMismatch", "config_differences", "check_same_run"]
+__all__ = ["NOT_IDENTITY", "RUN_LINKS", "RunMismatch", "config_differences", "check_same_run"]
 
 NOT_IDENTITY = frozenset({
     "run.out_dir",  # the folder itself, however the path was spelled
@@ -23,6 +26,10 @@ NOT_IDENTITY = frozenset({
 """Settings that may differ between the run in a folder and the config resuming or reusing it."""
 
 
+RUN_LINKS = frozenset({"cdd.teacher_run", "cdd.static_arch", "cdd.refine_from"})
+"""Settings that name another run's folder or file, compared relative to the run's own folder."""
+
+
 class RunMismatch(ValueError):
     """The run folder holds a run trained with other settings than the ones asked for."""
 
@@ -30,6 +37,7 @@ class RunMismatch(ValueError):
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(section.key, saved value, wanted value)`` for every compared setting that differs, sorted by name."""
     out = []
+    folders = [Path(str(config.get("run", {}).get("out_dir", "."))) for config in (saved, wanted)]
     for section in sorted(set(saved) & set(wanted)):
         old, new = saved[section], wanted[section]
         if not (isinstance(old, dict) and isinstance(new, dict)):
@@ -38,7 +46,13 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tu
             continue
         for key in sorted(set(old) & set(new)):
             name = f"{section}.{key}"
-            if name not in NOT_IDENTITY and _normalised(old[key]) != _normalised(new[key]):
+            if name in NOT_IDENTITY:
+                continue
+            if name in RUN_LINKS and old[key] and new[key]:
+                same = _relative(old[key], folders[0]) == _relative(new[key], folders[1])
+            else:
+                same = _normalised(old[key]) == _normalised(new[key])
+            if not same:
                 out.append((name, old[key], new[key]))
     return out
 
@@ -53,6 +67,10 @@ def check_same_run(config_file: Path, wanted: dict[str, Any]) -> None:
             f"{config_file}: this folder holds a run with other settings ({listed}); train into another folder "
             f"(--set run.out_dir=\"NEW\"), delete it to start over (`cdd-train --force` deletes the run's files), or "
             "ask for the run's own settings")
+
+
+def _relative(path: str, run_folder: Path) -> str:
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(run_folder))
 
 
 def _normalised(value: Any) -> Any:

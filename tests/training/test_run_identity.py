@@ -8,7 +8,7 @@ from tiny_training import tiny_overrides
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 from training.distributed import init_distributed
-from training.run_identity import NOT_IDENTITY, RunMismatch, config_differences
+from training.run_identity import NOT_IDENTITY, RUN_LINKS, RunMismatch, config_differences
 from training.trainer import Trainer
 
 
@@ -20,6 +20,22 @@ def test_differences_list_each_changed_setting_with_both_values():
     assert config_differences(saved, wanted) == [("cdd.ratio", 0.99, 0.5), ("run.epochs", 8, 16)]
     assert config_differences(saved, saved) == []
     assert {"run.progress", "run.out_dir"} <= NOT_IDENTITY and "run.epochs" not in NOT_IDENTITY
+
+
+def test_a_runs_tree_moved_as_a_whole_is_the_same_runs_but_another_teacher_is_not():
+    def student(out, teacher, arch=""):
+        return {"run": {"out_dir": out}, "cdd": {"teacher_run": teacher, "static_arch": arch, "refine_from": ""}}
+
+    saved = student("runs/folds/f2/seed0/e", "runs/folds/f2/seed0/teacher", "runs/folds/f2/seed0/cdd/arch.json")
+    moved = student("runs/ablation-folds/f2/seed0/e", "runs/ablation-folds/f2/seed0/teacher",
+                    "runs/ablation-folds/f2/seed0/cdd/arch.json")
+    assert config_differences(saved, moved) == []
+    other = student("runs/folds/f2/seed0/e", "runs/folds/f2/seed1/teacher", "runs/folds/f2/seed0/cdd/arch.json")
+    assert config_differences(saved, other) == [
+        ("cdd.teacher_run", "runs/folds/f2/seed0/teacher", "runs/folds/f2/seed1/teacher")]
+    assert config_differences(saved, student("runs/folds/f2/seed0/e", "runs/folds/f2/seed0/teacher")) == [
+        ("cdd.static_arch", "runs/folds/f2/seed0/cdd/arch.json", "")]
+    assert "cdd.teacher_run" in RUN_LINKS and "data.root" not in RUN_LINKS  # data does not move with the runs
 
 
 def test_resume_with_other_settings_is_refused_and_the_recorded_config_kept(tiny_reid_root, teacher_run, tmp_path):
