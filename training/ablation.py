@@ -40,8 +40,8 @@ from cdd_common.atomic_file import write_text_atomic
 from training.ablation_report import NAMES, format_markdown, summarise
 from training.pipeline import finished_metrics, run_stage
 
-__all__ = ["DATASETS", "FOLDER_PROTOCOL", "folder_dataset", "VARIANTS", "STUDIES", "NAMES", "run_ablation",
-           "summarise", "format_markdown",
+__all__ = ["DATASETS", "FOLDER_PROTOCOL", "folder_dataset", "VARIANTS", "EXTRA_VARIANTS", "STUDIES", "NAMES",
+           "run_ablation", "summarise", "format_markdown",
            "write_l1_arch", "main"]
 
 # Dataset presets: overrides applied to demo-teacher / demo-student. Sized for a 2-core CPU.
@@ -85,7 +85,12 @@ STUDIES: dict[str, list[str]] = {
     # with shrink_end 0.7: the learning rate flat until the final size (epoch 9 of 12), not epoch 5
     "cdd-lr-flat-to-final-size": ["cdd.shrink_end=0.7", "optim.flat_until=9"],
 }
-_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long")
+# Run on request only: the refine stage started from the teacher instead of CDD's weights (cdd.refine_init =
+# "teacher"): (e)'s start and channels in the parameterisation CDD trains (full-width 3x3 conv + dense
+# indicator, pruned rows held at zero, feature distillation over every inner channel), so (e) minus it
+# separates the start from the parameterisation.
+EXTRA_VARIANTS = ("refine-from-teacher",)
+_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long", "refine-from-teacher")
 
 
 def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
@@ -131,8 +136,9 @@ def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic")
         return "demo-student", common + STUDIES[variant]
     if variant == "no-grg":
         return "demo-student", common + ["cdd.gradient_reset=false"]
-    if variant == "refine":
-        return "demo-refine", common + [f'cdd.refine_from="{run_root / "cdd"}"']
+    if variant in ("refine", "refine-from-teacher"):
+        start = ['cdd.refine_init="teacher"'] if variant == "refine-from-teacher" else []
+        return "demo-refine", common + [f'cdd.refine_from="{run_root / "cdd"}"'] + start
     if variant in ("static", "prune-distill", "prune-distill-long"):
         init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
@@ -142,7 +148,7 @@ def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic")
         return "demo-student", common + [f'cdd.static_arch="{run_root / "l1-arch.json"}"', 'model.init="teacher"']
     if variant == "born-again":
         return "demo-student", common + [f'cdd.static_arch="{teacher / "arch.json"}"', 'model.init="teacher"']
-    raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS) + list(STUDIES)}")
+    raise ValueError(f"unknown variant {variant!r}; valid: {[*VARIANTS, *EXTRA_VARIANTS, *STUDIES]}")
 
 
 def _with_prerequisites(variants: Sequence[str]) -> list[str]:
@@ -150,7 +156,7 @@ def _with_prerequisites(variants: Sequence[str]) -> list[str]:
     wanted = set(variants) | {"teacher"}
     if wanted & set(_NEEDS_CDD_ARCH):
         wanted.add("cdd")
-    known = list(VARIANTS) + list(STUDIES)
+    known = [*VARIANTS, *EXTRA_VARIANTS, *STUDIES]
     unknown = sorted(wanted - set(known))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid: {known}")
@@ -205,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(STUDIES),
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        choices=[*VARIANTS, *EXTRA_VARIANTS, *STUDIES],
                         help="variants to run (the teacher and, for static baselines, the CDD student are added)")
     parser.add_argument("--name", default="", help="suffix of the results files (ablation-<datasets>[-NAME])")
     parser.add_argument("--collect-only", action="store_true",
