@@ -89,8 +89,10 @@ STUDIES: dict[str, list[str]] = {
 # "teacher"): (e)'s start and channels in the parameterisation CDD trains (full-width 3x3 conv + dense
 # indicator, pruned rows held at zero, feature distillation over every inner channel), so (e) minus it
 # separates the start from the parameterisation.
-EXTRA_VARIANTS = ("refine-from-teacher",)
-_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long", "refine-from-teacher")
+# "l1-refine-from-teacher": the same with (f)'s channels (filter L1 norms) instead of CDD's, so (h0) minus it is
+# CDD's channel choice in that form.
+EXTRA_VARIANTS = ("refine-from-teacher", "l1-refine-from-teacher")
+_NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long", *EXTRA_VARIANTS)
 
 
 def write_l1_arch(cdd_arch: Path, teacher_run: Path, out: Path) -> Path:
@@ -139,6 +141,8 @@ def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic")
     if variant in ("refine", "refine-from-teacher"):
         start = ['cdd.refine_init="teacher"'] if variant == "refine-from-teacher" else []
         return "demo-refine", common + [f'cdd.refine_from="{run_root / "cdd"}"'] + start
+    if variant == "l1-refine-from-teacher":
+        return "demo-refine", common + [f'cdd.refine_from="{run_root / "l1-arch.json"}"', 'cdd.refine_init="teacher"']
     if variant in ("static", "prune-distill", "prune-distill-long"):
         init = "scratch" if variant == "static" else "teacher"
         return "demo-student", common + [f'cdd.static_arch="{run_root / "cdd" / "arch.json"}"',
@@ -185,7 +189,7 @@ def run_ablation(datasets: Sequence[str], seeds: Sequence[int], runs_dir: Path, 
                     if final is not None:
                         results.setdefault(dataset, {}).setdefault(variant, []).append({**final, "seed": seed})
                     continue
-                if variant == "l1-distill":
+                if variant in ("l1-distill", "l1-refine-from-teacher"):
                     write_l1_arch(run_root / "cdd" / "arch.json", run_root / "teacher", run_root / "l1-arch.json")
                 preset, overrides = _variant_overrides(variant, run_root, dataset)
                 final = run_stage(preset, settings[dataset] + [f"run.seed={seed}", "run.progress=false"]

@@ -198,7 +198,8 @@ class CDDConfig:
     refine_from: a finished CDD student run dir; this run then trains that run's architecture (its kept
     channels), the pruned channels held at zero (`training.refine`; needs gradient_reset = false and
     loss.lasso_lambda = 0; replaces model.init), starting from refine_init: "cdd" (that run's final weights)
-    or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice).
+    or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice,
+    in CDD's training form; with "teacher", refine_from may also be an arch.json of kept channels).
     The defaults are library defaults: the paper's values (grg_start_epoch, memory_size, topk, ratio,
     prune_threshold) with reset_rule "decay" and no budget or schedule; the demo-student and paper-student
     presets set their own (training/presets)."""

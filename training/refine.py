@@ -1,6 +1,7 @@
 """The refine stage: a finished CDD student's architecture trained further, nothing pruned or regrown.
 
-Contract (``cdd.refine_from = <CDD student run dir>``):
+Contract (``cdd.refine_from = <CDD student run dir>``, or an ``arch.json`` of kept channels when the stage starts
+from the teacher):
 - the network starts as that run's full-width student (indicators included), loaded strictly from its
   ``checkpoint.pt`` (final weights, weight averaging applied);
 - the channels outside that run's ``arch.json`` kept_channels are zero in every indicator and stay exactly
@@ -42,26 +43,25 @@ class RefineSource:
     final: dict
 
     @classmethod
-    def load(cls, run_dir: str | Path, student: ArchSpec) -> RefineSource:
+    def load(cls, run_dir: str | Path, student: ArchSpec, needs_weights: bool = True) -> RefineSource:
         """Read ``run_dir`` and check it against this run's full-width ``student`` spec; raises RefineError
-        naming the file, the field, both values and the fix."""
+        naming the file, the field, both values and the fix. Without ``needs_weights`` (a start from the
+        teacher) ``run_dir`` may also be an ``arch.json`` of kept channels alone (e.g. another pruning
+        criterion's choice): no weights and no final metrics then."""
         run = Path(run_dir)
+        if run.suffix == ".json" and run.is_file():
+            if needs_weights:
+                raise RefineError(f"{run}: an arch.json has kept channels but no weights; start from the teacher "
+                                  "(cdd.refine_init = \"teacher\") or point cdd.refine_from at a CDD student run")
+            spec = ArchSpec.load(run)
+            _check_source_spec(spec, student, run)
+            return cls(run, spec, {}, {})
         metrics = run / "metrics.json"
         if not metrics.is_file() or "final" not in json.loads(metrics.read_text()):
             raise RefineError(f"{metrics}: the CDD run in cdd.refine_from has not finished (no final metrics); "
                               "train it first (`make train` runs it before the refine stage)")
         spec = ArchSpec.load(run / "arch.json")
-        if not spec.indicators or spec.kept_channels is None:
-            raise RefineError(f"{run / 'arch.json'}: expected a CDD student (indicators = true, kept_channels "
-                              f"set), found indicators = {spec.indicators}, kept_channels "
-                              f"{'set' if spec.kept_channels is not None else 'null'}; point cdd.refine_from "
-                              "at a CDD student run")
-        for name in _MATCHED:
-            found, expected = getattr(spec, name), getattr(student, name)
-            if (tuple(found) if name == "input_size" else found) != (
-                    tuple(expected) if name == "input_size" else expected):
-                raise RefineError(f"{run / 'arch.json'}: {name} is {found}, this run's data/model config gives "
-                                  f"{expected}; refine with the CDD run's own data and model settings")
+        _check_source_spec(spec, student, run / "arch.json")
         state = load_checkpoint(run / "checkpoint.pt", kind="student")["model"]
         return cls(run, spec, state, json.loads(metrics.read_text())["final"])
 
@@ -76,6 +76,20 @@ class RefineSource:
 
     def full_width_spec(self) -> ArchSpec:
         return replace(self.spec, kept_channels=None)
+
+
+def _check_source_spec(spec: ArchSpec, student: ArchSpec, source: Path) -> None:
+    if not spec.indicators or spec.kept_channels is None:
+        raise RefineError(f"{source}: expected a CDD student (indicators = true, kept_channels set), found "
+                          f"indicators = {spec.indicators}, kept_channels "
+                          f"{'set' if spec.kept_channels is not None else 'null'}; point cdd.refine_from at a CDD "
+                          "student run")
+    for name in _MATCHED:
+        found, expected = getattr(spec, name), getattr(student, name)
+        if (tuple(found) if name == "input_size" else found) != (
+                tuple(expected) if name == "input_size" else expected):
+            raise RefineError(f"{source}: {name} is {found}, this run's data/model config gives {expected}; "
+                              "refine with the CDD run's own data and model settings")
 
 
 class FrozenRows:

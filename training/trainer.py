@@ -94,7 +94,7 @@ class Trainer:
         if self.is_student and self.spec.indicators and cfg.cdd.gradient_reset:  # before the resetter is built
             check_resetting_plan(cfg.cdd, cfg.run.epochs, self.steps_per_epoch(),
                                  budgeted=cfg.cdd.flops_budget > 0 or cfg.cdd.latency_budget_ms > 0)
-        self.refine = (RefineSource.load(cfg.cdd.refine_from, self.spec)
+        self.refine = (RefineSource.load(cfg.cdd.refine_from, self.spec, needs_weights=cfg.cdd.refine_init == "cdd")
                        if self.is_student and cfg.cdd.refine_from else None)
         self.net = self._initialise()
         self.module: nn.Module = _TrainForward(self.net)

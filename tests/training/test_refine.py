@@ -107,6 +107,34 @@ def test_refine_from_the_teacher_starts_as_the_teacher_sliced_to_cdds_channels(t
         assert not torch.allclose(trainer.net(x), trainer.teacher(x), atol=1e-3)  # channels really are cut
 
 
+def test_a_start_from_the_teacher_takes_any_arch_of_kept_channels_and_keeps_exactly_those(
+        tiny_reid_root, teacher_run, student_run, tmp_path):
+    from training.pruning import l1_kept_channels
+
+    cdd = ArchSpec.load(student_run / "arch.json")
+    teacher_state = load_checkpoint(teacher_run / "checkpoint.pt", kind="teacher")["model"]
+    l1 = cdd.with_kept(l1_kept_channels(teacher_state, cdd, cdd.kept_counts()))
+    assert l1.kept_channels != cdd.kept_channels, "the two criteria must differ for this test to mean anything"
+    l1.save(tmp_path / "l1-arch.json")
+    trainer, final = fit_tiny_student(tiny_reid_root, tmp_path / "refine", teacher_run, 1,
+                                      REFINE + NO_AVERAGE + [f'cdd.refine_from="{tmp_path / "l1-arch.json"}"',
+                                                             'cdd.refine_init="teacher"'])
+    assert ArchSpec.load(tmp_path / "refine" / "arch.json").kept_channels == l1.kept_channels
+    state = load_checkpoint(tmp_path / "refine" / "checkpoint.pt", kind="student")["model"]
+    rows = [v for k, v in state.items() if k.endswith("indicator.weight")]
+    for weight, kept in zip(rows, l1.kept_channels, strict=True):
+        zero = torch.ones(weight.shape[0], dtype=torch.bool)
+        zero[list(kept)] = False
+        assert torch.count_nonzero(weight[zero]) == 0
+        assert torch.count_nonzero(weight[~zero].flatten(1).norm(dim=1)) == len(kept)
+    assert final["refine"] == {"from": str(tmp_path / "l1-arch.json"), "init": "teacher", "start_mAP": None,
+                               "start_rank1": None}
+    full = ArchSpec(**{**cdd.__dict__, "kept_channels": None})
+    with pytest.raises(RefineError, match=r"l1-arch\.json: an arch\.json has kept channels but no weights; start "
+                                          r"from the teacher"):
+        RefineSource.load(tmp_path / "l1-arch.json", full)  # the CDD start needs a run's weights
+
+
 def test_frozen_rows_stay_zero_through_sgd_with_momentum_and_weight_decay():
     from training.refine import FrozenRows
 
