@@ -27,7 +27,7 @@ NAMES = {
     "l1-refine-from-teacher": "(f0) filter-L1 channels, refine stage from the sliced teacher (CDD's parameterisation)",
 }
 # Runs every other variant is compared with, paired by seed: "<reference>_minus" in the summary.
-REFERENCES = ("cdd", "refine")
+REFERENCES = ("cdd", "refine", "refine-from-teacher")
 
 
 def _name(variant: str) -> str:
@@ -53,8 +53,9 @@ def paired(finals: list[dict[str, Any]], others: list[dict[str, Any]], key: str 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Per dataset and variant: spread of mAP and rank-1, mean params and FLOPs, and for each reference run
-    present (:data:`REFERENCES`: the CDD student, the refined student) the paired differences reference minus
-    the variant (``cdd_minus``, ``refine_minus``)."""
+    present (:data:`REFERENCES`: the CDD student, the refined student, the refine stage from the teacher) the
+    paired differences reference minus the variant (``cdd_minus``, ``refine_minus``,
+    ``refine-from-teacher_minus``)."""
     out: dict[str, Any] = {}
     for dataset, variants in results.items():
         for variant, finals in variants.items():

@@ -69,15 +69,19 @@ def summary_table(result: dict[str, Any], dataset: str, source: str = "ablation"
     return "\n".join(markdown_table(header, rows))
 
 
+REFERENCE_WHO = {"cdd": "CDD", "refine": "refined", "refine-from-teacher": "(h0)"}
+"""How a table header names the run every other variant is compared with."""
+
+
 def per_seed_table(result: dict[str, Any], dataset: str, source: str = "ablation", reference: str = "cdd") -> str:
-    """Per variant: its mAP on every seed, then ``reference`` ("cdd" or "refine") minus it on every seed, the
+    """Per variant: its mAP on every seed, then ``reference`` (:data:`REFERENCE_WHO`) minus it on every seed, the
     mean ± sample sd of those differences (from the file's ``<reference>_minus``) and the standard error of
     that mean (sd / sqrt(seeds)): the sd says how much one seed moves, the standard error how well the mean
     difference is known."""
     summary, runs = _dataset(result, dataset, source)
     if reference not in runs:
         raise ResultsError(f"{source}: dataset {dataset!r} has no {reference!r} runs; {_REGENERATE}")
-    who = "CDD" if reference == "cdd" else "refined"
+    who = REFERENCE_WHO.get(reference, reference)
     seeds = sorted({f["seed"] for finals in runs.values() for f in finals})
     rows = []
     for variant in variant_order(runs):
@@ -175,7 +179,7 @@ def fold_table(results: list[dict[str, Any]], folds: tuple[str, ...], sources: t
     by_fold = _fold_runs(results, folds, sources)
     if any(reference not in runs for runs in by_fold):
         raise ResultsError(f"{list(sources)}: some fold lacks {reference!r} runs; {_REGENERATE}")
-    who = {"cdd": "CDD", "refine": "refined"}.get(reference, reference)
+    who = REFERENCE_WHO.get(reference, reference)
     variants = variant_order({v for runs in by_fold for v in runs if v != reference and all(v in r for r in by_fold)})
     rows = []
     seeds_shown: list[int] = []
