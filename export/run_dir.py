@@ -4,7 +4,9 @@ A run dir holds::
 
     arch.json        ArchSpec of the network to deploy (a student's kept channels, or a teacher)
     checkpoint.pt    {"schema_version": 1, "kind": "teacher"|"student", "model": FULL-WIDTH state_dict,
-                      "arch": full-width ArchSpec dict, "epoch": int, ...}, loaded with weights_only=True
+                      "arch": full-width ArchSpec dict, "epoch": int, ...}, loaded with weights_only=True;
+                     a plain slim student (indicators=false with kept channels, arch.json the same) is read as
+                     the full-width CDD student computing the same (`training.plain_fold.unfold_plain`)
     config.json      resolved training config (export reads data.mean/std/dataset/root, cdd.teacher_run)
     metrics.json     {"final": {"mAP": ..., "rank1": ..., ...}, ...}
 """
@@ -21,6 +23,7 @@ from cdd_common.json_document import read_json_object
 from export.errors import RunDirError
 from serving.bundle import sha256_file
 from training.arch_spec import ArchSpec, ArchSpecError
+from training.plain_fold import unfold_plain
 
 __all__ = ["CHECKPOINT_SCHEMA_VERSION", "RUN_KINDS", "RunDir", "load_run_dir"]
 
@@ -132,6 +135,15 @@ def load_run_dir(path: str | Path) -> RunDir:
         full = ArchSpec.from_dict(dict(ckpt["arch"]), source=f"{ckpt_path} 'arch'")
     except (ArchSpecError, TypeError) as exc:
         raise RunDirError(f"{exc}; {_RETRAIN}") from exc
+    model = dict(ckpt["model"])
+    if ckpt["kind"] == "student" and not full.indicators and full.kept_channels is not None:
+        # a plain slim student (prune-then-distill, or a refine stage in the plain form): the same network
+        # as a full-width CDD student with identity rows for its kept channels, which is what export reads
+        if spec != full:
+            raise RunDirError(f"{arch_path}: differs from the plain slim network in {ckpt_path} ('arch'); "
+                              "arch.json and checkpoint.pt come from different runs")
+        model = unfold_plain(model, full)
+        spec, full = replace(spec, indicators=True), replace(full, indicators=True, kept_channels=None)
     _check_specs(spec, full, ckpt["kind"], arch_path, ckpt_path)
     config = read_json_object(config_path, RunDirError, "resolved config", _WRITTEN_BY_TRAIN)
     metrics = read_json_object(metrics_path, RunDirError, "metrics", _WRITTEN_BY_TRAIN)
@@ -140,7 +152,7 @@ def load_run_dir(path: str | Path) -> RunDir:
     teacher_run = None
     if ckpt["kind"] == "student":
         teacher_run = Path(str(_config_field(config, "cdd.teacher_run", config_path)))
-    state = {k: v for k, v in dict(ckpt["model"]).items() if not k.startswith("head.classifier.")}
+    state = {k: v for k, v in model.items() if not k.startswith("head.classifier.")}
     return RunDir(
         path=root,
         kind=ckpt["kind"],

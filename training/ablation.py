@@ -91,7 +91,9 @@ STUDIES: dict[str, list[str]] = {
 # separates the start from the parameterisation.
 # "l1-refine-from-teacher": the same with (f)'s channels (filter L1 norms) instead of CDD's, so (h0) minus it is
 # CDD's channel choice in that form.
-EXTRA_VARIANTS = ("refine-from-teacher", "l1-refine-from-teacher")
+# "refine-plain": the refine stage from CDD's final weights in the plain slim form (each block's conv, BN and
+# indicator folded, `training.plain_fold`), so (e) minus it is the start alone in (e)'s own form.
+EXTRA_VARIANTS = ("refine-from-teacher", "l1-refine-from-teacher", "refine-plain")
 _NEEDS_CDD_ARCH = ("static", "prune-distill", "l1-distill", "refine", "prune-distill-long", *EXTRA_VARIANTS)
 
 
@@ -138,8 +140,9 @@ def _variant_overrides(variant: str, run_root: Path, dataset: str = "synthetic")
         return "demo-student", common + STUDIES[variant]
     if variant == "no-grg":
         return "demo-student", common + ["cdd.gradient_reset=false"]
-    if variant in ("refine", "refine-from-teacher"):
-        start = ['cdd.refine_init="teacher"'] if variant == "refine-from-teacher" else []
+    if variant in ("refine", "refine-from-teacher", "refine-plain"):
+        start = {"refine-from-teacher": ['cdd.refine_init="teacher"'],
+                 "refine-plain": ['cdd.refine_form="plain"']}.get(variant, [])
         return "demo-refine", common + [f'cdd.refine_from="{run_root / "cdd"}"'] + start
     if variant == "l1-refine-from-teacher":
         return "demo-refine", common + [f'cdd.refine_from="{run_root / "l1-arch.json"}"', 'cdd.refine_init="teacher"']

@@ -24,6 +24,7 @@ NAMES = {
     "refine": "(h) CDD + refine stage",
     "prune-distill-long": "(e+) prune-then-distill, as many epochs as (h)",
     "refine-from-teacher": "(h0) refine stage from the sliced teacher (CDD's parameterisation)",
+    "refine-plain": "(hp) refine stage from CDD's weights, plain slim form",
     "l1-refine-from-teacher": "(f0) filter-L1 channels, refine stage from the sliced teacher (CDD's parameterisation)",
 }
 # Runs every other variant is compared with, paired by seed: "<reference>_minus" in the summary.

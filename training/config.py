@@ -36,6 +36,7 @@ __all__ = [
 
 PRESET_DIR = Path(__file__).parent / "presets"
 REFINE_INITS = ("cdd", "teacher")
+REFINE_FORMS = ("indicator", "plain")
 COMPAT_FORMS = ("cosine", "l2")
 """Forms of the compatibility loss (`training.compatibility.compatibility_loss` documents each)."""
 LATENCY_RUNTIMES = ("onnxruntime-cpu",)
@@ -200,6 +201,10 @@ class CDDConfig:
     loss.lasso_lambda = 0; replaces model.init), starting from refine_init: "cdd" (that run's final weights)
     or "teacher" (the teacher's weights with the same channels kept: prune-then-distill of CDD's choice,
     in CDD's training form; with "teacher", refine_from may also be an arch.json of kept channels).
+    refine_form: what the refine stage trains, "indicator" (CDD's training form: the full-width network, the
+    pruned indicator rows held at zero) or "plain" (the slim network itself, each block's conv, BN and
+    indicator folded into one conv of the kept channels and a BN, `training.plain_fold`; from the teacher it
+    is prune-then-distill). Both export to the same network.
     The defaults are library defaults: the paper's values (grg_start_epoch, memory_size, topk, ratio,
     prune_threshold) with reset_rule "decay" and no budget or schedule; the demo-student and paper-student
     presets set their own (training/presets)."""
@@ -225,6 +230,7 @@ class CDDConfig:
     fill_to_schedule: bool = False
     refine_from: str = ""
     refine_init: str = "cdd"
+    refine_form: str = "indicator"
 
     def __post_init__(self) -> None:
         if self.shrink_curve not in SHRINK_CURVES:
@@ -232,6 +238,8 @@ class CDDConfig:
         if not 0 < self.shrink_end <= 1:
             raise ConfigError(f"cdd.shrink_end must be a fraction of the run in (0, 1] (when the schedule reaches "
                               f"the budget), found {self.shrink_end}")
+        if self.refine_form not in REFINE_FORMS:
+            raise ConfigError(f"cdd.refine_form must be one of {REFINE_FORMS}, found {self.refine_form!r}")
         if self.refine_init not in REFINE_INITS:
             raise ConfigError(f"cdd.refine_init must be one of {REFINE_INITS}, found {self.refine_init!r}")
         if self.latency_budget_ms < 0:

@@ -42,6 +42,7 @@ from training.latency_table import LATENCY_TABLE_FILE, LatencyTable
 from training.models.network import ReIDNet, TrainOutput
 from training.models.resnet import load_imagenet_weights
 from training.models.teacher import init_student_from_teacher, load_teacher
+from training.plain_fold import fold_to_plain, measure_folded_statistics
 from training.plots import plot_history
 from training.pruning import kept_channels, slice_state_dict, slice_teacher_state
 from training.refine import FrozenRows, RefineSource
@@ -96,6 +97,9 @@ class Trainer:
                                  budgeted=cfg.cdd.flops_budget > 0 or cfg.cdd.latency_budget_ms > 0)
         self.refine = (RefineSource.load(cfg.cdd.refine_from, self.spec, needs_weights=cfg.cdd.refine_init == "cdd")
                        if self.is_student and cfg.cdd.refine_from else None)
+        if self.refine is not None and cfg.cdd.refine_form == "plain":  # the slim network itself, as (e) trains
+            self.spec = replace(self.refine.spec, indicators=False, num_classes=self.num_classes)
+            self.teacher_channels = [torch.tensor(k) for k in self.spec.kept_channels or ()]
         self.net = self._initialise()
         self.module: nn.Module = _TrainForward(self.net)
         if ctx.distributed:
@@ -110,7 +114,7 @@ class Trainer:
         self.step = build_step(cfg, self.net, ctx.device, self.teacher, self.teacher_cost.flops, self.module,
                                self.teacher_channels, self.latency_table, ctx.rank)
         self.optimizer, self.scaler, self.resetter = self.step.optimizer, self.step.scaler, self.step.resetter
-        if self.refine is not None:
+        if self.refine is not None and self.spec.indicators:
             self.step.frozen = FrozenRows(self.refine.masks())
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -192,6 +196,13 @@ class Trainer:
         """The refine stage's start (`training.refine`): the CDD run's final weights or the teacher's, then
         the pruned indicator rows zeroed."""
         assert self.refine is not None
+        if not self.spec.indicators:  # refine_form "plain"
+            if self.cfg.cdd.refine_init == "teacher":
+                net.load_state_dict(slice_teacher_state(self.teacher.state_dict(), self.spec), strict=True)
+            else:
+                net.load_state_dict(fold_to_plain(self.refine.state, self.refine.spec), strict=True)
+                measure_folded_statistics(net, self.spec, self._statistics_batches())
+            return
         if self.cfg.cdd.refine_init == "teacher":
             init_student_from_teacher(net, self.teacher)
         else:
@@ -201,6 +212,18 @@ class Trainer:
                 raise ValueError(f"{self.refine.run / 'checkpoint.pt'}: weights do not fit this run's network "
                                  f"({str(exc).splitlines()[0]}); refine with the CDD run's own model settings") from exc
         FrozenRows(self.refine.masks()).zero_rows([m.weight for m in net.indicators()])
+
+    def _statistics_batches(self, batches: int = 4, size: int = 64) -> list[torch.Tensor]:
+        """Up to ``batches`` batches of ``size`` training images spread over the training set, eval transform
+        (deterministic; the training order and its random draws are not touched)."""
+        d = self.cfg.data
+        records = self.splits.train
+        count = min(len(records), batches * size)
+        picked = [records[i * len(records) // count] for i in range(count)]
+        images = ImageDataset(picked, [0] * count, build_eval_transform((d.height, d.width), d.mean, d.std),
+                              d.on_error)
+        stacked = [images[i][0] for i in range(count)]
+        return [torch.stack(stacked[i:i + size]).to(self.ctx.device) for i in range(0, count, size)]
 
     # ------------------------------------------------------------------------------------------ step
     def _grg_active(self, epoch: float) -> bool:
