@@ -28,7 +28,7 @@ NAMES = {
     "l1-refine-from-teacher": "(f0) filter-L1 channels, refine stage from the sliced teacher (CDD's parameterisation)",
 }
 # Runs every other variant is compared with, paired by seed: "<reference>_minus" in the summary.
-REFERENCES = ("cdd", "refine", "refine-from-teacher")
+REFERENCES = ("cdd", "refine", "refine-from-teacher", "refine-plain")
 
 
 def _name(variant: str) -> str:
@@ -54,9 +54,9 @@ def paired(finals: list[dict[str, Any]], others: list[dict[str, Any]], key: str 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Per dataset and variant: spread of mAP and rank-1, mean params and FLOPs, and for each reference run
-    present (:data:`REFERENCES`: the CDD student, the refined student, the refine stage from the teacher) the
-    paired differences reference minus the variant (``cdd_minus``, ``refine_minus``,
-    ``refine-from-teacher_minus``)."""
+    present (:data:`REFERENCES`: the CDD student, the refined student, the refine stage from the teacher or in
+    the plain form) the paired differences reference minus the variant (``cdd_minus``, ``refine_minus``,
+    ``refine-from-teacher_minus``, ``refine-plain_minus``)."""
     out: dict[str, Any] = {}
     for dataset, variants in results.items():
         for variant, finals in variants.items():

@@ -69,7 +69,7 @@ def summary_table(result: dict[str, Any], dataset: str, source: str = "ablation"
     return "\n".join(markdown_table(header, rows))
 
 
-REFERENCE_WHO = {"cdd": "CDD", "refine": "refined", "refine-from-teacher": "(h0)"}
+REFERENCE_WHO = {"cdd": "CDD", "refine": "refined", "refine-from-teacher": "(h0)", "refine-plain": "(hp)"}
 """How a table header names the run every other variant is compared with."""
 
 

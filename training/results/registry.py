@@ -126,8 +126,8 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "benchmark-targets, "
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length, animal-mnist-folds[-0-3][-refine], animal-mnist-folds-map, "
-              "animal-mnist-folds-study[-cdd-cubic|-cdd-ratio-0.5], refine-start-synthetic, "
-              "refine-start-animal-mnist[-map]")
+              "animal-mnist-folds-study[-cdd-cubic|-cdd-ratio-0.5], refine-start-synthetic-<h0|hp>, "
+              "refine-start-animal-mnist-<h0|hp|map>")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
@@ -139,10 +139,12 @@ FOLDS_FILES = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-fo
 FOLDS = ("animal-mnist", *(f"animal-mnist-fold-{fold}" for fold in range(1, 6)))
 # Two CDD study variants on the six folds, with CDD and (e) of the same seeds (make ablation-folds).
 FOLDS_STUDY = ("docs/ablation-animal-mnist-folds-study.json",)
-# Where the refine stage starts and in which form: (h0) the teacher's weights in CDD's training form beside
-# (e), (f), (g), (h), (f0) and (e+), same seeds (docs/ablation.md, "Where the second stage starts").
+# Where the refine stage starts and in which form: (h0) the teacher's weights in CDD's training form and (hp)
+# CDD's weights in the plain slim form, beside (e), (f), (g), (h) and (e+), same seeds (docs/ablation.md,
+# "Where the second stage starts").
 REFINE_START_SYNTHETIC = "docs/ablation-synthetic-refine-start.json"
 REFINE_START_FOLDS = ("docs/ablation-animal-mnist-folds-refine-start.json",)
+REFINE_START_REFERENCES = (("h0", "refine-from-teacher"), ("hp", "refine-plain"))
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
@@ -206,10 +208,10 @@ def table_for(name: str) -> Table:
         "animal-mnist-folds-study-cdd-ratio-0.5": Table(FOLDS_STUDY, lambda d: fold_table(
             d, FOLDS, FOLDS_STUDY, reference="cdd-ratio-0.5")),
         "animal-mnist-folds-map": Table(FOLDS_FILES, lambda d: fold_map_table(d, FOLDS, FOLDS_FILES)),
-        "refine-start-synthetic": Table((REFINE_START_SYNTHETIC,), lambda d: per_seed_table(
-            d[0], "synthetic", REFINE_START_SYNTHETIC, reference="refine-from-teacher")),
-        "refine-start-animal-mnist": Table(REFINE_START_FOLDS, lambda d: fold_table(
-            d, FOLDS, REFINE_START_FOLDS, reference="refine-from-teacher")),
+        **{f"refine-start-synthetic-{short}": Table((REFINE_START_SYNTHETIC,), lambda d, ref=ref: per_seed_table(
+            d[0], "synthetic", REFINE_START_SYNTHETIC, reference=ref)) for short, ref in REFINE_START_REFERENCES},
+        **{f"refine-start-animal-mnist-{short}": Table(REFINE_START_FOLDS, lambda d, ref=ref: fold_table(
+            d, FOLDS, REFINE_START_FOLDS, reference=ref)) for short, ref in REFINE_START_REFERENCES},
         "refine-start-animal-mnist-map": Table(REFINE_START_FOLDS, lambda d: fold_map_table(
             d, FOLDS, REFINE_START_FOLDS)),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
