@@ -7,7 +7,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PRESET ?= demo
 
-.PHONY: install train export test test-loaded mutation lint bench bench-serve bench-bundle ablation ablation-folds ablation-study ablation-data step-time serve \
+.PHONY: install train export test test-loaded mutation lint bench bench-serve bench-bundle ablation ablation-folds ablation-study ablation-data ablation-refine-start step-time \
+	serve \
 	index data proto clean help results results-collect
 
 help:
@@ -135,6 +136,20 @@ ablation-folds: data/animal-mnist/.complete $(FOLD_DATA)
 		animal-mnist-fold-3 animal-mnist-fold-4 animal-mnist-fold-5 --seeds 0 1 2 3 4 --out docs \
 		--stem ablation-animal-mnist-folds-study --variants cdd prune-distill cdd-cubic cdd-ratio-0.5
 	for f in folds folds-4-5 folds-study; do $(PY) -m training.results stamp --force docs/ablation-animal-mnist-$$f.json; done
+	$(PY) -m training.results render
+
+# Where the refine stage starts and in which form: (h0) from the teacher in CDD's training form, (hp) from CDD's
+# weights in the plain slim form, beside the baselines of the same seeds: synthetic seeds 0-2, animal-mnist's six
+# folds seeds 0-4 (resumable; tables refine-start-* in docs/ablation.md).
+REFINE_START_VARIANTS = cdd prune-distill l1-distill born-again refine refine-from-teacher refine-plain
+ablation-refine-start: data data/animal-mnist/.complete $(FOLD_DATA)
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs \
+		--stem ablation-synthetic-refine-start --variants $(REFINE_START_VARIANTS) prune-distill-long
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist animal-mnist-fold-1 animal-mnist-fold-2 \
+		animal-mnist-fold-3 animal-mnist-fold-4 animal-mnist-fold-5 --seeds 0 1 2 3 4 --out docs \
+		--stem ablation-animal-mnist-folds-refine-start --variants $(REFINE_START_VARIANTS)
+	for f in synthetic-refine-start animal-mnist-folds-refine-start; do \
+		$(PY) -m training.results stamp --force docs/ablation-$$f.json; done
 	$(PY) -m training.results render
 
 # What makes CDD win: the CDD student with one setting changed (schedule, fill, init, ratio), same teachers.
