@@ -4,8 +4,9 @@ Contract: ``config_differences(saved, wanted)`` lists every setting (``section.k
 between a run's recorded config and the requested one, except the settings in :data:`NOT_IDENTITY`, which
 change how a run is watched or where it runs, not what it computes. Settings naming another run
 (:data:`RUN_LINKS`: its teacher, architecture, refine source) compare as paths relative to each side's own
-``run.out_dir``, so a runs tree moved as a whole is still the same runs. A key only one side has is not
-compared: configs written by older versions lack the settings added since. ``check_same_run`` raises
+``run.out_dir``, so a runs tree moved as a whole is still the same runs. A setting the recorded config lacks
+(it was written before the setting existed) is compared as its default, the behaviour of that time; a setting
+only the recorded config has (since removed) is not compared. ``check_same_run`` raises
 :class:`RunMismatch` naming the file, each differing setting with both values, and the ways on.
 """
 
@@ -34,9 +35,12 @@ class RunMismatch(ValueError):
     """The run folder holds a run trained with other settings than the ones asked for."""
 
 
-def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(section.key, saved value, wanted value)`` for every compared setting that differs, sorted by name."""
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any] | None = None
+                       ) -> list[tuple[str, Any, Any]]:
+    """``(section.key, saved value, wanted value)`` for every compared setting that differs, sorted by name;
+    ``defaults`` (same shape) stands in for settings ``saved`` lacks."""
     out = []
+    defaults = defaults or {}
     folders = [Path(str(config.get("run", {}).get("out_dir", "."))) for config in (saved, wanted)]
     for section in sorted(set(saved) & set(wanted)):
         old, new = saved[section], wanted[section]
@@ -44,10 +48,13 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tu
             if old != new:
                 out.append((section, old, new))
             continue
-        for key in sorted(set(old) & set(new)):
+        recorded_default = defaults.get(section, {})
+        for key in sorted(set(new) & (set(old) | set(recorded_default))):
             name = f"{section}.{key}"
             if name in NOT_IDENTITY:
                 continue
+            if key not in old:
+                old = {**old, key: recorded_default[key]}
             if name in RUN_LINKS and old[key] and new[key]:
                 same = _relative(old[key], folders[0]) == _relative(new[key], folders[1])
             else:
@@ -59,8 +66,10 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[tu
 
 def check_same_run(config_file: Path, wanted: dict[str, Any]) -> None:
     """Raise :class:`RunMismatch` when the config recorded in ``config_file`` differs from ``wanted``."""
+    from training.config import TrainConfig
+
     saved = json.loads(Path(config_file).read_text())
-    differences = config_differences(saved, wanted)
+    differences = config_differences(saved, wanted, TrainConfig().to_dict())
     if differences:
         listed = "; ".join(f"{name}: the run has {old!r}, asked for {new!r}" for name, old, new in differences)
         raise RunMismatch(

@@ -18,6 +18,12 @@ def test_differences_list_each_changed_setting_with_both_values():
     wanted = {"run": {"epochs": 16, "progress": True, "out_dir": "./runs/a"}, "data": {"height": 32, "mean": (0.5,)},
               "cdd": {"ratio": 0.5}}
     assert config_differences(saved, wanted) == [("cdd.ratio", 0.99, 0.5), ("run.epochs", 8, 16)]
+    # a setting added after the run was written counts as its default (the behaviour of that time)
+    newer = {**wanted, "cdd": {"ratio": 0.99, "form": "plain"}}
+    assert config_differences(saved, newer, {"cdd": {"form": "indicator"}}) == [
+        ("cdd.form", "indicator", "plain"), ("run.epochs", 8, 16)]
+    assert config_differences(saved, {**newer, "cdd": {"ratio": 0.99, "form": "indicator"}},
+                              {"cdd": {"form": "indicator"}}) == [("run.epochs", 8, 16)]
     assert config_differences(saved, saved) == []
     assert {"run.progress", "run.out_dir"} <= NOT_IDENTITY and "run.epochs" not in NOT_IDENTITY
 
