@@ -10,6 +10,9 @@ from the teacher):
 - the kept channels, and so the exported architecture and its FLOPs, are the CDD run's; channels kept only
   by rounding (``cdd.round_to``) are trainable, since the deployed network computes them anyway.
 The run dir is an ordinary student run (full-width checkpoint + arch.json): `cdd-export` reads it unchanged.
+With ``cdd.refine_form = "plain"`` the stage trains the slim network itself instead (the start folded by
+`training.plain_fold`, or the teacher sliced to the kept channels); nothing needs holding at zero then, and
+the checkpoint holds that slim network, which `cdd-export` reads as the full-width student computing the same.
 """
 
 from __future__ import annotations
