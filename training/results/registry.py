@@ -127,7 +127,7 @@ NAMES_HELP = ("demo, demo-epochs, demo-student-runs, demo-reset-decay, demo-repe
               "ablation-<dataset>, ablation-<dataset>-seeds, ablation-<dataset>-refine, engine-<name>, step-time, "
               "animal-mnist-teacher-length, animal-mnist-folds[-0-3][-refine], animal-mnist-folds-map, "
               "animal-mnist-folds-study[-cdd-cubic|-cdd-ratio-0.5], refine-start-synthetic-<h0|hp>, "
-              "refine-start-animal-mnist-<h0|hp|map>")
+              "refine-start-animal-mnist-<h0|hp|map>, animal-mnist-folds-long[-hp]")
 TEACHER_LENGTH = ("docs/ablation-animal-mnist-shrink-end-0.7.json", "docs/ablation-animal-mnist-teacher-24-epochs.json")
 # Every animal-mnist run (teacher and students) at the ablation's 8 epochs and at twice that, same seeds.
 RUN_LENGTH = ("docs/ablation-animal-mnist.json", "docs/ablation-animal-mnist-epochs-16.json")
@@ -145,6 +145,8 @@ FOLDS_STUDY = ("docs/ablation-animal-mnist-folds-study.json",)
 REFINE_START_SYNTHETIC = "docs/ablation-synthetic-refine-start.json"
 REFINE_START_FOLDS = ("docs/ablation-animal-mnist-folds-refine-start.json",)
 REFINE_START_REFERENCES = (("h0", "refine-from-teacher"), ("hp", "refine-plain"))
+# (e+), prune-then-distill as long as CDD + refine, on all six folds beside (e), (h) and (hp).
+FOLDS_LONG = ("docs/ablation-animal-mnist-folds-long.json",)
 STEP_TIME = ("docs/step_time.json", "docs/step_time_memory24000.json")
 SERVE_QUIET = tuple(f"docs/serve-quiet/round-{i}.json" for i in (1, 2, 3))
 # The same rounds after each worker's engine got its share of the cores (was: one thread per core each).
@@ -212,6 +214,9 @@ def table_for(name: str) -> Table:
             d[0], "synthetic", REFINE_START_SYNTHETIC, reference=ref)) for short, ref in REFINE_START_REFERENCES},
         **{f"refine-start-animal-mnist-{short}": Table(REFINE_START_FOLDS, lambda d, ref=ref: fold_table(
             d, FOLDS, REFINE_START_FOLDS, reference=ref)) for short, ref in REFINE_START_REFERENCES},
+        "animal-mnist-folds-long": Table(FOLDS_LONG, lambda d: fold_table(d, FOLDS, FOLDS_LONG, reference="refine")),
+        "animal-mnist-folds-long-hp": Table(FOLDS_LONG, lambda d: fold_table(
+            d, FOLDS, FOLDS_LONG, reference="refine-plain")),
         "refine-start-animal-mnist-map": Table(REFINE_START_FOLDS, lambda d: fold_map_table(
             d, FOLDS, REFINE_START_FOLDS)),
         "animal-mnist-teacher-length": Table(TEACHER_LENGTH, lambda d: two_settings_table(
