@@ -20,7 +20,7 @@ help:
 	@echo "make test-loaded    make test while two CPU-bound processes keep the cores busy"
 	@echo "make mutation       targeted mutants of the mechanisms users rely on: killed / survived"
 	@echo "make ablation-data DATA=PATH   the ablation on your own class folders (PATH/<class>/*.jpg)"
-	@echo "make lint | bench | bench-serve | bench-bundle | ablation | ablation-folds | step-time | index | serve | data | proto | clean"
+	@echo "make lint | bench | bench-serve | bench-bundle | ablation | ablation-folds | ablation-refine-start | step-time | index | serve | data | proto | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
