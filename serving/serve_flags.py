@@ -16,7 +16,7 @@ from pathlib import Path
 from serving.auth import READ_TOKEN_ENV, load_token
 from serving.backends import BACKENDS
 from serving.config import CPU_AFFINITY, MIB, ServeConfig
-from serving.worker_pool import WORKER_LOCK_FLAG
+from serving.worker_pool import WORKER_LOCK_FLAG, WORKER_PARENT_FLAG
 
 __all__ = ["config_from_args", "flag_parser"]
 
@@ -70,6 +70,7 @@ def flag_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-workers", dest="max_workers", type=int, action=_DeprecatedAlias, metavar="N",
                         help="deprecated spelling of --rpc-threads")
     parser.add_argument(WORKER_LOCK_FLAG, dest="worker_lock_fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(WORKER_PARENT_FLAG, dest="worker_parent_pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default=ServeConfig.backend, choices=("auto", *BACKENDS))
     parser.add_argument(
         "--max-message-mb", type=float, default=ServeConfig.max_message_bytes / MIB,

@@ -61,7 +61,7 @@ from serving.serve_flags import flag_parser as _parser
 from serving.service import RetrievalService, ServiceLimits
 from serving.tls import check_bind, is_loopback, server_credentials
 from serving.watchdog import EngineWatchdog
-from serving.worker_pool import resolve_workers, run_workers
+from serving.worker_pool import die_with_parent, resolve_workers, run_workers
 
 __all__ = ["build_service", "create_server", "serve", "main"]
 
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_gpu_main()
     args = _parser().parse_args(argv)
+    if args.worker_parent_pid is not None:  # a worker of `cdd-serve --workers N`: dies with that parent
+        die_with_parent(args.worker_parent_pid)
     configure_logging(args.log_level, args.log_format)
     stop = threading.Event()
 

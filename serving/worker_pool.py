@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from serving.config import ServeConfig
@@ -45,10 +45,12 @@ from serving.index.disk_format import read_info
 from serving.index.errors import GalleryIndexError
 from serving.index.index_lock import IndexLock
 
-__all__ = ["WORKER_LOCK_FLAG", "core_count", "default_workers", "engine_threads_per_worker", "resolve_workers",
-           "run_workers", "usable_cores", "worker_cores", "worker_ports"]
+__all__ = ["WORKER_LOCK_FLAG", "WORKER_PARENT_FLAG", "core_count", "default_workers", "die_with_parent",
+           "engine_threads_per_worker", "pin_process", "resolve_workers", "run_workers", "usable_cores", "worker_cores",
+           "worker_ports"]
 
 WORKER_LOCK_FLAG = "--worker-lock-fd"
+WORKER_PARENT_FLAG = "--worker-parent-pid"
 _LOG = logging.getLogger("serving.workers")
 _BAD_CONFIG = 2
 _RESTART_PAUSE_S = 1.0
@@ -121,24 +123,28 @@ def _embedded_milvus(index: Path) -> bool:
     return str(info.get("store", "faiss")) == "milvus" and not (info.get("milvus") or {}).get("uri")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with_parent(parent_pid: int) -> None:
+    """Called first thing by a worker process: the kernel kills it (SIGKILL) when its parent dies; if the parent
+    ``parent_pid`` died before this call, exit at once. Workers arm this themselves rather than between fork
+    and exec: code run there in a forked copy of a threaded parent (gRPC's poller, ONNX Runtime's pools) can
+    abort or deadlock, and without it the child is spawned without running any fork handler."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
-def _child_setup(cores: tuple[int, ...] | None) -> Callable[[], None]:
-    """What a worker's child runs between fork and exec: die with the parent, and keep to ``cores`` (every
-    thread the worker starts inherits them)."""
-
-    def setup() -> None:
-        _die_with_parent()
-        if cores is not None:
-            try:
-                os.sched_setaffinity(0, cores)
-            except OSError:  # the parent notices (`_pinned`) and logs it; the worker still starts
-                pass
-
-    return setup
+def pin_process(pid: int, cores: tuple[int, ...]) -> None:
+    """Keep every thread process ``pid`` has now to ``cores`` (threads it starts later inherit them); an OS
+    refusal is left to the caller's `_pinned` check."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:  # refused, or a thread that just ended
+            pass
 
 
 def _check_store(config: ServeConfig) -> str:
@@ -199,10 +205,14 @@ class _Workers:
             extra += ["--metrics-port", str(0 if self._config.metrics_port == 0 else self._config.metrics_port + i)]
         if self._lock_fd is not None:
             extra += [WORKER_LOCK_FLAG, str(self._lock_fd)]
+        extra += [WORKER_PARENT_FLAG, str(os.getpid())]
         command = [sys.executable, "-m", "serving.server", *self._argv, *extra]
         cores = None if self._cores is None else self._cores[i]
-        process = subprocess.Popen(command, pass_fds=() if self._lock_fd is None else (self._lock_fd,),
-                                   preexec_fn=_child_setup(cores))  # noqa: PLW1509 - prctl and affinity, no locks
+        # No preexec_fn: the child is spawned without running code between fork and exec (see die_with_parent).
+        # It is pinned here, a moment after exec, long before its interpreter starts any thread.
+        process = subprocess.Popen(command, pass_fds=() if self._lock_fd is None else (self._lock_fd,))
+        if cores is not None:
+            pin_process(process.pid, cores)
         if cores is not None and not _pinned(process.pid, cores):
             _LOG.warning("worker %d: could not keep it to cores %s (the OS refused the CPU affinity); it may run "
                          "on any core", i, ",".join(map(str, cores)))

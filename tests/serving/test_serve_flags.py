@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,14 +107,27 @@ def test_worker_cores_split_the_cores_into_contiguous_groups_or_pin_nothing() ->
         ServeConfig(bundle=Path("b"), index=Path("i"), cpu_affinity="on")
 
 
-def test_a_worker_the_os_will_not_pin_still_starts_and_is_reported_unpinned() -> None:
+def test_a_worker_the_os_will_not_pin_still_runs_and_is_reported_unpinned() -> None:
     impossible = (max(os.sched_getaffinity(0)) + 4096,)  # a core this machine does not have: EINVAL
-    child = subprocess.Popen(["sleep", "30"], preexec_fn=worker_pool._child_setup(impossible))  # noqa: PLW1509
+    child = subprocess.Popen(["sleep", "30"])
     try:
-        assert child.poll() is None  # started despite the refused affinity
+        worker_pool.pin_process(child.pid, impossible)
+        assert child.poll() is None  # still running despite the refused affinity
         assert not worker_pool._pinned(child.pid, impossible)
         assert os.sched_getaffinity(child.pid) == os.sched_getaffinity(0)
-        assert worker_pool._pinned(child.pid, tuple(sorted(os.sched_getaffinity(0))))
+        one = (min(os.sched_getaffinity(0)),)
+        worker_pool.pin_process(child.pid, one)
+        assert worker_pool._pinned(child.pid, one) and os.sched_getaffinity(child.pid) == set(one)
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_worker_whose_parent_is_already_gone_exits_at_once() -> None:
+    code = "from serving.worker_pool import die_with_parent; die_with_parent({}); print('still here')"
+    gone = subprocess.run([sys.executable, "-c", code.format(os.getpid() + 1_000_000)], capture_output=True,
+                          text=True, timeout=120)
+    assert (gone.returncode, gone.stdout) == (1, "")
+    alive = subprocess.run([sys.executable, "-c", code.format(os.getpid())], capture_output=True, text=True,
+                           timeout=120)
+    assert (alive.returncode, alive.stdout) == (0, "still here\n")
