@@ -140,7 +140,7 @@ ablation-folds: data/animal-mnist/.complete $(FOLD_DATA)
 
 # Where the refine stage starts and in which form: (h0) from the teacher in CDD's training form, (hp) from CDD's
 # weights in the plain slim form, beside the baselines of the same seeds: synthetic seeds 0-2, animal-mnist's six
-# folds seeds 0-4 (resumable; tables refine-start-* in docs/ablation.md).
+# folds seeds 0-4, and (e+) on the six folds (resumable; tables refine-start-*, animal-mnist-folds-long*).
 REFINE_START_VARIANTS = cdd prune-distill l1-distill born-again refine refine-from-teacher refine-plain
 ablation-refine-start: data data/animal-mnist/.complete $(FOLD_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets synthetic --seeds 0 1 2 --out docs \
@@ -148,7 +148,10 @@ ablation-refine-start: data data/animal-mnist/.complete $(FOLD_DATA)
 	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist animal-mnist-fold-1 animal-mnist-fold-2 \
 		animal-mnist-fold-3 animal-mnist-fold-4 animal-mnist-fold-5 --seeds 0 1 2 3 4 --out docs \
 		--stem ablation-animal-mnist-folds-refine-start --variants $(REFINE_START_VARIANTS)
-	for f in synthetic-refine-start animal-mnist-folds-refine-start; do \
+	OMP_NUM_THREADS=1 $(PY) -m training.ablation --datasets animal-mnist animal-mnist-fold-1 animal-mnist-fold-2 \
+		animal-mnist-fold-3 animal-mnist-fold-4 animal-mnist-fold-5 --seeds 0 1 2 3 4 --out docs \
+		--stem ablation-animal-mnist-folds-long --variants prune-distill refine refine-plain prune-distill-long
+	for f in synthetic-refine-start animal-mnist-folds-refine-start animal-mnist-folds-long; do \
 		$(PY) -m training.results stamp --force docs/ablation-$$f.json; done
 	$(PY) -m training.results render
 
