@@ -237,14 +237,19 @@ class _Workers:
         return 0
 
     def stop(self, grace_s: float) -> bool:
-        """SIGTERM every worker, wait for their drain, SIGKILL stragglers; True when all exited with 0."""
+        """SIGTERM every worker, wait for their drain, SIGKILL stragglers; True when all exited with 0, or were
+        ended by that SIGTERM itself: a worker still starting (its handler, installed before it serves anything,
+        not yet in place) had acknowledged nothing."""
+        signalled = set()
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+                signalled.add(process.pid)
         clean = True
         for process in self.processes:
             try:
-                clean = process.wait(grace_s + 30.0) == 0 and clean
+                code = process.wait(grace_s + 30.0)
+                clean = (code == 0 or (code == -signal.SIGTERM and process.pid in signalled)) and clean
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -131,3 +131,14 @@ def test_a_worker_whose_parent_is_already_gone_exits_at_once() -> None:
     alive = subprocess.run([sys.executable, "-c", code.format(os.getpid())], capture_output=True, text=True,
                            timeout=120)
     assert (alive.returncode, alive.stdout) == (0, "still here\n")
+
+
+def test_stopping_counts_a_worker_ended_by_its_own_sigterm_as_clean_and_a_failed_one_not() -> None:
+    starting = subprocess.Popen(["sleep", "30"])  # like a worker still importing: SIGTERM's default action ends it
+    pool = object.__new__(worker_pool._Workers)
+    pool.processes = [starting]
+    assert pool.stop(grace_s=1.0) and starting.returncode == -15
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    failed.wait(60)  # exited by itself before the stop: not ended by the pool's SIGTERM
+    pool.processes = [failed, subprocess.Popen(["sleep", "30"])]
+    assert not pool.stop(grace_s=1.0)
