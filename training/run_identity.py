@@ -3,8 +3,9 @@
 Contract: ``config_differences(saved, wanted)`` lists every setting (``section.key``) whose value differs
 between a run's recorded config and the requested one, except the settings in :data:`NOT_IDENTITY`, which
 change how a run is watched or where it runs, not what it computes. Settings naming another run
-(:data:`RUN_LINKS`: its teacher, architecture, refine source) compare as paths relative to each side's own
-``run.out_dir``, so a runs tree moved as a whole is still the same runs. A setting the recorded config lacks
+(:data:`RUN_LINKS`: its teacher, architecture, refine source) are the same when the paths are, or when they
+are the same relative to each side's own ``run.out_dir``, so a runs tree moved as a whole is still the same
+runs, and so is a run folder renamed beside the runs it names. A setting the recorded config lacks
 (it was written before the setting existed) is compared as its default, the behaviour of that time; a setting
 only the recorded config has (since removed) is not compared. ``check_same_run`` raises
 :class:`RunMismatch` naming the file, each differing setting with both values, and the ways on.
@@ -55,8 +56,8 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any], defaults: 
                 continue
             if key not in old:
                 old = {**old, key: recorded_default[key]}
-            if name in RUN_LINKS and old[key] and new[key]:
-                same = _relative(old[key], folders[0]) == _relative(new[key], folders[1])
+            if name in RUN_LINKS and old[key] and new[key]:  # the same path, or the same place beside the run
+                same = old[key] == new[key] or _relative(old[key], folders[0]) == _relative(new[key], folders[1])
             else:
                 same = _normalised(old[key]) == _normalised(new[key])
             if not same:

@@ -41,6 +41,8 @@ def test_a_runs_tree_moved_as_a_whole_is_the_same_runs_but_another_teacher_is_no
         ("cdd.teacher_run", "runs/folds/f2/seed0/teacher", "runs/folds/f2/seed1/teacher")]
     assert config_differences(saved, student("runs/folds/f2/seed0/e", "runs/folds/f2/seed0/teacher")) == [
         ("cdd.static_arch", "runs/folds/f2/seed0/cdd/arch.json", "")]
+    renamed = student("runs/demo/student", "runs/folds/f2/seed0/teacher", "runs/folds/f2/seed0/cdd/arch.json")
+    assert config_differences(saved, renamed) == []  # the run's own folder renamed: the same teacher path
     assert "cdd.teacher_run" in RUN_LINKS and "data.root" not in RUN_LINKS  # data does not move with the runs
 
 
