@@ -125,9 +125,9 @@ def _embedded_milvus(index: Path) -> bool:
 
 def die_with_parent(parent_pid: int) -> None:
     """Called first thing by a worker process: the kernel kills it (SIGKILL) when its parent dies; if the parent
-    ``parent_pid`` died before this call, exit at once. Workers arm this themselves rather than between fork
-    and exec: code run there in a forked copy of a threaded parent (gRPC's poller, ONNX Runtime's pools) can
-    abort or deadlock, and without it the child is spawned without running any fork handler."""
+    ``parent_pid`` died before this call, exit at once. Workers arm this themselves, so the parent spawns them
+    without a preexec_fn: code run between fork and exec in a copy of a threaded parent (gRPC's poller, ONNX
+    Runtime's pools) can abort or deadlock."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)

@@ -78,9 +78,6 @@ STUDIES: dict[str, list[str]] = {
     "cdd-shrink-end-0.9": ["cdd.shrink_end=0.9", "cdd.reset_decay_steps=5"],
     "cdd-scratch": ['model.init="scratch"'],
     "cdd-ratio-0.5": ["cdd.ratio=0.5"],
-    # no group lasso on the indicator rows: the kept rows are not pulled towards zero (the decay rule moves
-    # the reset rows itself, so what is pruned is still GRG's and the schedule's choice)
-    "cdd-no-lasso": ["loss.lasso_lambda=0"],
     "cdd-ratio-0.5-no-fill": ["cdd.ratio=0.5", "cdd.fill_to_schedule=false"],
     # with shrink_end 0.7: the learning rate flat until the final size (epoch 9 of 12), not epoch 5
     "cdd-lr-flat-to-final-size": ["cdd.shrink_end=0.7", "optim.flat_until=9"],

@@ -35,6 +35,20 @@ def test_standard_pruning_and_born_again_baselines_start_from_the_teacher():
     assert STUDIES["cdd-no-schedule"][0] in study and f'run.out_dir="{Path("r") / "cdd-no-schedule"}"' in study
 
 
+def test_refine_start_variants_differ_from_the_refine_stage_in_one_setting_each():
+    _, refine = _variant_overrides("refine", Path("r"))
+    source = f'cdd.refine_from="{Path("r") / "cdd"}"'
+    assert source in refine
+    for variant, setting in (("refine-from-teacher", 'cdd.refine_init="teacher"'),
+                             ("refine-plain", 'cdd.refine_form="plain"')):
+        preset, overrides = _variant_overrides(variant, Path("r"))
+        assert preset == "demo-refine" and set(overrides) - set(refine) == {
+            setting, f'run.out_dir="{Path("r") / variant}"'}
+    _, l1 = _variant_overrides("l1-refine-from-teacher", Path("r"))
+    assert f'cdd.refine_from="{Path("r") / "l1-arch.json"}"' in l1 and source not in l1
+    assert _with_prerequisites(["refine-plain"]) == ["teacher", "cdd", "refine-plain"]
+
+
 def test_baselines_pull_in_the_runs_they_need_in_order():
     assert _with_prerequisites(["l1-distill"]) == ["teacher", "cdd", "l1-distill"]
     assert _with_prerequisites(["born-again"]) == ["teacher", "born-again"]
